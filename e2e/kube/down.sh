@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# down.sh [--keep] - stop exactly the processes up.sh started (by the PIDs it
+# recorded in the run dir; a PID is only signalled if it still runs the
+# expected binary). Without --keep the run dir (etcd data, certs, logs,
+# kubeconfigs) is removed afterwards.
+#
+# Env: R1KUBE_RUN (default ${TMPDIR:-/tmp}/ratio1-kube),
+#      R1KUBE_CACHE (default /var/cache/ratio1-kube)
+set -euo pipefail
+
+RUN="${R1KUBE_RUN:-${TMPDIR:-/tmp}/ratio1-kube}"
+CACHE="${R1KUBE_CACHE:-/var/cache/ratio1-kube}"
+BIN="$CACHE/bin"
+KEEP=0; [ "${1:-}" = "--keep" ] && KEEP=1
+
+log() { printf '[ratio1-kube down] %s\n' "$*" >&2; }
+
+[ -d "$RUN" ] || { log "nothing to do ($RUN does not exist)"; exit 0; }
+
+# stop PIDFILE BINNAME
+stop() {
+  local pidfile="$1" name="$2" pid
+  [ -f "$pidfile" ] || return 0
+  pid="$(cat "$pidfile")"
+  if [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$BIN/$name "; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
+    if [ -d "/proc/$pid" ]; then
+      log "$name (pid $pid) did not stop on TERM, sending KILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    log "stopped $name (pid $pid)"
+  fi
+  rm -f "$pidfile"
+}
+
+shopt -s nullglob
+for d in "$RUN"/c*/; do stop "$d/controller-manager.pid" kube-controller-manager; done
+for d in "$RUN"/c*/; do stop "$d/apiserver.pid" kube-apiserver; done
+stop "$RUN/etcd.pid" etcd
+
+if [ "$KEEP" = 0 ]; then rm -rf "$RUN"; log "removed $RUN"; fi

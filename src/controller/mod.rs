@@ -1,0 +1,197 @@
+//! The three controllers, their shared context and the process that runs
+//! them under a leader Lease.
+//!
+//! Each reconcile is a pipeline (after Stackable's operators): read what it
+//! needs, validate (pure), build the desired children (pure), apply them by
+//! server-side apply, then write status only when it changed.
+
+pub mod model;
+pub mod node;
+pub mod pipeline;
+
+use crate::conditions::{self, Want};
+use crate::metrics::Metrics;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// Field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "ratio1-operator";
+/// Label on every object the operator creates.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "ratio1-operator");
+
+/// Why a reconcile failed (transient: retried with backoff). Invalid input
+/// is not an error: it is reported as `Stalled` and waits for a change.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes api request failed")]
+    Kube(#[from] kube::Error),
+    #[error("object has no {0}")]
+    MissingField(&'static str),
+}
+
+impl Error {
+    /// Short, bounded label for metrics.
+    pub fn metric_label(&self) -> String {
+        match self {
+            Error::Kube(kube::Error::Api(e)) => format!("api_{}", e.code),
+            Error::Kube(_) => "kube".into(),
+            Error::MissingField(_) => "missing_field".into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The local R1Node as the pipeline controller needs it for placement status.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LocalNode {
+    pub name: String,
+    pub peer_id: Option<String>,
+}
+
+/// State shared by all controllers.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// The operator's own namespace (identity and license Secrets, Lease).
+    pub namespace: String,
+    pub local_node: RwLock<Option<LocalNode>>,
+    /// Consecutive failures per object, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+    /// How long a healthy object waits before it is checked for drift.
+    pub resync: Duration,
+}
+
+impl Context {
+    pub fn new(client: Client, recorder: Recorder, metrics: Arc<Metrics>, namespace: String) -> Self {
+        Self {
+            client,
+            recorder,
+            metrics,
+            namespace,
+            local_node: RwLock::new(None),
+            failures: Mutex::new(HashMap::new()),
+            resync: Duration::from_secs(300),
+        }
+    }
+
+    fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+        format!("{}/{}/{}", K::kind(&()), obj.namespace().unwrap_or_default(), obj.name_any())
+    }
+
+    /// Backoff after a failure: 1 s, 2 s, 4 s … up to 5 minutes.
+    pub fn backoff<K: Resource<DynamicType = ()>>(&self, obj: &K) -> Duration {
+        let mut f = self.failures.lock().expect("failures lock");
+        let n = f.entry(Self::key(obj)).or_insert(0);
+        *n = (*n + 1).min(16);
+        Duration::from_secs((1u64 << (*n - 1)).min(300))
+    }
+
+    pub fn succeeded<K: Resource<DynamicType = ()>>(&self, obj: &K) {
+        self.failures.lock().expect("failures lock").remove(&Self::key(obj));
+    }
+
+    pub fn local_node(&self) -> Option<LocalNode> {
+        self.local_node.read().expect("local node lock").clone()
+    }
+}
+
+/// Shared error policy: count, log, back off per object.
+pub fn error_policy<K>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action
+where
+    K: Resource<DynamicType = ()>,
+{
+    let kind = kind_label::<K>();
+    ctx.metrics.failed(kind, &err.metric_label());
+    let delay = ctx.backoff(obj.as_ref());
+    tracing::warn!(kind, name = %obj.name_any(), namespace = ?obj.namespace(), error = %err,
+        cause = ?std::error::Error::source(err).map(|s| s.to_string()), retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Static metric label of a kind.
+pub fn kind_label<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()).as_ref() {
+        "R1Node" => "R1Node",
+        "R1Pipeline" => "R1Pipeline",
+        "R1Model" => "R1Model",
+        _ => "other",
+    }
+}
+
+/// Server-side apply of a child object with the operator's field manager.
+pub async fn apply<K>(api: &Api<K>, name: &str, obj: &K) -> Result<K>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+{
+    Ok(api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj)).await?)
+}
+
+/// Writes `status` by server-side apply unless `unchanged` says it would be
+/// a no-op.
+pub async fn patch_status<K, S>(api: &Api<K>, obj: &K, status: &S) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    S: Serialize,
+{
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
+    Ok(())
+}
+
+/// Publishes an Event when the outcome of a reconcile changed: `Stalled`
+/// turned true (Warning, with the reason a user can act on), or `Ready`
+/// changed. Reasons equal condition reasons. Steady state emits nothing.
+pub async fn report_transition<K>(ctx: &Context, obj: &K, old: &[Condition], new: &[Condition])
+where
+    K: Resource<DynamicType = ()>,
+{
+    let stalled = conditions::find(new, conditions::STALLED).filter(|c| c.status == "True");
+    let was = |t: &str| conditions::find(old, t).map(|c| (c.status.clone(), c.reason.clone()));
+    let now = |t: &str| conditions::find(new, t).map(|c| (c.status.clone(), c.reason.clone()));
+    let event = if let Some(c) = stalled {
+        (was(conditions::STALLED) != now(conditions::STALLED))
+            .then(|| (EventType::Warning, c.reason.clone(), c.message.clone()))
+    } else if was(conditions::READY) != now(conditions::READY) {
+        conditions::find(new, conditions::READY).map(|c| (EventType::Normal, c.reason.clone(), c.message.clone()))
+    } else {
+        None
+    };
+    if let Some((type_, reason, note)) = event {
+        let ev = Event { type_, reason, note: Some(note), action: "Reconcile".into(), secondary: None };
+        let reference = obj.object_ref(&());
+        let mut result = ctx.recorder.publish(&ev, &reference).await;
+        if matches!(&result, Err(kube::Error::Api(e)) if e.code == 422) && reference.namespace.is_none() {
+            // API servers before 1.22 refuse an events.k8s.io/v1 Event about
+            // a cluster-scoped object unless its reference names the
+            // Event's namespace ("default", where the Recorder writes it).
+            let reference =
+                k8s_openapi::api::core::v1::ObjectReference { namespace: Some("default".into()), ..reference };
+            result = ctx.recorder.publish(&ev, &reference).await;
+        }
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "publishing event failed");
+        }
+    }
+}
+
+/// Merges wanted conditions into the current ones.
+pub fn next_conditions(current: &[Condition], wanted: &[Want], generation: Option<i64>) -> Vec<Condition> {
+    conditions::merge(current, wanted, generation, k8s_openapi::jiff::Timestamp::now())
+}
+
+pub mod run;

@@ -1,0 +1,518 @@
+//! R1Pipeline: materialise a pipeline on this cluster as a Deployment (+ a
+//! Service when the template declares ports) or a Job, and report their
+//! state back in the pipeline's status.
+
+use super::{apply, next_conditions, patch_status, report_transition, Context, Error, LocalNode, Result, MANAGED_BY};
+use crate::conditions::{self, Want};
+use crate::crd::{ModelSource, PipelineMode, PlacementPhase, PlacementStatus, R1Model, R1Pipeline, R1PipelineStatus};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{PodTemplateSpec, Service, ServicePort, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, DeleteParams, PropagationPolicy};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Label naming the pipeline on every child and pod.
+pub const PIPELINE_LABEL: &str = "ratio1.ai/pipeline";
+/// Annotation with the hash of the immutable part of a Job.
+pub const SPEC_HASH: &str = "ratio1.ai/spec-hash";
+/// Pod annotation listing resolved model mounts (name, CID, path).
+pub const MODELS_ANNOTATION: &str = "ratio1.ai/models";
+/// Pod annotation listing R1FS input mounts (CID, path).
+pub const INPUTS_ANNOTATION: &str = "ratio1.ai/inputs";
+
+/// Input the schema cannot reject, found before anything is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+fn invalid(reason: &'static str, message: impl Into<String>) -> Invalid {
+    Invalid { reason, message: message.into() }
+}
+
+/// A model the pipeline mounts, as found in the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelState {
+    Missing,
+    /// Exists but has no content yet (e.g. waiting for an R1FS import).
+    NotReady,
+    Ready {
+        cid: String,
+    },
+}
+
+/// What the pipeline needs from other objects, read before validation.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub models: BTreeMap<String, ModelState>,
+}
+
+/// Everything to write for one pipeline on this cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub deployment: Option<Deployment>,
+    pub service: Option<Service>,
+    pub job: Option<Job>,
+}
+
+/// Checks what the schema cannot. `Ok(Some(msg))` means valid but waiting.
+pub fn validate(p: &R1Pipeline, inputs: &Inputs) -> Result<Option<String>, Invalid> {
+    let name = p.name_any();
+    let spec = &p.spec;
+    let pod =
+        spec.template.spec.as_ref().ok_or_else(|| invalid("InvalidTemplate", "spec.template.spec is required"))?;
+    if pod.containers.is_empty() {
+        return Err(invalid("InvalidTemplate", "spec.template.spec.containers must list at least one container"));
+    }
+    let mut names = BTreeSet::new();
+    for c in pod.containers.iter().chain(pod.init_containers.iter().flatten()) {
+        if !names.insert(c.name.as_str()) {
+            return Err(invalid("InvalidTemplate", format!("container name {:?} is used twice", c.name)));
+        }
+    }
+    match (spec.mode, pod.restart_policy.as_deref()) {
+        (PipelineMode::Service, None | Some("Always")) => {}
+        (PipelineMode::Service, Some(rp)) => {
+            return Err(invalid(
+                "InvalidTemplate",
+                format!("restartPolicy {rp:?} cannot run in mode Service: use Always, or mode Job"),
+            ))
+        }
+        (PipelineMode::Job, None | Some("Never" | "OnFailure")) => {}
+        (PipelineMode::Job, Some(rp)) => {
+            return Err(invalid(
+                "InvalidTemplate",
+                format!("restartPolicy {rp:?} cannot run in mode Job: use Never or OnFailure"),
+            ))
+        }
+    }
+    if let Some(v) = spec.template.metadata.as_ref().and_then(|m| m.labels.as_ref()).and_then(|l| l.get(PIPELINE_LABEL))
+    {
+        if v != &name {
+            return Err(invalid(
+                "InvalidTemplate",
+                format!("template label {PIPELINE_LABEL}={v:?} conflicts with the pipeline's name"),
+            ));
+        }
+    }
+    if !service_ports(&spec.template).is_empty() && !is_dns1035_label(&name) {
+        return Err(invalid(
+            "InvalidName",
+            format!("{name:?} declares ports but is not a valid Service name (a DNS-1035 label: lowercase letters, digits, '-', at most 63 characters, starting with a letter)"),
+        ));
+    }
+    let mut paths = BTreeSet::new();
+    for path in spec.models.iter().map(|m| &m.mount_path).chain(spec.inputs.iter().map(|i| &i.mount_path)) {
+        if !paths.insert(path.as_str()) {
+            return Err(invalid("InvalidMounts", format!("mountPath {path:?} is used twice in models/inputs")));
+        }
+    }
+    let mut waiting = vec![];
+    for m in &spec.models {
+        match inputs.models.get(&m.name) {
+            None | Some(ModelState::Missing) => {
+                return Err(invalid(
+                    "ModelNotFound",
+                    format!("R1Model {:?} does not exist in namespace {:?}", m.name, p.namespace().unwrap_or_default()),
+                ))
+            }
+            Some(ModelState::NotReady) => waiting.push(m.name.clone()),
+            Some(ModelState::Ready { .. }) => {}
+        }
+    }
+    Ok((!waiting.is_empty()).then(|| format!("waiting for R1Model(s) {} to become ready", waiting.join(", "))))
+}
+
+fn is_dns1035_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_lowercase()
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[b.len() - 1] != b'-'
+}
+
+/// Labels the operator puts on every child and pod of `name`.
+pub fn child_labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
+        (PIPELINE_LABEL.to_string(), name.to_string()),
+    ])
+}
+
+fn child_meta(p: &R1Pipeline, owner: &OwnerReference, annotations: Option<BTreeMap<String, String>>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(p.name_any()),
+        namespace: p.namespace(),
+        labels: Some(child_labels(&p.name_any())),
+        annotations,
+        owner_references: Some(vec![owner.clone()]),
+        ..Default::default()
+    }
+}
+
+/// The user's pod template with the operator's labels and mount annotations.
+fn pod_template(p: &R1Pipeline, inputs: &Inputs) -> PodTemplateSpec {
+    let mut t = p.spec.template.clone();
+    let meta = t.metadata.get_or_insert_with(Default::default);
+    meta.labels.get_or_insert_with(Default::default).extend(child_labels(&p.name_any()));
+    let models: Vec<_> = p
+        .spec
+        .models
+        .iter()
+        .map(|m| {
+            let cid = match inputs.models.get(&m.name) {
+                Some(ModelState::Ready { cid }) => cid.as_str(),
+                _ => "",
+            };
+            serde_json::json!({"name": m.name, "cid": cid, "mountPath": m.mount_path})
+        })
+        .collect();
+    // The resolved CIDs are part of the pod template, so a model whose
+    // content changes rolls the pods that mount it.
+    if !models.is_empty() {
+        meta.annotations
+            .get_or_insert_with(Default::default)
+            .insert(MODELS_ANNOTATION.into(), serde_json::Value::from(models).to_string());
+    }
+    if !p.spec.inputs.is_empty() {
+        meta.annotations
+            .get_or_insert_with(Default::default)
+            .insert(INPUTS_ANNOTATION.into(), serde_json::to_string(&p.spec.inputs).expect("inputs serialize"));
+    }
+    if p.spec.mode == PipelineMode::Job {
+        let spec = t.spec.get_or_insert_with(Default::default);
+        spec.restart_policy.get_or_insert_with(|| "Never".into());
+    }
+    t
+}
+
+/// Container ports of the template, as Service ports (deduplicated).
+fn service_ports(t: &PodTemplateSpec) -> Vec<ServicePort> {
+    let mut seen = BTreeSet::new();
+    let mut out = vec![];
+    for c in t.spec.iter().flat_map(|s| s.containers.iter()) {
+        for port in c.ports.iter().flatten() {
+            let proto = port.protocol.clone().unwrap_or_else(|| "TCP".into());
+            if !seen.insert((port.container_port, proto.clone())) {
+                continue;
+            }
+            let name = port.name.clone().unwrap_or_else(|| format!("{}-{}", proto.to_lowercase(), port.container_port));
+            out.push(ServicePort {
+                name: Some(name),
+                port: port.container_port,
+                target_port: Some(IntOrString::Int(port.container_port)),
+                protocol: Some(proto),
+                ..Default::default()
+            });
+        }
+    }
+    out
+}
+
+fn hash_of<T: serde::Serialize>(v: &T) -> String {
+    let bytes = serde_json::to_vec(v).expect("serializable");
+    let digest = Sha256::digest(&bytes);
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Builds the children for a validated pipeline.
+pub fn build(p: &R1Pipeline, inputs: &Inputs) -> Result<Desired> {
+    let owner = p.controller_owner_ref(&()).ok_or(Error::MissingField("metadata.uid"))?;
+    let template = pod_template(p, inputs);
+    let selector = LabelSelector {
+        match_labels: Some(BTreeMap::from([(PIPELINE_LABEL.to_string(), p.name_any())])),
+        ..Default::default()
+    };
+    Ok(match p.spec.mode {
+        PipelineMode::Service => {
+            let ports = service_ports(&template);
+            let deployment = Deployment {
+                metadata: child_meta(p, &owner, None),
+                spec: Some(DeploymentSpec {
+                    replicas: Some(p.spec.replicas),
+                    selector: selector.clone(),
+                    template,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let service = (!ports.is_empty()).then(|| Service {
+                metadata: child_meta(p, &owner, None),
+                spec: Some(ServiceSpec {
+                    selector: selector.match_labels.clone(),
+                    ports: Some(ports),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            Desired { deployment: Some(deployment), service, job: None }
+        }
+        PipelineMode::Job => {
+            // A Job's template and completions are immutable: their hash
+            // tells when the Job must be replaced rather than patched.
+            let hash = hash_of(&(&template, p.spec.replicas));
+            let annotations = BTreeMap::from([(SPEC_HASH.to_string(), hash)]);
+            let job = Job {
+                metadata: child_meta(p, &owner, Some(annotations)),
+                spec: Some(JobSpec {
+                    completions: Some(p.spec.replicas),
+                    parallelism: Some(p.spec.replicas),
+                    template,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            Desired { deployment: None, service: None, job: Some(job) }
+        }
+    })
+}
+
+/// Status of the local placement from the applied children.
+pub fn placement_status(
+    p: &R1Pipeline,
+    node: &LocalNode,
+    dep: Option<&Deployment>,
+    job: Option<&Job>,
+) -> PlacementStatus {
+    let replicas = p.spec.replicas;
+    let (ready, phase) = match (dep, job) {
+        (Some(d), _) => {
+            let st = d.status.clone().unwrap_or_default();
+            let observed = st.observed_generation >= d.metadata.generation && st.observed_generation.is_some();
+            let ready = st.ready_replicas.unwrap_or(0);
+            let updated = st.updated_replicas.unwrap_or(0);
+            let done = observed && ready >= replicas && (replicas == 0 || updated >= replicas);
+            (ready.min(replicas), if done { PlacementPhase::Running } else { PlacementPhase::Pending })
+        }
+        (None, Some(j)) => {
+            let st = j.status.clone().unwrap_or_default();
+            let has = |t: &str| st.conditions.iter().flatten().any(|c| c.type_ == t && c.status == "True");
+            let succeeded = st.succeeded.unwrap_or(0);
+            let phase = if has("Failed") {
+                PlacementPhase::Failed
+            } else if has("Complete") || (replicas == 0) {
+                PlacementPhase::Succeeded
+            } else {
+                PlacementPhase::Pending
+            };
+            (succeeded.min(replicas), phase)
+        }
+        (None, None) => (0, PlacementPhase::Pending),
+    };
+    PlacementStatus { node: node.name.clone(), peer_id: node.peer_id.clone(), replicas, ready_replicas: ready, phase }
+}
+
+/// Conditions for the pipeline from its placements.
+pub fn placement_conditions(p: &R1Pipeline, placement: &PlacementStatus, waiting: Option<&str>) -> Vec<Want> {
+    let mut wanted = match placement.phase {
+        PlacementPhase::Failed => conditions::stalled("JobFailed", "the Job failed; change the pipeline to retry"),
+        PlacementPhase::Succeeded => conditions::ready("Succeeded", "all completions succeeded"),
+        PlacementPhase::Running => conditions::ready("Available", "all replicas are ready"),
+        PlacementPhase::Pending => match waiting {
+            Some(msg) => conditions::progressing("ModelNotReady", msg),
+            None if p.spec.mode == PipelineMode::Job => conditions::progressing(
+                "CompletionsPending",
+                &format!("{}/{} completions succeeded", placement.ready_replicas, placement.replicas),
+            ),
+            None => conditions::progressing(
+                "ReplicasNotReady",
+                &format!("{}/{} replicas ready", placement.ready_replicas, placement.replicas),
+            ),
+        },
+    };
+    let federated = p.spec.placement.clusters > 1 || !p.spec.placement.nodes.is_empty();
+    wanted.push(if federated {
+        Want::new(
+            "Scheduled",
+            true,
+            "LocalOnly",
+            "placed on the local cluster only: placement across the network needs Deeploy federation",
+        )
+    } else {
+        Want::new("Scheduled", true, "LocalCluster", format!("placed on {}", placement.node))
+    });
+    wanted
+}
+
+async fn read_inputs(p: &R1Pipeline, ctx: &Context) -> Result<Inputs> {
+    let ns = p.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<R1Model> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut models = BTreeMap::new();
+    for m in &p.spec.models {
+        let state = match api.get_opt(&m.name).await? {
+            None => ModelState::Missing,
+            Some(model) => match model_cid(&model) {
+                Some(cid) => ModelState::Ready { cid },
+                None => ModelState::NotReady,
+            },
+        };
+        models.insert(m.name.clone(), state);
+    }
+    Ok(Inputs { models })
+}
+
+/// The CID a model currently resolves to, when it is ready.
+fn model_cid(m: &R1Model) -> Option<String> {
+    let status = m.status.as_ref()?;
+    if !conditions::is_true(&status.conditions, conditions::READY) {
+        return None;
+    }
+    status.cid.clone().or_else(|| match &m.spec.source {
+        ModelSource { cid: Some(c), .. } => Some(c.clone()),
+        _ => None,
+    })
+}
+
+/// True when `obj` exists and is not controlled by `p`: the operator must not
+/// take over an object a user made.
+fn foreign<K: Resource>(obj: Option<&K>, p: &R1Pipeline) -> bool {
+    let uid = p.uid();
+    obj.is_some_and(|o| {
+        !o.owner_references().iter().any(|r| r.controller == Some(true) && Some(&r.uid) == uid.as_ref())
+    })
+}
+
+/// Deletes a child that the current spec no longer wants, if it is ours.
+async fn remove_if_owned<K>(api: &Api<K>, existing: Option<K>, p: &R1Pipeline) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if let Some(o) = existing.as_ref() {
+        if !foreign(Some(o), p) {
+            let dp = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
+            match api.delete(&o.name_any(), &dp).await {
+                Ok(_) => tracing::info!(kind = %K::kind(&()), "deleted child the spec no longer needs"),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tracing::instrument(skip_all, fields(kind = "R1Pipeline", namespace = %p.namespace().unwrap_or_default(), name = %p.name_any(), generation = ?p.metadata.generation))]
+pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.start("R1Pipeline");
+    let ns = p.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = p.name_any();
+    let pipelines: Api<R1Pipeline> = Api::namespaced(ctx.client.clone(), &ns);
+    let old = p.status.clone().unwrap_or_default();
+    let node = ctx.local_node().unwrap_or(LocalNode { name: "local".into(), peer_id: None });
+
+    let inputs = read_inputs(&p, &ctx).await?;
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let (cur_dep, cur_svc, cur_job) =
+        tokio::try_join!(deployments.get_opt(&name), services.get_opt(&name), jobs.get_opt(&name))?;
+
+    let checked = validate(&p, &inputs).and_then(|waiting| {
+        let desired = build(&p, &inputs).map_err(|e| invalid("Internal", e.to_string()))?;
+        for (kind, clash) in [
+            ("Deployment", desired.deployment.is_some() && foreign(cur_dep.as_ref(), &p)),
+            ("Service", desired.service.is_some() && foreign(cur_svc.as_ref(), &p)),
+            ("Job", desired.job.is_some() && foreign(cur_job.as_ref(), &p)),
+        ] {
+            if clash {
+                return Err(invalid(
+                    "NameConflict",
+                    format!("a {kind} named {name:?} exists and is not managed by this pipeline; rename one of them"),
+                ));
+            }
+        }
+        Ok((waiting, desired))
+    });
+
+    let (wanted, placements, action) = match checked {
+        Err(bad) => {
+            ctx.metrics.stalled.get_or_create(&crate::metrics::KindLabels { kind: "R1Pipeline" }).inc();
+            tracing::info!(reason = bad.reason, message = %bad.message, "pipeline is stalled");
+            // Invalid input waits for a change (of the pipeline, or of a
+            // model it names) instead of retrying in a loop.
+            (conditions::stalled(bad.reason, &bad.message), old.placements.clone(), Action::await_change())
+        }
+        Ok((waiting, desired)) => {
+            let mut applied_dep = None;
+            let mut applied_job = None;
+            match &desired.deployment {
+                Some(d) => applied_dep = Some(apply(&deployments, &name, d).await?),
+                None => remove_if_owned(&deployments, cur_dep, &p).await?,
+            }
+            match &desired.service {
+                Some(s) => {
+                    apply(&services, &name, s).await?;
+                }
+                None => remove_if_owned(&services, cur_svc, &p).await?,
+            }
+            match &desired.job {
+                Some(j) => {
+                    let stale = cur_job
+                        .as_ref()
+                        .filter(|c| !foreign(Some(*c), &p))
+                        .is_some_and(|c| c.annotations().get(SPEC_HASH) != j.annotations().get(SPEC_HASH));
+                    if stale {
+                        // Template and completions of a Job are immutable:
+                        // replace it, and come back once it is gone.
+                        remove_if_owned(&jobs, cur_job, &p).await?;
+                        return Ok(Action::requeue(Duration::from_secs(1)));
+                    }
+                    applied_job = Some(apply(&jobs, &name, j).await?);
+                }
+                None => remove_if_owned(&jobs, cur_job, &p).await?,
+            }
+            let placement = placement_status(&p, &node, applied_dep.as_ref(), applied_job.as_ref());
+            let wanted = placement_conditions(&p, &placement, waiting.as_deref());
+            (wanted, vec![placement], Action::requeue(ctx.resync))
+        }
+    };
+
+    let conds = next_conditions(&old.conditions, &wanted, p.metadata.generation);
+    let status = R1PipelineStatus {
+        observed_generation: p.metadata.generation,
+        replicas: placements.iter().map(|x| x.replicas).sum(),
+        ready_replicas: placements.iter().map(|x| x.ready_replicas).sum(),
+        clusters: placements.len() as i32,
+        placements,
+        conditions: conds,
+    };
+    if !same_status(&old, &status) {
+        patch_status(&pipelines, &p, &status).await?;
+        report_transition(&ctx, p.as_ref(), &old.conditions, &status.conditions).await;
+    }
+    ctx.succeeded(p.as_ref());
+    Ok(action)
+}
+
+fn same_status(a: &R1PipelineStatus, b: &R1PipelineStatus) -> bool {
+    a.observed_generation == b.observed_generation
+        && a.replicas == b.replicas
+        && a.ready_replicas == b.ready_replicas
+        && a.clusters == b.clusters
+        && a.placements == b.placements
+        && conditions::same_ignoring_time(&a.conditions, &b.conditions)
+}
+
+/// Pipelines in `namespace` that mount model `model` (for the model watch).
+pub fn mounting(
+    pipelines: &[Arc<R1Pipeline>],
+    namespace: Option<&str>,
+    model: &str,
+) -> Vec<kube::runtime::reflector::ObjectRef<R1Pipeline>> {
+    pipelines
+        .iter()
+        .filter(|p| p.namespace().as_deref() == namespace && p.spec.models.iter().any(|m| m.name == model))
+        .map(|p| kube::runtime::reflector::ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

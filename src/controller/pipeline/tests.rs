@@ -1,0 +1,185 @@
+use super::*;
+use crate::crd::{InputMount, ModelMount, R1PipelineSpec};
+use k8s_openapi::api::apps::v1::DeploymentStatus;
+use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, PodSpec};
+
+fn container(name: &str, ports: &[i32]) -> Container {
+    Container {
+        name: name.into(),
+        image: Some("busybox".into()),
+        ports: (!ports.is_empty())
+            .then(|| ports.iter().map(|p| ContainerPort { container_port: *p, ..Default::default() }).collect()),
+        ..Default::default()
+    }
+}
+
+fn pipeline(mode: PipelineMode, containers: Vec<Container>) -> R1Pipeline {
+    let mut p = R1Pipeline::new(
+        "web",
+        R1PipelineSpec {
+            mode,
+            replicas: 2,
+            template: PodTemplateSpec { metadata: None, spec: Some(PodSpec { containers, ..Default::default() }) },
+            placement: Default::default(),
+            models: vec![],
+            inputs: vec![],
+        },
+    );
+    p.metadata.namespace = Some("ns".into());
+    p.metadata.uid = Some("uid-1".into());
+    p.metadata.generation = Some(1);
+    p
+}
+
+fn reason(r: Result<Option<String>, Invalid>) -> &'static str {
+    r.unwrap_err().reason
+}
+
+#[test]
+fn rejects_templates_the_schema_cannot() {
+    let inputs = Inputs::default();
+    assert_eq!(reason(validate(&pipeline(PipelineMode::Service, vec![]), &inputs)), "InvalidTemplate");
+    let dup = pipeline(PipelineMode::Service, vec![container("a", &[]), container("a", &[])]);
+    assert_eq!(reason(validate(&dup, &inputs)), "InvalidTemplate");
+    let mut never = pipeline(PipelineMode::Service, vec![container("a", &[])]);
+    never.spec.template.spec.as_mut().unwrap().restart_policy = Some("Never".into());
+    assert_eq!(reason(validate(&never, &inputs)), "InvalidTemplate");
+    let mut always = pipeline(PipelineMode::Job, vec![container("a", &[])]);
+    always.spec.template.spec.as_mut().unwrap().restart_policy = Some("Always".into());
+    assert_eq!(reason(validate(&always, &inputs)), "InvalidTemplate");
+}
+
+#[test]
+fn ports_need_a_service_name() {
+    let mut p = pipeline(PipelineMode::Service, vec![container("a", &[80])]);
+    p.metadata.name = Some("1.bad".into());
+    assert_eq!(reason(validate(&p, &Inputs::default())), "InvalidName");
+    p.metadata.name = Some("good-name".into());
+    assert_eq!(validate(&p, &Inputs::default()), Ok(None));
+}
+
+#[test]
+fn models_must_exist_and_be_ready() {
+    let mut p = pipeline(PipelineMode::Service, vec![container("a", &[])]);
+    p.spec.models = vec![ModelMount { name: "m".into(), mount_path: "/m".into() }];
+    assert_eq!(reason(validate(&p, &Inputs::default())), "ModelNotFound");
+    let mut inputs = Inputs::default();
+    inputs.models.insert("m".into(), ModelState::NotReady);
+    assert!(validate(&p, &inputs).unwrap().unwrap().contains("waiting for R1Model(s) m"));
+    inputs.models.insert("m".into(), ModelState::Ready { cid: "bafy".into() });
+    assert_eq!(validate(&p, &inputs), Ok(None));
+    p.spec.inputs = vec![InputMount { cid: "bafy".into(), mount_path: "/m".into() }];
+    assert_eq!(reason(validate(&p, &inputs)), "InvalidMounts");
+}
+
+#[test]
+fn service_mode_builds_deployment_and_service() {
+    let p = pipeline(PipelineMode::Service, vec![container("a", &[8080]), container("b", &[8080, 9090])]);
+    let d = build(&p, &Inputs::default()).unwrap();
+    let dep = d.deployment.unwrap();
+    assert_eq!(dep.spec.as_ref().unwrap().replicas, Some(2));
+    let labels = dep.metadata.labels.clone().unwrap();
+    assert_eq!(labels[PIPELINE_LABEL], "web");
+    assert_eq!(labels[MANAGED_BY.0], MANAGED_BY.1);
+    let owner = &dep.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("R1Pipeline", "uid-1", Some(true)));
+    let tpl_labels = dep.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    assert_eq!(tpl_labels[PIPELINE_LABEL], "web");
+    let svc = d.service.unwrap();
+    let ports: Vec<i32> = svc.spec.unwrap().ports.unwrap().iter().map(|p| p.port).collect();
+    assert_eq!(ports, [8080, 9090], "one Service port per distinct container port");
+    assert!(d.job.is_none());
+}
+
+#[test]
+fn no_ports_no_service() {
+    let d = build(&pipeline(PipelineMode::Service, vec![container("a", &[])]), &Inputs::default()).unwrap();
+    assert!(d.service.is_none());
+}
+
+#[test]
+fn job_mode_builds_a_job_with_a_stable_hash() {
+    let p = pipeline(PipelineMode::Job, vec![container("a", &[])]);
+    let job = build(&p, &Inputs::default()).unwrap().job.unwrap();
+    let spec = job.spec.as_ref().unwrap();
+    assert_eq!((spec.completions, spec.parallelism), (Some(2), Some(2)));
+    assert_eq!(spec.template.spec.as_ref().unwrap().restart_policy.as_deref(), Some("Never"));
+    let h1 = job.metadata.annotations.as_ref().unwrap()[SPEC_HASH].clone();
+    let again = build(&p, &Inputs::default()).unwrap().job.unwrap();
+    assert_eq!(again.metadata.annotations.unwrap()[SPEC_HASH], h1);
+    let mut changed = p.clone();
+    changed.spec.template.spec.as_mut().unwrap().containers[0].image = Some("alpine".into());
+    let h2 = build(&changed, &Inputs::default()).unwrap().job.unwrap().metadata.annotations.unwrap()[SPEC_HASH].clone();
+    assert_ne!(h1, h2);
+}
+
+#[test]
+fn model_cids_are_in_the_pod_template() {
+    let mut p = pipeline(PipelineMode::Service, vec![container("a", &[])]);
+    p.spec.models = vec![ModelMount { name: "m".into(), mount_path: "/m".into() }];
+    let mut inputs = Inputs::default();
+    inputs.models.insert("m".into(), ModelState::Ready { cid: "bafyone".into() });
+    let ann = |i: &Inputs| {
+        build(&p, i).unwrap().deployment.unwrap().spec.unwrap().template.metadata.unwrap().annotations.unwrap()
+            [MODELS_ANNOTATION]
+            .clone()
+    };
+    let a = ann(&inputs);
+    assert!(a.contains("bafyone") && a.contains("/m"));
+    inputs.models.insert("m".into(), ModelState::Ready { cid: "bafytwo".into() });
+    assert_ne!(a, ann(&inputs), "a new model CID must roll the pods");
+}
+
+#[test]
+fn placement_follows_children() {
+    let p = pipeline(PipelineMode::Service, vec![container("a", &[])]);
+    let node = LocalNode { name: "n1".into(), peer_id: Some("12D3".into()) };
+    let mut dep = build(&p, &Inputs::default()).unwrap().deployment.unwrap();
+    dep.metadata.generation = Some(3);
+    dep.status = Some(DeploymentStatus {
+        observed_generation: Some(2),
+        ready_replicas: Some(2),
+        updated_replicas: Some(2),
+        ..Default::default()
+    });
+    assert_eq!(placement_status(&p, &node, Some(&dep), None).phase, PlacementPhase::Pending, "old generation");
+    dep.status.as_mut().unwrap().observed_generation = Some(3);
+    let st = placement_status(&p, &node, Some(&dep), None);
+    assert_eq!((st.phase, st.ready_replicas, st.node.as_str()), (PlacementPhase::Running, 2, "n1"));
+    let conds = placement_conditions(&p, &st, None);
+    assert!(conds.iter().any(|w| w.type_ == "Ready" && w.status == Some(true)));
+
+    let jp = pipeline(PipelineMode::Job, vec![container("a", &[])]);
+    let mut job = build(&jp, &Inputs::default()).unwrap().job.unwrap();
+    let cond = |t: &str| JobCondition { type_: t.into(), status: "True".into(), ..Default::default() };
+    job.status = Some(JobStatus { succeeded: Some(2), conditions: Some(vec![cond("Complete")]), ..Default::default() });
+    assert_eq!(placement_status(&jp, &node, None, Some(&job)).phase, PlacementPhase::Succeeded);
+    job.status = Some(JobStatus { failed: Some(7), conditions: Some(vec![cond("Failed")]), ..Default::default() });
+    let st = placement_status(&jp, &node, None, Some(&job));
+    assert_eq!(st.phase, PlacementPhase::Failed);
+    assert!(placement_conditions(&jp, &st, None).iter().any(|w| w.type_ == "Stalled" && w.status == Some(true)));
+}
+
+#[test]
+fn federated_placement_is_reported_as_local_only() {
+    let mut p = pipeline(PipelineMode::Service, vec![container("a", &[])]);
+    p.spec.placement.clusters = 3;
+    let st = PlacementStatus { node: "n".into(), ..Default::default() };
+    let sched = placement_conditions(&p, &st, None).into_iter().find(|w| w.type_ == "Scheduled").unwrap();
+    assert_eq!(sched.reason, "LocalOnly");
+}
+
+#[test]
+fn model_watch_maps_to_mounting_pipelines() {
+    let mut a = pipeline(PipelineMode::Service, vec![container("a", &[])]);
+    a.spec.models = vec![ModelMount { name: "m".into(), mount_path: "/m".into() }];
+    let mut b = a.clone();
+    b.metadata.name = Some("other".into());
+    b.metadata.namespace = Some("elsewhere".into());
+    let c = pipeline(PipelineMode::Service, vec![container("a", &[])]);
+    let all: Vec<_> = [a, b, c].into_iter().map(Arc::new).collect();
+    let refs = mounting(&all, Some("ns"), "m");
+    assert_eq!(refs.len(), 1);
+    assert_eq!(refs[0].name, "web");
+}

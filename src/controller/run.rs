@@ -1,0 +1,192 @@
+//! Wiring of the operator process: client, CRD check, probes and metrics,
+//! leader election, the three controllers, graceful shutdown.
+
+use super::{error_policy, model, node, pipeline, Context};
+use crate::crd::{R1Model, R1Node, R1Pipeline};
+use crate::leader::{Elector, LeaseConfig};
+use crate::metrics::Metrics;
+use crate::telemetry::{self, Health};
+use anyhow::Context as _;
+use futures::channel::oneshot;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{watcher, Controller};
+use kube::{Client, CustomResourceExt, ResourceExt};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings of `ratio1 operator`.
+#[derive(Clone, Debug)]
+pub struct OperatorConfig {
+    pub namespace: String,
+    pub metrics_addr: SocketAddr,
+    pub leader_election: bool,
+    pub lease_name: String,
+    pub lease_duration: Duration,
+    pub lease_retry: Duration,
+    pub identity: String,
+    pub resync: Duration,
+    pub concurrency: u16,
+}
+
+/// Fails with a sentence that says what to do when a CRD is missing.
+pub async fn check_crds(client: &Client) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in [R1Node::crd(), R1Pipeline::crd(), R1Model::crd()] {
+        let name = crd.name_any();
+        let found = api
+            .get_opt(&name)
+            .await
+            .with_context(|| format!("cannot reach the Kubernetes API to look up CRD {name}"))?;
+        if found.is_none() {
+            anyhow::bail!(
+                "CRD {name} is not installed: run `kubectl apply --server-side -f crds/` (or `ratio1 crdgen | kubectl apply --server-side -f -`) and start the operator again"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}
+
+/// Runs the operator until a signal (Ok) or loss of leadership (Err).
+pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes configuration found (in-cluster, KUBECONFIG or ~/.kube/config)")?;
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+    let listener = tokio::net::TcpListener::bind(cfg.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} for metrics and probes", cfg.metrics_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    tokio::spawn(telemetry::serve(listener, metrics.clone(), health.clone()));
+
+    check_crds(&client).await?;
+    health.ready.store(true, Ordering::Relaxed);
+
+    let shutdown = shutdown_signal().boxed().shared();
+    let lease = LeaseConfig {
+        namespace: cfg.namespace.clone(),
+        name: cfg.lease_name.clone(),
+        identity: cfg.identity.clone(),
+        lease_duration: cfg.lease_duration,
+        retry_period: cfg.lease_retry,
+    };
+    let mut lost = if cfg.leader_election {
+        tracing::info!(identity = %cfg.identity, lease = %cfg.lease_name, "waiting for leadership");
+        tokio::select! {
+            rx = Elector::new(client.clone(), lease.clone()).acquire() => Some(rx),
+            _ = shutdown.clone() => {
+                tracing::info!("shut down while waiting for leadership");
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
+    metrics.leader.set(1);
+
+    let reporter = Reporter { controller: "ratio1-operator".into(), instance: Some(cfg.identity.clone()) };
+    let mut context =
+        Context::new(client.clone(), Recorder::new(client.clone(), reporter), metrics.clone(), cfg.namespace.clone());
+    context.resync = cfg.resync;
+    let ctx = Arc::new(context);
+
+    // Each controller stops taking new work on the same shutdown signal.
+    let mut stops = vec![];
+    let mut stop_rx = || {
+        let (tx, rx) = oneshot::channel::<()>();
+        stops.push(tx);
+        rx.map(|_| ())
+    };
+    let ctl_cfg = kube::runtime::controller::Config::default().concurrency(cfg.concurrency);
+    let wc = watcher::Config::default;
+    let owned = || watcher::Config::default().labels(&format!("{}={}", super::MANAGED_BY.0, super::MANAGED_BY.1));
+
+    let nodes = Controller::new(Api::<R1Node>::all(client.clone()), wc()).with_config(ctl_cfg.clone());
+    let node_store = nodes.store();
+    let nodes = nodes
+        .watches(Api::<Secret>::namespaced(client.clone(), &cfg.namespace), wc(), move |s: Secret| {
+            // A Secret change concerns every R1Node that names it.
+            let name = s.name_any();
+            node_store
+                .state()
+                .into_iter()
+                .filter(|n| n.spec.identity.secret_name == name || n.spec.license.secret_name == name)
+                .map(|n| ObjectRef::from_obj(n.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(stop_rx())
+        .run(node::reconcile, error_policy::<R1Node>, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+
+    let pipelines = Controller::new(Api::<R1Pipeline>::all(client.clone()), wc()).with_config(ctl_cfg.clone());
+    let pipeline_store = pipelines.store();
+    let pipelines = pipelines
+        .owns(Api::<Deployment>::all(client.clone()), owned())
+        .owns(Api::<Service>::all(client.clone()), owned())
+        .owns(Api::<Job>::all(client.clone()), owned())
+        .watches(Api::<R1Model>::all(client.clone()), wc(), move |m: R1Model| {
+            pipeline::mounting(&pipeline_store.state(), m.namespace().as_deref(), &m.name_any())
+        })
+        .graceful_shutdown_on(stop_rx())
+        .run(pipeline::reconcile, error_policy::<R1Pipeline>, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+
+    let models = Controller::new(Api::<R1Model>::all(client.clone()), wc())
+        .with_config(ctl_cfg)
+        .graceful_shutdown_on(stop_rx())
+        .run(model::reconcile, error_policy::<R1Model>, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+
+    tracing::info!(namespace = %cfg.namespace, "controllers started");
+    let controllers = async { tokio::join!(nodes, pipelines, models) };
+    let leadership_lost = async {
+        match lost.as_mut() {
+            Some(rx) => {
+                let _ = rx.wait_for(|leading| !leading).await;
+            }
+            None => futures::future::pending::<()>().await,
+        }
+    };
+    tokio::pin!(controllers);
+    tokio::select! {
+        _ = shutdown.clone() => {
+            tracing::info!("shutting down: finishing reconciles in flight");
+            for tx in stops { let _ = tx.send(()); }
+            controllers.await;
+            if cfg.leader_election {
+                Elector::release(client.clone(), &lease).await;
+            }
+            Ok(())
+        }
+        _ = leadership_lost => {
+            metrics.leader.set(0);
+            anyhow::bail!("lost the leader lease {}: exiting so that only one replica reconciles", cfg.lease_name)
+        }
+        _ = &mut controllers => anyhow::bail!("controllers stopped unexpectedly"),
+    }
+}

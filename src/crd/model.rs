@@ -1,0 +1,126 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A model artifact in R1FS: given by content identifier, or imported from a
+/// PersistentVolumeClaim; replicated across the network and optionally
+/// trained by encrypted federated learning (EDIL).
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "ratio1.ai",
+    version = "v1alpha1",
+    kind = "R1Model",
+    plural = "r1models",
+    shortname = "r1m",
+    category = "ratio1",
+    namespaced,
+    status = "R1ModelStatus",
+    printcolumn = r#"{"name":"CID","type":"string","jsonPath":".status.cid"}"#,
+    printcolumn = r#"{"name":"Size","type":"integer","jsonPath":".status.size"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.replicas"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct R1ModelSpec {
+    /// Where the artifact comes from: exactly one of `cid` or `volume`.
+    pub source: ModelSource,
+    /// Free-form format tag, e.g. `onnx`, `safetensors`, `gguf`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-zA-Z0-9][-a-zA-Z0-9_.+]*$"))]
+    pub format: Option<String>,
+    /// Number of network peers that should pin the artifact.
+    #[serde(default = "default_replication")]
+    #[schemars(range(min = 1, max = 64), extend("default" = 3))]
+    pub replication: i32,
+    /// Encrypted federated training (EDIL); absent means no training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<TrainingSpec>,
+}
+
+fn default_replication() -> i32 {
+    3
+}
+
+/// Source of a model artifact.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("oneOf" = [{"required": ["cid"]}, {"required": ["volume"]}]))]
+pub struct ModelSource {
+    /// Content identifier of the artifact already in R1FS (CIDv0 `Qm…` or
+    /// CIDv1 base32 `b…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::crd::CID_PATTERN))]
+    pub cid: Option<String>,
+    /// A file or directory on a PersistentVolumeClaim to import into R1FS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeSource>,
+}
+
+/// A path on a PersistentVolumeClaim in the model's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSource {
+    /// Name of the PersistentVolumeClaim.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub claim_name: String,
+    /// Relative path of the file or directory inside the volume.
+    #[serde(default = "default_path")]
+    #[schemars(length(min = 1, max = 4096), regex(pattern = r"^[^/]"), extend("default" = "."))]
+    pub path: String,
+}
+
+fn default_path() -> String {
+    ".".into()
+}
+
+/// Federated training of the model with EDIL.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainingSpec {
+    /// Number of federated rounds.
+    #[schemars(range(min = 1, max = 10000))]
+    pub rounds: i32,
+    /// Participants needed before a round aggregates.
+    #[serde(default = "default_min_participants")]
+    #[schemars(range(min = 1, max = 1000), extend("default" = 2))]
+    pub min_participants: i32,
+    /// Seconds a round waits for updates.
+    #[serde(default = "default_round_timeout")]
+    #[schemars(range(min = 10, max = 86400), extend("default" = 600))]
+    pub round_timeout_seconds: i32,
+}
+
+fn default_min_participants() -> i32 {
+    2
+}
+
+fn default_round_timeout() -> i32 {
+    600
+}
+
+/// Observed state of a model.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct R1ModelStatus {
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Content identifier of the artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cid: Option<String>,
+    /// Size in bytes, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+    /// Peers holding a pinned copy.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Last completed EDIL round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<i32>,
+    /// `Ready`, `Available`, `Training`, `Reconciling`, `Stalled`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::crd::schema::conditions")]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,12 @@
+//! ratio1-operator: each Kubernetes cluster running it is a Ratio1 node.
+//!
+//! Protocol logic (conditions, leader election rules, identity, pipeline
+//! validation and building) is pure and unit-tested; the controllers wire it
+//! to the Kubernetes API.
+pub mod conditions;
+pub mod controller;
+pub mod crd;
+pub mod identity;
+pub mod leader;
+pub mod metrics;
+pub mod telemetry;

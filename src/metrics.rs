@@ -1,0 +1,85 @@
+//! Prometheus metrics (prometheus-client), served on `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: &'static str,
+    pub error: String,
+}
+
+/// All metrics of the operator process.
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconciles: Family<KindLabels, Counter>,
+    pub failures: Family<ErrorLabels, Counter>,
+    pub stalled: Family<KindLabels, Counter>,
+    pub duration: Family<KindLabels, Histogram>,
+    pub leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ratio1");
+        let reconciles = Family::<KindLabels, Counter>::default();
+        let failures = Family::<ErrorLabels, Counter>::default();
+        let stalled = Family::<KindLabels, Counter>::default();
+        let duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+        });
+        let leader = Gauge::default();
+        registry.register("reconciles", "Reconciliations run, per kind", reconciles.clone());
+        registry.register("reconcile_failures", "Reconciliations that failed, per kind and error", failures.clone());
+        registry.register("reconcile_stalled", "Reconciliations that found invalid input, per kind", stalled.clone());
+        registry.register_with_unit(
+            "reconcile_duration",
+            "Duration of reconciliations, per kind",
+            prometheus_client::registry::Unit::Seconds,
+            duration.clone(),
+        );
+        registry.register("leader", "1 while this replica holds the leader Lease", leader.clone());
+        Self { registry, reconciles, failures, stalled, duration, leader }
+    }
+}
+
+impl Metrics {
+    /// Counts a reconcile and times it until the returned guard drops.
+    pub fn start(self: &Arc<Self>, kind: &'static str) -> ReconcileTimer {
+        self.reconciles.get_or_create(&KindLabels { kind }).inc();
+        ReconcileTimer { metrics: self.clone(), kind, start: Instant::now() }
+    }
+
+    pub fn failed(&self, kind: &'static str, error: &str) {
+        self.failures.get_or_create(&ErrorLabels { kind, error: error.to_string() }).inc();
+    }
+
+    /// Renders the text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Observes the reconcile duration on drop.
+pub struct ReconcileTimer {
+    metrics: Arc<Metrics>,
+    kind: &'static str,
+    start: Instant,
+}
+
+impl Drop for ReconcileTimer {
+    fn drop(&mut self) {
+        let secs = self.start.elapsed().as_secs_f64();
+        self.metrics.duration.get_or_create(&KindLabels { kind: self.kind }).observe(secs);
+    }
+}
