@@ -83,3 +83,19 @@ impl Drop for ReconcileTimer {
         self.metrics.duration.get_or_create(&KindLabels { kind: self.kind }).observe(secs);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let m = Arc::new(Metrics::default());
+        drop(m.start("R1Pipeline"));
+        m.failed("R1Pipeline", "api_500");
+        let text = m.render();
+        assert!(text.contains("ratio1_reconciles_total{kind=\"R1Pipeline\"} 1"), "{text}");
+        assert!(text.contains("ratio1_reconcile_failures_total{kind=\"R1Pipeline\",error=\"api_500\"} 1"), "{text}");
+        assert!(text.contains("ratio1_reconcile_duration_seconds_count{kind=\"R1Pipeline\"} 1"), "{text}");
+    }
+}

@@ -1,1 +1,10 @@
+//! End-to-end tests against a real kube-apiserver + controller-manager +
+//! etcd (`e2e/kube/up.sh`), with the operator as a real process.
+//! Run them with `bash e2e/test.sh`, which starts and stops that control plane.
 
+mod harness;
+
+mod leader;
+mod nodes;
+mod pipelines;
+mod validation;

@@ -56,3 +56,20 @@ pub(crate) mod schema {
 /// CIDv1 in base32 (what `ipfs add --cid-version 1` prints). The controller
 /// decodes them fully.
 pub const CID_PATTERN: &str = r"^(Qm[1-9A-HJ-NP-Za-km-z]{44}|b[a-z2-7]{58,})$";
+
+#[cfg(test)]
+mod tests {
+    /// `crds/` is generated from these types; a stale copy would install a
+    /// schema that differs from what the operator reads and writes.
+    #[test]
+    fn checked_in_crds_are_fresh() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+        for (file, crd) in super::all() {
+            let on_disk = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+            assert!(
+                on_disk == super::to_yaml(&crd),
+                "crds/{file} is stale: run `cargo run -- crdgen --out crds` and commit the result"
+            );
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Test harness for the real control planes started by `e2e/kube/up.sh`.
+//!
+//! Cluster `i` (1-based) is reached through `$R1_E2E_KUBECONFIG_<i>`, else
+//! `${R1KUBE_RUN:-/tmp/ratio1-kube}/c<i>/kubeconfig`. Operators run as real
+//! processes of the `ratio1` binary. Later federation tests start one per
+//! cluster with [`Operator::start`].
+#![allow(dead_code)]
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::{conditions, wait::await_condition};
+use kube::{Client, Config, ResourceExt};
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Namespace the operators under test use for Secrets and the Lease.
+pub const OPERATOR_NS: &str = "ratio1-system";
+
+pub fn kubeconfig_path(cluster: usize) -> PathBuf {
+    if let Ok(p) = std::env::var(format!("R1_E2E_KUBECONFIG_{cluster}")) {
+        return p.into();
+    }
+    let run = std::env::var("R1KUBE_RUN").unwrap_or_else(|_| "/tmp/ratio1-kube".into());
+    PathBuf::from(run).join(format!("c{cluster}")).join("kubeconfig")
+}
+
+/// A client for cluster `cluster`.
+pub async fn client(cluster: usize) -> Client {
+    let path = kubeconfig_path(cluster);
+    let kc = Kubeconfig::read_from(&path).unwrap_or_else(|e| {
+        panic!("no test control plane at {} ({e}): run `bash e2e/test.sh`, or `bash e2e/kube/up.sh 3` first", path.display())
+    });
+    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig loads");
+    Client::try_from(cfg).expect("client builds")
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or panics after `secs`
+/// naming what was awaited.
+pub async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Applies the CRDs (server-side) and waits until they are established.
+pub async fn install_crds(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (_, crd) in ratio1::crd::all() {
+        let name = crd.name_any();
+        api.patch(&name, &PatchParams::apply("ratio1-e2e").force(), &Patch::Apply(&crd)).await.expect("CRD applies");
+        tokio::time::timeout(Duration::from_secs(30), await_condition(api.clone(), &name, conditions::is_crd_established()))
+            .await
+            .expect("CRD established in time")
+            .expect("CRD watch");
+    }
+}
+
+/// Creates namespace `name` if missing.
+pub async fn ensure_namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    match api.create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("creating namespace {name}: {e}"),
+    }
+}
+
+/// A namespace of its own for one test, so tests do not see each other.
+pub struct TestNs {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNs {
+    pub async fn new(client: &Client, prefix: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        ensure_namespace(client, &name).await;
+        Self { name, client: client.clone() }
+    }
+
+    /// Deletes the namespace (the test's objects go with it).
+    pub async fn cleanup(self) {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let _ = api.delete(&self.name, &DeleteParams::default()).await;
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn log_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("e2e-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Settings of one operator process under test.
+#[derive(Clone, Debug)]
+pub struct OperatorOpts {
+    pub cluster: usize,
+    pub identity: String,
+    pub lease_duration_secs: u64,
+    pub lease_retry_secs: u64,
+    pub extra_args: Vec<String>,
+}
+
+impl OperatorOpts {
+    pub fn new(cluster: usize, identity: &str) -> Self {
+        Self { cluster, identity: identity.into(), lease_duration_secs: 4, lease_retry_secs: 1, extra_args: vec![] }
+    }
+
+    fn command(&self, metrics_port: u16) -> std::process::Command {
+        let log = std::fs::File::create(log_dir().join(format!("c{}-{}.log", self.cluster, self.identity))).unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ratio1"));
+        cmd.arg("operator")
+            .arg("--namespace")
+            .arg(OPERATOR_NS)
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{metrics_port}"))
+            .arg("--identity")
+            .arg(&self.identity)
+            .arg("--lease-duration-secs")
+            .arg(self.lease_duration_secs.to_string())
+            .arg("--lease-retry-secs")
+            .arg(self.lease_retry_secs.to_string())
+            .args(&self.extra_args)
+            .env("KUBECONFIG", kubeconfig_path(self.cluster))
+            .env("RUST_LOG", "info,ratio1=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        cmd
+    }
+}
+
+/// An operator process, killed when dropped.
+pub struct Operator {
+    pub child: tokio::process::Child,
+    pub metrics_port: u16,
+    pub opts: OperatorOpts,
+}
+
+impl Operator {
+    /// Starts `ratio1 operator` and waits until its /readyz answers.
+    pub async fn start(opts: OperatorOpts) -> Self {
+        let metrics_port = free_port();
+        let mut cmd = tokio::process::Command::from(opts.command(metrics_port));
+        cmd.kill_on_drop(true);
+        let child = cmd.spawn().expect("ratio1 binary starts");
+        let op = Self { child, metrics_port, opts };
+        wait_for(30, "operator /readyz", || async { (http_get(op.metrics_port, "/readyz").await.as_deref() == Some("ok")).then_some(()) }).await;
+        op
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Kills the process hard (no lease release), as a crash would.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("kill");
+    }
+
+    pub async fn metrics(&self) -> String {
+        http_get(self.metrics_port, "/metrics").await.unwrap_or_default()
+    }
+}
+
+/// The operator shared by the single-cluster tests on cluster 1: one process
+/// for the whole test binary (the tests run in parallel threads, each with
+/// its own runtime). It dies with the test binary (PR_SET_PDEATHSIG on a
+/// thread that lives as long as the binary).
+pub struct Shared {
+    pub metrics_port: u16,
+}
+
+pub fn shared_operator() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Its own thread: the callers are inside tokio runtimes, and the
+        // child's PDEATHSIG fires when the thread that forked it ends.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let port = free_port();
+            rt.block_on(async {
+                let c = client(1).await;
+                install_crds(&c).await;
+                ensure_namespace(&c, OPERATOR_NS).await;
+            });
+            let mut cmd = OperatorOpts::new(1, "shared").command(port);
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let mut child = cmd.spawn().expect("ratio1 binary starts");
+            rt.block_on(wait_for(30, "shared operator /readyz", || async {
+                (http_get(port, "/readyz").await.as_deref() == Some("ok")).then_some(())
+            }));
+            tx.send(port).unwrap();
+            let _ = child.wait();
+        });
+        Shared { metrics_port: rx.recv().expect("shared operator started (see target/e2e-logs/c1-shared.log)") }
+    })
+}
+
+/// GET of a path on 127.0.0.1:port; the body on HTTP 200.
+pub async fn http_get(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).await.ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200").then(|| body.to_string()).or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
+}
+
+/// Reads a YAML file of the repository as JSON documents.
+pub fn yaml_docs(rel: &str) -> Vec<serde_json::Value> {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_json::Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}

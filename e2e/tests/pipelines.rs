@@ -1,0 +1,277 @@
+//! R1Pipeline and R1Model against the real API server, with the shared
+//! operator on cluster 1.
+
+use crate::harness::*;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt};
+use ratio1::crd::{R1Model, R1Pipeline};
+use serde_json::json;
+
+const CID: &str = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi";
+
+async fn apply<K>(api: &Api<K>, name: &str, body: serde_json::Value) -> K
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(name, &PatchParams::apply("e2e-user").force(), &Patch::Apply(&body)).await.expect("apply")
+}
+
+fn pipeline(name: &str, mode: &str, replicas: i32, image: &str, ports: &[i32]) -> serde_json::Value {
+    let ports: Vec<_> = ports.iter().map(|p| json!({"containerPort": p})).collect();
+    json!({
+        "apiVersion": "ratio1.ai/v1alpha1", "kind": "R1Pipeline",
+        "metadata": {"name": name},
+        "spec": {"mode": mode, "replicas": replicas,
+            "template": {"spec": {"containers": [{"name": "main", "image": image, "ports": ports}]}}}
+    })
+}
+
+/// Waits until the pipeline's status describes its current generation and
+/// returns it.
+pub async fn caught_up(api: &Api<R1Pipeline>, name: &str) -> R1Pipeline {
+    wait_for(30, &format!("status of {name} to catch up"), || async {
+        let p = api.get(name).await.ok()?;
+        (p.status.as_ref()?.observed_generation == p.metadata.generation).then_some(p)
+    })
+    .await
+}
+
+fn reason(conds: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition], t: &str) -> (String, String) {
+    let c = conds.iter().find(|c| c.type_ == t).unwrap_or_else(|| panic!("no {t} condition in {conds:?}"));
+    (c.status.clone(), c.reason.clone())
+}
+
+async fn setup(prefix: &str) -> (Client, TestNs) {
+    shared_operator();
+    let c = client(1).await;
+    let ns = TestNs::new(&c, prefix).await;
+    (c, ns)
+}
+
+#[tokio::test]
+async fn service_pipeline_lifecycle() {
+    let (c, ns) = setup("svc").await;
+    let pipes: Api<R1Pipeline> = Api::namespaced(c.clone(), &ns.name);
+    let deps: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
+    let svcs: Api<Service> = Api::namespaced(c.clone(), &ns.name);
+    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns.name);
+
+    let p = apply(&pipes, "web", pipeline("web", "Service", 2, "nginx:1.27", &[8080])).await;
+    let uid = p.uid().unwrap();
+    let dep = wait_for(30, "Deployment web", || async { deps.get_opt("web").await.ok().flatten() }).await;
+    let spec = dep.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    assert_eq!(dep.labels()["app.kubernetes.io/managed-by"], "ratio1-operator");
+    assert_eq!(dep.labels()["ratio1.ai/pipeline"], "web");
+    let owner = &dep.owner_references()[0];
+    assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("R1Pipeline", uid.as_str(), Some(true)));
+    assert_eq!(spec.template.spec.as_ref().unwrap().containers[0].image.as_deref(), Some("nginx:1.27"));
+    let svc = wait_for(30, "Service web", || async { svcs.get_opt("web").await.ok().flatten() }).await;
+    assert_eq!(svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port, 8080);
+    assert_eq!(svc.owner_references()[0].uid, uid);
+
+    // No kubelet here: pods never become ready, so the pipeline reports
+    // progress (kstatus InProgress), not readiness.
+    let p = caught_up(&pipes, "web").await;
+    let st = p.status.unwrap();
+    assert_eq!((st.replicas, st.ready_replicas, st.clusters), (2, 0, 1));
+    assert_eq!(reason(&st.conditions, "Ready"), ("False".into(), "ReplicasNotReady".into()));
+    assert_eq!(reason(&st.conditions, "Reconciling").0, "True");
+    assert_eq!(reason(&st.conditions, "Stalled").0, "False");
+
+    // Scale and edit: the children follow.
+    apply(&pipes, "web", pipeline("web", "Service", 4, "nginx:1.28", &[8080])).await;
+    wait_for(30, "Deployment scaled to 4 with the new image", || async {
+        let d = deps.get("web").await.ok()?;
+        let s = d.spec?;
+        (s.replicas == Some(4) && s.template.spec?.containers[0].image.as_deref() == Some("nginx:1.28")).then_some(())
+    })
+    .await;
+    let st = caught_up(&pipes, "web").await.status.unwrap();
+    assert_eq!(st.replicas, 4);
+
+    // Ports removed: the Service goes.
+    apply(&pipes, "web", pipeline("web", "Service", 4, "nginx:1.28", &[])).await;
+    wait_for(30, "Service removed", || async { svcs.get_opt("web").await.ok()?.is_none().then_some(()) }).await;
+
+    // Mode switch: a Job replaces the Deployment.
+    apply(&pipes, "web", pipeline("web", "Job", 3, "busybox", &[])).await;
+    let job = wait_for(30, "Job web", || async { jobs.get_opt("web").await.ok().flatten() }).await;
+    assert_eq!(job.spec.as_ref().unwrap().completions, Some(3));
+    wait_for(30, "Deployment removed", || async { deps.get_opt("web").await.ok()?.is_none().then_some(()) }).await;
+
+    // Delete: the garbage collector removes what the pipeline owned. Its
+    // discovery of a new CRD lags up to ~30 s on 1.20, hence the deadline.
+    pipes.delete("web", &DeleteParams::default()).await.unwrap();
+    wait_for(90, "Job garbage-collected", || async { jobs.get_opt("web").await.ok()?.is_none().then_some(()) }).await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn job_template_change_replaces_the_job() {
+    let (c, ns) = setup("job").await;
+    let pipes: Api<R1Pipeline> = Api::namespaced(c.clone(), &ns.name);
+    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns.name);
+    apply(&pipes, "batch", pipeline("batch", "Job", 2, "busybox:1", &[])).await;
+    let first = wait_for(30, "Job batch", || async { jobs.get_opt("batch").await.ok().flatten() }).await;
+    let tpl = first.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(tpl.restart_policy.as_deref(), Some("Never"));
+    let st = caught_up(&pipes, "batch").await.status.unwrap();
+    assert_eq!(reason(&st.conditions, "Ready"), ("False".into(), "CompletionsPending".into()));
+
+    // A Job's template is immutable: a change must replace the Job.
+    apply(&pipes, "batch", pipeline("batch", "Job", 2, "busybox:2", &[])).await;
+    let second = wait_for(60, "Job batch replaced", || async {
+        let j = jobs.get_opt("batch").await.ok()??;
+        (j.uid() != first.uid()).then_some(j)
+    })
+    .await;
+    let image = second.spec.unwrap().template.spec.unwrap().containers[0].image.clone();
+    assert_eq!(image.as_deref(), Some("busybox:2"));
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn samples_reconcile() {
+    let (c, ns) = setup("samples").await;
+    let client = c.clone();
+    for file in ["r1model-cid.yaml", "r1model-volume.yaml", "r1pipeline-service.yaml", "r1pipeline-job.yaml"] {
+        for mut doc in yaml_docs(&format!("manifests/samples/{file}")) {
+            doc["metadata"]["namespace"] = json!(ns.name);
+            let name = doc["metadata"]["name"].as_str().unwrap().to_string();
+            match doc["kind"].as_str().unwrap() {
+                "R1Model" => {
+                    apply(&Api::<R1Model>::namespaced(client.clone(), &ns.name), &name, doc).await;
+                }
+                "R1Pipeline" => {
+                    apply(&Api::<R1Pipeline>::namespaced(client.clone(), &ns.name), &name, doc).await;
+                }
+                k => panic!("unexpected kind {k} in {file}"),
+            }
+        }
+    }
+    let models: Api<R1Model> = Api::namespaced(c.clone(), &ns.name);
+    let m = wait_for(30, "sentiment-onnx ready", || async {
+        let m = models.get("sentiment-onnx").await.ok()?;
+        ratio1::conditions::is_true(&m.status.clone()?.conditions, "Ready").then_some(m)
+    })
+    .await;
+    assert_eq!(m.status.unwrap().cid.as_deref(), Some(CID));
+    let v = wait_for(30, "llm-weights status", || async {
+        let m = models.get("llm-weights").await.ok()?;
+        (m.status.as_ref()?.observed_generation == m.metadata.generation).then_some(m)
+    })
+    .await;
+    assert_eq!(reason(&v.status.unwrap().conditions, "Ready"), ("False".into(), "AwaitingR1FS".into()));
+
+    let pipes: Api<R1Pipeline> = Api::namespaced(c.clone(), &ns.name);
+    let deps: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
+    let dep = wait_for(30, "sentiment-api Deployment", || async { deps.get_opt("sentiment-api").await.ok().flatten() }).await;
+    let ann = dep.spec.unwrap().template.metadata.unwrap().annotations.unwrap();
+    assert!(ann["ratio1.ai/models"].contains(CID), "model CID reaches the pod template: {ann:?}");
+    let st = caught_up(&pipes, "sentiment-api").await.status.unwrap();
+    assert_eq!(reason(&st.conditions, "Stalled").0, "False");
+    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns.name);
+    let job = wait_for(30, "embed-corpus Job", || async { jobs.get_opt("embed-corpus").await.ok().flatten() }).await;
+    assert_eq!(job.spec.unwrap().completions, Some(3));
+
+    // GitOps: applying the same manifests again changes nothing.
+    let before = pipes.get("sentiment-api").await.unwrap();
+    let mut doc = yaml_docs("manifests/samples/r1pipeline-service.yaml").remove(0);
+    doc["metadata"]["namespace"] = json!(ns.name);
+    let after = apply(&pipes, "sentiment-api", doc).await;
+    assert_eq!(before.metadata.generation, after.metadata.generation);
+    assert_eq!(before.resource_version(), after.resource_version());
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn missing_model_stalls_until_created() {
+    let (c, ns) = setup("stall").await;
+    let pipes: Api<R1Pipeline> = Api::namespaced(c.clone(), &ns.name);
+    let mut body = pipeline("uses-model", "Service", 1, "busybox", &[]);
+    body["spec"]["models"] = json!([{"name": "absent", "mountPath": "/m"}]);
+    apply(&pipes, "uses-model", body).await;
+    let st = caught_up(&pipes, "uses-model").await.status.unwrap();
+    assert_eq!(reason(&st.conditions, "Stalled"), ("True".into(), "ModelNotFound".into()));
+    assert_eq!(reason(&st.conditions, "Ready").0, "False");
+    let deps: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
+    assert!(deps.get_opt("uses-model").await.unwrap().is_none(), "nothing is created for invalid input");
+
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.clone(), &ns.name);
+    wait_for(30, "Warning event ModelNotFound", || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("ModelNotFound")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("uses-model")
+            })
+            .then_some(())
+    })
+    .await;
+
+    // The model appears: the pipeline is re-reconciled by the model watch.
+    let models: Api<R1Model> = Api::namespaced(c.clone(), &ns.name);
+    apply(
+        &models,
+        "absent",
+        json!({"apiVersion": "ratio1.ai/v1alpha1", "kind": "R1Model", "metadata": {"name": "absent"},
+               "spec": {"source": {"cid": CID}}}),
+    )
+    .await;
+    wait_for(30, "Stalled cleared and Deployment created", || async {
+        let p = pipes.get("uses-model").await.ok()?;
+        let stalled = ratio1::conditions::is_true(&p.status?.conditions, "Stalled");
+        (!stalled && deps.get_opt("uses-model").await.ok()?.is_some()).then_some(())
+    })
+    .await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn foreign_objects_are_never_taken_over() {
+    let (c, ns) = setup("conflict").await;
+    let deps: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
+    let user: Deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "taken"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"a": "b"}},
+                 "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "user:1"}]}}}
+    }))
+    .unwrap();
+    deps.create(&Default::default(), &user).await.unwrap();
+    let pipes: Api<R1Pipeline> = Api::namespaced(c.clone(), &ns.name);
+    apply(&pipes, "taken", pipeline("taken", "Service", 3, "mine:1", &[])).await;
+    let st = caught_up(&pipes, "taken").await.status.unwrap();
+    assert_eq!(reason(&st.conditions, "Stalled"), ("True".into(), "NameConflict".into()));
+    let d = deps.get("taken").await.unwrap();
+    assert_eq!(d.spec.unwrap().template.spec.unwrap().containers[0].image.as_deref(), Some("user:1"));
+    assert!(d.metadata.owner_references.unwrap_or_default().is_empty());
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn metrics_and_probes() {
+    let shared = shared_operator();
+    let (c, ns) = setup("metrics").await;
+    let pipes: Api<R1Pipeline> = Api::namespaced(c.clone(), &ns.name);
+    apply(&pipes, "m", pipeline("m", "Service", 0, "busybox", &[])).await;
+    let st = caught_up(&pipes, "m").await.status.unwrap();
+    // Zero replicas are trivially all ready.
+    assert_eq!(reason(&st.conditions, "Ready"), ("True".into(), "Available".into()));
+    assert_eq!(http_get(shared.metrics_port, "/healthz").await.as_deref(), Some("ok"));
+    assert_eq!(http_get(shared.metrics_port, "/readyz").await.as_deref(), Some("ok"));
+    let text = http_get(shared.metrics_port, "/metrics").await.unwrap();
+    for needle in [
+        "ratio1_reconciles_total{kind=\"R1Pipeline\"}",
+        "ratio1_reconcile_duration_seconds_count{kind=\"R1Pipeline\"}",
+        "ratio1_leader 1",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from /metrics:\n{text}");
+    }
+    ns.cleanup().await;
+}
