@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 # Own ports and run dir, so the tests never touch a running devnet.
 export R1KUBE_RUN="${R1KUBE_RUN:-${TMPDIR:-/tmp}/ratio1-kube-test}"
 export R1KUBE_API_PORT="${R1KUBE_API_PORT:-26443}"
-export R1KUBE_ETCD_PORT="${R1KUBE_ETCD_PORT:-33790}"
+export R1KUBE_ETCD_PORT="${R1KUBE_ETCD_PORT:-22790}"
+# (all below 32768: the kernel hands out ephemeral ports above it)
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 

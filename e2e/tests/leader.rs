@@ -26,7 +26,8 @@ async fn pipeline_reconciled(c: &kube::Client, ns: &str, name: &str) {
         "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox"}]}}}});
     pipes.patch(name, &PatchParams::apply("e2e-user"), &Patch::Apply(body)).await.unwrap();
     let deps: Api<Deployment> = Api::namespaced(c.clone(), ns);
-    wait_for(40, &format!("Deployment {name} from the leader"), || async { deps.get_opt(name).await.ok().flatten() }).await;
+    wait_for(40, &format!("Deployment {name} from the leader"), || async { deps.get_opt(name).await.ok().flatten() })
+        .await;
 }
 
 #[tokio::test]

@@ -46,7 +46,10 @@ async fn node_identity_license_and_duplicates() {
     cond(&nodes, "e2e-node", "Stalled", "True", "LicenseSecretNotFound").await;
 
     // The Secret appears: the Secret watch wakes the node up.
-    secrets.patch("e2e-license", &ssa, &Patch::Apply(secret("e2e-license", json!({"license": "token"})))).await.unwrap();
+    secrets
+        .patch("e2e-license", &ssa, &Patch::Apply(secret("e2e-license", json!({"license": "token"}))))
+        .await
+        .unwrap();
     let n = cond(&nodes, "e2e-node", "Ready", "True", "IdentityReady").await;
     let st = n.status.unwrap();
     assert_eq!(find(&st.conditions, "Licensed").map(|c| c.reason.as_str()), Some("AwaitingDAuth"));
@@ -71,7 +74,10 @@ async fn node_identity_license_and_duplicates() {
             .then_some(())
     })
     .await;
-    secrets.patch("e2e-license", &ssa, &Patch::Apply(secret("e2e-license", json!({"license": "token"})))).await.unwrap();
+    secrets
+        .patch("e2e-license", &ssa, &Patch::Apply(secret("e2e-license", json!({"license": "token"}))))
+        .await
+        .unwrap();
     cond(&nodes, "e2e-node", "Ready", "True", "IdentityReady").await;
 
     // A second R1Node in the same cluster is refused; the first keeps working.

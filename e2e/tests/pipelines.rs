@@ -169,7 +169,8 @@ async fn samples_reconcile() {
 
     let pipes: Api<R1Pipeline> = Api::namespaced(c.clone(), &ns.name);
     let deps: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
-    let dep = wait_for(30, "sentiment-api Deployment", || async { deps.get_opt("sentiment-api").await.ok().flatten() }).await;
+    let dep =
+        wait_for(30, "sentiment-api Deployment", || async { deps.get_opt("sentiment-api").await.ok().flatten() }).await;
     let ann = dep.spec.unwrap().template.metadata.unwrap().annotations.unwrap();
     assert!(ann["ratio1.ai/models"].contains(CID), "model CID reaches the pod template: {ann:?}");
     let st = caught_up(&pipes, "sentiment-api").await.status.unwrap();

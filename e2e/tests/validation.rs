@@ -29,9 +29,7 @@ async fn schema_rejects_invalid_manifests() {
     let ns = TestNs::new(&c, "invalid").await;
     let ar = ApiResource::erase::<R1Pipeline>(&());
     let pipes: Api<DynamicObject> = Api::namespaced_with(c.clone(), &ns.name, &ar);
-    let p = |spec: serde_json::Value| {
-        json!({"apiVersion": "ratio1.ai/v1alpha1", "kind": "R1Pipeline", "metadata": {"name": "bad"}, "spec": spec})
-    };
+    let p = |spec: serde_json::Value| json!({"apiVersion": "ratio1.ai/v1alpha1", "kind": "R1Pipeline", "metadata": {"name": "bad"}, "spec": spec});
     let msg = rejected(&pipes, p(json!({"replicas": 5000, "template": container()}))).await;
     assert!(msg.contains("spec.replicas"), "{msg}");
     let msg = rejected(&pipes, p(json!({"mode": "Daemon", "template": container()}))).await;
@@ -42,14 +40,14 @@ async fn schema_rejects_invalid_manifests() {
     assert!(msg.contains("name"), "{msg}");
     let msg = rejected(&pipes, p(json!({"template": container(), "placement": {"clusters": 0}}))).await;
     assert!(msg.contains("spec.placement.clusters"), "{msg}");
-    let msg = rejected(&pipes, p(json!({"template": container(), "inputs": [{"cid": "not-a-cid", "mountPath": "/in"}]}))).await;
+    let msg =
+        rejected(&pipes, p(json!({"template": container(), "inputs": [{"cid": "not-a-cid", "mountPath": "/in"}]})))
+            .await;
     assert!(msg.contains("spec.inputs") && msg.contains("cid"), "{msg}");
 
     let ar = ApiResource::erase::<R1Model>(&());
     let models: Api<DynamicObject> = Api::namespaced_with(c.clone(), &ns.name, &ar);
-    let m = |spec: serde_json::Value| {
-        json!({"apiVersion": "ratio1.ai/v1alpha1", "kind": "R1Model", "metadata": {"name": "bad"}, "spec": spec})
-    };
+    let m = |spec: serde_json::Value| json!({"apiVersion": "ratio1.ai/v1alpha1", "kind": "R1Model", "metadata": {"name": "bad"}, "spec": spec});
     let cid = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi";
     let msg = rejected(&models, m(json!({"source": {"cid": cid, "volume": {"claimName": "x"}}}))).await;
     assert!(msg.contains("spec.source"), "{msg}");
@@ -91,5 +89,8 @@ async fn operator_without_crds_exits_with_a_sentence() {
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     let last = err.lines().last().unwrap_or_default();
-    assert!(last.starts_with("error: CRD r1nodes.ratio1.ai is not installed: run `kubectl apply --server-side -f crds/`"), "{err}");
+    assert!(
+        last.starts_with("error: CRD r1nodes.ratio1.ai is not installed: run `kubectl apply --server-side -f crds/`"),
+        "{err}"
+    );
 }

@@ -41,13 +41,19 @@ pub fn check_license(secret: Option<&Secret>, name: &str, ns: &str) -> Result<()
     }
 }
 
-/// The R1Node that represents this cluster: the oldest one (by creation,
-/// then name). Any other is a mistake the user must remove.
+/// The R1Node that represents this cluster: one already serving (it has a
+/// PeerId and is not itself refused as a duplicate) wins over a newcomer,
+/// then the oldest (creation timestamps have one-second resolution), then
+/// the first by name. Any other is a mistake the user must remove.
 pub fn primary(nodes: &[R1Node]) -> Option<&R1Node> {
-    nodes.iter().min_by(|a, b| {
-        (a.metadata.creation_timestamp.as_ref().map(|t| t.0), a.name_any())
-            .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), b.name_any()))
-    })
+    let serving = |n: &R1Node| {
+        n.status.as_ref().is_some_and(|s| {
+            s.peer_id.is_some()
+                && !conditions::find(&s.conditions, conditions::STALLED)
+                    .is_some_and(|c| c.status == "True" && c.reason == "DuplicateNode")
+        })
+    };
+    nodes.iter().min_by_key(|n| (!serving(n), n.metadata.creation_timestamp.as_ref().map(|t| t.0), n.name_any()))
 }
 
 /// Reads the identity Secret, creating it when missing. `Err` carries the
@@ -195,7 +201,10 @@ mod tests {
             n.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::from_second(t).unwrap()));
             n
         };
-        let nodes = vec![mk("b", 5), mk("a", 9), mk("c", 5)];
+        let mut nodes = vec![mk("b", 5), mk("a", 9), mk("c", 5)];
         assert_eq!(primary(&nodes).unwrap().name_any(), "b");
+        // A node already serving keeps its place against an older newcomer.
+        nodes[2].status = Some(R1NodeStatus { peer_id: Some("12D3".into()), ..Default::default() });
+        assert_eq!(primary(&nodes).unwrap().name_any(), "c");
     }
 }

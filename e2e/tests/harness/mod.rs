@@ -34,7 +34,10 @@ pub fn kubeconfig_path(cluster: usize) -> PathBuf {
 pub async fn client(cluster: usize) -> Client {
     let path = kubeconfig_path(cluster);
     let kc = Kubeconfig::read_from(&path).unwrap_or_else(|e| {
-        panic!("no test control plane at {} ({e}): run `bash e2e/test.sh`, or `bash e2e/kube/up.sh 3` first", path.display())
+        panic!(
+            "no test control plane at {} ({e}): run `bash e2e/test.sh`, or `bash e2e/kube/up.sh 3` first",
+            path.display()
+        )
     });
     let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig loads");
     Client::try_from(cfg).expect("client builds")
@@ -63,10 +66,13 @@ pub async fn install_crds(client: &Client) {
     for (_, crd) in ratio1::crd::all() {
         let name = crd.name_any();
         api.patch(&name, &PatchParams::apply("ratio1-e2e").force(), &Patch::Apply(&crd)).await.expect("CRD applies");
-        tokio::time::timeout(Duration::from_secs(30), await_condition(api.clone(), &name, conditions::is_crd_established()))
-            .await
-            .expect("CRD established in time")
-            .expect("CRD watch");
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            await_condition(api.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .expect("CRD established in time")
+        .expect("CRD watch");
     }
 }
 
@@ -167,7 +173,10 @@ impl Operator {
         cmd.kill_on_drop(true);
         let child = cmd.spawn().expect("ratio1 binary starts");
         let op = Self { child, metrics_port, opts };
-        wait_for(30, "operator /readyz", || async { (http_get(op.metrics_port, "/readyz").await.as_deref() == Some("ok")).then_some(()) }).await;
+        wait_for(30, "operator /readyz", || async {
+            (http_get(op.metrics_port, "/readyz").await.as_deref() == Some("ok")).then_some(())
+        })
+        .await;
         op
     }
 
@@ -235,7 +244,9 @@ pub async fn http_get(port: u16, path: &str) -> Option<String> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.ok()?;
     let (head, body) = buf.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.0 200").then(|| body.to_string()).or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
+    head.starts_with("HTTP/1.0 200")
+        .then(|| body.to_string())
+        .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
 }
 
 /// Reads a YAML file of the repository as JSON documents.
