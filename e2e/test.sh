@@ -19,6 +19,10 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 step "installing the test control plane (cached after the first run)"
 bash e2e/kube/install.sh
 
+step "installing helm (cached; the chart tests render and lint it)"
+R1_HELM=$(bash e2e/tools/helm.sh)
+export R1_HELM
+
 step "building"
 cargo build --all-targets --locked
 

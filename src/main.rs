@@ -30,6 +30,9 @@ enum Command {
         /// Exit non-zero when the files in --out differ instead of writing.
         #[arg(long, requires = "out")]
         check: bool,
+        /// Also write the Markdown field reference to this file.
+        #[arg(long)]
+        docs: Option<PathBuf>,
     },
     /// Print the version.
     Version,
@@ -106,7 +109,14 @@ async fn main() -> ExitCode {
             println!("ratio1 {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Crdgen { out, check } => crdgen(out, check),
+        Command::Crdgen { out, check, docs } => crdgen(out, check).and_then(|()| match docs {
+            Some(path) => {
+                let crds: Vec<_> = ratio1::crd::all().into_iter().map(|(_, c)| c).collect();
+                std::fs::write(&path, ratio1::crd::reference::markdown(&crds))
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+            }
+            None => Ok(()),
+        }),
         Command::Operator(a) => {
             let cfg = OperatorConfig {
                 namespace: a.namespace,

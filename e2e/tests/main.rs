@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod install;
 mod leader;
 mod nodes;
 mod pipelines;

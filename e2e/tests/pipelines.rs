@@ -261,9 +261,14 @@ async fn metrics_and_probes() {
     let (c, ns) = setup("metrics").await;
     let pipes: Api<R1Pipeline> = Api::namespaced(c.clone(), &ns.name);
     apply(&pipes, "m", pipeline("m", "Service", 0, "busybox", &[])).await;
-    let st = caught_up(&pipes, "m").await.status.unwrap();
-    // Zero replicas are trivially all ready.
-    assert_eq!(reason(&st.conditions, "Ready"), ("True".into(), "Available".into()));
+    // Zero replicas are all ready once the Deployment controller has seen
+    // the Deployment (its status change wakes the pipeline through owns()).
+    let p = wait_for(30, "pipeline m Ready", || async {
+        let p = pipes.get("m").await.ok()?;
+        ratio1::conditions::is_true(&p.status.clone()?.conditions, "Ready").then_some(p)
+    })
+    .await;
+    assert_eq!(reason(&p.status.unwrap().conditions, "Ready"), ("True".into(), "Available".into()));
     assert_eq!(http_get(shared.metrics_port, "/healthz").await.as_deref(), Some("ok"));
     assert_eq!(http_get(shared.metrics_port, "/readyz").await.as_deref(), Some("ok"));
     let text = http_get(shared.metrics_port, "/metrics").await.unwrap();

@@ -76,21 +76,3 @@ fn crdgen_check_fails_with_one_line_on_stale_files() {
     assert!(err.starts_with("error: stale CRDs"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
-
-#[tokio::test]
-async fn operator_without_crds_exits_with_a_sentence() {
-    // Cluster 3 never gets the CRDs.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ratio1"))
-        .args(["operator", "--metrics-addr", "127.0.0.1:0", "--leader-election", "false"])
-        .env("KUBECONFIG", kubeconfig_path(3))
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8(out.stderr).unwrap();
-    let last = err.lines().last().unwrap_or_default();
-    assert!(
-        last.starts_with("error: CRD r1nodes.ratio1.ai is not installed: run `kubectl apply --server-side -f crds/`"),
-        "{err}"
-    );
-}

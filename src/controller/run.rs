@@ -23,6 +23,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long a graceful shutdown waits for reconciles in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Settings of `ratio1 operator`.
 #[derive(Clone, Debug)]
 pub struct OperatorConfig {
@@ -177,7 +180,13 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
         _ = shutdown.clone() => {
             tracing::info!("shutting down: finishing reconciles in flight");
             for tx in stops { let _ = tx.send(()); }
-            controllers.await;
+            // Bounded: a controller whose first list has not finished yet
+            // never drains (kube-runtime waits for its store). On timeout the
+            // controllers are dropped, which cancels their reconciles, before
+            // the lease is released.
+            if tokio::time::timeout(SHUTDOWN_GRACE, controllers).await.is_err() {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "reconciles did not finish in time; stopping them");
+            }
             if cfg.leader_election {
                 Elector::release(client.clone(), &lease).await;
             }

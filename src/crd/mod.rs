@@ -8,6 +8,7 @@
 mod model;
 mod node;
 mod pipeline;
+pub mod reference;
 
 pub use model::*;
 pub use node::*;
@@ -68,8 +69,11 @@ mod tests {
             let on_disk = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
             assert!(
                 on_disk == super::to_yaml(&crd),
-                "crds/{file} is stale: run `cargo run -- crdgen --out crds` and commit the result"
+                "crds/{file} is stale: run `bash e2e/gen-manifests.sh` and commit the result"
             );
         }
+        let docs = std::fs::read_to_string(dir.join("../docs/crds.md")).unwrap_or_default();
+        let crds: Vec<_> = super::all().into_iter().map(|(_, c)| c).collect();
+        assert!(docs == super::reference::markdown(&crds), "docs/crds.md is stale: run `bash e2e/gen-manifests.sh`");
     }
 }

@@ -1,0 +1,179 @@
+//! The install path on cluster 3, in order: the operator refuses to start
+//! without CRDs; manifests/ and the chart match the code; install.yaml
+//! passes a server-side dry run, then installs for real; and the operator,
+//! running with nothing but the ServiceAccount token and RBAC from
+//! install.yaml, reconciles (least-privilege RBAC is enough).
+
+use crate::harness::*;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::api::{Api, Patch, PatchParams};
+use ratio1::crd::{R1Node, R1Pipeline};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn helm() -> String {
+    if let Ok(h) = std::env::var("R1_HELM") {
+        return h;
+    }
+    let out = Command::new("bash").arg(root().join("e2e/tools/helm.sh")).output().expect("bash runs");
+    assert!(out.status.success(), "no helm: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn kubectl(cluster: usize, args: &[&str]) -> (bool, String) {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig_path(cluster))
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn manifests_and_chart_match_the_code() {
+    let out = Command::new(helm())
+        .args(["template", "ratio1-operator"])
+        .arg(root().join("charts/ratio1-operator"))
+        .args(["--namespace", "ratio1-system", "--include-crds"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let install = std::fs::read_to_string(root().join("manifests/install.yaml")).unwrap();
+    assert!(
+        install.ends_with(String::from_utf8(out.stdout).unwrap().as_str()),
+        "manifests/install.yaml is stale: run `bash e2e/gen-manifests.sh`"
+    );
+    for (file, crd) in ratio1::crd::all() {
+        let chart = std::fs::read_to_string(root().join("charts/ratio1-operator/crds").join(file)).unwrap_or_default();
+        assert!(
+            chart == ratio1::crd::to_yaml(&crd),
+            "charts/ratio1-operator/crds/{file} is stale: run `bash e2e/gen-manifests.sh`"
+        );
+    }
+    let lint = Command::new(helm()).arg("lint").arg(root().join("charts/ratio1-operator")).output().unwrap();
+    assert!(lint.status.success(), "helm lint: {}", String::from_utf8_lossy(&lint.stdout));
+    // The values schema rejects a typo instead of ignoring it.
+    let bad = Command::new(helm())
+        .args(["template", "x"])
+        .arg(root().join("charts/ratio1-operator"))
+        .args(["--set", "replicaCont=3"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}
+
+/// A kubeconfig for cluster `cluster` that authenticates with `token`.
+fn kubeconfig_with_token(cluster: usize, token: &str) -> PathBuf {
+    let text = std::fs::read_to_string(kubeconfig_path(cluster)).unwrap();
+    let mut kc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    kc["users"][0]["user"] = serde_yaml::to_value(json!({ "token": token })).unwrap();
+    let path = std::env::temp_dir().join(format!("ratio1-sa-kubeconfig-{}", std::process::id()));
+    std::fs::write(&path, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn install_path_with_least_privilege_rbac() {
+    let cluster = 3;
+    // 1. No CRDs yet: the operator exits with a sentence that says what to do.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ratio1"))
+        .args(["operator", "--metrics-addr", "127.0.0.1:0", "--leader-election", "false"])
+        .env("KUBECONFIG", kubeconfig_path(cluster))
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: CRD r1nodes.ratio1.ai is not installed: run `kubectl apply --server-side -f crds/`"),
+        "{err}"
+    );
+
+    // 2. Server-side dry run of the whole install, then the real thing.
+    let install = root().join("manifests/install.yaml");
+    let install = install.to_str().unwrap();
+    let c = client(cluster).await;
+    ensure_namespace(&c, OPERATOR_NS).await;
+    let (ok, out) = kubectl(cluster, &["apply", "--server-side", "--dry-run=server", "-f", install]);
+    assert!(ok, "dry run: {out}");
+    let (ok, out) = kubectl(cluster, &["apply", "--server-side", "-f", install]);
+    assert!(ok, "install: {out}");
+    // Applying again is a no-op: nothing drifts.
+    let (ok, out) = kubectl(cluster, &["apply", "--server-side", "-f", install]);
+    assert!(ok && !out.contains("configured"), "second apply: {out}");
+
+    // 3. The operator with only the ServiceAccount's rights.
+    let sas: Api<ServiceAccount> = Api::namespaced(c.clone(), OPERATOR_NS);
+    let secrets: Api<Secret> = Api::namespaced(c.clone(), OPERATOR_NS);
+    let token = wait_for(30, "ServiceAccount token Secret", || async {
+        let sa = sas.get("ratio1-operator").await.ok()?;
+        let name = sa.secrets?.first()?.name.clone()?;
+        let s = secrets.get(&name).await.ok()?;
+        String::from_utf8(s.data?.get("token")?.0.clone()).ok()
+    })
+    .await;
+    let kc = kubeconfig_with_token(cluster, &token);
+    let port = free_port();
+    let log = std::fs::File::create(root().join("target/e2e-logs/c3-serviceaccount.log")).unwrap();
+    let mut op = tokio::process::Command::new(env!("CARGO_BIN_EXE_ratio1"))
+        .args(["operator", "--namespace", OPERATOR_NS, "--identity", "sa-operator"])
+        .arg("--metrics-addr")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("KUBECONFIG", &kc)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let ssa = PatchParams::apply("e2e-user");
+    secrets
+        .patch(
+            "r1node-license",
+            &ssa,
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "r1node-license"},
+                "stringData": {"license": "token"}})),
+        )
+        .await
+        .unwrap();
+    let nodes: Api<R1Node> = Api::all(c.clone());
+    let mut node = yaml_docs("manifests/samples/r1node.yaml").remove(0);
+    node["metadata"]["name"] = json!("sa-node");
+    nodes.patch("sa-node", &ssa, &Patch::Apply(node)).await.unwrap();
+    wait_for(40, "R1Node ready under the ServiceAccount", || async {
+        let n = nodes.get("sa-node").await.ok()?;
+        ratio1::conditions::is_true(&n.status?.conditions, "Ready").then_some(())
+    })
+    .await;
+
+    let ns = TestNs::new(&c, "rbac").await;
+    let pipes: Api<R1Pipeline> = Api::namespaced(c.clone(), &ns.name);
+    let mut p = yaml_docs("manifests/samples/r1pipeline-service.yaml").remove(0);
+    p["metadata"]["namespace"] = json!(ns.name);
+    p["spec"]["models"] = json!([]);
+    pipes.patch("sentiment-api", &ssa, &Patch::Apply(p)).await.unwrap();
+    let deps: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
+    wait_for(40, "Deployment made under the ServiceAccount", || async {
+        deps.get_opt("sentiment-api").await.ok().flatten()
+    })
+    .await;
+    let p = wait_for(30, "pipeline status under the ServiceAccount", || async {
+        let p = pipes.get("sentiment-api").await.ok()?;
+        (p.status.as_ref()?.observed_generation == p.metadata.generation).then_some(p)
+    })
+    .await;
+    assert!(!ratio1::conditions::is_true(&p.status.unwrap().conditions, "Stalled"));
+    let logs = std::fs::read_to_string(root().join("target/e2e-logs/c3-serviceaccount.log")).unwrap();
+    assert!(!logs.contains("403") && !logs.contains("forbidden"), "the operator hit a permission it lacks:\n{logs}");
+    op.kill().await.unwrap();
+    ns.cleanup().await;
+    let _ = std::fs::remove_file(Path::new(&kc));
+}
