@@ -183,3 +183,127 @@ fn model_watch_maps_to_mounting_pipelines() {
     assert_eq!(refs.len(), 1);
     assert_eq!(refs[0].name, "web");
 }
+
+/// The reconcile's conversation with a mocked API server (tower-test): the
+/// reads, the server-side apply with the operator's field manager and
+/// `force`, then status, then an Event. The same flow runs against a real
+/// API server in the e2e suite.
+mod mocked_api {
+    use super::*;
+    use crate::controller::Context;
+    use crate::metrics::Metrics;
+    use http::{Method, Request, Response, StatusCode};
+    use kube::client::Body;
+    use kube::runtime::events::{Recorder, Reporter};
+    use kube::Client;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn json_response(code: StatusCode, body: serde_json::Value) -> Response<Body> {
+        Response::builder().status(code).body(Body::from(serde_json::to_vec(&body).unwrap())).unwrap()
+    }
+
+    fn not_found() -> Response<Body> {
+        json_response(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+        )
+    }
+
+    async fn next(
+        handle: &mut Handle,
+        method: Method,
+        path_end: &str,
+    ) -> (Request<Body>, serde_json::Value, tower_test::mock::SendResponse<Response<Body>>) {
+        let (req, send) = handle.next_request().await.expect("the reconcile sends another request");
+        assert_eq!(req.method(), method, "{}", req.uri());
+        assert!(req.uri().path().ends_with(path_end), "{} does not end with {path_end}", req.uri());
+        let (parts, body) = req.into_parts();
+        let bytes = body.collect_bytes().await.unwrap();
+        let json = if bytes.is_empty() { serde_json::Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        (Request::from_parts(parts, Body::empty()), json, send)
+    }
+
+    #[tokio::test]
+    async fn service_pipeline_applies_children_then_status() {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(svc, "default");
+        let recorder = Recorder::new(client.clone(), Reporter { controller: "ratio1-operator".into(), instance: None });
+        let ctx = Arc::new(Context::new(client, recorder, Arc::new(Metrics::default()), "ratio1-system".into()));
+        let p = pipeline(PipelineMode::Service, vec![container("a", &[8080])]);
+
+        let server = tokio::spawn(async move {
+            for kind in ["deployments", "services", "jobs"] {
+                let (_, _, send) = next(&mut handle, Method::GET, &format!("/namespaces/ns/{kind}/web")).await;
+                send.send_response(not_found());
+            }
+            for kind in ["deployments", "services"] {
+                let (req, body, send) = next(&mut handle, Method::PATCH, &format!("/namespaces/ns/{kind}/web")).await;
+                let query = req.uri().query().unwrap_or_default();
+                assert!(query.contains("fieldManager=ratio1-operator") && query.contains("force=true"), "{query}");
+                assert_eq!(req.headers()["content-type"], "application/apply-patch+yaml");
+                assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+                assert_eq!(body["metadata"]["labels"]["ratio1.ai/pipeline"], "web");
+                send.send_response(json_response(StatusCode::OK, body));
+            }
+            let (req, body, send) = next(&mut handle, Method::PATCH, "/namespaces/ns/r1pipelines/web/status").await;
+            assert!(req.uri().query().unwrap_or_default().contains("fieldManager=ratio1-operator"));
+            assert_eq!(body["status"]["observedGeneration"], 1);
+            assert_eq!(body["status"]["replicas"], 2);
+            let ready = body["status"]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == "Ready")
+                .cloned()
+                .unwrap();
+            assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("ReplicasNotReady")));
+            send.send_response(json_response(
+                StatusCode::OK,
+                serde_json::to_value(pipeline(PipelineMode::Service, vec![])).unwrap(),
+            ));
+            let (_, event, send) = next(&mut handle, Method::POST, "/namespaces/ns/events").await;
+            assert_eq!(event["reason"], "ReplicasNotReady");
+            send.send_response(json_response(StatusCode::CREATED, event));
+        });
+        let action = reconcile(Arc::new(p), ctx).await.expect("reconcile succeeds");
+        assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+        server.await.expect("the API server saw exactly the expected requests");
+    }
+
+    #[tokio::test]
+    async fn invalid_input_writes_only_status_and_an_event() {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(svc, "default");
+        let recorder = Recorder::new(client.clone(), Reporter { controller: "ratio1-operator".into(), instance: None });
+        let ctx = Arc::new(Context::new(client, recorder, Arc::new(Metrics::default()), "ratio1-system".into()));
+        let p = pipeline(PipelineMode::Service, vec![]);
+        let server = tokio::spawn(async move {
+            for kind in ["deployments", "services", "jobs"] {
+                let (_, _, send) = next(&mut handle, Method::GET, &format!("/{kind}/web")).await;
+                send.send_response(not_found());
+            }
+            let (_, body, send) = next(&mut handle, Method::PATCH, "/r1pipelines/web/status").await;
+            let stalled = body["status"]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == "Stalled")
+                .cloned()
+                .unwrap();
+            assert_eq!(
+                (stalled["status"].as_str(), stalled["reason"].as_str()),
+                (Some("True"), Some("InvalidTemplate"))
+            );
+            send.send_response(json_response(
+                StatusCode::OK,
+                serde_json::to_value(pipeline(PipelineMode::Service, vec![])).unwrap(),
+            ));
+            let (_, event, send) = next(&mut handle, Method::POST, "/events").await;
+            assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("InvalidTemplate")));
+            send.send_response(json_response(StatusCode::CREATED, event));
+        });
+        assert_eq!(reconcile(Arc::new(p), ctx).await.unwrap(), Action::await_change());
+        server.await.unwrap();
+    }
+}
