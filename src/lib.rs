@@ -6,7 +6,9 @@
 pub mod conditions;
 pub mod controller;
 pub mod crd;
+pub mod dauth;
 pub mod identity;
 pub mod leader;
 pub mod metrics;
+pub mod p2p;
 pub mod telemetry;

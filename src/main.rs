@@ -34,8 +34,60 @@ enum Command {
         #[arg(long)]
         docs: Option<PathBuf>,
     },
+    /// Issue and check node licenses.
+    #[command(subcommand)]
+    License(LicenseCmd),
+    /// Look at the network as a running operator sees it.
+    #[command(subcommand)]
+    Network(NetworkCmd),
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum LicenseCmd {
+    /// Create an issuer key pair: the secret goes to --out (mode 0600), the
+    /// public key (what networks trust) is printed.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a license bound to a node's PeerId; prints the token.
+    Issue {
+        /// File written by `license keygen`.
+        #[arg(long)]
+        issuer_key: PathBuf,
+        #[arg(long)]
+        peer_id: String,
+        #[arg(long, value_enum, default_value = "ND")]
+        class: ratio1::dauth::license::Class,
+        /// Validity in days from now.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// License id (default: class and a random suffix).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Verify a token: exit 0 and print its claims, or exit 1 with the reason.
+    Verify {
+        token: String,
+        /// Public key of a trusted issuer (repeatable).
+        #[arg(long = "trusted-issuer", required = true)]
+        trusted_issuers: Vec<String>,
+        /// The PeerId the license must be bound to (default: the one it names).
+        #[arg(long)]
+        peer_id: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum NetworkCmd {
+    /// Table of the licensed peers this node sees.
+    Peers {
+        /// The operator's metrics address.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        endpoint: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -67,6 +119,144 @@ struct OperatorArgs {
     /// Reconciles running at once per controller.
     #[arg(long, default_value_t = 8)]
     concurrency: u16,
+    /// Public key of a license issuer this network trusts (repeatable).
+    #[arg(long = "trusted-issuer", env = "RATIO1_TRUSTED_ISSUERS", value_delimiter = ',')]
+    trusted_issuers: Vec<String>,
+    /// File of revoked license ids, one per line.
+    #[arg(long)]
+    revoked_licenses: Option<PathBuf>,
+    /// libp2p listen multiaddrs (override R1Node spec.p2p.listen).
+    #[arg(long = "p2p-listen", value_delimiter = ',')]
+    p2p_listen: Vec<String>,
+    /// Bootstrap peers (override spec.p2p.bootstrap).
+    #[arg(long = "p2p-bootstrap", value_delimiter = ',')]
+    p2p_bootstrap: Vec<String>,
+    /// External addresses (override spec.p2p.external).
+    #[arg(long = "p2p-external", value_delimiter = ',')]
+    p2p_external: Vec<String>,
+    /// Seconds between heartbeats.
+    #[arg(long, default_value_t = 5)]
+    heartbeat_interval_secs: u64,
+    /// Seconds without a heartbeat after which a peer is stale.
+    #[arg(long, default_value_t = 15)]
+    heartbeat_timeout_secs: u64,
+    /// Seconds a refused peer stays blocked.
+    #[arg(long, default_value_t = 300)]
+    block_secs: u64,
+}
+
+fn net_options(a: &OperatorArgs) -> anyhow::Result<ratio1::controller::NetOptions> {
+    use ratio1::dauth::license::{decode_public, TrustStore};
+    let issuers = a
+        .trusted_issuers
+        .iter()
+        .map(|k| decode_public(k).map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>, _>>()?;
+    let revoked = match &a.revoked_licenses {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect(),
+        None => vec![],
+    };
+    Ok(ratio1::controller::NetOptions {
+        trust: TrustStore::new(issuers, revoked),
+        listen: a.p2p_listen.clone(),
+        bootstrap: a.p2p_bootstrap.clone(),
+        external: a.p2p_external.clone(),
+        heartbeat_interval: Duration::from_secs(a.heartbeat_interval_secs.max(1)),
+        heartbeat_timeout: Duration::from_secs(a.heartbeat_timeout_secs.max(1)),
+        admission_timeout: Duration::from_secs(10),
+        block_duration: Duration::from_secs(a.block_secs),
+    })
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn license(cmd: LicenseCmd) -> anyhow::Result<()> {
+    use ratio1::dauth::license::*;
+    match cmd {
+        LicenseCmd::Keygen { out } => {
+            let kp = libp2p_identity::ed25519::Keypair::generate();
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&out)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
+            writeln!(f, "{}", encode_secret(&kp))?;
+            println!("key id:     {}", key_id(&kp.public()));
+            println!("public key: {}", encode_public(&kp.public()));
+            Ok(())
+        }
+        LicenseCmd::Issue { issuer_key, peer_id, class, days, id } => {
+            let text = std::fs::read_to_string(&issuer_key)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", issuer_key.display()))?;
+            let kp = decode_secret(&text).map_err(anyhow::Error::msg)?;
+            peer_id.parse::<libp2p_identity::PeerId>().map_err(|_| anyhow::anyhow!("{peer_id:?} is not a PeerId"))?;
+            anyhow::ensure!(days > 0, "--days must be positive");
+            let now = unix_now();
+            let claims = Claims {
+                id: id.unwrap_or_else(|| format!("{class}-{:08x}", rand::random::<u32>())),
+                class,
+                peer: peer_id,
+                iat: now,
+                exp: now + days * 86_400,
+                iss: key_id(&kp.public()),
+            };
+            println!("{}", issue(&kp, &claims));
+            Ok(())
+        }
+        LicenseCmd::Verify { token, trusted_issuers, peer_id } => {
+            let issuers = trusted_issuers
+                .iter()
+                .map(|k| decode_public(k).map_err(anyhow::Error::msg))
+                .collect::<Result<Vec<_>, _>>()?;
+            let trust = TrustStore::new(issuers, []);
+            let peer = match peer_id {
+                Some(p) => p,
+                None => decode(&token).map(|(c, _, _)| c.peer).map_err(|e| anyhow::anyhow!("{e}"))?,
+            };
+            let c = trust.verify(&token, &peer, unix_now()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("valid: {} license {} for {} (issuer {}), expires {}", c.class, c.id, c.peer, c.iss, c.exp);
+            Ok(())
+        }
+    }
+}
+
+async fn network(cmd: NetworkCmd) -> anyhow::Result<()> {
+    let NetworkCmd::Peers { endpoint } = cmd;
+    let url = format!("{}/v1/network", endpoint.trim_end_matches('/'));
+    let view: serde_json::Value = ratio1::telemetry::get_json(&url).await?;
+    let now = ratio1::p2p::now_ms();
+    println!("{:<54} {:<12} {:<14} {:<5} {:<16} {:>9}", "PEER", "NODE", "LICENSE", "CLASS", "ROLES", "LAST-HB");
+    for p in view["peers"].as_object().into_iter().flat_map(|m| m.values()) {
+        let roles: Vec<&str> = p["roles"].as_array().into_iter().flatten().filter_map(|r| r.as_str()).collect();
+        let age =
+            p["lastHeartbeat"].as_i64().map(|t| format!("{:.1}s ago", (now - t) as f64 / 1000.0)).unwrap_or("-".into());
+        println!(
+            "{:<54} {:<12} {:<14} {:<5} {:<16} {:>9}",
+            p["peerId"].as_str().unwrap_or("?"),
+            p["node"].as_str().unwrap_or(""),
+            p["licenseId"].as_str().unwrap_or(""),
+            p["class"].as_str().unwrap_or(""),
+            roles.join(","),
+            age
+        );
+    }
+    println!(
+        "\nthis node: {} · license: {}",
+        view["peerId"].as_str().unwrap_or("?"),
+        view["licensed"].get("Ok").or(view["licensed"].get("Err")).and_then(|v| v.as_str()).unwrap_or("not verified")
+    );
+    Ok(())
 }
 
 fn default_identity() -> String {
@@ -117,20 +307,26 @@ async fn main() -> ExitCode {
             }
             None => Ok(()),
         }),
-        Command::Operator(a) => {
-            let cfg = OperatorConfig {
-                namespace: a.namespace,
-                metrics_addr: a.metrics_addr,
-                leader_election: a.leader_election,
-                lease_name: a.lease_name,
-                lease_duration: Duration::from_secs(a.lease_duration_secs),
-                lease_retry: Duration::from_secs(a.lease_retry_secs),
-                identity: a.identity.unwrap_or_else(default_identity),
-                resync: Duration::from_secs(a.resync_secs),
-                concurrency: a.concurrency,
-            };
-            run(cfg).await
-        }
+        Command::License(cmd) => license(cmd),
+        Command::Network(cmd) => network(cmd).await,
+        Command::Operator(a) => match net_options(&a) {
+            Err(e) => Err(e),
+            Ok(net) => {
+                let cfg = OperatorConfig {
+                    namespace: a.namespace,
+                    metrics_addr: a.metrics_addr,
+                    leader_election: a.leader_election,
+                    lease_name: a.lease_name,
+                    lease_duration: Duration::from_secs(a.lease_duration_secs),
+                    lease_retry: Duration::from_secs(a.lease_retry_secs),
+                    identity: a.identity.unwrap_or_else(default_identity),
+                    resync: Duration::from_secs(a.resync_secs),
+                    concurrency: a.concurrency,
+                    net,
+                };
+                run(cfg).await
+            }
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,6 +17,11 @@ pub struct ErrorLabels {
     pub error: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
 /// All metrics of the operator process.
 pub struct Metrics {
     pub registry: Registry,
@@ -25,6 +30,14 @@ pub struct Metrics {
     pub stalled: Family<KindLabels, Counter>,
     pub duration: Family<KindLabels, Histogram>,
     pub leader: Gauge,
+    pub p2p_peers: Gauge,
+    pub p2p_admitted: Counter,
+    pub p2p_refused: Family<ReasonLabels, Counter>,
+    pub p2p_refused_by_peer: Family<ReasonLabels, Counter>,
+    pub p2p_dropped: Family<ReasonLabels, Counter>,
+    pub p2p_heartbeats: Counter,
+    pub p2p_heartbeats_sent: Counter,
+    pub dauth: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -47,7 +60,42 @@ impl Default for Metrics {
             duration.clone(),
         );
         registry.register("leader", "1 while this replica holds the leader Lease", leader.clone());
-        Self { registry, reconciles, failures, stalled, duration, leader }
+        let p2p_peers = Gauge::default();
+        let p2p_admitted = Counter::default();
+        let p2p_refused = Family::<ReasonLabels, Counter>::default();
+        let p2p_refused_by_peer = Family::<ReasonLabels, Counter>::default();
+        let p2p_dropped = Family::<ReasonLabels, Counter>::default();
+        let p2p_heartbeats = Counter::default();
+        let p2p_heartbeats_sent = Counter::default();
+        let dauth = Family::<ReasonLabels, Counter>::default();
+        registry.register("p2p_peers", "Licensed peers heard from within the heartbeat timeout", p2p_peers.clone());
+        registry.register("p2p_admitted", "Peers admitted after license verification", p2p_admitted.clone());
+        registry.register("p2p_refused", "Peers refused at admission, per reason", p2p_refused.clone());
+        registry.register(
+            "p2p_refused_by_peer",
+            "Times a peer refused this node, per reason",
+            p2p_refused_by_peer.clone(),
+        );
+        registry.register("p2p_dropped", "Network messages dropped, per reason", p2p_dropped.clone());
+        registry.register("p2p_heartbeats_received", "Valid heartbeats received", p2p_heartbeats.clone());
+        registry.register("p2p_heartbeats_sent", "Heartbeats published", p2p_heartbeats_sent.clone());
+        registry.register("dauth_requests", "dAuth requests answered as an oracle, per result", dauth.clone());
+        Self {
+            registry,
+            reconciles,
+            failures,
+            stalled,
+            duration,
+            leader,
+            p2p_peers,
+            p2p_admitted,
+            p2p_refused,
+            p2p_refused_by_peer,
+            p2p_dropped,
+            p2p_heartbeats,
+            p2p_heartbeats_sent,
+            dauth,
+        }
     }
 }
 

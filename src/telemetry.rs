@@ -39,6 +39,7 @@ pub struct Health {
 struct AppState {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    view: crate::p2p::SharedView,
 }
 
 /// Serves the endpoints on an already bound listener until the process ends.
@@ -46,12 +47,14 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    view: crate::p2p::SharedView,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(AppState { metrics, health });
+        .route("/v1/network", get(network))
+        .with_state(AppState { metrics, health, view });
     axum::serve(listener, app).await
 }
 
@@ -65,4 +68,26 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting")
     }
+}
+
+/// This node's view of the network as JSON (`ratio1 network peers` reads it).
+async fn network(State(s): State<AppState>) -> impl IntoResponse {
+    let view = s.view.read().map(|v| v.clone()).unwrap_or_default();
+    ([("content-type", "application/json")], serde_json::to_string(&view).unwrap_or_default())
+}
+
+/// GET of a JSON document over plain HTTP (the CLI reads an operator's
+/// endpoints with it).
+pub async fn get_json(url: &str) -> anyhow::Result<serde_json::Value> {
+    use http_body_util::BodyExt;
+    let uri: hyper::Uri = url.parse().map_err(|_| anyhow::anyhow!("{url:?} is not a URL"))?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.get(uri))
+        .await
+        .map_err(|_| anyhow::anyhow!("{url} did not answer within 10 s"))?
+        .map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
+    anyhow::ensure!(resp.status().is_success(), "{url} answered {}", resp.status());
+    let body = resp.into_body().collect().await.map_err(|e| anyhow::anyhow!("reading {url}: {e}"))?.to_bytes();
+    serde_json::from_slice(&body).map_err(|e| anyhow::anyhow!("{url} did not return JSON: {e}"))
 }

@@ -82,13 +82,26 @@ fn kubeconfig_with_token(cluster: usize, token: &str) -> PathBuf {
 #[tokio::test]
 async fn install_path_with_least_privilege_rbac() {
     let cluster = 3;
+    // Cluster 3 belongs to this test: start from no CRDs (an earlier run
+    // may have installed them).
+    let c = client(cluster).await;
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(c.clone());
+    for (_, crd) in ratio1::crd::all() {
+        let name = kube::ResourceExt::name_any(&crd);
+        let _ = crds.delete(&name, &Default::default()).await;
+        wait_for(60, &format!("CRD {name} deleted"), || async {
+            crds.get_opt(&name).await.ok()?.is_none().then_some(())
+        })
+        .await;
+    }
     // 1. No CRDs yet: the operator exits with a sentence that says what to do.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ratio1"))
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_ratio1"))
         .args(["operator", "--metrics-addr", "127.0.0.1:0", "--leader-election", "false"])
         .env("KUBECONFIG", kubeconfig_path(cluster))
-        .output()
-        .await
-        .unwrap();
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), run).await.expect("the operator exits").unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     let last = err.lines().last().unwrap_or_default();
@@ -100,7 +113,6 @@ async fn install_path_with_least_privilege_rbac() {
     // 2. Server-side dry run of the whole install, then the real thing.
     let install = root().join("manifests/install.yaml");
     let install = install.to_str().unwrap();
-    let c = client(cluster).await;
     ensure_namespace(&c, OPERATOR_NS).await;
     let (ok, out) = kubectl(cluster, &["apply", "--server-side", "--dry-run=server", "-f", install]);
     assert!(ok, "dry run: {out}");

@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod federation;
 mod install;
 mod leader;
 mod nodes;

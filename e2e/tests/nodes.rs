@@ -52,7 +52,7 @@ async fn node_identity_license_and_duplicates() {
         .unwrap();
     let n = cond(&nodes, "e2e-node", "Ready", "True", "IdentityReady").await;
     let st = n.status.unwrap();
-    assert_eq!(find(&st.conditions, "Licensed").map(|c| c.reason.as_str()), Some("AwaitingDAuth"));
+    assert_eq!(find(&st.conditions, "Licensed").map(|c| c.reason.as_str()), Some("NoTrustedIssuers"));
     let id = secrets.get("e2e-identity").await.expect("identity Secret created");
     let data = id.data.clone().unwrap().into_iter().map(|(k, v)| (k, v.0)).collect();
     let kp = ratio1::identity::from_secret_data(&data).expect("a usable ed25519 key");

@@ -58,6 +58,43 @@ pub struct LocalNode {
     pub peer_id: Option<String>,
 }
 
+/// How this node joins the network (flags; the R1Node spec fills the rest).
+#[derive(Clone, Debug)]
+pub struct NetOptions {
+    pub trust: crate::dauth::license::TrustStore,
+    /// Multiaddrs that override the R1Node's `spec.p2p` when not empty.
+    pub listen: Vec<String>,
+    pub bootstrap: Vec<String>,
+    pub external: Vec<String>,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub admission_timeout: Duration,
+    pub block_duration: Duration,
+}
+
+impl Default for NetOptions {
+    fn default() -> Self {
+        Self {
+            trust: Default::default(),
+            listen: vec![],
+            bootstrap: vec![],
+            external: vec![],
+            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_secs(15),
+            admission_timeout: Duration::from_secs(10),
+            block_duration: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The running network and what it was started with.
+pub struct RunningNetwork {
+    pub handle: crate::p2p::NetworkHandle,
+    /// Identity, addresses and roles: a change restarts the network.
+    pub fingerprint: String,
+    pub license: String,
+}
+
 /// State shared by all controllers.
 pub struct Context {
     pub client: Client,
@@ -70,6 +107,12 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// How long a healthy object waits before it is checked for drift.
     pub resync: Duration,
+    pub net: NetOptions,
+    /// What this node knows of the network (shared with `/v1/network`).
+    pub view: crate::p2p::SharedView,
+    /// Bumped by the network when peers or the license state change.
+    pub net_changes: tokio::sync::watch::Sender<u64>,
+    pub network: tokio::sync::Mutex<Option<RunningNetwork>>,
 }
 
 impl Context {
@@ -82,6 +125,10 @@ impl Context {
             local_node: RwLock::new(None),
             failures: Mutex::new(HashMap::new()),
             resync: Duration::from_secs(300),
+            net: NetOptions::default(),
+            view: Default::default(),
+            net_changes: tokio::sync::watch::channel(0).0,
+            network: tokio::sync::Mutex::new(None),
         }
     }
 

@@ -3,16 +3,19 @@
 //! license Secret is usable. Admission into the network (dAuth) and peer
 //! state (p2p) are reported by those modules through the same status.
 
-use super::{next_conditions, patch_status, report_transition, Context, LocalNode, Result, MANAGED_BY};
+use super::{next_conditions, patch_status, report_transition, Context, LocalNode, Result, RunningNetwork, MANAGED_BY};
 use crate::conditions::{self, Want};
 use crate::crd::{R1Node, R1NodeStatus};
+use crate::dauth::license::TrustStore;
 use crate::identity;
+use crate::p2p::{self, NetConfig, View};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
+use libp2p::Multiaddr;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -58,7 +61,10 @@ pub fn primary(nodes: &[R1Node]) -> Option<&R1Node> {
 
 /// Reads the identity Secret, creating it when missing. `Err` carries the
 /// reason it is unusable.
-async fn ensure_identity(ctx: &Context, name: &str) -> Result<Result<String, (&'static str, String)>> {
+async fn ensure_identity(
+    ctx: &Context,
+    name: &str,
+) -> Result<Result<libp2p_identity::Keypair, (&'static str, String)>> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let secret = match api.get_opt(name).await? {
         Some(s) => s,
@@ -90,9 +96,105 @@ async fn ensure_identity(ctx: &Context, name: &str) -> Result<Result<String, (&'
         }
     };
     Ok(match identity::from_secret_data(&plain(secret.data.as_ref())) {
-        Ok(kp) => Ok(kp.public().to_peer_id().to_string()),
+        Ok(kp) => Ok(kp),
         Err(e) => Err(("InvalidIdentitySecret", format!("Secret {}/{name}: {e}", ctx.namespace))),
     })
+}
+
+/// Multiaddrs from the flag override, else from the spec.
+fn addrs(flag: &[String], spec: &[String], field: &str) -> Result<Vec<Multiaddr>, (&'static str, String)> {
+    let src = if flag.is_empty() { spec } else { flag };
+    src.iter()
+        .map(|a| {
+            a.parse::<Multiaddr>().map_err(|e| ("InvalidAddress", format!("{field}: {a:?} is not a multiaddr: {e}")))
+        })
+        .collect()
+}
+
+/// Starts the network, or restarts it when identity, addresses or roles
+/// changed; passes a rotated license to the running one.
+async fn ensure_network(
+    ctx: &Context,
+    n: &R1Node,
+    keypair: libp2p_identity::Keypair,
+    license: String,
+) -> Result<Option<String>, (&'static str, String)> {
+    let listen = addrs(&ctx.net.listen, &n.spec.p2p.listen, "spec.p2p.listen")?;
+    let bootstrap = addrs(&ctx.net.bootstrap, &n.spec.p2p.bootstrap, "spec.p2p.bootstrap")?;
+    let external = addrs(&ctx.net.external, &n.spec.p2p.external, "spec.p2p.external")?;
+    let mut running = ctx.network.lock().await;
+    if listen.is_empty() {
+        *running = None;
+        return Ok(Some("no listen address (spec.p2p.listen): this node does not join the network".into()));
+    }
+    let fingerprint = format!(
+        "{}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        keypair.public().to_peer_id(),
+        listen,
+        bootstrap,
+        external,
+        n.spec.roles,
+        n.spec.offer
+    );
+    match running.as_mut() {
+        Some(r) if r.fingerprint == fingerprint => {
+            if r.license != license {
+                r.handle.set_license(license.clone()).await;
+                r.license = license;
+            }
+        }
+        _ => {
+            // Dropping the old handle stops its event loop.
+            *running = None;
+            let mut cfg = NetConfig::new(keypair, license.clone(), ctx.net.trust.clone());
+            cfg.node_name = n.name_any();
+            cfg.listen = listen;
+            cfg.bootstrap = bootstrap;
+            cfg.external = external;
+            cfg.roles = n.spec.roles.clone();
+            cfg.offer = serde_json::to_value(&n.spec.offer).unwrap_or_default();
+            cfg.heartbeat_interval = ctx.net.heartbeat_interval;
+            cfg.heartbeat_timeout = ctx.net.heartbeat_timeout;
+            cfg.admission_timeout = ctx.net.admission_timeout;
+            cfg.block_duration = ctx.net.block_duration;
+            let handle = p2p::start(cfg, ctx.view.clone(), ctx.metrics.clone(), ctx.net_changes.clone())
+                .map_err(|e| ("NetworkFailed", e))?;
+            tracing::info!(peer_id = %handle.peer_id, "network started");
+            *running = Some(RunningNetwork { handle, fingerprint, license });
+        }
+    }
+    Ok(None)
+}
+
+/// `Licensed` from the node's own token (pure).
+pub fn license_condition(trust: &TrustStore, token: &str, peer: &str, now: i64) -> Want {
+    if trust.is_empty() {
+        return Want::unknown(
+            "Licensed",
+            "NoTrustedIssuers",
+            "no trusted license issuer is configured (--trusted-issuer): the license cannot be verified",
+        );
+    }
+    match trust.verify(token, peer, now) {
+        Ok(c) => {
+            Want::new("Licensed", true, "LicenseValid", format!("{} license {} valid until {}", c.class, c.id, c.exp))
+        }
+        Err(e) => Want::new("Licensed", false, e.reason(), e.to_string()),
+    }
+}
+
+/// `Connected` from the network's view (pure), and the fresh peer count.
+pub fn connected_condition(view: &View, disabled: Option<&str>, now: i64) -> (Want, u32) {
+    let fresh = view.fresh_peers(now).len() as u32;
+    let connected = match (disabled, &view.listen_error) {
+        (Some(msg), _) => Want::new("Connected", false, "P2pDisabled", msg),
+        (None, Some(err)) => Want::new("Connected", false, "ListenFailed", err.clone()),
+        (None, None) if fresh > 0 => {
+            Want::new("Connected", true, "PeersConnected", format!("{fresh} licensed peer(s)"))
+        }
+        (None, None) => Want::new("Connected", false, "NoPeers", "no licensed peer heard from yet"),
+    };
+    (connected, fresh)
 }
 
 #[tracing::instrument(skip_all, fields(kind = "R1Node", name = %n.name_any(), generation = ?n.metadata.generation))]
@@ -106,6 +208,8 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
     let is_primary = primary(&all).is_none_or(|p| p.name_any() == name);
 
     let mut peer_id = old.peer_id.clone();
+    let mut disabled = None;
+    let mut licensed = None;
     let outcome: Result<(), (&'static str, String)> = if !is_primary {
         Err((
             "DuplicateNode",
@@ -117,11 +221,22 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
     } else {
         match ensure_identity(&ctx, &n.spec.identity.secret_name).await? {
             Err(bad) => Err(bad),
-            Ok(pid) => {
-                peer_id = Some(pid);
+            Ok(kp) => {
+                peer_id = Some(kp.public().to_peer_id().to_string());
                 let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
                 let lic = secrets.get_opt(&n.spec.license.secret_name).await?;
-                check_license(lic.as_ref(), &n.spec.license.secret_name, &ctx.namespace)
+                match check_license(lic.as_ref(), &n.spec.license.secret_name, &ctx.namespace) {
+                    Err(bad) => Err(bad),
+                    Ok(()) => {
+                        let token = lic
+                            .and_then(|s| s.data)
+                            .and_then(|d| d.get(LICENSE_KEY).map(|v| String::from_utf8_lossy(&v.0).trim().to_string()))
+                            .unwrap_or_default();
+                        let pid = kp.public().to_peer_id().to_string();
+                        licensed = Some(license_condition(&ctx.net.trust, &token, &pid, p2p::now_ms() / 1000));
+                        ensure_network(&ctx, &n, kp, token).await.map(|d| disabled = d)
+                    }
+                }
             }
         }
     };
@@ -133,20 +248,37 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
         }
         Ok(()) => conditions::ready("IdentityReady", "node identity and license Secret are in place"),
     };
+    let mut peers = old.peers;
+    let mut last_heartbeat = old.last_heartbeat.clone();
     if outcome.is_ok() {
-        // Verification of the token itself (issuer, binding, expiry) is
-        // dAuth's; until it has run the license is not known to be valid.
-        wanted.push(Want::unknown("Licensed", "AwaitingDAuth", "license token present; not yet verified by dAuth"));
         *ctx.local_node.write().expect("local node lock") =
             Some(LocalNode { name: name.clone(), peer_id: peer_id.clone() });
+        let view = ctx.view.read().expect("view lock").clone();
+        let (connected, fresh) = connected_condition(&view, disabled.as_deref(), p2p::now_ms());
+        if let Some(bad) = licensed.as_ref().filter(|w| w.status == Some(false)) {
+            // Peers refuse a node without a valid license: only a new
+            // license (a Secret change) helps.
+            wanted = conditions::stalled(&bad.reason, &bad.message);
+        }
+        wanted.extend(licensed);
+        wanted.push(connected);
+        peers = fresh;
+        last_heartbeat = view
+            .last_heartbeat_sent
+            .and_then(|ms| k8s_openapi::jiff::Timestamp::from_millisecond(ms).ok())
+            .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time);
     }
     let status = R1NodeStatus {
         peer_id,
+        peers,
+        last_heartbeat,
         observed_generation: n.metadata.generation,
         conditions: next_conditions(&old.conditions, &wanted, n.metadata.generation),
         ..old.clone()
     };
     let same = old.peer_id == status.peer_id
+        && old.peers == status.peers
+        && old.last_heartbeat == status.last_heartbeat
         && old.observed_generation == status.observed_generation
         && conditions::same_ignoring_time(&old.conditions, &status.conditions);
     if !same {
@@ -154,7 +286,13 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
         report_transition(&ctx, n.as_ref(), &old.conditions, &status.conditions).await;
     }
     ctx.succeeded(n.as_ref());
-    Ok(if outcome.is_ok() { Action::requeue(ctx.resync) } else { Action::await_change() })
+    // Healthy nodes refresh lastHeartbeat twice a minute; peer changes wake
+    // the controller at once (reconcile_all_on).
+    Ok(if outcome.is_ok() {
+        Action::requeue(ctx.resync.min(std::time::Duration::from_secs(30)))
+    } else {
+        Action::await_change()
+    })
 }
 
 #[cfg(test)]
@@ -206,5 +344,51 @@ mod tests {
         // A node already serving keeps its place against an older newcomer.
         nodes[2].status = Some(R1NodeStatus { peer_id: Some("12D3".into()), ..Default::default() });
         assert_eq!(primary(&nodes).unwrap().name_any(), "c");
+    }
+
+    #[test]
+    fn license_condition_follows_the_trust_store() {
+        use crate::dauth::license::{issue, key_id, Claims, Class};
+        let issuer = libp2p_identity::ed25519::Keypair::generate();
+        let claims = Claims {
+            id: "l1".into(),
+            class: Class::Nd,
+            peer: "p".into(),
+            iat: 0,
+            exp: 100,
+            iss: key_id(&issuer.public()),
+        };
+        let token = issue(&issuer, &claims);
+        let none = license_condition(&TrustStore::default(), &token, "p", 50);
+        assert_eq!((none.status, none.reason.as_str()), (None, "NoTrustedIssuers"));
+        let trust = TrustStore::new([issuer.public()], []);
+        assert_eq!(license_condition(&trust, &token, "p", 50).status, Some(true));
+        let late = license_condition(&trust, &token, "p", 100);
+        assert_eq!((late.status, late.reason.as_str()), (Some(false), "LicenseExpired"));
+    }
+
+    #[test]
+    fn connected_counts_only_fresh_peers() {
+        use crate::p2p::PeerInfo;
+        let mut view = View { heartbeat_timeout_ms: 1000, ..Default::default() };
+        let (c, n) = connected_condition(&view, None, 10_000);
+        assert_eq!((c.status, c.reason.as_str(), n), (Some(false), "NoPeers", 0));
+        let peer = |hb: i64| PeerInfo {
+            peer_id: "x".into(),
+            node: "n".into(),
+            license_id: "l".into(),
+            class: crate::dauth::license::Class::Nd,
+            roles: vec![],
+            version: "0".into(),
+            last_heartbeat: Some(hb),
+            connected: true,
+            offer: serde_json::json!({}),
+        };
+        view.peers.insert("a".into(), peer(9_500));
+        view.peers.insert("b".into(), peer(5_000));
+        let (c, n) = connected_condition(&view, None, 10_000);
+        assert_eq!((c.status, n), (Some(true), 1), "b is stale");
+        let (c, _) = connected_condition(&view, Some("off"), 10_000);
+        assert_eq!(c.reason, "P2pDisabled");
     }
 }

@@ -38,6 +38,7 @@ pub struct OperatorConfig {
     pub identity: String,
     pub resync: Duration,
     pub concurrency: u16,
+    pub net: super::NetOptions,
 }
 
 /// Fails with a sentence that says what to do when a CRD is missing.
@@ -85,7 +86,8 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} for metrics and probes", cfg.metrics_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
-    tokio::spawn(telemetry::serve(listener, metrics.clone(), health.clone()));
+    let view = crate::p2p::SharedView::default();
+    tokio::spawn(telemetry::serve(listener, metrics.clone(), health.clone(), view.clone()));
 
     check_crds(&client).await?;
     health.ready.store(true, Ordering::Relaxed);
@@ -116,6 +118,8 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
     let mut context =
         Context::new(client.clone(), Recorder::new(client.clone(), reporter), metrics.clone(), cfg.namespace.clone());
     context.resync = cfg.resync;
+    context.net = cfg.net.clone();
+    context.view = view;
     let ctx = Arc::new(context);
 
     // Each controller stops taking new work on the same shutdown signal.
@@ -129,7 +133,13 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
     let wc = watcher::Config::default;
     let owned = || watcher::Config::default().labels(&format!("{}={}", super::MANAGED_BY.0, super::MANAGED_BY.1));
 
-    let nodes = Controller::new(Api::<R1Node>::all(client.clone()), wc()).with_config(ctl_cfg.clone());
+    // Peer and license changes in the network refresh R1Node status at once.
+    let net_changes = futures::stream::unfold(ctx.net_changes.subscribe(), |mut rx| async move {
+        rx.changed().await.ok().map(|_| ((), rx))
+    });
+    let nodes = Controller::new(Api::<R1Node>::all(client.clone()), wc())
+        .with_config(ctl_cfg.clone())
+        .reconcile_all_on(net_changes);
     let node_store = nodes.store();
     let nodes = nodes
         .watches(Api::<Secret>::namespaced(client.clone(), &cfg.namespace), wc(), move |s: Secret| {

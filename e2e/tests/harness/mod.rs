@@ -6,6 +6,8 @@
 //! cluster with [`Operator::start`].
 #![allow(dead_code)]
 
+pub mod federation;
+
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};

@@ -1,0 +1,181 @@
+//! Federation over real libp2p (TCP on 127.0.0.1) between operator
+//! processes on clusters 4, 5, 6, with licenses, dAuth and heartbeats.
+
+use crate::harness::federation::*;
+use crate::harness::*;
+use libp2p_identity::ed25519;
+use ratio1::conditions::find;
+use ratio1::dauth::license::{self, Class, TrustStore};
+use ratio1::metrics::Metrics;
+use ratio1::p2p::{self, envelope::Envelope, NetConfig, HEARTBEAT_TOPIC};
+use std::sync::Arc;
+
+/// A libp2p node run inside the test, dialing every operator.
+async fn outsider(fed: &Federation, keypair: libp2p_identity::Keypair, token: String) -> p2p::NetworkHandle {
+    let trust = TrustStore::new([fed.issuer.public()], []);
+    let mut cfg = NetConfig::new(keypair, token, trust);
+    cfg.node_name = "outsider".into();
+    cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    cfg.bootstrap = fed.nodes.iter().map(|n| n.addr().parse().unwrap()).collect();
+    cfg.heartbeat_interval = std::time::Duration::from_secs(1);
+    p2p::start(cfg, Default::default(), Arc::new(Metrics::default()), tokio::sync::watch::channel(0).0).unwrap()
+}
+
+async fn metrics_of(fed: &Federation, i: usize) -> String {
+    fed.nodes[i].op().metrics().await
+}
+
+#[tokio::test]
+async fn licensed_clusters_federate_and_refuse_the_rest() {
+    let mut fed = Federation::start(&[4, 5, 6]).await;
+
+    // 1. Three licensed clusters form a network.
+    for i in 0..3 {
+        let node = fed.wait_peers(i, 2, 60).await;
+        let st = node.status.unwrap();
+        assert_eq!(
+            st.peer_id.as_deref(),
+            Some(fed.nodes[i].peer_id.as_str()),
+            "the PeerId on the wire is the Secret's"
+        );
+        let conds = &st.conditions;
+        assert_eq!(find(conds, "Connected").map(|c| c.status.as_str()), Some("True"), "{conds:?}");
+        assert_eq!(
+            find(conds, "Licensed").map(|c| (c.status.as_str(), c.reason.as_str())),
+            Some(("True", "LicenseValid"))
+        );
+        assert!(st.last_heartbeat.is_some());
+    }
+    // dAuth: the workers asked the oracle and hold its signed configuration.
+    for i in 1..3 {
+        let fed_ref = &fed;
+        let view = wait_for(30, "dAuth answer from the oracle", || async move {
+            let v = fed_ref.network_view(i).await;
+            v["network"].is_object().then_some(v)
+        })
+        .await;
+        assert_eq!(view["network"]["oracle"], fed.nodes[0].peer_id.as_str());
+        assert!(view["network"]["oracles"].as_array().unwrap().iter().any(|o| o == fed.nodes[0].peer_id.as_str()));
+    }
+    let oracle_view = fed.network_view(0).await;
+    assert!(oracle_view["dauthLog"].as_array().unwrap().iter().any(|r| r["result"] == "accepted"));
+    assert!(metric(&metrics_of(&fed, 0).await, "ratio1_dauth_requests_total", "accepted") >= 2.0);
+
+    // `ratio1 network peers` prints the other two.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ratio1"))
+        .args(["network", "peers", "--endpoint"])
+        .arg(format!("http://127.0.0.1:{}", fed.nodes[0].op().metrics_port))
+        .output()
+        .await
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success());
+    for n in &fed.nodes[1..] {
+        assert!(table.contains(&n.peer_id), "{table}");
+    }
+
+    // 2. A 4th node with a bad license is refused by all three.
+    let stranger = ed25519::Keypair::generate();
+    type TokenFor<'a> = Box<dyn Fn(&str) -> String + 'a>;
+    let cases: Vec<(&str, TokenFor)> = vec![
+        ("LicenseMissing", Box::new(|_| String::new())),
+        ("LicenseExpired", Box::new(|p| license_for(&fed.issuer, p, Class::Nd, "nd-old", -10))),
+        ("WrongPeer", Box::new(|_| license_for(&fed.issuer, &fed.nodes[1].peer_id, Class::Nd, "nd-x", 3600))),
+        ("UnknownIssuer", Box::new(move |p| license_for(&stranger, p, Class::Nd, "nd-y", 3600))),
+    ];
+    for (reason, token) in cases {
+        let key = libp2p_identity::Keypair::generate_ed25519();
+        let peer = key.public().to_peer_id().to_string();
+        let filter = format!("reason=\"{reason}\"");
+        let before: Vec<f64> = {
+            let mut v = vec![];
+            for i in 0..3 {
+                v.push(metric(&metrics_of(&fed, i).await, "ratio1_p2p_refused_total", &filter));
+            }
+            v
+        };
+        let rogue = outsider(&fed, key, token(&peer)).await;
+        for (i, &b) in before.iter().enumerate() {
+            let (fed_ref, f) = (&fed, &filter);
+            wait_for(30, &format!("node {i} refuses a {reason} peer"), || async move {
+                (metric(&metrics_of(fed_ref, i).await, "ratio1_p2p_refused_total", f) > b).then_some(())
+            })
+            .await;
+            let view = fed.network_view(i).await;
+            assert!(view["peers"].get(&peer).is_none(), "a refused peer is never listed");
+        }
+        drop(rogue);
+    }
+    for i in 0..3 {
+        assert_eq!(fed.wait_peers(i, 2, 10).await.status.unwrap().peers, 2);
+    }
+
+    // 3. Forged and replayed heartbeats from an admitted peer are dropped.
+    let key = libp2p_identity::Keypair::generate_ed25519();
+    let spy_peer = key.public().to_peer_id().to_string();
+    let spy = outsider(&fed, key.clone(), license_for(&fed.issuer, &spy_peer, Class::Nd, "nd-spy", 3600)).await;
+    for i in 0..3 {
+        let (fed_ref, sp) = (&fed, &spy_peer);
+        wait_for(30, "the licensed outsider admitted", || async move {
+            fed_ref.network_view(i).await["peers"].get(sp).is_some().then_some(())
+        })
+        .await;
+    }
+    let body = serde_json::json!({"licenseId": "nd-spy", "class": "ND", "roles": ["worker"], "node": "spy",
+        "offer": {}, "version": env!("CARGO_PKG_VERSION"), "addrs": []});
+    let seq = (p2p::now_ms() as u64) * 10_000;
+    let mut forged = Envelope::seal(&key, seq, p2p::now_ms(), "heartbeat", body.clone());
+    forged.body["node"] = "someone-else".into();
+    let replayed = Envelope::seal(&key, seq + 1, p2p::now_ms(), "heartbeat", body);
+    let dropped = |text: &str, reason: &str| metric(text, "ratio1_p2p_dropped_total", &format!("reason=\"{reason}\""));
+    let mut before = vec![];
+    for i in 0..3 {
+        let m = metrics_of(&fed, i).await;
+        before.push((dropped(&m, "bad_signature"), dropped(&m, "replay")));
+    }
+    // The mesh may need a moment after admission: publish until delivered.
+    for (i, &(bad0, _)) in before.iter().enumerate() {
+        let (spy_ref, fed_ref) = (&spy, &fed);
+        let bytes = forged.to_bytes();
+        wait_for(30, "a forged heartbeat dropped as bad_signature", || {
+            let bytes = bytes.clone();
+            async move {
+                let _ = spy_ref.publish_raw(HEARTBEAT_TOPIC, bytes).await;
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                (dropped(&metrics_of(fed_ref, i).await, "bad_signature") > bad0).then_some(())
+            }
+        })
+        .await;
+    }
+    spy.publish_raw(HEARTBEAT_TOPIC, replayed.to_bytes()).await.unwrap();
+    for (i, &(_, replay0)) in before.iter().enumerate() {
+        let (spy_ref, fed_ref) = (&spy, &fed);
+        let bytes = replayed.to_bytes();
+        wait_for(30, "a replayed heartbeat dropped as replay", || {
+            let bytes = bytes.clone();
+            async move {
+                let _ = spy_ref.publish_raw(HEARTBEAT_TOPIC, bytes).await;
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                (dropped(&metrics_of(fed_ref, i).await, "replay") > replay0).then_some(())
+            }
+        })
+        .await;
+    }
+    drop(spy);
+
+    // 4. A killed operator goes stale for the others; restarted, it rejoins
+    //    with the same PeerId.
+    let mut gone = fed.nodes[2].op.take().unwrap();
+    gone.kill().await;
+    for i in 0..2 {
+        let node = fed.wait_peers(i, 1, 40).await;
+        assert_eq!(node.status.unwrap().peers, 1);
+    }
+    fed.nodes[2].op = Some(Operator::start(fed.nodes[2].opts.clone()).await);
+    for i in 0..3 {
+        fed.wait_peers(i, 2, 60).await;
+    }
+    let view = fed.network_view(0).await;
+    assert!(view["peers"].get(&fed.nodes[2].peer_id).is_some(), "same PeerId after restart");
+    let _ = license::encode_public(&fed.issuer.public());
+}
