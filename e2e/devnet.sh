@@ -20,12 +20,12 @@ alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 status() {
   local n=0
-  printf '\n%-8s %-16s %-54s %-6s %s\n' CLUSTER R1NODE PEER-ID READY KUBECONFIG
+  printf '\n%-8s %-10s %-54s %-20s %-6s %-9s %s\n' CLUSTER R1NODE PEER-ID ROLES PEERS LICENSED KUBECONFIG
   for kc in "$R1KUBE_RUN"/c*/kubeconfig; do
     [ -f "$kc" ] || continue
     n=$((n+1)); c=$(basename "$(dirname "$kc")")
-    kubectl --kubeconfig "$kc" get r1n -o jsonpath='{range .items[*]}{.metadata.name}{"|"}{.status.peerId}{"|"}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null |
-      while IFS='|' read -r name peer ready; do printf '%-8s %-16s %-54s %-6s %s\n' "$c" "$name" "$peer" "$ready" "$kc"; done
+    kubectl --kubeconfig "$kc" get r1n -o jsonpath='{range .items[*]}{.metadata.name}{"|"}{.status.peerId}{"|"}{.spec.roles}{"|"}{.status.peers}{"|"}{.status.conditions[?(@.type=="Licensed")].status}{"\n"}{end}' 2>/dev/null |
+      while IFS='|' read -r name peer roles peers lic; do printf '%-8s %-10s %-54s %-20s %-6s %-9s %s\n' "$c" "$name" "$peer" "$roles" "${peers:-0}" "$lic" "$kc"; done
   done
   [ "$n" -gt 0 ] || { echo "no devnet is running: e2e/devnet.sh up" >&2; return 1; }
   printf '\n%-8s %-14s %-8s %-8s %-6s %-8s %s\n' CLUSTER PIPELINE MODE REPLICAS READY CLUSTERS STATUS
@@ -55,10 +55,16 @@ up() {
   step "starting etcd and $n Kubernetes control planes on 127.0.0.1"
   bash e2e/kube/up.sh "$n" >"$DEVNET/kubeconfigs"
   mapfile -t kcs <"$DEVNET/kubeconfigs"
+  if [ ! -f "$DEVNET/issuer.key" ]; then
+    step "creating the network's license issuer key ($DEVNET/issuer.key)"
+    "$BIN" license keygen --out "$DEVNET/issuer.key" | awk '/public key/{print $3}' >"$DEVNET/issuer.pub"
+  fi
+  issuer_pub=$(cat "$DEVNET/issuer.pub")
+  bootstrap=""
   for i in $(seq 1 "$n"); do
     kc="${kcs[$((i-1))]}"; d="$DEVNET/c$i"; mkdir -p "$d"
     k() { kubectl --kubeconfig "$kc" "$@"; }
-    step "cluster c$i: CRDs, namespace, license Secret"
+    step "cluster c$i: CRDs and namespace"
     k apply --server-side --force-conflicts -f crds/ >/dev/null
     # (kubectl wait errors out while a new CRD has no conditions yet: retry)
     for _ in $(seq 1 100); do
@@ -67,25 +73,44 @@ up() {
       sleep 0.3
     done
     k create namespace ratio1-system --dry-run=client -o yaml | k apply -f - >/dev/null
-    # The token is verified once dAuth is enabled; until then the node
-    # reports Licensed=Unknown (AwaitingDAuth).
-    k -n ratio1-system create secret generic r1node-license --from-literal=license="devnet-c$i" --dry-run=client -o yaml | k apply -f - >/dev/null
+    port=$((4000 + i))
     if ! alive "$d/operator.pid"; then
-      step "cluster c$i: starting ratio1 operator (log: $d/operator.log)"
-      KUBECONFIG="$kc" setsid "$BIN" operator --namespace ratio1-system --metrics-addr "127.0.0.1:$((9090 + i - 1))" \
-        --identity "devnet-c$i" >"$d/operator.log" 2>&1 </dev/null &
+      step "cluster c$i: starting ratio1 operator (p2p 127.0.0.1:$port, metrics 127.0.0.1:$((9090 + i - 1)), log $d/operator.log)"
+      args=(operator --namespace ratio1-system --metrics-addr "127.0.0.1:$((9090 + i - 1))" --identity "devnet-c$i"
+            --p2p-listen "/ip4/127.0.0.1/tcp/$port" --trusted-issuer "$issuer_pub")
+      [ -n "$bootstrap" ] && args+=(--p2p-bootstrap "$bootstrap")
+      KUBECONFIG="$kc" setsid "$BIN" "${args[@]}" >"$d/operator.log" 2>&1 </dev/null &
       echo $! >"$d/operator.pid"
     fi
+    roles='[worker]'; class=ND
+    if [ "$i" = 1 ]; then roles='[worker, oracle]'; class=MND; fi
+    step "cluster c$i: R1Node node-c$i (roles $roles); its identity gives the PeerId the license binds to"
+    sed -e "s/^  name: local$/  name: node-c$i/" -e "s/^  roles: \[worker\]$/  roles: $roles/" manifests/samples/r1node.yaml |
+      k apply --server-side -f - >/dev/null
+    peer=""
+    for _ in $(seq 1 150); do
+      peer=$(k get r1n "node-c$i" -o jsonpath='{.status.peerId}' 2>/dev/null || true)
+      [ -n "$peer" ] && break; sleep 0.2
+    done
+    [ -n "$peer" ] || die "c$i: no PeerId reported (see $d/operator.log)"
+    if ! k -n ratio1-system get secret r1node-license >/dev/null 2>&1; then
+      step "cluster c$i: issuing a $class license for $peer"
+      token=$("$BIN" license issue --issuer-key "$DEVNET/issuer.key" --peer-id "$peer" --class "$class" --days 30 --id "$class-devnet-c$i")
+      k -n ratio1-system create secret generic r1node-license --from-literal=license="$token" >/dev/null
+    fi
+    [ "$i" = 1 ] && bootstrap="/ip4/127.0.0.1/tcp/$port/p2p/$peer"
     step "cluster c$i: applying manifests/samples"
-    sed "s/^  name: local$/  name: node-c$i/" manifests/samples/r1node.yaml | k apply --server-side -f - >/dev/null
     for f in manifests/samples/r1model-*.yaml manifests/samples/r1pipeline-*.yaml; do k apply --server-side -f "$f" >/dev/null; done
   done
   step "waiting for every resource to report status"
   for i in $(seq 1 "$n"); do
     kc="${kcs[$((i-1))]}"
-    for r in r1n/node-c$i; do
-      kubectl --kubeconfig "$kc" wait --for condition=Ready --timeout=60s "$r" >/dev/null || die "c$i: $r not ready (see $DEVNET/c$i/operator.log)"
-    done
+    kubectl --kubeconfig "$kc" wait --for condition=Licensed --timeout=60s "r1n/node-c$i" >/dev/null \
+      || die "c$i: node-c$i not licensed (see $DEVNET/c$i/operator.log)"
+    if [ "$n" -gt 1 ]; then
+      kubectl --kubeconfig "$kc" wait --for=jsonpath='{.status.peers}'="$((n - 1))" --timeout=90s "r1n/node-c$i" >/dev/null \
+        || die "c$i: node-c$i does not see its $((n - 1)) peers (see $DEVNET/c$i/operator.log)"
+    fi
     for r in r1p/sentiment-api r1p/embed-corpus r1m/sentiment-onnx r1m/llm-weights; do
       kubectl --kubeconfig "$kc" wait --for=jsonpath='{.status.observedGeneration}'=1 --timeout=60s -n default "$r" >/dev/null \
         || die "c$i: $r has no status (see $DEVNET/c$i/operator.log)"
@@ -101,7 +126,8 @@ Try next:
   kubectl get deploy,svc,job -n default       # what the operator materialised
   kubectl patch r1p sentiment-api -n default --type merge -p '{"spec":{"replicas":4}}'
   kubectl describe r1p sentiment-api -n default
-  curl -s 127.0.0.1:9090/metrics | grep ratio1_
+  target/debug/ratio1 network peers --endpoint http://127.0.0.1:9090   # the network as c1 sees it
+  curl -s 127.0.0.1:9090/metrics | grep ratio1_p2p
   e2e/devnet.sh status                        # these tables again
   e2e/devnet.sh down                          # stop everything
 EOF2

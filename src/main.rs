@@ -225,7 +225,14 @@ fn license(cmd: LicenseCmd) -> anyhow::Result<()> {
                 None => decode(&token).map(|(c, _, _)| c.peer).map_err(|e| anyhow::anyhow!("{e}"))?,
             };
             let c = trust.verify(&token, &peer, unix_now()).map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("valid: {} license {} for {} (issuer {}), expires {}", c.class, c.id, c.peer, c.iss, c.exp);
+            println!(
+                "valid: {} license {} for {} (issuer {}), expires {}",
+                c.class,
+                c.id,
+                c.peer,
+                c.iss,
+                show_time(c.exp)
+            );
             Ok(())
         }
     }

@@ -176,9 +176,12 @@ pub fn license_condition(trust: &TrustStore, token: &str, peer: &str, now: i64) 
         );
     }
     match trust.verify(token, peer, now) {
-        Ok(c) => {
-            Want::new("Licensed", true, "LicenseValid", format!("{} license {} valid until {}", c.class, c.id, c.exp))
-        }
+        Ok(c) => Want::new(
+            "Licensed",
+            true,
+            "LicenseValid",
+            format!("{} license {} valid until {}", c.class, c.id, crate::dauth::license::show_time(c.exp)),
+        ),
         Err(e) => Want::new("Licensed", false, e.reason(), e.to_string()),
     }
 }

@@ -103,6 +103,11 @@ impl LicenseError {
     }
 }
 
+/// Unix seconds as RFC 3339, for messages.
+pub fn show_time(unix: i64) -> String {
+    k8s_openapi::jiff::Timestamp::from_second(unix).map(|t| t.to_string()).unwrap_or_else(|_| unix.to_string())
+}
+
 /// Key id of an issuer public key.
 pub fn key_id(pk: &ed25519::PublicKey) -> String {
     Sha256::digest(pk.to_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect()

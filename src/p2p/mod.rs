@@ -393,7 +393,9 @@ impl EventLoop {
 
     fn publish_license_state(&self) {
         let state = match &self.own_license {
-            Ok(c) => Ok(format!("{} license {} valid until {}", c.class, c.id, c.exp)),
+            Ok(c) => {
+                Ok(format!("{} license {} valid until {}", c.class, c.id, crate::dauth::license::show_time(c.exp)))
+            }
             Err(e) => Err(format!("{}: {e}", e.reason())),
         };
         self.view.write().expect("view lock").licensed = Some(state);
