@@ -38,6 +38,7 @@ pub struct Metrics {
     pub p2p_heartbeats: Counter,
     pub p2p_heartbeats_sent: Counter,
     pub dauth: Family<ReasonLabels, Counter>,
+    pub p2p_heartbeat_delay: Histogram,
 }
 
 impl Default for Metrics {
@@ -68,6 +69,14 @@ impl Default for Metrics {
         let p2p_heartbeats = Counter::default();
         let p2p_heartbeats_sent = Counter::default();
         let dauth = Family::<ReasonLabels, Counter>::default();
+        let p2p_heartbeat_delay =
+            Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]);
+        registry.register_with_unit(
+            "p2p_heartbeat_delay",
+            "Delay from a heartbeat's publication to its receipt",
+            prometheus_client::registry::Unit::Seconds,
+            p2p_heartbeat_delay.clone(),
+        );
         registry.register("p2p_peers", "Licensed peers heard from within the heartbeat timeout", p2p_peers.clone());
         registry.register("p2p_admitted", "Peers admitted after license verification", p2p_admitted.clone());
         registry.register("p2p_refused", "Peers refused at admission, per reason", p2p_refused.clone());
@@ -95,6 +104,7 @@ impl Default for Metrics {
             p2p_heartbeats,
             p2p_heartbeats_sent,
             dauth,
+            p2p_heartbeat_delay,
         }
     }
 }

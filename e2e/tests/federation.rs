@@ -121,12 +121,12 @@ async fn licensed_clusters_federate_and_refuse_the_rest() {
         })
         .await;
     }
-    let body = serde_json::json!({"licenseId": "nd-spy", "class": "ND", "roles": ["worker"], "node": "spy",
+    let body = serde_json::json!({"license": "", "licenseId": "nd-spy", "class": "ND", "roles": ["worker"], "node": "spy",
         "offer": {}, "version": env!("CARGO_PKG_VERSION"), "addrs": []});
-    let seq = (p2p::now_ms() as u64) * 10_000;
-    let mut forged = Envelope::seal(&key, seq, p2p::now_ms(), "heartbeat", body.clone());
+    let seq = (p2p::now_us() as u64) * 10;
+    let mut forged = Envelope::seal(&key, seq, p2p::now_us(), "heartbeat", body.clone());
     forged.body["node"] = "someone-else".into();
-    let replayed = Envelope::seal(&key, seq + 1, p2p::now_ms(), "heartbeat", body);
+    let replayed = Envelope::seal(&key, seq + 1, p2p::now_us(), "heartbeat", body);
     let dropped = |text: &str, reason: &str| metric(text, "ratio1_p2p_dropped_total", &format!("reason=\"{reason}\""));
     let mut before = vec![];
     for i in 0..3 {

@@ -20,7 +20,7 @@ pub struct Envelope {
     /// The sender's public key (protobuf encoding, base64url); must hash to `from`.
     pub key: String,
     pub seq: u64,
-    /// Unix milliseconds at the sender.
+    /// Unix microseconds at the sender.
     pub ts: i64,
     pub kind: String,
     pub body: serde_json::Value,
@@ -89,21 +89,21 @@ impl Envelope {
 }
 
 /// Per-sender freshness: sequence numbers strictly increase, timestamps
-/// within `window_ms` of the receiver's clock.
+/// within `window_us` of the receiver's clock (all in microseconds).
 #[derive(Debug)]
 pub struct ReplayGuard {
     last: HashMap<PeerId, u64>,
-    window_ms: i64,
+    window_us: i64,
 }
 
 impl ReplayGuard {
-    pub fn new(window_ms: i64) -> Self {
-        Self { last: HashMap::new(), window_ms }
+    pub fn new(window_us: i64) -> Self {
+        Self { last: HashMap::new(), window_us }
     }
 
-    /// Accepts `seq`/`ts` from `peer` at `now_ms`, remembering it.
-    pub fn check(&mut self, peer: PeerId, seq: u64, ts: i64, now_ms: i64) -> Result<(), Drop> {
-        if (now_ms - ts).abs() > self.window_ms {
+    /// Accepts `seq`/`ts` from `peer` at `now_us`, remembering it.
+    pub fn check(&mut self, peer: PeerId, seq: u64, ts: i64, now_us: i64) -> Result<(), Drop> {
+        if (now_us - ts).abs() > self.window_us {
             return Err(Drop::Stale);
         }
         match self.last.get(&peer) {

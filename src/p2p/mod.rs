@@ -41,7 +41,12 @@ pub const DAUTH_PROTOCOL: &str = "/ratio1/dauth/1";
 
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    now_us() / 1000
+}
+
+/// Unix microseconds now (envelope timestamps).
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 /// Which transport the swarm runs on.
@@ -147,6 +152,9 @@ pub struct View {
     pub network: Option<NetworkConfig>,
     /// Recent dAuth requests this node answered as an oracle (newest last).
     pub dauth_log: VecDeque<DauthRecord>,
+    /// Recent heartbeats received: sender, sequence, publish-to-receipt
+    /// delay in microseconds (the benchmarks read it).
+    pub heartbeat_delays: VecDeque<(String, u64, i64)>,
     #[serde(skip)]
     pub heartbeat_timeout_ms: i64,
 }
@@ -328,13 +336,15 @@ pub fn start(
         view: view.clone(),
         changes,
         metrics,
-        guard: ReplayGuard::new(cfg.freshness_window.as_millis() as i64),
+        guard: ReplayGuard::new(cfg.freshness_window.as_micros() as i64),
         seq: Sequencer::new((now_ms() as u64) * 1000),
         pending: HashMap::new(),
         hello_sent: HashMap::new(),
         blocked_until: HashMap::new(),
         auth_nonce: None,
         last_auth: None,
+        remote_licenses: HashMap::new(),
+        last_bootstrap: None,
         cfg,
     };
     ev.own_license = ev.cfg.trust.verify(&ev.cfg.license, &peer_id.to_string(), now_ms() / 1000);
@@ -362,6 +372,9 @@ struct EventLoop {
     blocked_until: HashMap<PeerId, Instant>,
     auth_nonce: Option<(PeerId, String)>,
     last_auth: Option<Instant>,
+    /// Licenses of authors not connected to us, verified from heartbeats.
+    remote_licenses: HashMap<PeerId, (String, Claims)>,
+    last_bootstrap: Option<Instant>,
 }
 
 impl EventLoop {
@@ -413,7 +426,7 @@ impl EventLoop {
 
     fn seal(&mut self, kind: &str, body: serde_json::Value) -> Envelope {
         let seq = self.seq.next_seq();
-        Envelope::seal(&self.cfg.keypair, seq, now_ms(), kind, body)
+        Envelope::seal(&self.cfg.keypair, seq, now_us(), kind, body)
     }
 
     fn hello(&mut self) -> Envelope {
@@ -453,7 +466,7 @@ impl EventLoop {
         if from != peer {
             return Err("BadSignature".into());
         }
-        if (now_ms() - env.ts).abs() > self.cfg.freshness_window.as_millis() as i64 {
+        if (now_us() - env.ts).abs() > self.cfg.freshness_window.as_micros() as i64 {
             return Err("Stale".into());
         }
         let hello: Hello = serde_json::from_value(env.body).map_err(|_| "LicenseMalformed".to_string())?;
@@ -487,8 +500,12 @@ impl EventLoop {
         if new {
             tracing::info!(%peer, "peer admitted");
             self.metrics.p2p_admitted.inc();
-            // Learn the admitted peer's neighbours.
-            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+            // Learn the admitted peer's neighbours, at most every 5 s: in a
+            // large network every admission would otherwise start a walk.
+            if self.last_bootstrap.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                self.last_bootstrap = Some(Instant::now());
+                let _ = self.swarm.behaviour_mut().kad.bootstrap();
+            }
         }
         self.bump();
         if oracle && self.last_auth.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
@@ -722,19 +739,63 @@ impl EventLoop {
         if from != author {
             return Err("bad_signature");
         }
+        let heartbeat = match env.kind.as_str() {
+            "heartbeat" => {
+                Some(serde_json::from_value::<protocol::Heartbeat>(env.body.clone()).map_err(|_| "malformed")?)
+            }
+            _ => None,
+        };
         let known = {
             let v = self.view.read().expect("view lock");
             v.peers.contains_key(&author.to_string())
                 || v.network.as_ref().is_some_and(|n| n.whitelist.contains(&author.to_string()))
         };
-        if !known {
-            return Err("not_admitted");
-        }
-        self.guard.check(author, env.seq, env.ts, now_ms()).map_err(|d| d.label())?;
-        if env.kind == "heartbeat" {
+        // An author we are not connected to proves its license in its
+        // heartbeat; until it has, its gossip is neither accepted nor relayed.
+        let remote_claims = match (&heartbeat, known) {
+            (_, true) => None,
+            (Some(hb), false) => Some(match self.remote_licenses.get(&author) {
+                // Verified before: only expiry can change the verdict.
+                Some((token, c)) if *token == hb.license && c.exp > now_ms() / 1000 => c.clone(),
+                _ => {
+                    let c = self
+                        .cfg
+                        .trust
+                        .verify(&hb.license, &author.to_string(), now_ms() / 1000)
+                        .map_err(|_| "not_admitted")?;
+                    if self.remote_licenses.len() >= 65_536 {
+                        self.remote_licenses.clear();
+                    }
+                    self.remote_licenses.insert(author, (hb.license.clone(), c.clone()));
+                    c
+                }
+            }),
+            (None, false) => return Err("not_admitted"),
+        };
+        let now = now_us();
+        self.guard.check(author, env.seq, env.ts, now).map_err(|d| d.label())?;
+        if let Some(body) = heartbeat {
             self.metrics.p2p_heartbeats.inc();
-            let body: protocol::Heartbeat = serde_json::from_value(env.body).map_err(|_| "malformed")?;
+            let delay_us = (now - env.ts).max(0);
+            self.metrics.p2p_heartbeat_delay.observe(delay_us as f64 / 1e6);
             let mut v = self.view.write().expect("view lock");
+            if let Some(c) = remote_claims {
+                v.peers.entry(author.to_string()).or_insert_with(|| PeerInfo {
+                    peer_id: author.to_string(),
+                    node: body.node.clone(),
+                    license_id: c.id,
+                    class: c.class,
+                    roles: body.roles.clone(),
+                    version: body.version.clone(),
+                    last_heartbeat: None,
+                    connected: false,
+                    offer: serde_json::json!({}),
+                });
+            }
+            v.heartbeat_delays.push_back((env.from.clone(), env.seq, delay_us));
+            while v.heartbeat_delays.len() > 4096 {
+                v.heartbeat_delays.pop_front();
+            }
             if let Some(p) = v.peers.get_mut(&author.to_string()) {
                 p.last_heartbeat = Some(now_ms());
                 p.roles = body.roles;
@@ -753,6 +814,7 @@ impl EventLoop {
     fn publish_heartbeat(&mut self) {
         let Ok(claims) = &self.own_license else { return };
         let body = protocol::Heartbeat {
+            license: self.cfg.license.clone(),
             license_id: claims.id.clone(),
             class: claims.class,
             roles: self.cfg.roles.clone(),

@@ -54,6 +54,10 @@ pub struct AuthAnswer {
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(rename_all = "camelCase")]
 pub struct Heartbeat {
+    /// The sender's license token, so that nodes not connected to the
+    /// sender (gossip relayed over others) can verify it too.
+    #[serde(default)]
+    pub license: String,
     pub license_id: String,
     pub class: Class,
     pub roles: Vec<NodeRole>,

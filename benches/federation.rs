@@ -1,0 +1,263 @@
+//! Federation benchmark: heartbeat propagation.
+//!
+//! 1. Three real processes (this binary re-executed as nodes) on loopback
+//!    TCP: time from a heartbeat's publication until it has reached every
+//!    peer, p50/p99.
+//! 2. One process, libp2p's memory transport: the same for 20, 50 and 100
+//!    nodes.
+//!
+//! Baseline, measured in the same run: one-way latency of a raw TCP message
+//! between two processes' worth of sockets on loopback (half a ping-pong).
+//! Run: `cargo bench --bench federation`. Prints a table.
+
+use libp2p_identity::{ed25519, Keypair};
+use ratio1::dauth::license::{self, Claims, Class, TrustStore};
+use ratio1::metrics::Metrics;
+use ratio1::p2p::{self, NetConfig, TransportKind};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const HB: Duration = Duration::from_millis(200);
+/// Simulated nodes share 2 cores: one heartbeat per node every 2 s keeps the
+/// whole simulation (every receipt is verified) below saturation.
+const SIM_HB: Duration = Duration::from_secs(2);
+
+fn license_for(issuer: &ed25519::Keypair, key: &Keypair, i: usize) -> String {
+    let now = p2p::now_ms() / 1000;
+    license::issue(
+        issuer,
+        &Claims {
+            id: format!("bench-{i}"),
+            class: if i == 0 { Class::Mnd } else { Class::Nd },
+            peer: key.public().to_peer_id().to_string(),
+            iat: now - 60,
+            exp: now + 3600,
+            iss: license::key_id(&issuer.public()),
+        },
+    )
+}
+
+fn b64(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn unb64(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).unwrap()
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Per heartbeat (sender, seq): the latest receipt among the receivers, if
+/// every other node received it.
+fn reach_all(records: &[(String, u64, i64)], nodes: usize) -> Vec<f64> {
+    let mut by: HashMap<(String, u64), (usize, i64)> = HashMap::new();
+    for (from, seq, d) in records {
+        let e = by.entry((from.clone(), *seq)).or_insert((0, 0));
+        e.0 += 1;
+        e.1 = e.1.max(*d);
+    }
+    by.values().filter(|(n, _)| *n == nodes - 1).map(|(_, d)| *d as f64 / 1000.0).collect()
+}
+
+fn config(key: Keypair, token: String, issuer: &ed25519::Keypair, transport: TransportKind) -> NetConfig {
+    let mut cfg = NetConfig::new(key, token, TrustStore::new([issuer.public()], []));
+    cfg.heartbeat_interval = HB;
+    cfg.heartbeat_timeout = Duration::from_secs(10);
+    cfg.transport = transport;
+    cfg
+}
+
+/// Child process: one node; prints its heartbeat delay records as JSON.
+fn node_main() {
+    let env = |k: &str| std::env::var(k).unwrap();
+    let issuer = ed25519::Keypair::try_from_bytes(&mut unb64(&env("R1_BENCH_ISSUER"))).unwrap();
+    let key = Keypair::from_protobuf_encoding(&unb64(&env("R1_BENCH_KEY"))).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut cfg = config(key, env("R1_BENCH_LICENSE"), &issuer, TransportKind::Tcp);
+        cfg.listen = vec![env("R1_BENCH_LISTEN").parse().unwrap()];
+        cfg.bootstrap =
+            env("R1_BENCH_BOOTSTRAP").split(',').filter(|s| !s.is_empty()).map(|a| a.parse().unwrap()).collect();
+        let view = p2p::SharedView::default();
+        let _h = p2p::start(cfg, view.clone(), Arc::new(Metrics::default()), tokio::sync::watch::channel(0).0).unwrap();
+        let secs: u64 = env("R1_BENCH_SECS").parse().unwrap();
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        let v = view.read().unwrap();
+        println!("{}", serde_json::to_string(&v.heartbeat_delays).unwrap());
+    });
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// 3 processes on loopback TCP.
+fn processes(issuer: &ed25519::Keypair) -> Vec<f64> {
+    let keys: Vec<Keypair> = (0..3).map(|_| Keypair::generate_ed25519()).collect();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let first = format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", ports[0], keys[0].public().to_peer_id());
+    let secs = 12;
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .env("R1_BENCH_NODE", "1")
+                .env("R1_BENCH_ISSUER", b64(&issuer.to_bytes()))
+                .env("R1_BENCH_KEY", b64(&keys[i].to_protobuf_encoding().unwrap()))
+                .env("R1_BENCH_LICENSE", license_for(issuer, &keys[i], i))
+                .env("R1_BENCH_LISTEN", format!("/ip4/127.0.0.1/tcp/{}", ports[i]))
+                .env("R1_BENCH_BOOTSTRAP", if i == 0 { String::new() } else { first.clone() })
+                .env("R1_BENCH_SECS", secs.to_string())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut records = vec![];
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        let recs: Vec<(String, u64, i64)> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        records.extend(recs);
+    }
+    // Skip the first seconds (connection set-up, mesh forming).
+    let mut by_sender: HashMap<String, Vec<u64>> = HashMap::new();
+    for (f, s, _) in &records {
+        by_sender.entry(f.clone()).or_default().push(*s);
+    }
+    let cut: HashMap<String, u64> = by_sender
+        .into_iter()
+        .map(|(f, mut s)| {
+            s.sort();
+            let skip = s.len() / 4;
+            (f, s.get(skip).copied().unwrap_or(0))
+        })
+        .collect();
+    let steady: Vec<_> = records.into_iter().filter(|(f, s, _)| *s >= cut[f]).collect();
+    reach_all(&steady, 3)
+}
+
+/// n nodes in one process on the memory transport.
+async fn simulation(issuer: &ed25519::Keypair, n: usize) -> (Vec<f64>, f64) {
+    let mut views = vec![];
+    let mut handles = vec![];
+    let mut addrs: Vec<libp2p::Multiaddr> = vec![];
+    let base = rand::random::<u32>() as u64 * 1000;
+    let started = Instant::now();
+    for i in 0..n {
+        let key = Keypair::generate_ed25519();
+        let peer = key.public().to_peer_id();
+        let token = license_for(issuer, &key, i);
+        let mut cfg = config(key, token, issuer, TransportKind::Memory);
+        cfg.heartbeat_interval = SIM_HB;
+        let addr: libp2p::Multiaddr = format!("/memory/{}", base + i as u64).parse().unwrap();
+        cfg.listen = vec![addr.clone()];
+        // Each node knows a few earlier ones; kademlia finds the rest.
+        cfg.bootstrap = [i.wrapping_sub(1), i / 2, i / 3]
+            .into_iter()
+            .filter(|&j| j < i)
+            .map(|j| addrs[j].clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        addrs.push(addr.with(libp2p::multiaddr::Protocol::P2p(peer)));
+        let view = p2p::SharedView::default();
+        handles.push(
+            p2p::start(cfg, view.clone(), Arc::new(Metrics::default()), tokio::sync::watch::channel(0).0).unwrap(),
+        );
+        views.push(view);
+    }
+    // Wait for every node to be admitted by at least 3 peers (or 30 s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && views.iter().any(|v| v.read().unwrap().peers.len() < 3.min(n - 1)) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let formed = started.elapsed().as_secs_f64();
+    for v in &views {
+        v.write().unwrap().heartbeat_delays.clear();
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let records: Vec<_> = views.iter().flat_map(|v| v.read().unwrap().heartbeat_delays.clone()).collect();
+    drop(handles);
+    (reach_all(&records, n), formed)
+}
+
+/// Half of a raw TCP ping-pong on loopback, in ms.
+fn raw_tcp_one_way(samples: usize) -> Vec<f64> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let echo = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut buf = [0u8; 512];
+        while let Ok(()) = s.read_exact(&mut buf) {
+            s.write_all(&buf).unwrap();
+        }
+    });
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_nodelay(true).unwrap();
+    let msg = [7u8; 512];
+    let mut buf = [0u8; 512];
+    let mut out = vec![];
+    for _ in 0..samples {
+        let t = Instant::now();
+        c.write_all(&msg).unwrap();
+        c.read_exact(&mut buf).unwrap();
+        out.push(t.elapsed().as_secs_f64() * 1000.0 / 2.0);
+    }
+    drop(c);
+    echo.join().unwrap();
+    out
+}
+
+fn main() {
+    if std::env::var("R1_BENCH_NODE").is_ok() {
+        return node_main();
+    }
+    // `cargo test --all-targets` runs this binary too (without --bench):
+    // the benchmark runs only under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let issuer = ed25519::Keypair::generate();
+    let mut base = raw_tcp_one_way(2000);
+    let (b50, b99) = (percentile(&mut base, 0.5), percentile(&mut base, 0.99));
+    eprintln!("[bench] 3 processes over loopback TCP, heartbeats every {HB:?}; simulations: every {SIM_HB:?}");
+    let mut procs = processes(&issuer);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let mut sims = vec![];
+    for n in [20, 50, 100] {
+        eprintln!("[bench] {n} nodes in one process (memory transport)");
+        sims.push((n, rt.block_on(simulation(&issuer, n))));
+    }
+    println!();
+    println!(
+        "{:<52} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "scenario (heartbeat reaches every peer)", "samples", "p50 ms", "p99 ms", "p50/base", "p99/base"
+    );
+    println!(
+        "{:<52} {:>8} {:>10.3} {:>10.3} {:>10} {:>10}",
+        "baseline: raw TCP one-way, loopback",
+        base.len(),
+        b50,
+        b99,
+        "1.0",
+        "1.0"
+    );
+    let row = |name: String, v: &mut Vec<f64>| {
+        let (p50, p99) = (percentile(v, 0.5), percentile(v, 0.99));
+        println!("{:<52} {:>8} {:>10.3} {:>10.3} {:>10.1} {:>10.1}", name, v.len(), p50, p99, p50 / b50, p99 / b99);
+    };
+    row("3 processes, TCP+noise+yamux, gossipsub".into(), &mut procs);
+    for (n, (mut v, formed)) in sims {
+        row(format!("{n} nodes, memory transport (network formed in {formed:.1}s)"), &mut v);
+    }
+}
