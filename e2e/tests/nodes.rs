@@ -62,18 +62,8 @@ async fn node_identity_license_and_duplicates() {
     let wrong = json!({"data": {"license": null, "token": "eA=="}});
     secrets.patch("e2e-license", &PatchParams::default(), &Patch::Merge(wrong)).await.unwrap();
     cond(&nodes, "e2e-node", "Stalled", "True", "InvalidLicenseSecret").await;
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.clone(), "default");
-    wait_for(30, "Warning event InvalidLicenseSecret", || async {
-        let list = events.list(&Default::default()).await.ok()?;
-        list.items
-            .iter()
-            .any(|e| {
-                e.reason.as_deref() == Some("InvalidLicenseSecret")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("e2e-node")
-            })
-            .then_some(())
-    })
-    .await;
+    // (Events about cluster-scoped objects live in "default".)
+    wait_warning_event(&c, "default", "InvalidLicenseSecret", "e2e-node").await;
     secrets
         .patch("e2e-license", &ssa, &Patch::Apply(secret("e2e-license", json!({"license": "token"}))))
         .await

@@ -202,19 +202,7 @@ async fn missing_model_stalls_until_created() {
     let deps: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
     assert!(deps.get_opt("uses-model").await.unwrap().is_none(), "nothing is created for invalid input");
 
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.clone(), &ns.name);
-    wait_for(30, "Warning event ModelNotFound", || async {
-        let list = events.list(&Default::default()).await.ok()?;
-        list.items
-            .iter()
-            .any(|e| {
-                e.reason.as_deref() == Some("ModelNotFound")
-                    && e.type_.as_deref() == Some("Warning")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("uses-model")
-            })
-            .then_some(())
-    })
-    .await;
+    wait_warning_event(&c, &ns.name, "ModelNotFound", "uses-model").await;
 
     // The model appears: the pipeline is re-reconciled by the model watch.
     let models: Api<R1Model> = Api::namespaced(c.clone(), &ns.name);

@@ -62,6 +62,24 @@ where
     }
 }
 
+/// Waits for a Warning Event with `reason` about the object named `name`
+/// in namespace `ns`.
+pub async fn wait_warning_event(client: &Client, ns: &str, reason: &str, name: &str) {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    wait_for(30, &format!("Warning event {reason} about {name}"), || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+            })
+            .then_some(())
+    })
+    .await
+}
+
 /// Applies the CRDs (server-side) and waits until they are established.
 pub async fn install_crds(client: &Client) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());

@@ -199,6 +199,14 @@ mod mocked_api {
 
     type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
+    /// A context whose client talks to the returned mock API server.
+    fn mocked_context() -> (Arc<Context>, Handle) {
+        let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(svc, "default");
+        let recorder = Recorder::new(client.clone(), Reporter { controller: "ratio1-operator".into(), instance: None });
+        (Arc::new(Context::new(client, recorder, Arc::new(Metrics::default()), "ratio1-system".into())), handle)
+    }
+
     fn json_response(code: StatusCode, body: serde_json::Value) -> Response<Body> {
         Response::builder().status(code).body(Body::from(serde_json::to_vec(&body).unwrap())).unwrap()
     }
@@ -226,10 +234,7 @@ mod mocked_api {
 
     #[tokio::test]
     async fn service_pipeline_applies_children_then_status() {
-        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = Client::new(svc, "default");
-        let recorder = Recorder::new(client.clone(), Reporter { controller: "ratio1-operator".into(), instance: None });
-        let ctx = Arc::new(Context::new(client, recorder, Arc::new(Metrics::default()), "ratio1-system".into()));
+        let (ctx, mut handle) = mocked_context();
         let p = pipeline(PipelineMode::Service, vec![container("a", &[8080])]);
 
         let server = tokio::spawn(async move {
@@ -273,10 +278,7 @@ mod mocked_api {
 
     #[tokio::test]
     async fn invalid_input_writes_only_status_and_an_event() {
-        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = Client::new(svc, "default");
-        let recorder = Recorder::new(client.clone(), Reporter { controller: "ratio1-operator".into(), instance: None });
-        let ctx = Arc::new(Context::new(client, recorder, Arc::new(Metrics::default()), "ratio1-system".into()));
+        let (ctx, mut handle) = mocked_context();
         let p = pipeline(PipelineMode::Service, vec![]);
         let server = tokio::spawn(async move {
             for kind in ["deployments", "services", "jobs"] {
