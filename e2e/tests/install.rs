@@ -134,7 +134,7 @@ async fn install_path_with_least_privilege_rbac() {
     .await;
     let kc = kubeconfig_with_token(cluster, &token);
     let port = free_port();
-    let log = std::fs::File::create(root().join("target/e2e-logs/c3-serviceaccount.log")).unwrap();
+    let log = std::fs::File::create(log_dir().join("c3-serviceaccount.log")).unwrap();
     let mut op = tokio::process::Command::new(env!("CARGO_BIN_EXE_ratio1"))
         .args(["operator", "--namespace", OPERATOR_NS, "--identity", "sa-operator"])
         .arg("--metrics-addr")
@@ -183,7 +183,7 @@ async fn install_path_with_least_privilege_rbac() {
     })
     .await;
     assert!(!ratio1::conditions::is_true(&p.status.unwrap().conditions, "Stalled"));
-    let logs = std::fs::read_to_string(root().join("target/e2e-logs/c3-serviceaccount.log")).unwrap();
+    let logs = std::fs::read_to_string(log_dir().join("c3-serviceaccount.log")).unwrap();
     assert!(!logs.contains("403") && !logs.contains("forbidden"), "the operator hit a permission it lacks:\n{logs}");
     op.kill().await.unwrap();
     ns.cleanup().await;
