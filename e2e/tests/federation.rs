@@ -133,33 +133,22 @@ async fn licensed_clusters_federate_and_refuse_the_rest() {
         let m = metrics_of(&fed, i).await;
         before.push((dropped(&m, "bad_signature"), dropped(&m, "replay")));
     }
-    // The mesh may need a moment after admission: publish until delivered.
-    for (i, &(bad0, _)) in before.iter().enumerate() {
-        let (spy_ref, fed_ref) = (&spy, &fed);
-        let bytes = forged.to_bytes();
-        wait_for(30, "a forged heartbeat dropped as bad_signature", || {
-            let bytes = bytes.clone();
-            async move {
-                let _ = spy_ref.publish_raw(HEARTBEAT_TOPIC, bytes).await;
-                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                (dropped(&metrics_of(fed_ref, i).await, "bad_signature") > bad0).then_some(())
-            }
-        })
-        .await;
-    }
-    spy.publish_raw(HEARTBEAT_TOPIC, replayed.to_bytes()).await.unwrap();
-    for (i, &(_, replay0)) in before.iter().enumerate() {
-        let (spy_ref, fed_ref) = (&spy, &fed);
-        let bytes = replayed.to_bytes();
-        wait_for(30, "a replayed heartbeat dropped as replay", || {
-            let bytes = bytes.clone();
-            async move {
-                let _ = spy_ref.publish_raw(HEARTBEAT_TOPIC, bytes).await;
-                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                (dropped(&metrics_of(fed_ref, i).await, "replay") > replay0).then_some(())
-            }
-        })
-        .await;
+    // The mesh may need a moment after admission: publish until every node
+    // has counted the drop.
+    for (envelope, reason, pick) in [(&forged, "bad_signature", 0), (&replayed, "replay", 1)] {
+        for (i, counts) in before.iter().enumerate() {
+            let (spy_ref, fed_ref, bytes) = (&spy, &fed, envelope.to_bytes());
+            let was = if pick == 0 { counts.0 } else { counts.1 };
+            wait_for(30, &format!("node {i} drops a {reason} heartbeat"), || {
+                let bytes = bytes.clone();
+                async move {
+                    let _ = spy_ref.publish_raw(HEARTBEAT_TOPIC, bytes).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    (dropped(&metrics_of(fed_ref, i).await, reason) > was).then_some(())
+                }
+            })
+            .await;
+        }
     }
     drop(spy);
 

@@ -256,8 +256,11 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
     if outcome.is_ok() {
         *ctx.local_node.write().expect("local node lock") =
             Some(LocalNode { name: name.clone(), peer_id: peer_id.clone() });
-        let view = ctx.view.read().expect("view lock").clone();
-        let (connected, fresh) = connected_condition(&view, disabled.as_deref(), p2p::now_ms());
+        // Read under the lock, no copy: the view holds bounded logs too.
+        let ((connected, fresh), last_sent) = {
+            let view = ctx.view.read().expect("view lock");
+            (connected_condition(&view, disabled.as_deref(), p2p::now_ms()), view.last_heartbeat_sent)
+        };
         if let Some(bad) = licensed.as_ref().filter(|w| w.status == Some(false)) {
             // Peers refuse a node without a valid license: only a new
             // license (a Secret change) helps.
@@ -266,8 +269,7 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
         wanted.extend(licensed);
         wanted.push(connected);
         peers = fresh;
-        last_heartbeat = view
-            .last_heartbeat_sent
+        last_heartbeat = last_sent
             .and_then(|ms| k8s_openapi::jiff::Timestamp::from_millisecond(ms).ok())
             .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time);
     }

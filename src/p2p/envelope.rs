@@ -74,17 +74,24 @@ impl Envelope {
     /// Decodes and checks the signature (not freshness: see [`ReplayGuard`]).
     pub fn open(bytes: &[u8]) -> Result<(Self, PeerId), Drop> {
         let env: Envelope = serde_json::from_slice(bytes).map_err(|_| Drop::Malformed)?;
-        let key_bytes = B64.decode(&env.key).map_err(|_| Drop::Malformed)?;
+        let peer = env.verify()?;
+        Ok((env, peer))
+    }
+
+    /// Checks the signature of an envelope already decoded (one that came
+    /// inside a request-response message); returns the signer.
+    pub fn verify(&self) -> Result<PeerId, Drop> {
+        let key_bytes = B64.decode(&self.key).map_err(|_| Drop::Malformed)?;
         let key = PublicKey::try_decode_protobuf(&key_bytes).map_err(|_| Drop::Malformed)?;
         let peer = key.to_peer_id();
-        if peer.to_string() != env.from {
+        if peer.to_string() != self.from {
             return Err(Drop::BadSignature);
         }
-        let sig = B64.decode(&env.sig).map_err(|_| Drop::Malformed)?;
-        if !key.verify(&signed_bytes(&env.from, env.seq, env.ts, &env.kind, &env.body), &sig) {
+        let sig = B64.decode(&self.sig).map_err(|_| Drop::Malformed)?;
+        if !key.verify(&signed_bytes(&self.from, self.seq, self.ts, &self.kind, &self.body), &sig) {
             return Err(Drop::BadSignature);
         }
-        Ok((env, peer))
+        Ok(peer)
     }
 }
 

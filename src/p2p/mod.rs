@@ -462,14 +462,14 @@ impl EventLoop {
 
     /// Verifies a Hello received from `peer` over an authenticated channel.
     fn check_hello(&mut self, peer: PeerId, env: &Envelope) -> Result<(Claims, Hello), String> {
-        let (env, from) = Envelope::open(&env.to_bytes()).map_err(|d| format!("envelope: {}", d.label()))?;
+        let from = env.verify().map_err(|d| format!("envelope: {}", d.label()))?;
         if from != peer {
             return Err("BadSignature".into());
         }
         if (now_us() - env.ts).abs() > self.cfg.freshness_window.as_micros() as i64 {
             return Err("Stale".into());
         }
-        let hello: Hello = serde_json::from_value(env.body).map_err(|_| "LicenseMalformed".to_string())?;
+        let hello: Hello = serde_json::from_value(env.body.clone()).map_err(|_| "LicenseMalformed".to_string())?;
         let claims = self
             .cfg
             .trust
@@ -547,7 +547,7 @@ impl EventLoop {
             if !self.is_oracle() {
                 return Err("NotAnOracle".to_string());
             }
-            let (env, from) = Envelope::open(&env.to_bytes()).map_err(|d| d.label().to_string())?;
+            let from = env.verify().map_err(|d| d.label().to_string())?;
             if from != peer {
                 return Err("BadSignature".into());
             }
@@ -601,8 +601,7 @@ impl EventLoop {
 
     fn take_auth_answer(&mut self, peer: PeerId, env: Envelope) {
         let Some((oracle, nonce)) = self.auth_nonce.clone() else { return };
-        let opened = Envelope::open(&env.to_bytes());
-        let Ok((env, from)) = opened else {
+        let Ok(from) = env.verify() else {
             self.metrics
                 .p2p_dropped
                 .get_or_create(&crate::metrics::ReasonLabels { reason: "bad_signature".into() })
