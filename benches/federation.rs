@@ -71,8 +71,8 @@ fn reach_all(records: &[(String, u64, i64)], nodes: usize) -> Vec<f64> {
 
 fn config(key: Keypair, token: String, issuer: &ed25519::Keypair, transport: TransportKind) -> NetConfig {
     let mut cfg = NetConfig::new(key, token, TrustStore::new([issuer.public()], []));
-    cfg.heartbeat_interval = HB;
-    cfg.heartbeat_timeout = Duration::from_secs(10);
+    cfg.tuning.heartbeat_interval = HB;
+    cfg.tuning.heartbeat_timeout = Duration::from_secs(10);
     cfg.transport = transport;
     cfg
 }
@@ -157,7 +157,7 @@ async fn simulation(issuer: &ed25519::Keypair, n: usize) -> (Vec<f64>, f64) {
         let peer = key.public().to_peer_id();
         let token = license_for(issuer, &key, i);
         let mut cfg = config(key, token, issuer, TransportKind::Memory);
-        cfg.heartbeat_interval = SIM_HB;
+        cfg.tuning.heartbeat_interval = SIM_HB;
         let addr: libp2p::Multiaddr = format!("/memory/{}", base + i as u64).parse().unwrap();
         cfg.listen = vec![addr.clone()];
         // Each node knows a few earlier ones; kademlia finds the rest.

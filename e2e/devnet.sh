@@ -77,7 +77,7 @@ up() {
     if ! alive "$d/operator.pid"; then
       step "cluster c$i: starting ratio1 operator (p2p 127.0.0.1:$port, metrics 127.0.0.1:$((9090 + i - 1)), log $d/operator.log)"
       args=(operator --namespace ratio1-system --metrics-addr "127.0.0.1:$((9090 + i - 1))" --identity "devnet-c$i"
-            --p2p-listen "/ip4/127.0.0.1/tcp/$port" --trusted-issuer "$issuer_pub")
+            --p2p-listen "/ip4/127.0.0.1/tcp/$port" --trusted-issuer="$issuer_pub")
       [ -n "$bootstrap" ] && args+=(--p2p-bootstrap "$bootstrap")
       KUBECONFIG="$kc" setsid "$BIN" "${args[@]}" >"$d/operator.log" 2>&1 </dev/null &
       echo $! >"$d/operator.pid"

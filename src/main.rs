@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers (R1Node, R1Pipeline, R1Model).
-    Operator(OperatorArgs),
+    Operator(Box<OperatorArgs>),
     /// Write the CRDs as YAML (into a directory, or to stdout).
     Crdgen {
         /// Directory to write one file per CRD into; stdout when absent.
@@ -84,8 +84,8 @@ enum LicenseCmd {
 enum NetworkCmd {
     /// Table of the licensed peers this node sees.
     Peers {
-        /// The operator's metrics address.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        /// The operator's local API (`--api-addr`).
+        #[arg(long, default_value = "http://127.0.0.1:9090")]
         endpoint: String,
     },
 }
@@ -98,6 +98,9 @@ struct OperatorArgs {
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "RATIO1_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
+    /// Address of the local API (/v1/network: peers, licenses, dAuth log).
+    #[arg(long, env = "RATIO1_API_ADDR", default_value = "127.0.0.1:9090")]
+    api_addr: SocketAddr,
     /// Campaign for a Lease and reconcile only while holding it.
     #[arg(long, env = "RATIO1_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     leader_election: bool,
@@ -122,8 +125,9 @@ struct OperatorArgs {
     /// Public key of a license issuer this network trusts (repeatable).
     #[arg(long = "trusted-issuer", env = "RATIO1_TRUSTED_ISSUERS", value_delimiter = ',')]
     trusted_issuers: Vec<String>,
-    /// File of revoked license ids, one per line.
-    #[arg(long)]
+    /// File of revoked licenses, one `<issuer key id> <license id>` per
+    /// line; re-read every few seconds while running.
+    #[arg(long, env = "RATIO1_REVOKED_LICENSES")]
     revoked_licenses: Option<PathBuf>,
     /// libp2p listen multiaddrs (override R1Node spec.p2p.listen).
     #[arg(long = "p2p-listen", value_delimiter = ',')]
@@ -140,6 +144,9 @@ struct OperatorArgs {
     /// Seconds without a heartbeat after which a peer is stale.
     #[arg(long, default_value_t = 15)]
     heartbeat_timeout_secs: u64,
+    /// Seconds a new peer has to prove its license.
+    #[arg(long, default_value_t = 3)]
+    admission_timeout_secs: u64,
     /// Seconds a refused peer stays blocked.
     #[arg(long, default_value_t = 300)]
     block_secs: u64,
@@ -153,24 +160,22 @@ fn net_options(a: &OperatorArgs) -> anyhow::Result<ratio1::controller::NetOption
         .map(|k| decode_public(k).map_err(anyhow::Error::msg))
         .collect::<Result<Vec<_>, _>>()?;
     let revoked = match &a.revoked_licenses {
-        Some(p) => std::fs::read_to_string(p)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(String::from)
-            .collect(),
-        None => vec![],
+        Some(p) => ratio1::controller::run::read_revocations(p)?,
+        None => Default::default(),
+    };
+    let tuning = ratio1::p2p::Tuning {
+        heartbeat_interval: Duration::from_secs(a.heartbeat_interval_secs.max(1)),
+        heartbeat_timeout: Duration::from_secs(a.heartbeat_timeout_secs.max(1)),
+        admission_timeout: Duration::from_secs(a.admission_timeout_secs.max(1)),
+        block_duration: Duration::from_secs(a.block_secs),
+        ..Default::default()
     };
     Ok(ratio1::controller::NetOptions {
         trust: TrustStore::new(issuers, revoked),
         listen: a.p2p_listen.clone(),
         bootstrap: a.p2p_bootstrap.clone(),
         external: a.p2p_external.clone(),
-        heartbeat_interval: Duration::from_secs(a.heartbeat_interval_secs.max(1)),
-        heartbeat_timeout: Duration::from_secs(a.heartbeat_timeout_secs.max(1)),
-        admission_timeout: Duration::from_secs(10),
-        block_duration: Duration::from_secs(a.block_secs),
+        tuning,
     })
 }
 
@@ -330,6 +335,8 @@ async fn main() -> ExitCode {
                     resync: Duration::from_secs(a.resync_secs),
                     concurrency: a.concurrency,
                     net,
+                    api_addr: a.api_addr,
+                    revoked_licenses: a.revoked_licenses,
                 };
                 run(cfg).await
             }

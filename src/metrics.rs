@@ -17,9 +17,11 @@ pub struct ErrorLabels {
     pub error: String,
 }
 
+/// A reason from a fixed set: `&'static str`, so no label value can come
+/// from the wire.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    pub reason: String,
+    pub reason: &'static str,
 }
 
 /// All metrics of the operator process.
@@ -39,6 +41,7 @@ pub struct Metrics {
     pub p2p_heartbeats_sent: Counter,
     pub dauth: Family<ReasonLabels, Counter>,
     pub p2p_heartbeat_delay: Histogram,
+    pub p2p_restarts: Counter,
 }
 
 impl Default for Metrics {
@@ -89,6 +92,8 @@ impl Default for Metrics {
         registry.register("p2p_heartbeats_received", "Valid heartbeats received", p2p_heartbeats.clone());
         registry.register("p2p_heartbeats_sent", "Heartbeats published", p2p_heartbeats_sent.clone());
         registry.register("dauth_requests", "dAuth requests answered as an oracle, per result", dauth.clone());
+        let p2p_restarts = Counter::default();
+        registry.register("p2p_restarts", "Times the network task died and was restarted", p2p_restarts.clone());
         Self {
             registry,
             reconciles,
@@ -105,6 +110,7 @@ impl Default for Metrics {
             p2p_heartbeats_sent,
             dauth,
             p2p_heartbeat_delay,
+            p2p_restarts,
         }
     }
 }

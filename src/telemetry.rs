@@ -33,29 +33,44 @@ pub fn init(format: LogFormat) {
 pub struct Health {
     /// Set once the API server answered and the CRDs are installed.
     pub ready: AtomicBool,
+    /// The network supervisor's view of the network task, when there is one.
+    pub network: Option<Arc<crate::p2p::supervisor::NetHealth>>,
 }
 
 #[derive(Clone)]
 struct AppState {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    view: crate::p2p::SharedView,
 }
 
-/// Serves the endpoints on an already bound listener until the process ends.
+/// Serves `/metrics`, `/healthz` and `/readyz` on an already bound listener
+/// until the process ends. Nothing here names peers or licenses: this port
+/// is open to the cluster for scraping and probes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    view: crate::p2p::SharedView,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/v1/network", get(network))
-        .with_state(AppState { metrics, health, view });
+        .with_state(AppState { metrics, health });
     axum::serve(listener, app).await
+}
+
+/// Serves the local API (`/v1/network`: peers, license ids, the dAuth log)
+/// on its own listener, loopback by default.
+pub async fn serve_api(listener: tokio::net::TcpListener, view: crate::p2p::SharedView) -> std::io::Result<()> {
+    let app = Router::new().route("/v1/network", get(network)).with_state(view);
+    axum::serve(listener, app).await
+}
+
+async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
+    match &s.health.network {
+        Some(n) if !n.live() => (StatusCode::SERVICE_UNAVAILABLE, "network task keeps failing"),
+        _ => (StatusCode::OK, "ok"),
+    }
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
@@ -63,17 +78,19 @@ async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    if s.health.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok")
-    } else {
+    if !s.health.ready.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    } else if s.health.network.as_ref().is_some_and(|n| !n.ready()) {
+        (StatusCode::SERVICE_UNAVAILABLE, "network not running")
+    } else {
+        (StatusCode::OK, "ok")
     }
 }
 
 /// This node's view of the network as JSON (`ratio1 network peers` reads it).
-async fn network(State(s): State<AppState>) -> impl IntoResponse {
-    let view = s.view.read().map(|v| v.clone()).unwrap_or_default();
-    ([("content-type", "application/json")], serde_json::to_string(&view).unwrap_or_default())
+async fn network(State(view): State<crate::p2p::SharedView>) -> impl IntoResponse {
+    let body = view.read().map(|v| serde_json::to_string(&*v).unwrap_or_default()).unwrap_or_default();
+    ([("content-type", "application/json")], body)
 }
 
 /// GET of a JSON document over plain HTTP (the CLI reads an operator's

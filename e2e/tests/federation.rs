@@ -17,8 +17,8 @@ async fn outsider(fed: &Federation, keypair: libp2p_identity::Keypair, token: St
     cfg.node_name = "outsider".into();
     cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
     cfg.bootstrap = fed.nodes.iter().map(|n| n.addr().parse().unwrap()).collect();
-    cfg.heartbeat_interval = std::time::Duration::from_secs(1);
-    p2p::start(cfg, Default::default(), Arc::new(Metrics::default()), tokio::sync::watch::channel(0).0).unwrap()
+    cfg.tuning.heartbeat_interval = std::time::Duration::from_secs(1);
+    p2p::start(cfg, Default::default(), Arc::new(Metrics::default()), tokio::sync::watch::channel(0).0).unwrap().0
 }
 
 async fn metrics_of(fed: &Federation, i: usize) -> String {
@@ -64,7 +64,7 @@ async fn licensed_clusters_federate_and_refuse_the_rest() {
     // `ratio1 network peers` prints the other two.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ratio1"))
         .args(["network", "peers", "--endpoint"])
-        .arg(format!("http://127.0.0.1:{}", fed.nodes[0].op().metrics_port))
+        .arg(format!("http://127.0.0.1:{}", fed.nodes[0].op().api_port))
         .output()
         .await
         .unwrap();
@@ -110,10 +110,13 @@ async fn licensed_clusters_federate_and_refuse_the_rest() {
         assert_eq!(fed.wait_peers(i, 2, 10).await.status.unwrap().peers, 2);
     }
 
-    // 3. Forged and replayed heartbeats from an admitted peer are dropped.
+    // 3. Forged and replayed heartbeats from an admitted peer are dropped;
+    //    a replay is the very same bytes published again, and the honest
+    //    sender's later heartbeats still pass.
     let key = libp2p_identity::Keypair::generate_ed25519();
     let spy_peer = key.public().to_peer_id().to_string();
-    let spy = outsider(&fed, key.clone(), license_for(&fed.issuer, &spy_peer, Class::Nd, "nd-spy", 3600)).await;
+    let spy_license = license_for(&fed.issuer, &spy_peer, Class::Nd, "nd-spy", 3600);
+    let spy = outsider(&fed, key.clone(), spy_license.clone()).await;
     for i in 0..3 {
         let (fed_ref, sp) = (&fed, &spy_peer);
         wait_for(30, "the licensed outsider admitted", || async move {
@@ -121,13 +124,14 @@ async fn licensed_clusters_federate_and_refuse_the_rest() {
         })
         .await;
     }
-    let body = serde_json::json!({"license": "", "licenseId": "nd-spy", "class": "ND", "roles": ["worker"], "node": "spy",
+    let body = serde_json::json!({"license": spy_license, "licenseId": "nd-spy", "class": "ND", "roles": ["worker"], "node": "spy",
         "offer": {}, "version": env!("CARGO_PKG_VERSION"), "addrs": []});
-    let seq = (p2p::now_us() as u64) * 10;
-    let mut forged = Envelope::seal(&key, seq, p2p::now_us(), "heartbeat", body.clone());
+    let boot = rand::random::<u64>();
+    let mut forged = Envelope::seal(&key, boot, 1, p2p::now_us(), "heartbeat", body.clone());
     forged.body["node"] = "someone-else".into();
-    let replayed = Envelope::seal(&key, seq + 1, p2p::now_us(), "heartbeat", body);
+    let original = Envelope::seal(&key, boot, 2, p2p::now_us(), "heartbeat", body).to_bytes();
     let dropped = |text: &str, reason: &str| metric(text, "ratio1_p2p_dropped_total", &format!("reason=\"{reason}\""));
+    let received = |text: &str| metric(text, "ratio1_p2p_heartbeats_received_total", "");
     let mut before = vec![];
     for i in 0..3 {
         let m = metrics_of(&fed, i).await;
@@ -135,20 +139,43 @@ async fn licensed_clusters_federate_and_refuse_the_rest() {
     }
     // The mesh may need a moment after admission: publish until every node
     // has counted the drop.
-    for (envelope, reason, pick) in [(&forged, "bad_signature", 0), (&replayed, "replay", 1)] {
-        for (i, counts) in before.iter().enumerate() {
-            let (spy_ref, fed_ref, bytes) = (&spy, &fed, envelope.to_bytes());
-            let was = if pick == 0 { counts.0 } else { counts.1 };
-            wait_for(30, &format!("node {i} drops a {reason} heartbeat"), || {
-                let bytes = bytes.clone();
-                async move {
-                    let _ = spy_ref.publish_raw(HEARTBEAT_TOPIC, bytes).await;
-                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                    (dropped(&metrics_of(fed_ref, i).await, reason) > was).then_some(())
-                }
-            })
-            .await;
-        }
+    for (i, &(was, _)) in before.iter().enumerate() {
+        let (spy_ref, fed_ref, bytes) = (&spy, &fed, forged.to_bytes());
+        wait_for(30, &format!("node {i} drops a forged heartbeat"), || {
+            let bytes = bytes.clone();
+            async move {
+                let _ = spy_ref.publish_raw(HEARTBEAT_TOPIC, bytes).await;
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                (dropped(&metrics_of(fed_ref, i).await, "bad_signature") > was).then_some(())
+            }
+        })
+        .await;
+    }
+    // The original once (accepted), then the same bytes again (replays).
+    spy.publish_raw(HEARTBEAT_TOPIC, original.clone()).await.unwrap();
+    for (i, &(_, was)) in before.iter().enumerate() {
+        let (spy_ref, fed_ref, bytes) = (&spy, &fed, original.clone());
+        wait_for(30, &format!("node {i} drops the same heartbeat bytes replayed"), || {
+            let bytes = bytes.clone();
+            async move {
+                let _ = spy_ref.publish_raw(HEARTBEAT_TOPIC, bytes).await;
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                (dropped(&metrics_of(fed_ref, i).await, "replay") > was).then_some(())
+            }
+        })
+        .await;
+    }
+    // The spy's own heartbeats (its event loop seals fresh ones) still pass.
+    for i in 0..3 {
+        let at = received(&metrics_of(&fed, i).await);
+        let (fed_ref, sp) = (&fed, &spy_peer);
+        wait_for(30, "the honest sender's later heartbeats accepted", || async move {
+            let m = metrics_of(fed_ref, i).await;
+            let view = fed_ref.network_view(i).await;
+            let hb = view["peers"][sp.as_str()]["lastHeartbeat"].as_i64().unwrap_or(0);
+            (received(&m) > at && p2p::now_ms() - hb < 2_000).then_some(())
+        })
+        .await;
     }
     drop(spy);
 

@@ -5,6 +5,7 @@
 mod harness;
 
 mod federation;
+mod hostile;
 mod install;
 mod leader;
 mod nodes;

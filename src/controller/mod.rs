@@ -59,40 +59,14 @@ pub struct LocalNode {
 }
 
 /// How this node joins the network (flags; the R1Node spec fills the rest).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct NetOptions {
     pub trust: crate::dauth::license::TrustStore,
     /// Multiaddrs that override the R1Node's `spec.p2p` when not empty.
     pub listen: Vec<String>,
     pub bootstrap: Vec<String>,
     pub external: Vec<String>,
-    pub heartbeat_interval: Duration,
-    pub heartbeat_timeout: Duration,
-    pub admission_timeout: Duration,
-    pub block_duration: Duration,
-}
-
-impl Default for NetOptions {
-    fn default() -> Self {
-        Self {
-            trust: Default::default(),
-            listen: vec![],
-            bootstrap: vec![],
-            external: vec![],
-            heartbeat_interval: Duration::from_secs(5),
-            heartbeat_timeout: Duration::from_secs(15),
-            admission_timeout: Duration::from_secs(10),
-            block_duration: Duration::from_secs(300),
-        }
-    }
-}
-
-/// The running network and what it was started with.
-pub struct RunningNetwork {
-    pub handle: crate::p2p::NetworkHandle,
-    /// Identity, addresses and roles: a change restarts the network.
-    pub fingerprint: String,
-    pub license: String,
+    pub tuning: crate::p2p::Tuning,
 }
 
 /// State shared by all controllers.
@@ -112,11 +86,17 @@ pub struct Context {
     pub view: crate::p2p::SharedView,
     /// Bumped by the network when peers or the license state change.
     pub net_changes: tokio::sync::watch::Sender<u64>,
-    pub network: tokio::sync::Mutex<Option<RunningNetwork>>,
+    /// The network runs under this supervisor; reconciles only say what
+    /// they want of it.
+    pub network: crate::p2p::supervisor::Supervisor,
 }
 
 impl Context {
+    /// Spawns the network supervisor: call within a tokio runtime.
     pub fn new(client: Client, recorder: Recorder, metrics: Arc<Metrics>, namespace: String) -> Self {
+        let view = crate::p2p::SharedView::default();
+        let net_changes = tokio::sync::watch::channel(0).0;
+        let network = crate::p2p::supervisor::Supervisor::spawn(view.clone(), metrics.clone(), net_changes.clone());
         Self {
             client,
             recorder,
@@ -126,9 +106,9 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             resync: Duration::from_secs(300),
             net: NetOptions::default(),
-            view: Default::default(),
-            net_changes: tokio::sync::watch::channel(0).0,
-            network: tokio::sync::Mutex::new(None),
+            view,
+            net_changes,
+            network,
         }
     }
 

@@ -3,7 +3,7 @@
 //! license Secret is usable. Admission into the network (dAuth) and peer
 //! state (p2p) are reported by those modules through the same status.
 
-use super::{next_conditions, patch_status, report_transition, Context, LocalNode, Result, RunningNetwork, MANAGED_BY};
+use super::{next_conditions, patch_status, report_transition, Context, LocalNode, NetOptions, Result, MANAGED_BY};
 use crate::conditions::{self, Want};
 use crate::crd::{R1Node, R1NodeStatus};
 use crate::dauth::license::TrustStore;
@@ -111,59 +111,30 @@ fn addrs(flag: &[String], spec: &[String], field: &str) -> Result<Vec<Multiaddr>
         .collect()
 }
 
-/// Starts the network, or restarts it when identity, addresses or roles
-/// changed; passes a rotated license to the running one.
-async fn ensure_network(
-    ctx: &Context,
+/// The network configuration this R1Node asks for (pure but for the
+/// options): `Ok(None)` when it has no listen address (it stays out of
+/// the network), `Err` for addresses that do not parse.
+fn desired_network(
+    net: &NetOptions,
     n: &R1Node,
     keypair: libp2p_identity::Keypair,
     license: String,
-) -> Result<Option<String>, (&'static str, String)> {
-    let listen = addrs(&ctx.net.listen, &n.spec.p2p.listen, "spec.p2p.listen")?;
-    let bootstrap = addrs(&ctx.net.bootstrap, &n.spec.p2p.bootstrap, "spec.p2p.bootstrap")?;
-    let external = addrs(&ctx.net.external, &n.spec.p2p.external, "spec.p2p.external")?;
-    let mut running = ctx.network.lock().await;
+) -> Result<Option<NetConfig>, (&'static str, String)> {
+    let listen = addrs(&net.listen, &n.spec.p2p.listen, "spec.p2p.listen")?;
+    let bootstrap = addrs(&net.bootstrap, &n.spec.p2p.bootstrap, "spec.p2p.bootstrap")?;
+    let external = addrs(&net.external, &n.spec.p2p.external, "spec.p2p.external")?;
     if listen.is_empty() {
-        *running = None;
-        return Ok(Some("no listen address (spec.p2p.listen): this node does not join the network".into()));
+        return Ok(None);
     }
-    let fingerprint = format!(
-        "{}|{:?}|{:?}|{:?}|{:?}|{:?}",
-        keypair.public().to_peer_id(),
-        listen,
-        bootstrap,
-        external,
-        n.spec.roles,
-        n.spec.offer
-    );
-    match running.as_mut() {
-        Some(r) if r.fingerprint == fingerprint => {
-            if r.license != license {
-                r.handle.set_license(license.clone()).await;
-                r.license = license;
-            }
-        }
-        _ => {
-            // Dropping the old handle stops its event loop.
-            *running = None;
-            let mut cfg = NetConfig::new(keypair, license.clone(), ctx.net.trust.clone());
-            cfg.node_name = n.name_any();
-            cfg.listen = listen;
-            cfg.bootstrap = bootstrap;
-            cfg.external = external;
-            cfg.roles = n.spec.roles.clone();
-            cfg.offer = serde_json::to_value(&n.spec.offer).unwrap_or_default();
-            cfg.heartbeat_interval = ctx.net.heartbeat_interval;
-            cfg.heartbeat_timeout = ctx.net.heartbeat_timeout;
-            cfg.admission_timeout = ctx.net.admission_timeout;
-            cfg.block_duration = ctx.net.block_duration;
-            let handle = p2p::start(cfg, ctx.view.clone(), ctx.metrics.clone(), ctx.net_changes.clone())
-                .map_err(|e| ("NetworkFailed", e))?;
-            tracing::info!(peer_id = %handle.peer_id, "network started");
-            *running = Some(RunningNetwork { handle, fingerprint, license });
-        }
-    }
-    Ok(None)
+    let mut cfg = NetConfig::new(keypair, license, net.trust.clone());
+    cfg.node_name = n.name_any();
+    cfg.listen = listen;
+    cfg.bootstrap = bootstrap;
+    cfg.external = external;
+    cfg.roles = n.spec.roles.clone();
+    cfg.offer = serde_json::to_value(&n.spec.offer).unwrap_or_default();
+    cfg.tuning = net.tuning.clone();
+    Ok(Some(cfg))
 }
 
 /// `Licensed` from the node's own token (pure).
@@ -192,6 +163,12 @@ pub fn connected_condition(view: &View, disabled: Option<&str>, now: i64) -> (Wa
     let connected = match (disabled, &view.listen_error) {
         (Some(msg), _) => Want::new("Connected", false, "P2pDisabled", msg),
         (None, Some(err)) => Want::new("Connected", false, "ListenFailed", err.clone()),
+        (None, None) if !view.running => Want::new(
+            "Connected",
+            false,
+            "NetworkNotRunning",
+            view.failure.clone().unwrap_or_else(|| "the network is starting".into()),
+        ),
         (None, None) if fresh > 0 => {
             Want::new("Connected", true, "PeersConnected", format!("{fresh} licensed peer(s)"))
         }
@@ -211,7 +188,7 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
     let is_primary = primary(&all).is_none_or(|p| p.name_any() == name);
 
     let mut peer_id = old.peer_id.clone();
-    let mut disabled = None;
+    let mut disabled: Option<String> = None;
     let mut licensed = None;
     let outcome: Result<(), (&'static str, String)> = if !is_primary {
         Err((
@@ -236,14 +213,40 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
                             .and_then(|d| d.get(LICENSE_KEY).map(|v| String::from_utf8_lossy(&v.0).trim().to_string()))
                             .unwrap_or_default();
                         let pid = kp.public().to_peer_id().to_string();
-                        licensed = Some(license_condition(&ctx.net.trust, &token, &pid, p2p::now_ms() / 1000));
-                        ensure_network(&ctx, &n, kp, token).await.map(|d| disabled = d)
+                        let lic = license_condition(&ctx.net.trust, &token, &pid, p2p::now_ms() / 1000);
+                        let valid = lic.status != Some(false);
+                        licensed = Some(lic);
+                        match desired_network(&ctx.net, &n, kp, token) {
+                            Err(bad) => Err(bad),
+                            Ok(None) => {
+                                disabled = Some(
+                                    "no listen address (spec.p2p.listen): this node does not join the network".into(),
+                                );
+                                ctx.network.want(None);
+                                Ok(())
+                            }
+                            // A node without a valid license has nothing to
+                            // do on the network (peers would refuse it).
+                            Ok(Some(_)) if !valid => {
+                                ctx.network.want(None);
+                                Ok(())
+                            }
+                            Ok(Some(cfg)) => {
+                                ctx.network.want(Some(cfg));
+                                Ok(())
+                            }
+                        }
                     }
                 }
             }
         }
     };
 
+    if is_primary && outcome.is_err() {
+        // The primary node cannot be what it says: leave the network rather
+        // than go on with an old identity or license.
+        ctx.network.want(None);
+    }
     let mut wanted = match &outcome {
         Err((reason, msg)) => {
             ctx.metrics.stalled.get_or_create(&crate::metrics::KindLabels { kind: "R1Node" }).inc();
@@ -376,6 +379,9 @@ mod tests {
     fn connected_counts_only_fresh_peers() {
         use crate::p2p::PeerInfo;
         let mut view = View { heartbeat_timeout_ms: 1000, ..Default::default() };
+        let (c, _) = connected_condition(&view, None, 10_000);
+        assert_eq!((c.status, c.reason.as_str()), (Some(false), "NetworkNotRunning"));
+        view.running = true;
         let (c, n) = connected_condition(&view, None, 10_000);
         assert_eq!((c.status, c.reason.as_str(), n), (Some(false), "NoPeers", 0));
         let peer = |hb: i64| PeerInfo {

@@ -16,7 +16,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{watcher, Controller};
+use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Client, CustomResourceExt, ResourceExt};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -39,6 +39,83 @@ pub struct OperatorConfig {
     pub resync: Duration,
     pub concurrency: u16,
     pub net: super::NetOptions,
+    /// Address of the local API (`/v1/network`): loopback by default, since
+    /// it lists peers and licenses.
+    pub api_addr: SocketAddr,
+    /// Revocation list, re-read while running.
+    pub revoked_licenses: Option<std::path::PathBuf>,
+}
+
+/// Reads a revocation list file (see `dauth::license::parse_revocations`).
+pub fn read_revocations(path: &std::path::Path) -> anyhow::Result<std::collections::BTreeSet<(String, String)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    crate::dauth::license::parse_revocations(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Re-reads the revocation list every 2 s (a mounted ConfigMap changes in
+/// place); the trust store is shared, so the network sees it at its next
+/// check. A list that does not parse is reported and the last good one kept.
+async fn reload_revocations(path: std::path::PathBuf, trust: crate::dauth::license::TrustStore) {
+    let mut last_error = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        match read_revocations(&path) {
+            Ok(set) => {
+                last_error = None;
+                let n = set.len();
+                if trust.set_revoked(set) {
+                    tracing::info!(path = %path.display(), revoked = n, "revocation list reloaded");
+                }
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                if last_error.as_ref() != Some(&msg) {
+                    tracing::warn!(error = %msg, "revocation list not reloaded; keeping the last good one");
+                    last_error = Some(msg);
+                }
+            }
+        }
+    }
+}
+
+/// Stops the network when the R1Node it runs for is deleted.
+async fn leave_when_deleted(api: Api<R1Node>, network: crate::p2p::supervisor::Supervisor) {
+    let mut names = std::collections::BTreeSet::new();
+    let mut init = std::collections::BTreeSet::new();
+    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    while let Some(ev) = events.next().await {
+        let gone = match ev {
+            Ok(watcher::Event::Apply(n)) => {
+                names.insert(n.name_any());
+                None
+            }
+            Ok(watcher::Event::Delete(n)) => {
+                names.remove(&n.name_any());
+                Some(n.name_any())
+            }
+            Ok(watcher::Event::Init) => {
+                init.clear();
+                None
+            }
+            Ok(watcher::Event::InitApply(n)) => {
+                init.insert(n.name_any());
+                None
+            }
+            Ok(watcher::Event::InitDone) => {
+                names = std::mem::take(&mut init);
+                network.wanted_node().filter(|w| !names.contains(w))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "R1Node watch failed; retrying");
+                None
+            }
+        };
+        if let Some(name) = gone {
+            if network.wanted_node().as_deref() == Some(name.as_str()) && network.want(None) {
+                tracing::info!(node = %name, "R1Node deleted: leaving the network");
+            }
+        }
+    }
 }
 
 /// Fails with a sentence that says what to do when a CRD is missing.
@@ -81,13 +158,23 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
         .await
         .context("no Kubernetes configuration found (in-cluster, KUBECONFIG or ~/.kube/config)")?;
     let metrics = Arc::new(Metrics::default());
-    let health = Arc::new(Health::default());
+    let reporter = Reporter { controller: "ratio1-operator".into(), instance: Some(cfg.identity.clone()) };
+    let mut context =
+        Context::new(client.clone(), Recorder::new(client.clone(), reporter), metrics.clone(), cfg.namespace.clone());
+    context.resync = cfg.resync;
+    context.net = cfg.net.clone();
+    let ctx = Arc::new(context);
+    let health = Arc::new(Health { network: Some(ctx.network.health.clone()), ..Default::default() });
     let listener = tokio::net::TcpListener::bind(cfg.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on {} for metrics and probes", cfg.metrics_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
-    let view = crate::p2p::SharedView::default();
-    tokio::spawn(telemetry::serve(listener, metrics.clone(), health.clone(), view.clone()));
+    tokio::spawn(telemetry::serve(listener, metrics.clone(), health.clone()));
+    let api_listener = tokio::net::TcpListener::bind(cfg.api_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} for the local API", cfg.api_addr))?;
+    tracing::info!(addr = %api_listener.local_addr()?, "serving the local API (/v1/network)");
+    tokio::spawn(telemetry::serve_api(api_listener, ctx.view.clone()));
 
     check_crds(&client).await?;
     health.ready.store(true, Ordering::Relaxed);
@@ -114,13 +201,12 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
     };
     metrics.leader.set(1);
 
-    let reporter = Reporter { controller: "ratio1-operator".into(), instance: Some(cfg.identity.clone()) };
-    let mut context =
-        Context::new(client.clone(), Recorder::new(client.clone(), reporter), metrics.clone(), cfg.namespace.clone());
-    context.resync = cfg.resync;
-    context.net = cfg.net.clone();
-    context.view = view;
-    let ctx = Arc::new(context);
+    // The R1Node named by the network's wish was deleted: leave the network
+    // (deleted objects are not reconciled, so a watch tells the supervisor).
+    tokio::spawn(leave_when_deleted(Api::<R1Node>::all(client.clone()), ctx.network.clone()));
+    if let Some(path) = cfg.revoked_licenses.clone() {
+        tokio::spawn(reload_revocations(path, cfg.net.trust.clone()));
+    }
 
     // Each controller stops taking new work on the same shutdown signal.
     let mut stops = vec![];

@@ -13,6 +13,7 @@ use libp2p_identity::ed25519;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
 
 const PREFIX: &str = "r1l1";
 
@@ -163,19 +164,52 @@ pub fn decode(token: &str) -> Result<(Claims, String, Vec<u8>), LicenseError> {
     Ok((claims, payload.to_string(), sig))
 }
 
-/// The issuers a network trusts and the licenses it has revoked.
+/// A revoked license: (issuer key id, license id). Ids are unique per
+/// issuer only, so a revocation names both.
+pub type Revocation = (String, String);
+
+/// Parses a revocation list: one `<issuer key id> <license id>` per line
+/// (`/` also separates them); blank lines and `#` comments are skipped.
+pub fn parse_revocations(text: &str) -> Result<BTreeSet<Revocation>, String> {
+    let mut out = BTreeSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut parts = line.split(|c: char| c.is_whitespace() || c == '/').filter(|p| !p.is_empty());
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(iss), Some(id), None) if iss.len() == 16 && iss.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                out.insert((iss.to_ascii_lowercase(), id.to_string()));
+            }
+            _ => {
+                return Err(format!(
+                    "line {}: expected `<issuer key id (16 hex digits)> <license id>`, got {line:?}",
+                    n + 1
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The issuers a network trusts and the licenses it has revoked. Clones
+/// share the revocation list, so a reload reaches every holder at once.
 #[derive(Clone, Debug, Default)]
 pub struct TrustStore {
     issuers: BTreeMap<String, ed25519::PublicKey>,
-    revoked: BTreeSet<String>,
+    revoked: Arc<RwLock<BTreeSet<Revocation>>>,
 }
 
 impl TrustStore {
     pub fn new(
         issuers: impl IntoIterator<Item = ed25519::PublicKey>,
-        revoked: impl IntoIterator<Item = String>,
+        revoked: impl IntoIterator<Item = Revocation>,
     ) -> Self {
-        Self { issuers: issuers.into_iter().map(|k| (key_id(&k), k)).collect(), revoked: revoked.into_iter().collect() }
+        Self {
+            issuers: issuers.into_iter().map(|k| (key_id(&k), k)).collect(),
+            revoked: Arc::new(RwLock::new(revoked.into_iter().collect())),
+        }
     }
 
     pub fn issuers(&self) -> impl Iterator<Item = &ed25519::PublicKey> {
@@ -184,6 +218,19 @@ impl TrustStore {
 
     pub fn is_empty(&self) -> bool {
         self.issuers.is_empty()
+    }
+
+    /// Replaces the revocation list (shared by every clone); returns
+    /// whether it changed.
+    pub fn set_revoked(&self, revoked: BTreeSet<Revocation>) -> bool {
+        let mut cur = self.revoked.write().expect("revocation lock");
+        let changed = *cur != revoked;
+        *cur = revoked;
+        changed
+    }
+
+    pub fn revoked_count(&self) -> usize {
+        self.revoked.read().expect("revocation lock").len()
     }
 
     /// Full verification: format, issuer, signature, binding, validity
@@ -201,13 +248,20 @@ impl TrustStore {
         if claims.iat > now + 300 {
             return Err(LicenseError::NotYetValid(claims.iat));
         }
+        self.still_valid(&claims, now)?;
+        Ok(claims)
+    }
+
+    /// The checks that can change over a verified license's life: expiry
+    /// and revocation. Cheap: no signature.
+    pub fn still_valid(&self, claims: &Claims, now: i64) -> Result<(), LicenseError> {
         if claims.exp <= now {
             return Err(LicenseError::Expired(claims.exp));
         }
-        if self.revoked.contains(&claims.id) {
+        if self.revoked.read().expect("revocation lock").contains(&(claims.iss.clone(), claims.id.clone())) {
             return Err(LicenseError::Revoked(claims.id.clone()));
         }
-        Ok(claims)
+        Ok(())
     }
 }
 
@@ -268,8 +322,25 @@ mod tests {
         // A stranger's signature under the trusted issuer's id.
         let impostor = issue(&stranger, &claims);
         assert_eq!(trust.verify(&impostor, "12D3KooWPeer", 1_500).unwrap_err().reason(), "BadSignature");
-        let revoked = TrustStore::new([issuer.public()], ["nd-0001".to_string()]);
-        assert_eq!(revoked.verify(&token, "12D3KooWPeer", 1_500).unwrap_err().reason(), "LicenseRevoked");
+        // Revocation names the issuer too: the same id from another issuer stands.
+        let other = TrustStore::new([issuer.public()], [("0000000000000000".to_string(), "nd-0001".to_string())]);
+        assert!(other.verify(&token, "12D3KooWPeer", 1_500).is_ok());
+        let clone = other.clone();
+        assert!(other.set_revoked(BTreeSet::from([(key_id(&issuer.public()), "nd-0001".to_string())])));
+        assert_eq!(
+            clone.verify(&token, "12D3KooWPeer", 1_500).unwrap_err().reason(),
+            "LicenseRevoked",
+            "clones share the list"
+        );
+    }
+
+    #[test]
+    fn revocation_lists_parse_or_say_which_line_is_wrong() {
+        let set = parse_revocations("# revoked\n\n0123456789abcdef nd-1\n0123456789ABCDEF/nd-2  # stolen\n").unwrap();
+        assert_eq!(set.len(), 2);
+        assert!(set.contains(&("0123456789abcdef".to_string(), "nd-2".to_string())));
+        assert!(parse_revocations("nd-1\n").unwrap_err().starts_with("line 1:"));
+        assert!(parse_revocations("0123456789abcdef a b\n").unwrap_err().starts_with("line 1:"));
     }
 
     #[test]

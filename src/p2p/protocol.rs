@@ -1,5 +1,10 @@
 //! Messages of `/ratio1/dauth/1` and of the heartbeat topic. Everything
 //! travels inside a signed [`Envelope`](super::envelope::Envelope).
+//!
+//! Everything from the wire is bounded twice: the codecs cap whole messages
+//! ([`MAX_REQUEST_BYTES`], [`MAX_RESPONSE_BYTES`], [`MAX_GOSSIP_BYTES`]) and
+//! each body is checked field by field ([`Bounded`]) before any of it is
+//! used or stored.
 
 use super::envelope::Envelope;
 use crate::crd::NodeRole;
@@ -18,7 +23,127 @@ pub enum Request {
 pub enum Response {
     Hello(Envelope),
     Auth(Envelope),
-    Refused { reason: String },
+    /// `reason` is one of [`REFUSALS`]; anything else a peer sends is
+    /// counted as `Other` ([`refusal_label`]).
+    Refused {
+        reason: String,
+    },
+}
+
+/// Largest request (a Hello or a dAuth ask: an envelope with a license).
+pub const MAX_REQUEST_BYTES: u64 = 8 * 1024;
+/// Largest response (a dAuth answer lists oracles and peers).
+pub const MAX_RESPONSE_BYTES: u64 = 256 * 1024;
+/// Largest gossip message.
+pub const MAX_GOSSIP_BYTES: usize = 16 * 1024;
+
+/// Every reason this node gives or counts for a refusal: a fixed set, so
+/// metric labels and logs cannot be grown from the wire.
+pub const REFUSALS: &[&str] = &[
+    "AdmissionTimeout",
+    "LicenseMissing",
+    "LicenseMalformed",
+    "UnknownIssuer",
+    "BadSignature",
+    "WrongPeer",
+    "LicenseExpired",
+    "LicenseNotYetValid",
+    "LicenseRevoked",
+    "BadHello",
+    "Stale",
+    "VersionMismatch",
+    "NotAnOracle",
+    "NotAdmitted",
+    "TooManyPending",
+    "Other",
+];
+
+/// The bounded label for a reason received from a peer.
+pub fn refusal_label(reason: &str) -> &'static str {
+    REFUSALS.iter().find(|r| **r == reason).copied().unwrap_or("Other")
+}
+
+/// Field-by-field limits of a decoded body.
+pub trait Bounded {
+    fn check_bounds(&self) -> Result<(), &'static str>;
+}
+
+const MAX_LICENSE: usize = 2048;
+const MAX_NAME: usize = 253;
+const MAX_VERSION: usize = 64;
+const MAX_ADDRS: usize = 16;
+const MAX_ADDR: usize = 256;
+const MAX_OFFER: usize = 4096;
+const MAX_NONCE: usize = 64;
+const MAX_ROLES: usize = 4;
+/// Peers listed in a dAuth answer.
+pub const MAX_LISTED: usize = 1024;
+
+fn within(s: &str, max: usize) -> Result<(), &'static str> {
+    if s.len() <= max {
+        Ok(())
+    } else {
+        Err("oversized")
+    }
+}
+
+fn all_within(v: &[String], count: usize, each: usize) -> Result<(), &'static str> {
+    if v.len() > count {
+        return Err("oversized");
+    }
+    v.iter().try_for_each(|s| within(s, each))
+}
+
+impl Bounded for Hello {
+    fn check_bounds(&self) -> Result<(), &'static str> {
+        within(&self.license, MAX_LICENSE)?;
+        within(&self.version, MAX_VERSION)?;
+        within(&self.node, MAX_NAME)?;
+        (self.roles.len() <= MAX_ROLES).then_some(()).ok_or("oversized")
+    }
+}
+
+impl Bounded for AuthAsk {
+    fn check_bounds(&self) -> Result<(), &'static str> {
+        within(&self.nonce, MAX_NONCE)?;
+        within(&self.license, MAX_LICENSE)?;
+        within(&self.version, MAX_VERSION)?;
+        all_within(&self.addrs, MAX_ADDRS, MAX_ADDR)
+    }
+}
+
+impl Bounded for AuthAnswer {
+    fn check_bounds(&self) -> Result<(), &'static str> {
+        within(&self.nonce, MAX_NONCE)?;
+        all_within(&self.oracles, MAX_LISTED, 64)?;
+        all_within(&self.whitelist, MAX_LISTED, 64)?;
+        all_within(&self.issuers, 64, 64)
+    }
+}
+
+impl Bounded for Heartbeat {
+    fn check_bounds(&self) -> Result<(), &'static str> {
+        within(&self.license, MAX_LICENSE)?;
+        within(&self.license_id, 128)?;
+        within(&self.node, MAX_NAME)?;
+        within(&self.version, MAX_VERSION)?;
+        all_within(&self.addrs, MAX_ADDRS, MAX_ADDR)?;
+        if self.roles.len() > MAX_ROLES {
+            return Err("oversized");
+        }
+        // The offer is stored and shown: a small JSON object.
+        match serde_json::to_vec(&self.offer) {
+            Ok(v) if v.len() <= MAX_OFFER && (self.offer.is_object() || self.offer.is_null()) => Ok(()),
+            _ => Err("oversized"),
+        }
+    }
+}
+
+/// Decodes a JSON body and checks its bounds.
+pub fn decode_body<T: serde::de::DeserializeOwned + Bounded>(v: &serde_json::Value) -> Result<T, &'static str> {
+    let t: T = T::deserialize(v).map_err(|_| "malformed")?;
+    t.check_bounds()?;
+    Ok(t)
 }
 
 /// Body of a Hello envelope.
@@ -65,4 +190,44 @@ pub struct Heartbeat {
     pub offer: serde_json::Value,
     pub version: String,
     pub addrs: Vec<String>,
+}
+
+/// Gossip message kinds accepted on the heartbeat topic.
+pub const HEARTBEAT_KIND: &str = "heartbeat";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_reasons_from_the_wire_are_a_fixed_set() {
+        assert_eq!(refusal_label("LicenseExpired"), "LicenseExpired");
+        assert_eq!(refusal_label(&"x".repeat(1 << 20)), "Other");
+        assert_eq!(refusal_label("licenseexpired"), "Other");
+    }
+
+    #[test]
+    fn oversized_fields_are_refused_at_decode() {
+        let hb = |node: String, addrs: Vec<String>, offer: serde_json::Value| {
+            serde_json::json!({"license": "t", "licenseId": "l", "class": "ND", "roles": ["worker"],
+                "node": node, "offer": offer, "version": "0.1.0", "addrs": addrs})
+        };
+        assert!(decode_body::<Heartbeat>(&hb("n".into(), vec![], serde_json::json!({}))).is_ok());
+        assert_eq!(
+            decode_body::<Heartbeat>(&hb("n".repeat(254), vec![], serde_json::json!({}))).unwrap_err(),
+            "oversized"
+        );
+        assert_eq!(
+            decode_body::<Heartbeat>(&hb("n".into(), vec!["/ip4/1.2.3.4".into(); 17], serde_json::json!({})))
+                .unwrap_err(),
+            "oversized"
+        );
+        assert_eq!(
+            decode_body::<Heartbeat>(&hb("n".into(), vec![], serde_json::json!({"a": "x".repeat(5000)}))).unwrap_err(),
+            "oversized"
+        );
+        assert_eq!(decode_body::<Heartbeat>(&serde_json::json!({"node": 1})).unwrap_err(), "malformed");
+        let ask = serde_json::json!({"nonce": "n", "license": "l", "version": "v".repeat(65), "addrs": []});
+        assert_eq!(decode_body::<AuthAsk>(&ask).unwrap_err(), "oversized");
+    }
 }

@@ -68,6 +68,11 @@ impl Federation {
     /// Prepares each cluster (CRDs, identity, license, R1Node) and starts
     /// one operator per cluster.
     pub async fn start(clusters: &[usize]) -> Self {
+        Self::start_with(clusters, vec![]).await
+    }
+
+    /// As [`Federation::start`], with extra operator flags for every node.
+    pub async fn start_with(clusters: &[usize], extra: Vec<String>) -> Self {
         let issuer = ed25519::Keypair::generate();
         let issuer_pub = license::encode_public(&issuer.public());
         let mut nodes: Vec<FedNode> = vec![];
@@ -122,8 +127,8 @@ impl Federation {
             opts.extra_args = vec![
                 "--p2p-listen".into(),
                 format!("/ip4/127.0.0.1/tcp/{p2p_port}"),
-                "--trusted-issuer".into(),
-                issuer_pub.clone(),
+                // `=`: a base64url key may start with '-'.
+                format!("--trusted-issuer={issuer_pub}"),
                 "--heartbeat-interval-secs".into(),
                 "1".into(),
                 "--heartbeat-timeout-secs".into(),
@@ -132,6 +137,7 @@ impl Federation {
             if let Some(first) = nodes.first() {
                 opts.extra_args.extend(["--p2p-bootstrap".into(), first.addr()]);
             }
+            opts.extra_args.extend(extra.iter().cloned());
             nodes.push(FedNode { cluster, name, peer_id: peer.to_string(), p2p_port, op: None, opts });
         }
         for n in nodes.iter_mut() {
@@ -152,7 +158,7 @@ impl Federation {
     }
 
     pub async fn network_view(&self, i: usize) -> serde_json::Value {
-        let body = http_get(self.nodes[i].op().metrics_port, "/v1/network").await.expect("/v1/network answers");
+        let body = http_get(self.nodes[i].op().api_port, "/v1/network").await.expect("/v1/network answers");
         serde_json::from_str(&body).unwrap()
     }
 }

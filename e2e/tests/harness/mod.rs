@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod federation;
+pub mod outsider;
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -154,7 +155,7 @@ impl OperatorOpts {
         Self { cluster, identity: identity.into(), lease_duration_secs: 4, lease_retry_secs: 1, extra_args: vec![] }
     }
 
-    fn command(&self, metrics_port: u16) -> std::process::Command {
+    fn command(&self, metrics_port: u16, api_port: u16) -> std::process::Command {
         let log = std::fs::File::create(log_dir().join(format!("c{}-{}.log", self.cluster, self.identity))).unwrap();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ratio1"));
         cmd.arg("operator")
@@ -162,6 +163,8 @@ impl OperatorOpts {
             .arg(OPERATOR_NS)
             .arg("--metrics-addr")
             .arg(format!("127.0.0.1:{metrics_port}"))
+            .arg("--api-addr")
+            .arg(format!("127.0.0.1:{api_port}"))
             .arg("--identity")
             .arg(&self.identity)
             .arg("--lease-duration-secs")
@@ -182,17 +185,19 @@ impl OperatorOpts {
 pub struct Operator {
     pub child: tokio::process::Child,
     pub metrics_port: u16,
+    /// The local API (`/v1/network`).
+    pub api_port: u16,
     pub opts: OperatorOpts,
 }
 
 impl Operator {
     /// Starts `ratio1 operator` and waits until its /readyz answers.
     pub async fn start(opts: OperatorOpts) -> Self {
-        let metrics_port = free_port();
-        let mut cmd = tokio::process::Command::from(opts.command(metrics_port));
+        let (metrics_port, api_port) = (free_port(), free_port());
+        let mut cmd = tokio::process::Command::from(opts.command(metrics_port, api_port));
         cmd.kill_on_drop(true);
         let child = cmd.spawn().expect("ratio1 binary starts");
-        let op = Self { child, metrics_port, opts };
+        let op = Self { child, metrics_port, api_port, opts };
         wait_for(30, "operator /readyz", || async {
             (http_get(op.metrics_port, "/readyz").await.as_deref() == Some("ok")).then_some(())
         })
@@ -236,7 +241,7 @@ pub fn shared_operator() -> &'static Shared {
                 install_crds(&c).await;
                 ensure_namespace(&c, OPERATOR_NS).await;
             });
-            let mut cmd = OperatorOpts::new(1, "shared").command(port);
+            let mut cmd = OperatorOpts::new(1, "shared").command(port, free_port());
             use std::os::unix::process::CommandExt;
             // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
             unsafe {
