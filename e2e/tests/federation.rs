@@ -194,4 +194,30 @@ async fn licensed_clusters_federate_and_refuse_the_rest() {
     let view = fed.network_view(0).await;
     assert!(view["peers"].get(&fed.nodes[2].peer_id).is_some(), "same PeerId after restart");
     let _ = license::encode_public(&fed.issuer.public());
+
+    // 5. Deleting the R1Node stops federation (the others see it go and its
+    //    network stops); recreating it rejoins with the same PeerId.
+    let api: kube::Api<ratio1::crd::R1Node> = kube::Api::all(client(fed.nodes[2].cluster).await);
+    let spec = api.get(&fed.nodes[2].name).await.unwrap().spec;
+    api.delete(&fed.nodes[2].name, &Default::default()).await.unwrap();
+    wait_for(20, "the deleted node's network stopped", || async {
+        let v = fed.network_view(2).await;
+        (v["running"] == false && v["peers"].as_object().is_some_and(|p| p.is_empty())).then_some(())
+    })
+    .await;
+    for i in 0..2 {
+        fed.wait_peers(i, 1, 30).await;
+        let fed_ref = &fed;
+        wait_for(20, "the deleted node forgotten", || async move {
+            fed_ref.network_view(i).await["peers"].get(&fed_ref.nodes[2].peer_id).is_none().then_some(())
+        })
+        .await;
+    }
+    let node = ratio1::crd::R1Node::new(&fed.nodes[2].name, spec);
+    api.create(&Default::default(), &node).await.unwrap();
+    for i in 0..3 {
+        fed.wait_peers(i, 2, 60).await;
+    }
+    let view = fed.network_view(0).await;
+    assert!(view["peers"].get(&fed.nodes[2].peer_id).is_some(), "same PeerId after the R1Node came back");
 }

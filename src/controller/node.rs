@@ -232,7 +232,7 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
                                 Ok(())
                             }
                             Ok(Some(cfg)) => {
-                                ctx.network.want(Some(cfg));
+                                ctx.network.want_for(&n.uid().unwrap_or_default(), cfg);
                                 Ok(())
                             }
                         }

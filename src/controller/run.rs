@@ -78,41 +78,46 @@ async fn reload_revocations(path: std::path::PathBuf, trust: crate::dauth::licen
     }
 }
 
-/// Stops the network when the R1Node it runs for is deleted.
+/// Stops the network when the R1Node it runs for is deleted (deleted
+/// objects are not reconciled). Tombstones by UID keep a reconcile that
+/// raced the deletion from bringing the network back.
 async fn leave_when_deleted(api: Api<R1Node>, network: crate::p2p::supervisor::Supervisor) {
-    let mut names = std::collections::BTreeSet::new();
+    let mut uids = std::collections::BTreeSet::new();
     let mut init = std::collections::BTreeSet::new();
     let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
     while let Some(ev) = events.next().await {
-        let gone = match ev {
+        let gone: Vec<String> = match ev {
             Ok(watcher::Event::Apply(n)) => {
-                names.insert(n.name_any());
-                None
+                uids.extend(n.uid());
+                vec![]
             }
-            Ok(watcher::Event::Delete(n)) => {
-                names.remove(&n.name_any());
-                Some(n.name_any())
-            }
+            Ok(watcher::Event::Delete(n)) => n
+                .uid()
+                .into_iter()
+                .inspect(|u| {
+                    uids.remove(u);
+                })
+                .collect(),
             Ok(watcher::Event::Init) => {
                 init.clear();
-                None
+                vec![]
             }
             Ok(watcher::Event::InitApply(n)) => {
-                init.insert(n.name_any());
-                None
+                init.extend(n.uid());
+                vec![]
             }
             Ok(watcher::Event::InitDone) => {
-                names = std::mem::take(&mut init);
-                network.wanted_node().filter(|w| !names.contains(w))
+                uids = std::mem::take(&mut init);
+                network.owner().filter(|o| !uids.contains(o)).into_iter().collect()
             }
             Err(e) => {
                 tracing::debug!(error = %e, "R1Node watch failed; retrying");
-                None
+                vec![]
             }
         };
-        if let Some(name) = gone {
-            if network.wanted_node().as_deref() == Some(name.as_str()) && network.want(None) {
-                tracing::info!(node = %name, "R1Node deleted: leaving the network");
+        for uid in gone {
+            if network.deleted(&uid) {
+                tracing::info!(%uid, "R1Node deleted: leaving the network");
             }
         }
     }

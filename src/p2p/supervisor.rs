@@ -51,7 +51,16 @@ struct Running {
 pub struct Supervisor {
     desired: watch::Sender<Option<NetConfig>>,
     current: watch::Receiver<Option<NetworkHandle>>,
+    /// UID of the object the wish is for, and UIDs of deleted objects: a
+    /// reconcile that raced a deletion cannot bring the network back.
+    owners: Arc<std::sync::Mutex<Owners>>,
     pub health: Arc<NetHealth>,
+}
+
+#[derive(Default)]
+struct Owners {
+    current: Option<String>,
+    deleted: std::collections::VecDeque<String>,
 }
 
 impl Supervisor {
@@ -62,7 +71,37 @@ impl Supervisor {
         let (current_tx, current) = watch::channel(None);
         let health = Arc::new(NetHealth::default());
         tokio::spawn(supervise(rx, current_tx, view, metrics, changes, health.clone()));
-        Self { desired, current, health }
+        Self { desired, current, owners: Default::default(), health }
+    }
+
+    /// Wishes `cfg` on behalf of the object with `uid`, unless that object
+    /// was deleted meanwhile.
+    pub fn want_for(&self, uid: &str, cfg: NetConfig) -> bool {
+        let mut o = self.owners.lock().expect("owners lock");
+        if o.deleted.iter().any(|d| d == uid) {
+            return false;
+        }
+        o.current = Some(uid.to_string());
+        self.want(Some(cfg))
+    }
+
+    /// The object with `uid` is gone: its wish, if current, ends.
+    pub fn deleted(&self, uid: &str) -> bool {
+        let mut o = self.owners.lock().expect("owners lock");
+        o.deleted.push_back(uid.to_string());
+        if o.deleted.len() > 64 {
+            o.deleted.pop_front();
+        }
+        if o.current.as_deref() == Some(uid) {
+            o.current = None;
+            return self.want(None);
+        }
+        false
+    }
+
+    /// UID of the object the current wish is for.
+    pub fn owner(&self) -> Option<String> {
+        self.owners.lock().expect("owners lock").current.clone()
     }
 
     /// The running network, if any (services talk to it through this).
@@ -84,11 +123,6 @@ impl Supervisor {
             }
             !same
         })
-    }
-
-    /// The name of the R1Node the wanted configuration belongs to.
-    pub fn wanted_node(&self) -> Option<String> {
-        self.desired.borrow().as_ref().map(|c| c.node_name.clone())
     }
 }
 
