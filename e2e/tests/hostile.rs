@@ -167,4 +167,43 @@ async fn hostile_peers_get_nothing_and_cost_little() {
     }
     drop(victim);
     let _ = std::fs::remove_file(&revoked);
+
+    // 7. A rogue MND "oracle" (a licensed peer gone bad) whitelists an
+    //    unlicensed key through dAuth and relays that key's heartbeats: the
+    //    worker takes the answer as advice only; the stranger's gossip is
+    //    dropped and it is never listed.
+    let rogue_key = libp2p_identity::Keypair::generate_ed25519();
+    let rogue_peer = rogue_key.public().to_peer_id().to_string();
+    let rogue_license = license_for(&fed.issuer, &rogue_peer, Class::Mnd, "mnd-rogue", 3600);
+    let stranger = libp2p_identity::Keypair::generate_ed25519();
+    let stranger_peer = stranger.public().to_peer_id().to_string();
+    let worker: libp2p::Multiaddr = fed.nodes[1].addr().parse().unwrap();
+    let worker_peer: libp2p::PeerId = fed.nodes[1].peer_id.parse().unwrap();
+    let unlicensed = counter(&fed, 1, "ratio1_p2p_dropped_total", "reason=\"not_licensed\"").await;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = done.clone();
+    let rogue = tokio::spawn(outsider::rogue_oracle(
+        worker,
+        worker_peer,
+        rogue_key,
+        rogue_license,
+        stranger,
+        move || stop.load(std::sync::atomic::Ordering::Relaxed),
+        Duration::from_secs(90),
+    ));
+    wait_for(60, "the worker takes the rogue oracle's whitelist", || async {
+        let v = fed.network_view(1).await;
+        let listed = v["network"]["whitelist"].as_array().is_some_and(|w| w.iter().any(|p| p == stranger_peer.as_str()));
+        (v["network"]["oracle"] == rogue_peer.as_str() && listed).then_some(())
+    })
+    .await;
+    wait_for(30, "the stranger's relayed gossip dropped as unlicensed", || async {
+        (counter(&fed, 1, "ratio1_p2p_dropped_total", "reason=\"not_licensed\"").await >= unlicensed + 3.0).then_some(())
+    })
+    .await;
+    assert!(!listed(&fed, 1, &stranger_peer).await, "a whitelist is not a license");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let report = rogue.await.unwrap();
+    eprintln!("rogue oracle: {report:?}");
+    assert!(report.admitted && report.asked >= 1 && report.published >= 3, "{report:?}");
 }

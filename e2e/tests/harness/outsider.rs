@@ -191,3 +191,127 @@ pub async fn flood(target: Multiaddr, count: usize, batch: usize) -> usize {
     eprintln!("flood: {count} dials, {ok} handshakes, {:.1}s", started.elapsed().as_secs_f64());
     ok
 }
+
+#[derive(NetworkBehaviour)]
+pub struct Rogue {
+    gossipsub: gossipsub::Behaviour,
+    dauth: request_response::json::Behaviour<ratio1::p2p::protocol::Request, ratio1::p2p::protocol::Response>,
+}
+
+/// What the rogue oracle achieved.
+#[derive(Debug, Default)]
+pub struct RogueReport {
+    pub admitted: bool,
+    pub asked: u32,
+    pub published: u32,
+}
+
+/// A licensed MND peer turned rogue: it claims the oracle role, answers the
+/// node's dAuth ask with a whitelist naming `stranger` (a key without a
+/// license), then relays heartbeats signed by `stranger` until `stop`
+/// says so. It redials every 10 s until the node asks it.
+pub async fn rogue_oracle(
+    target: Multiaddr,
+    target_peer: PeerId,
+    key: Keypair,
+    license: String,
+    stranger: Keypair,
+    stop: impl Fn() -> bool,
+    duration: Duration,
+) -> RogueReport {
+    use ratio1::p2p::envelope::Envelope;
+    use ratio1::p2p::protocol::{AuthAnswer, AuthAsk, Hello, Request, Response};
+    let me = key.public().to_peer_id();
+    let stranger_peer = stranger.public().to_peer_id();
+    let boot = rand::random::<u64>();
+    let mut seq = 0u64;
+    let mut seal = |k: &Keypair, kind: &str, body: serde_json::Value| {
+        seq += 1;
+        Envelope::seal(k, boot, seq, ratio1::p2p::now_us(), kind, body)
+    };
+    let hello_body = serde_json::to_value(Hello {
+        license: license.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        node: "rogue".into(),
+        roles: vec![ratio1::crd::NodeRole::Worker, ratio1::crd::NodeRole::Oracle],
+    })
+    .unwrap();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|_| {
+            let cfg = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(200))
+                .validation_mode(gossipsub::ValidationMode::Permissive)
+                .build()
+                .unwrap();
+            // Its gossip names the stranger as author.
+            let mut gossipsub =
+                gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Author(stranger_peer), cfg).unwrap();
+            gossipsub.subscribe(&gossipsub::IdentTopic::new(ratio1::p2p::HEARTBEAT_TOPIC)).unwrap();
+            Rogue {
+                gossipsub,
+                dauth: request_response::json::Behaviour::new(
+                    [(StreamProtocol::new(ratio1::p2p::DAUTH_PROTOCOL), request_response::ProtocolSupport::Full)],
+                    request_response::Config::default(),
+                ),
+            }
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    let mut report = RogueReport::default();
+    let end = tokio::time::Instant::now() + duration;
+    let mut redial = tokio::time::interval(Duration::from_secs(10));
+    let mut publish = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(end) => break,
+            _ = redial.tick(), if report.asked == 0 => {
+                let _ = swarm.disconnect_peer_id(target_peer);
+                let _ = swarm.dial(target.clone());
+            }
+            _ = publish.tick(), if report.asked > 0 => {
+                if stop() {
+                    break;
+                }
+                let body = serde_json::json!({"license": "", "licenseId": "none", "class": "ND", "roles": ["worker"],
+                    "node": "stranger", "offer": {}, "version": env!("CARGO_PKG_VERSION"), "addrs": []});
+                let env = seal(&stranger, "heartbeat", body);
+                if swarm.behaviour_mut().gossipsub.publish(gossipsub::IdentTopic::new(ratio1::p2p::HEARTBEAT_TOPIC), env.to_bytes()).is_ok() {
+                    report.published += 1;
+                }
+            }
+            ev = swarm.select_next_some() => match ev {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == target_peer => {
+                    let hello = seal(&key, "hello", hello_body.clone());
+                    swarm.behaviour_mut().dauth.send_request(&peer_id, Request::Hello(hello));
+                }
+                SwarmEvent::Behaviour(RogueEvent::Dauth(request_response::Event::Message { peer, message, .. })) => match message {
+                    request_response::Message::Request { request: Request::Hello(_), channel, .. } => {
+                        let hello = seal(&key, "hello", hello_body.clone());
+                        let _ = swarm.behaviour_mut().dauth.send_response(channel, Response::Hello(hello));
+                    }
+                    request_response::Message::Request { request: Request::Auth(env), channel, .. } => {
+                        report.asked += 1;
+                        let nonce = serde_json::from_value::<AuthAsk>(env.body).map(|a| a.nonce).unwrap_or_default();
+                        let answer = AuthAnswer {
+                            nonce,
+                            oracles: vec![me.to_string()],
+                            whitelist: vec![stranger_peer.to_string(), me.to_string(), peer.to_string()],
+                            issuers: vec![],
+                            is_oracle: false,
+                        };
+                        let env = seal(&key, "dauth-answer", serde_json::to_value(answer).unwrap());
+                        let _ = swarm.behaviour_mut().dauth.send_response(channel, Response::Auth(env));
+                    }
+                    request_response::Message::Response { response: Response::Hello(_), .. } => report.admitted = true,
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    report
+}
