@@ -337,6 +337,7 @@ async fn main() -> ExitCode {
                     net,
                     api_addr: a.api_addr,
                     revoked_licenses: a.revoked_licenses,
+                    pod: std::env::var("POD_NAME").ok().filter(|p| !p.is_empty()),
                 };
                 run(cfg).await
             }

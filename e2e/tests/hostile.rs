@@ -193,12 +193,14 @@ async fn hostile_peers_get_nothing_and_cost_little() {
     ));
     wait_for(60, "the worker takes the rogue oracle's whitelist", || async {
         let v = fed.network_view(1).await;
-        let listed = v["network"]["whitelist"].as_array().is_some_and(|w| w.iter().any(|p| p == stranger_peer.as_str()));
+        let listed =
+            v["network"]["whitelist"].as_array().is_some_and(|w| w.iter().any(|p| p == stranger_peer.as_str()));
         (v["network"]["oracle"] == rogue_peer.as_str() && listed).then_some(())
     })
     .await;
     wait_for(30, "the stranger's relayed gossip dropped as unlicensed", || async {
-        (counter(&fed, 1, "ratio1_p2p_dropped_total", "reason=\"not_licensed\"").await >= unlicensed + 3.0).then_some(())
+        (counter(&fed, 1, "ratio1_p2p_dropped_total", "reason=\"not_licensed\"").await >= unlicensed + 3.0)
+            .then_some(())
     })
     .await;
     assert!(!listed(&fed, 1, &stranger_peer).await, "a whitelist is not a license");

@@ -44,6 +44,23 @@ pub struct OperatorConfig {
     pub api_addr: SocketAddr,
     /// Revocation list, re-read while running.
     pub revoked_licenses: Option<std::path::PathBuf>,
+    /// This replica's Pod (in a cluster): labelled while it leads.
+    pub pod: Option<String>,
+}
+
+/// Label on the leading replica's own Pod. The chart's p2p Service selects
+/// it, so that no dial reaches the standby (which runs no network).
+pub const LEADER_LABEL: &str = "ratio1.ai/leader";
+
+/// Sets (or removes) [`LEADER_LABEL`] on this replica's Pod. A Pod keeps its
+/// labels across container restarts, so a replica clears it at start.
+async fn label_own_pod(client: &Client, namespace: &str, pod: &str, leading: bool) {
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
+    let value = if leading { serde_json::json!("true") } else { serde_json::Value::Null };
+    let patch = serde_json::json!({"metadata": {"labels": {LEADER_LABEL: value}}});
+    if let Err(e) = api.patch(pod, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await {
+        tracing::warn!(%pod, error = %e, "cannot label this replica's Pod: the p2p Service may route to a standby");
+    }
 }
 
 /// Reads a revocation list file (see `dauth::license::parse_revocations`).
@@ -182,6 +199,9 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
     tokio::spawn(telemetry::serve_api(api_listener, ctx.view.clone()));
 
     check_crds(&client).await?;
+    if let Some(pod) = &cfg.pod {
+        label_own_pod(&client, &cfg.namespace, pod, false).await;
+    }
     health.ready.store(true, Ordering::Relaxed);
 
     let shutdown = shutdown_signal().boxed().shared();
@@ -205,6 +225,9 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
         None
     };
     metrics.leader.set(1);
+    if let Some(pod) = &cfg.pod {
+        label_own_pod(&client, &cfg.namespace, pod, true).await;
+    }
 
     // The R1Node named by the network's wish was deleted: leave the network
     // (deleted objects are not reconciled, so a watch tells the supervisor).
