@@ -75,8 +75,8 @@ up() {
     k create namespace ratio1-system --dry-run=client -o yaml | k apply -f - >/dev/null
     port=$((4000 + i))
     if ! alive "$d/operator.pid"; then
-      step "cluster c$i: starting ratio1 operator (p2p 127.0.0.1:$port, metrics 127.0.0.1:$((9090 + i - 1)), log $d/operator.log)"
-      args=(operator --namespace ratio1-system --metrics-addr "127.0.0.1:$((9090 + i - 1))" --identity "devnet-c$i"
+      step "cluster c$i: starting ratio1 operator (p2p 127.0.0.1:$port, metrics 127.0.0.1:$((9090 + i - 1)), local API 127.0.0.1:$((9190 + i - 1)), log $d/operator.log)"
+      args=(operator --namespace ratio1-system --metrics-addr "127.0.0.1:$((9090 + i - 1))" --api-addr "127.0.0.1:$((9190 + i - 1))" --identity "devnet-c$i"
             --p2p-listen "/ip4/127.0.0.1/tcp/$port" --trusted-issuer="$issuer_pub")
       [ -n "$bootstrap" ] && args+=(--p2p-bootstrap "$bootstrap")
       KUBECONFIG="$kc" setsid "$BIN" "${args[@]}" >"$d/operator.log" 2>&1 </dev/null &
@@ -126,7 +126,7 @@ Try next:
   kubectl get deploy,svc,job -n default       # what the operator materialised
   kubectl patch r1p sentiment-api -n default --type merge -p '{"spec":{"replicas":4}}'
   kubectl describe r1p sentiment-api -n default
-  target/debug/ratio1 network peers --endpoint http://127.0.0.1:9090   # the network as c1 sees it
+  target/debug/ratio1 network peers --endpoint http://127.0.0.1:9190   # the network as c1 sees it
   curl -s 127.0.0.1:9090/metrics | grep ratio1_p2p
   e2e/devnet.sh status                        # these tables again
   e2e/devnet.sh down                          # stop everything

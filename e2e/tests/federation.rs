@@ -58,6 +58,10 @@ async fn licensed_clusters_federate_and_refuse_the_rest() {
         assert!(view["network"]["oracles"].as_array().unwrap().iter().any(|o| o == fed.nodes[0].peer_id.as_str()));
     }
     let oracle_view = fed.network_view(0).await;
+    assert!(
+        http_get(fed.nodes[0].op().metrics_port, "/v1/network").await.is_none(),
+        "peers and licenses are served on the local API only, not on the metrics port"
+    );
     assert!(oracle_view["dauthLog"].as_array().unwrap().iter().any(|r| r["result"] == "accepted"));
     assert!(metric(&metrics_of(&fed, 0).await, "ratio1_dauth_requests_total", "accepted") >= 2.0);
 

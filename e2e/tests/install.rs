@@ -97,7 +97,7 @@ async fn install_path_with_least_privilege_rbac() {
     }
     // 1. No CRDs yet: the operator exits with a sentence that says what to do.
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_ratio1"))
-        .args(["operator", "--metrics-addr", "127.0.0.1:0", "--leader-election", "false"])
+        .args(["operator", "--metrics-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0", "--leader-election", "false"])
         .env("KUBECONFIG", kubeconfig_path(cluster))
         .kill_on_drop(true)
         .output();
@@ -139,6 +139,10 @@ async fn install_path_with_least_privilege_rbac() {
         .args(["operator", "--namespace", OPERATOR_NS, "--identity", "sa-operator"])
         .arg("--metrics-addr")
         .arg(format!("127.0.0.1:{port}"))
+        .args(["--api-addr", "127.0.0.1:0"])
+        // Exercises the Pod-label permission (the Pod does not exist: a 404
+        // is fine, a 403 fails the test below).
+        .env("POD_NAME", "sa-operator-pod")
         .env("KUBECONFIG", &kc)
         .stdout(log.try_clone().unwrap())
         .stderr(log)
