@@ -73,6 +73,15 @@ fn config(key: Keypair, token: String, issuer: &ed25519::Keypair, transport: Tra
     let mut cfg = NetConfig::new(key, token, TrustStore::new([issuer.public()], []));
     cfg.tuning.heartbeat_interval = HB;
     cfg.tuning.heartbeat_timeout = Duration::from_secs(10);
+    if let Ok(s) = std::env::var("R1_BENCH_ADMISSION_SECS") {
+        cfg.tuning.admission_timeout = Duration::from_secs(s.parse().unwrap());
+    }
+    if let Ok(s) = std::env::var("R1_BENCH_DIAL_TARGET") {
+        cfg.tuning.dial_target = s.parse().unwrap();
+    }
+    if let Ok(s) = std::env::var("R1_BENCH_FLOOD") {
+        cfg.tuning.flood_publish = s == "1";
+    }
     cfg.transport = transport;
     cfg
 }
@@ -145,10 +154,22 @@ fn processes(issuer: &ed25519::Keypair) -> Vec<f64> {
     reach_all(&steady, 3)
 }
 
-/// n nodes in one process on the memory transport.
-async fn simulation(issuer: &ed25519::Keypair, n: usize) -> (Vec<f64>, f64) {
+/// Share of (heartbeat, receiver) pairs that arrived: 1.0 when every
+/// heartbeat reached every other node.
+fn coverage(records: &[(String, u64, i64)], nodes: usize) -> f64 {
+    let unique: std::collections::HashSet<(&String, u64)> = records.iter().map(|(f, s, _)| (f, *s)).collect();
+    if unique.is_empty() {
+        return 0.0;
+    }
+    records.len() as f64 / (unique.len() * (nodes - 1)) as f64
+}
+
+/// n nodes in one process on the memory transport: receipt delays, the
+/// time the network took to form (None: it did not within 60 s), coverage.
+async fn simulation(issuer: &ed25519::Keypair, n: usize) -> (Vec<f64>, Option<f64>, f64) {
     let mut views = vec![];
     let mut handles = vec![];
+    let mut metrics: Vec<Arc<Metrics>> = vec![];
     let mut addrs: Vec<libp2p::Multiaddr> = vec![];
     let base = rand::random::<u32>() as u64 * 1000;
     let started = Instant::now();
@@ -160,7 +181,7 @@ async fn simulation(issuer: &ed25519::Keypair, n: usize) -> (Vec<f64>, f64) {
         cfg.tuning.heartbeat_interval = SIM_HB;
         let addr: libp2p::Multiaddr = format!("/memory/{}", base + i as u64).parse().unwrap();
         cfg.listen = vec![addr.clone()];
-        // Each node knows a few earlier ones; kademlia finds the rest.
+        // Each node knows a few earlier ones; heartbeats carry the rest.
         cfg.bootstrap = [i.wrapping_sub(1), i / 2, i / 3]
             .into_iter()
             .filter(|&j| j < i)
@@ -170,24 +191,56 @@ async fn simulation(issuer: &ed25519::Keypair, n: usize) -> (Vec<f64>, f64) {
             .collect();
         addrs.push(addr.with(libp2p::multiaddr::Protocol::P2p(peer)));
         let view = p2p::SharedView::default();
-        handles.push(
-            p2p::start(cfg, view.clone(), Arc::new(Metrics::default()), tokio::sync::watch::channel(0).0).unwrap(),
-        );
+        let m = Arc::new(Metrics::default());
+        metrics.push(m.clone());
+        handles.push(p2p::start(cfg, view.clone(), m, tokio::sync::watch::channel(0).0).unwrap());
         views.push(view);
     }
-    // Wait for every node to be admitted by at least 3 peers (or 30 s).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline && views.iter().any(|v| v.read().unwrap().peers.len() < 3.min(n - 1)) {
+    // Formed: every node hears from every other (or 60 s: not formed).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let complete = || views.iter().all(|v| v.read().unwrap().fresh_peers(p2p::now_ms()).len() >= n - 1);
+    while Instant::now() < deadline && !complete() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let formed = started.elapsed().as_secs_f64();
+    let formed = complete().then(|| started.elapsed().as_secs_f64());
     for v in &views {
         v.write().unwrap().heartbeat_delays.clear();
     }
     tokio::time::sleep(Duration::from_secs(10)).await;
     let records: Vec<_> = views.iter().flat_map(|v| v.read().unwrap().heartbeat_delays.clone()).collect();
+    // Refusals and drops between licensed nodes would be a bug: say so.
+    let mut odd: std::collections::BTreeMap<String, f64> = Default::default();
+    for m in &metrics {
+        for line in m.render().lines() {
+            if (line.starts_with("ratio1_p2p_refused_total{")
+                || line.starts_with("ratio1_p2p_dropped_total{")
+                || line.starts_with("ratio1_p2p_connections_closed_total{"))
+                && !line.ends_with(" 0")
+            {
+                let (k, v) = line.rsplit_once(' ').unwrap();
+                *odd.entry(k.to_string()).or_default() += v.parse::<f64>().unwrap_or(0.0);
+            }
+        }
+    }
+    if !odd.is_empty() {
+        eprintln!("[bench] {n} nodes: refusals/drops among licensed nodes: {odd:?}");
+    }
+    let stat = |f: &dyn Fn(&p2p::View) -> usize| {
+        let v: Vec<usize> = views.iter().map(|v| f(&v.read().unwrap())).collect();
+        (
+            v.iter().min().copied().unwrap_or(0),
+            v.iter().sum::<usize>() / v.len().max(1),
+            v.iter().max().copied().unwrap_or(0),
+        )
+    };
+    eprintln!(
+        "[bench] {n} nodes: connections min/mean/max {:?}, mesh {:?}, negative scores {:?}",
+        stat(&|v| v.connections),
+        stat(&|v| v.mesh_peers),
+        stat(&|v| v.negative_scores)
+    );
     drop(handles);
-    (reach_all(&records, n), formed)
+    (reach_all(&records, n), formed, coverage(&records, n))
 }
 
 /// Half of a raw TCP ping-pong on loopback, in ms.
@@ -234,7 +287,12 @@ fn main() {
     let mut procs = processes(&issuer);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let mut sims = vec![];
-    for n in [20, 50, 100] {
+    let sizes: Vec<usize> = std::env::var("R1_BENCH_SIZES")
+        .unwrap_or_else(|_| "20,50,100,200".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("R1_BENCH_SIZES: comma-separated node counts"))
+        .collect();
+    for n in sizes {
         eprintln!("[bench] {n} nodes in one process (memory transport)");
         sims.push((n, rt.block_on(simulation(&issuer, n))));
     }
@@ -257,7 +315,8 @@ fn main() {
         println!("{:<52} {:>8} {:>10.3} {:>10.3} {:>10.1} {:>10.1}", name, v.len(), p50, p99, p50 / b50, p99 / b99);
     };
     row("3 processes, TCP+noise+yamux, gossipsub".into(), &mut procs);
-    for (n, (mut v, formed)) in sims {
-        row(format!("{n} nodes, memory transport (network formed in {formed:.1}s)"), &mut v);
+    for (n, (mut v, formed, cov)) in sims {
+        let formed = formed.map(|s| format!("formed in {s:.1}s")).unwrap_or_else(|| "NOT formed in 60s".into());
+        row(format!("{n} nodes, memory ({formed}, {:.1}% delivered)", cov * 100.0), &mut v);
     }
 }

@@ -26,9 +26,9 @@ export R1_HELM
 step "building"
 cargo build --all-targets --locked
 
-step "starting etcd and 8 Kubernetes control planes (c1-c3: single-cluster tests, c4-c6: federation, c7-c8: hostile peers)"
+step "starting etcd and 9 Kubernetes control planes (c1-c3: single-cluster tests, c4-c6: federation, c8-c9: hostile peers)"
 trap 'step "stopping the test control plane"; bash e2e/kube/down.sh' EXIT
-bash e2e/kube/up.sh 8 >/dev/null
+bash e2e/kube/up.sh 9 >/dev/null
 
 step "running the tests"
 cargo test --all-targets --locked --no-fail-fast "$@"

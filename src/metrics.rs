@@ -42,6 +42,8 @@ pub struct Metrics {
     pub dauth: Family<ReasonLabels, Counter>,
     pub p2p_heartbeat_delay: Histogram,
     pub p2p_restarts: Counter,
+    pub p2p_mesh_peers: Gauge,
+    pub p2p_connections_closed: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -94,6 +96,14 @@ impl Default for Metrics {
         registry.register("dauth_requests", "dAuth requests answered as an oracle, per result", dauth.clone());
         let p2p_restarts = Counter::default();
         registry.register("p2p_restarts", "Times the network task died and was restarted", p2p_restarts.clone());
+        let p2p_mesh_peers = Gauge::default();
+        registry.register("p2p_mesh_peers", "Peers in the heartbeat topic's gossip mesh", p2p_mesh_peers.clone());
+        let p2p_connections_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "p2p_connections_closed",
+            "Connections closed, per cause (local, idle, io)",
+            p2p_connections_closed.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -111,6 +121,8 @@ impl Default for Metrics {
             dauth,
             p2p_heartbeat_delay,
             p2p_restarts,
+            p2p_mesh_peers,
+            p2p_connections_closed,
         }
     }
 }

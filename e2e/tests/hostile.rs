@@ -1,5 +1,5 @@
 //! The network under hostile peers, with real operator processes on
-//! clusters 7 and 8 over loopback TCP: an unlicensed peer gets nothing
+//! clusters 8 and 9 over loopback TCP: an unlicensed peer gets nothing
 //! however it reconnects, floods of fresh keys do not cut licensed peers
 //! off, licenses are enforced for their whole life, and what a peer sends
 //! cannot grow the operator's memory, metrics or logs.
@@ -46,7 +46,7 @@ async fn listed(fed: &Federation, i: usize, peer: &str) -> bool {
 async fn hostile_peers_get_nothing_and_cost_little() {
     let revoked = log_dir().join(format!("revoked-{}.txt", std::process::id()));
     std::fs::write(&revoked, "# none yet\n").unwrap();
-    let fed = Federation::start_with(&[7, 8], vec!["--revoked-licenses".into(), revoked.display().to_string()]).await;
+    let fed = Federation::start_with(&[8, 9], vec!["--revoked-licenses".into(), revoked.display().to_string()]).await;
     for i in 0..2 {
         fed.wait_peers(i, 1, 60).await;
     }
@@ -64,6 +64,7 @@ async fn hostile_peers_get_nothing_and_cost_little() {
     // Control: there was traffic to leak (the licensed worker heard it).
     assert!(counter(&fed, 1, "ratio1_p2p_heartbeats_received_total", "").await >= heard_before + 20.0);
     assert!(seen.connections >= 1 && seen.hellos_received >= 1, "it did connect: {seen:?}");
+    assert!(seen.hellos_received <= 5, "a silent peer is not asked again and again: {seen:?}");
     assert_eq!(seen.gossip, 0, "an unadmitted peer receives no application message");
     assert_eq!(seen.kad_peers, 0, "nor learns any peer through kademlia");
     assert_eq!(seen.identify_addrs, 0, "nor through identify");

@@ -2,15 +2,21 @@
 //!
 //! A peer is *pending* from its first connection until it proves a valid
 //! license in a Hello, *admitted* while its license stays valid and it stays
-//! connected, and *blocked* for a while once refused. The admission deadline
-//! belongs to the PeerId, not to a connection: hanging up and redialling
-//! does not restart the clock, so a silent peer is refused at its deadline
-//! however it reconnects. Every map is bounded.
+//! connected, and *blocked* for a while once refused. The admission clock
+//! belongs to the PeerId, not to a connection: it counts the time the peer
+//! has been connected while pending, across connections, so hanging up and
+//! redialling does not reset it and a silent peer is refused once it has
+//! spent `timeout` connected; a licensed peer whose first connection broke
+//! before its Hello is not punished for the time it was away. Every map is
+//! bounded.
 
 use crate::dauth::license::{Claims, TrustStore};
 use libp2p::PeerId;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+/// Block after an admission timeout (see [`Admission::block_for`]).
+pub const SHORT_BLOCK: Duration = Duration::from_secs(30);
 
 /// Limits of the admission state.
 #[derive(Clone, Debug)]
@@ -52,10 +58,27 @@ pub struct Tick {
     pub unblock: Vec<PeerId>,
 }
 
+/// A pending peer's clock.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    /// Connected time already spent on earlier connections.
+    spent: Duration,
+    /// Since when it is connected now, if it is.
+    since: Option<Instant>,
+    /// When it was last seen (to forget long-gone pending peers).
+    seen: Instant,
+}
+
+impl Clock {
+    fn used(&self, now: Instant) -> Duration {
+        self.spent + self.since.map(|s| now.saturating_duration_since(s)).unwrap_or_default()
+    }
+}
+
 #[derive(Debug)]
 pub struct Admission {
     cfg: AdmissionConfig,
-    pending: HashMap<PeerId, Instant>,
+    pending: HashMap<PeerId, Clock>,
     admitted: HashMap<PeerId, Claims>,
     blocked: HashMap<PeerId, Instant>,
 }
@@ -97,19 +120,33 @@ impl Admission {
         // A reconnecting admitted peer proves its license again (it may have
         // changed); its old admission ends with its last connection.
         self.admitted.remove(&peer);
-        if self.pending.contains_key(&peer) {
-            return OnConnect::Pending { first: false };
+        if let Some(c) = self.pending.get_mut(&peer) {
+            let first = c.since.is_none();
+            c.since.get_or_insert(now);
+            c.seen = now;
+            // `first`: a new connection after a gap: say Hello again.
+            return OnConnect::Pending { first };
         }
         if self.pending.len() >= self.cfg.max_pending {
-            return OnConnect::Refuse("TooManyPending");
+            // Forget pending peers gone for longer than a block lasts.
+            let horizon = self.cfg.block;
+            self.pending.retain(|_, c| c.since.is_some() || now.saturating_duration_since(c.seen) < horizon);
+            if self.pending.len() >= self.cfg.max_pending {
+                return OnConnect::Refuse("TooManyPending");
+            }
         }
-        self.pending.insert(peer, now + self.cfg.timeout);
+        self.pending.insert(peer, Clock { spent: Duration::ZERO, since: Some(now), seen: now });
         OnConnect::Pending { first: true }
     }
 
     /// The last connection to `peer` closed. Returns whether it had been
-    /// admitted. A pending peer keeps its deadline.
-    pub fn on_disconnected(&mut self, peer: &PeerId) -> bool {
+    /// admitted. A pending peer keeps the connected time it has spent.
+    pub fn on_disconnected(&mut self, peer: &PeerId, now: Instant) -> bool {
+        if let Some(c) = self.pending.get_mut(peer) {
+            c.spent = c.used(now);
+            c.since = None;
+            c.seen = now;
+        }
         self.admitted.remove(peer).is_some()
     }
 
@@ -122,13 +159,24 @@ impl Admission {
         self.admitted.insert(peer, claims).is_none()
     }
 
-    /// Refuses `peer`: forgotten as pending or admitted, blocked until
-    /// `now + block`. Returns the peers whose blocks were dropped to stay
-    /// within `max_blocked` (unblock them in the swarm).
-    pub fn refuse(&mut self, peer: PeerId, now: Instant) -> Vec<PeerId> {
+    /// How long a refusal for `reason` blocks: a peer that only ran out of
+    /// time (perhaps a licensed one on an overloaded path) is blocked
+    /// briefly; one whose license failed, for the full block duration.
+    pub fn block_for(&self, reason: &str) -> Duration {
+        if reason == "AdmissionTimeout" {
+            self.cfg.block.min(SHORT_BLOCK)
+        } else {
+            self.cfg.block
+        }
+    }
+
+    /// Refuses `peer` for `reason`: forgotten as pending or admitted,
+    /// blocked for [`Admission::block_for`]. Returns the peers whose blocks
+    /// were dropped to stay within `max_blocked` (unblock them in the swarm).
+    pub fn refuse(&mut self, peer: PeerId, reason: &str, now: Instant) -> Vec<PeerId> {
         self.pending.remove(&peer);
         self.admitted.remove(&peer);
-        self.blocked.insert(peer, now + self.cfg.block);
+        self.blocked.insert(peer, now + self.block_for(reason));
         let mut released = vec![];
         if self.blocked.len() > self.cfg.max_blocked {
             let mut by_expiry: Vec<(Instant, PeerId)> = self.blocked.iter().map(|(p, t)| (*t, *p)).collect();
@@ -147,8 +195,8 @@ impl Admission {
     /// blocks. `unix` is the wall clock in seconds (licenses use it).
     pub fn tick(&mut self, now: Instant, unix: i64, trust: &TrustStore) -> Tick {
         let mut out = Tick::default();
-        for (p, deadline) in &self.pending {
-            if now >= *deadline {
+        for (p, clock) in &self.pending {
+            if clock.used(now) >= self.cfg.timeout {
                 out.refuse.push((*p, "AdmissionTimeout"));
             }
         }
@@ -198,23 +246,42 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Admission::new(cfg());
         let p = peer();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
         assert_eq!(a.on_connected(p, 0, t0), OnConnect::Pending { first: true });
-        // Hangs up and redials every second: the deadline does not move.
-        for s in 1..3 {
-            a.on_disconnected(&p);
-            assert_eq!(a.on_connected(p, 0, t0 + Duration::from_secs(s)), OnConnect::Pending { first: false });
-            assert!(a.tick(t0 + Duration::from_secs(s), 0, &TrustStore::default()).refuse.is_empty());
+        // Stays 900 ms per connection, redials 100 ms later: the clock
+        // keeps counting connected time across connections.
+        for k in 0..3u64 {
+            a.on_disconnected(&p, at(k * 1000 + 900));
+            assert!(a.tick(at(k * 1000 + 950), 0, &TrustStore::default()).refuse.is_empty(), "{k}");
+            assert_eq!(a.on_connected(p, 0, at(k * 1000 + 1000)), OnConnect::Pending { first: true });
         }
-        a.on_disconnected(&p);
-        // Refused at the deadline even while disconnected.
-        let tick = a.tick(t0 + Duration::from_secs(3), 0, &TrustStore::default());
+        // 2.7 s spent, 0.3 s more on this connection: refused.
+        assert!(a.tick(at(3299), 0, &TrustStore::default()).refuse.is_empty());
+        let tick = a.tick(at(3300), 0, &TrustStore::default());
         assert_eq!(tick.refuse, vec![(p, "AdmissionTimeout")]);
-        a.refuse(p, t0 + Duration::from_secs(3));
+        a.refuse(p, "AdmissionTimeout", t0 + Duration::from_secs(3));
         assert_eq!(a.on_connected(p, 0, t0 + Duration::from_secs(4)), OnConnect::Refuse("Blocked"));
-        // The block ends.
-        let tick = a.tick(t0 + Duration::from_secs(64), 0, &TrustStore::default());
+        // The (short) block ends.
+        assert!(a.tick(t0 + Duration::from_secs(32), 0, &TrustStore::default()).unblock.is_empty());
+        let tick = a.tick(t0 + Duration::from_secs(33), 0, &TrustStore::default());
         assert_eq!(tick.unblock, vec![p]);
-        assert_eq!(a.on_connected(p, 0, t0 + Duration::from_secs(64)), OnConnect::Pending { first: true });
+        assert_eq!(a.on_connected(p, 0, t0 + Duration::from_secs(33)), OnConnect::Pending { first: true });
+        // A license failure blocks for the full duration.
+        a.refuse(p, "LicenseExpired", t0 + Duration::from_secs(40));
+        assert!(a.tick(t0 + Duration::from_secs(99), 0, &TrustStore::default()).unblock.is_empty());
+        assert_eq!(a.tick(t0 + Duration::from_secs(100), 0, &TrustStore::default()).unblock, vec![p]);
+    }
+
+    #[test]
+    fn time_away_does_not_count_against_a_pending_peer() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(cfg());
+        let p = peer();
+        a.on_connected(p, 0, t0);
+        a.on_disconnected(&p, t0 + Duration::from_secs(1));
+        assert!(a.tick(t0 + Duration::from_secs(60), 0, &TrustStore::default()).refuse.is_empty());
+        assert_eq!(a.on_connected(p, 0, t0 + Duration::from_secs(60)), OnConnect::Pending { first: true });
+        assert!(a.admit(p, claims(100)));
     }
 
     #[test]
@@ -246,7 +313,7 @@ mod tests {
         a.on_connected(p, 0, t0);
         a.admit(p, claims(100));
         assert_eq!(a.on_connected(p, 1, t0), OnConnect::Admitted, "a second connection of an admitted peer");
-        assert!(a.on_disconnected(&p));
+        assert!(a.on_disconnected(&p, t0));
         assert!(!a.is_admitted(&p), "forgotten when its last connection closes");
         assert_eq!(a.on_connected(p, 0, t0 + Duration::from_secs(100)), OnConnect::Pending { first: true });
     }
@@ -255,15 +322,20 @@ mod tests {
     fn pending_and_blocked_are_bounded() {
         let t0 = Instant::now();
         let mut a = Admission::new(cfg());
-        for _ in 0..4 {
+        let gone = peer();
+        a.on_connected(gone, 0, t0);
+        a.on_disconnected(&gone, t0);
+        for _ in 0..3 {
             assert!(matches!(a.on_connected(peer(), 0, t0), OnConnect::Pending { .. }));
         }
         assert_eq!(a.on_connected(peer(), 0, t0), OnConnect::Refuse("TooManyPending"));
+        // Pending peers long gone make room.
+        assert!(matches!(a.on_connected(peer(), 0, t0 + Duration::from_secs(61)), OnConnect::Pending { .. }));
         let mut released = vec![];
         let first = peer();
-        released.extend(a.refuse(first, t0));
+        released.extend(a.refuse(first, "BadSignature", t0));
         for i in 1..5 {
-            released.extend(a.refuse(peer(), t0 + Duration::from_secs(i)));
+            released.extend(a.refuse(peer(), "BadSignature", t0 + Duration::from_secs(i)));
         }
         assert_eq!(a.blocked.len(), 3);
         assert_eq!(released.len(), 2);
@@ -275,7 +347,7 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Admission::new(cfg());
         let p = peer();
-        a.refuse(p, t0);
+        a.refuse(p, "WrongPeer", t0);
         assert!(!a.admit(p, claims(100)));
         assert!(!a.is_admitted(&p));
     }

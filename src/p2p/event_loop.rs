@@ -34,13 +34,14 @@ pub(super) struct EventLoop {
     admission: Admission,
     gossip: GossipGate,
     seq: Sequencer,
-    /// Our Hello sent per peer (at most once per admission timeout).
-    hello_sent: HashMap<PeerId, Instant>,
+    /// Our last Hello request per pending peer.
+    hello_sent: HashMap<PeerId, request_response::OutboundRequestId>,
     auth_nonce: Option<(PeerId, String)>,
     last_auth: Option<Instant>,
     /// Last dial per peer learnt from heartbeats (bounded: see `discover`).
     dialed: HashMap<PeerId, Instant>,
     last_bootstrap: Option<Instant>,
+    last_discovery: Option<Instant>,
 }
 
 fn label(reason: &'static str) -> ReasonLabels {
@@ -101,6 +102,7 @@ impl EventLoop {
             last_auth: None,
             dialed: HashMap::new(),
             last_bootstrap: None,
+            last_discovery: None,
         };
         ev.publish_license_state();
         for addr in ev.cfg.bootstrap.clone() {
@@ -171,6 +173,21 @@ impl EventLoop {
         self.seal("hello", body)
     }
 
+    fn count_close(&self, cause: Option<&libp2p::swarm::ConnectionError>) {
+        let cause = match cause {
+            None => "local",
+            Some(libp2p::swarm::ConnectionError::KeepAliveTimeout) => "idle",
+            Some(libp2p::swarm::ConnectionError::IO(_)) => "io",
+        };
+        self.metrics.p2p_connections_closed.get_or_create(&label(cause)).inc();
+    }
+
+    fn send_hello(&mut self, peer: PeerId) {
+        let hello = self.hello();
+        let id = self.swarm.behaviour_mut().dauth.send_request(&peer, Request::Hello(hello));
+        self.hello_sent.insert(peer, id);
+    }
+
     fn is_oracle(&self) -> bool {
         self.cfg.roles.contains(&NodeRole::Oracle) && self.own_license.as_ref().is_ok_and(|c| c.class.may_be_oracle())
     }
@@ -214,6 +231,7 @@ impl EventLoop {
         if !self.admission.is_admitted(&peer) {
             return; // blocked meanwhile
         }
+        self.hello_sent.remove(&peer);
         let b = self.swarm.behaviour_mut();
         b.gate.admit(peer);
         b.gossipsub.set_application_score(&peer, 0.0);
@@ -254,11 +272,16 @@ impl EventLoop {
         self.metrics.p2p_refused.get_or_create(&label(reason)).inc();
         self.hello_sent.remove(&peer);
         self.gossip.forget(&peer);
-        let released = self.admission.refuse(peer, Instant::now());
+        let released = self.admission.refuse(peer, reason, Instant::now());
         let b = self.swarm.behaviour_mut();
         b.gate.forget(&peer);
         b.blocked.block_peer(peer);
-        b.gossipsub.blacklist_peer(&peer);
+        // A failed license: nothing it authors is wanted, even relayed. A
+        // timeout alone is not proof of that (its relayed heartbeats still
+        // face the license check).
+        if reason != "AdmissionTimeout" {
+            b.gossipsub.blacklist_peer(&peer);
+        }
         for p in released {
             b.blocked.unblock_peer(p);
             b.gossipsub.remove_blacklisted_peer(&p);
@@ -389,19 +412,13 @@ impl EventLoop {
                 let others = num_established.get() as usize - 1;
                 match self.admission.on_connected(peer_id, others, Instant::now()) {
                     OnConnect::Admitted => {}
-                    OnConnect::Pending { .. } => {
+                    OnConnect::Pending { first } => {
                         // Invisible to gossipsub until admitted: gossipsub
                         // registered the peer before this event reached us,
                         // and sends nothing to it before its next poll.
                         self.swarm.behaviour_mut().gossipsub.set_application_score(&peer_id, UNADMITTED_SCORE);
-                        let due = self
-                            .hello_sent
-                            .get(&peer_id)
-                            .is_none_or(|t| t.elapsed() > self.cfg.tuning.admission_timeout);
-                        if due {
-                            self.hello_sent.insert(peer_id, Instant::now());
-                            let hello = self.hello();
-                            self.swarm.behaviour_mut().dauth.send_request(&peer_id, Request::Hello(hello));
+                        if first {
+                            self.send_hello(peer_id);
                         }
                     }
                     OnConnect::Refuse(reason) => {
@@ -412,10 +429,14 @@ impl EventLoop {
                     }
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+            SwarmEvent::ConnectionClosed { cause, num_established, .. } if num_established > 0 => {
+                self.count_close(cause.as_ref());
+            }
+            SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+                self.count_close(cause.as_ref());
                 self.hello_sent.remove(&peer_id);
                 self.swarm.behaviour_mut().gate.forget(&peer_id);
-                self.admission.on_disconnected(&peer_id);
+                self.admission.on_disconnected(&peer_id, Instant::now());
                 if let Some(p) = self.view.write().expect("view lock").peers.get_mut(&peer_id.to_string()) {
                     p.connected = false;
                 }
@@ -424,6 +445,32 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Dauth(request_response::Event::Message {
                 peer, message, ..
             })) => self.on_dauth(peer, message),
+            SwarmEvent::Behaviour(BehaviourEvent::Dauth(request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            })) => {
+                let reason = match error {
+                    request_response::OutboundFailure::DialFailure => "request_dial_failure",
+                    request_response::OutboundFailure::Timeout => "request_timeout",
+                    request_response::OutboundFailure::ConnectionClosed => "request_connection_closed",
+                    request_response::OutboundFailure::UnsupportedProtocols => "request_unsupported",
+                    request_response::OutboundFailure::Io(_) => "request_io",
+                };
+                self.metrics.p2p_dropped.get_or_create(&label(reason)).inc();
+                // A Hello lost with the connection that carried it: say it
+                // again on another connection of the still pending peer
+                // (not after a refusal to answer: a silent peer gets one).
+                let closed = reason == "request_connection_closed";
+                if closed
+                    && self.hello_sent.get(&peer) == Some(&request_id)
+                    && self.swarm.is_connected(&peer)
+                    && !self.admission.is_admitted(&peer)
+                {
+                    self.send_hello(peer);
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
                 message_id,
@@ -500,8 +547,9 @@ impl EventLoop {
         let connected = self.swarm.is_connected(&author);
         {
             let mut v = self.view.write().expect("view lock");
-            let p = v.peers.entry(author.to_string()).or_insert_with(|| PeerInfo {
-                peer_id: author.to_string(),
+            // `from` is the author's PeerId as text (checked by the signature).
+            let p = v.peers.entry(ok.envelope.from.clone()).or_insert_with(|| PeerInfo {
+                peer_id: ok.envelope.from.clone(),
                 node: hb.node.clone(),
                 license_id: ok.claims.id.clone(),
                 class: ok.claims.class,
@@ -518,7 +566,7 @@ impl EventLoop {
             if !hb.node.is_empty() {
                 p.node = hb.node;
             }
-            v.heartbeat_delays.push_back((ok.envelope.from.clone(), ok.envelope.seq, delay_us));
+            v.heartbeat_delays.push_back((ok.envelope.from, ok.envelope.seq, delay_us));
             while v.heartbeat_delays.len() > 4096 {
                 v.heartbeat_delays.pop_front();
             }
@@ -532,13 +580,18 @@ impl EventLoop {
     /// Dials a licensed author learnt from its heartbeat, while this node
     /// has fewer than `dial_target` peers; each at most every 30 s.
     fn discover(&mut self, author: PeerId, addrs: &[String]) {
+        // At most one discovery dial per 100 ms: a node that hears a whole
+        // network at once must not open every connection (and admission
+        // handshake) in the same instant.
         if author == *self.swarm.local_peer_id()
             || self.admission.is_blocked(&author)
+            || self.last_discovery.is_some_and(|t| t.elapsed() < Duration::from_millis(100))
             || self.swarm.connected_peers().count() >= self.cfg.tuning.dial_target
             || self.dialed.get(&author).is_some_and(|t| t.elapsed() < Duration::from_secs(30))
         {
             return;
         }
+        self.last_discovery = Some(Instant::now());
         let addrs: Vec<Multiaddr> = addrs
             .iter()
             .filter_map(|a| a.parse::<Multiaddr>().ok())
@@ -610,8 +663,17 @@ impl EventLoop {
             }
         }
         let now = now_ms();
+        let topic = gossipsub::IdentTopic::new(HEARTBEAT_TOPIC).hash();
+        let gs = &self.swarm.behaviour().gossipsub;
+        let mesh_peers = gs.mesh_peers(&topic).count();
+        let negative = self.swarm.connected_peers().filter(|p| gs.peer_score(p).is_some_and(|s| s < 0.0)).count();
+        let connections = self.swarm.connected_peers().count();
+        self.metrics.p2p_mesh_peers.set(mesh_peers as i64);
         let (forgot, fresh) = {
             let mut v = self.view.write().expect("view lock");
+            v.connections = connections;
+            v.mesh_peers = mesh_peers;
+            v.negative_scores = negative;
             let timeout = v.heartbeat_timeout_ms;
             let before = v.peers.len();
             // Disconnected peers are forgotten once their heartbeats stop.

@@ -94,11 +94,11 @@ impl GossipGate {
             return Err(("oversized", Reject));
         }
         let env: Envelope = serde_json::from_slice(data).map_err(|_| ("malformed", Reject))?;
-        if env.from != author.to_string() {
+        self.guard.check(&author, env.boot, env.seq, env.ts, now_us).map_err(|d| (d.label(), Ignore))?;
+        // The signer (whose key hashes to `env.from`) must be the author.
+        if env.verify().map_err(|d| (d.label(), Reject))? != author {
             return Err(("bad_signature", Reject));
         }
-        self.guard.check(&author, env.boot, env.seq, env.ts, now_us).map_err(|d| (d.label(), Ignore))?;
-        env.verify().map_err(|d| (d.label(), Reject))?;
         if env.kind != HEARTBEAT_KIND {
             return Err(("unknown_kind", Reject));
         }

@@ -95,6 +95,9 @@ pub struct Tuning {
     pub dial_target: usize,
     /// How long a dAuth answer from an oracle stays valid.
     pub dauth_ttl: Duration,
+    /// Publish own messages to every connected peer (lowest latency in
+    /// small networks) rather than to the gossip mesh only.
+    pub flood_publish: bool,
 }
 
 impl Default for Tuning {
@@ -113,6 +116,7 @@ impl Default for Tuning {
             max_outbound: 64,
             dial_target: 24,
             dauth_ttl: Duration::from_secs(600),
+            flood_publish: true,
         }
     }
 }
@@ -223,6 +227,12 @@ pub struct View {
     pub listen_error: Option<String>,
     pub licensed: Option<Result<String, String>>,
     pub last_heartbeat_sent: Option<i64>,
+    /// Connected peers, peers in the heartbeat topic's gossip mesh, and
+    /// connected peers whose gossipsub score is negative (unadmitted, or
+    /// misbehaving).
+    pub connections: usize,
+    pub mesh_peers: usize,
+    pub negative_scores: usize,
     pub peers: BTreeMap<String, PeerInfo>,
     pub network: Option<NetworkConfig>,
     /// Recent dAuth requests this node answered as an oracle (newest last,
@@ -323,6 +333,7 @@ fn behaviour(key: &Keypair, t: &Tuning) -> Result<Behaviour, Box<dyn std::error:
         .validation_mode(gossipsub::ValidationMode::Permissive)
         .validate_messages()
         .max_transmit_size(protocol::MAX_GOSSIP_BYTES)
+        .flood_publish(t.flood_publish)
         .build()?;
     let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Author(peer), gossip_cfg)?;
     gossipsub.with_peer_score(score_params(), gossipsub::PeerScoreThresholds::default())?;
