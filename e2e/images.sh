@@ -92,7 +92,7 @@ build_operator() {
   mkimage "$OPERATOR_IMAGE" "$out" "$r" '["/usr/local/bin/ratio1"]' '["operator"]' '65532:65532' \
     '"ExposedPorts":{"8080/tcp":{}}'
   echo "$key" >"$out.key"
-  log "$OPERATOR_IMAGE: $(du -h "$out" | cut -f1) ($(ls "$r"/lib*/* "$r"/usr/lib*/*/* 2>/dev/null | wc -l) shared libraries: $(ldd "$OPERATOR_BIN" | awk '/=>/ {print $1}' | tr '\n' ' '))"
+  log "$OPERATOR_IMAGE: $(du -h "$out" | cut -f1), the binary and $(ldd "$OPERATOR_BIN" | grep -c "/") shared objects from ldd: $(ldd "$OPERATOR_BIN" | awk '/\// {print $1}' | tr "\n" " ")"
   rm -rf "$t"
 }
 
