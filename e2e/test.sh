@@ -41,6 +41,15 @@ step "building the images (operator, sample workloads)"
 bash e2e/images.sh build all
 
 step "starting etcd and 7 Kubernetes control planes (c1-c3, c7: single-cluster tests, c4-c6: federation) and nodes on c1, c7"
+# The control plane is this run's own: one left running in the run dir
+# (another test.sh, e.g. of another checkout, or a killed run) would be
+# reused and then stopped by this run's exit. Refuse instead.
+if [ -f "$R1KUBE_RUN/etcd.pid" ] && kill -0 "$(cat "$R1KUBE_RUN/etcd.pid")" 2>/dev/null; then
+  echo "e2e/test.sh: a control plane already runs in $R1KUBE_RUN (another test run?). Stop it with" \
+    "R1KUBE_RUN=$R1KUBE_RUN bash e2e/kube/down.sh, or give this run its own R1KUBE_RUN, R1KUBE_API_PORT," \
+    "R1KUBE_ETCD_PORT, R1KUBE_NODE_PORT and R1KUBE_POD_NET." >&2
+  exit 1
+fi
 trap 'step "stopping the test control plane and nodes"; bash e2e/kube/down.sh' EXIT
 bash e2e/kube/up.sh 7 >/dev/null
 for i in $R1_E2E_NODES; do bash e2e/kube/node-up.sh "$i" >/dev/null; done
