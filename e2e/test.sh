@@ -20,8 +20,10 @@ export R1KUBE_NODE_PORT="${R1KUBE_NODE_PORT:-20250}"
 export R1KUBE_POD_NET="${R1KUBE_POD_NET:-10.223}"
 # (all below 32768: the kernel hands out ephemeral ports above it)
 # Clusters with a worker node: c1 (the shared operator's tests of running
-# pods) and c7 (the operator installed by its Helm chart, as a pod).
-export R1_E2E_NODES="1 7"
+# pods) and the chart cluster, c7 (the operator installed by its Helm chart,
+# as a pod, alone on its cluster).
+export R1_E2E_CHART_CLUSTER=7
+export R1_E2E_NODES="1 $R1_E2E_CHART_CLUSTER"
 export R1_OPERATOR_IMAGE=ratio1.local/ratio1-operator:dev
 
 step() { printf '\n==> %s\n' "$*" >&2; }

@@ -1,8 +1,9 @@
-//! Pipelines whose pods really run: cluster 1 and cluster 7 have a worker
-//! node (kubelet + containerd + runc + CNI bridge, `e2e/kube/node-up.sh`),
-//! and the images built by `e2e/images.sh` are imported into it. Cluster 1
-//! runs the shared operator (a host process); cluster 7 belongs to the test
-//! that installs the operator with its Helm chart, as a pod.
+//! Pipelines whose pods really run: cluster 1 and the chart cluster
+//! (`$R1_E2E_CHART_CLUSTER`, 7 by default) have a worker node (kubelet +
+//! containerd + runc + CNI bridge, `e2e/kube/node-up.sh`), and the images
+//! built by `e2e/images.sh` are imported into it. Cluster 1 runs the shared
+//! operator (a host process); the chart cluster belongs to the test that
+//! installs the operator with its Helm chart, as a pod.
 //!
 //! The pods are reached by their IP from this process (the host routes to
 //! every node's bridge), never through a kube-proxy, which only one node on
@@ -374,18 +375,18 @@ fn run(cmd: &mut Command) -> String {
 }
 
 /// The operator installed by its Helm chart with the image built here, on
-/// cluster 7: its pods run under the chart's ServiceAccount (token mounted
+/// the chart cluster (no other operator runs there): its pods run under the chart's ServiceAccount (token mounted
 /// by admission, RBAC from the chart), pass their probes with a read-only
 /// root filesystem, elect a leader, and reconcile a pipeline whose pods run.
 #[tokio::test]
 async fn chart_installed_operator_runs_as_a_pod_and_reconciles() {
-    const CLUSTER: usize = 7;
     const NS: &str = "ratio1-chart";
-    let c = client(CLUSTER).await;
-    require_node(&c, CLUSTER).await;
+    let cluster: usize = std::env::var("R1_E2E_CHART_CLUSTER").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
+    let c = client(cluster).await;
+    require_node(&c, cluster).await;
     let image = std::env::var("R1_OPERATOR_IMAGE").unwrap_or_else(|_| "ratio1.local/ratio1-operator:dev".into());
     let (repo, tag) = image.rsplit_once(':').expect("image has a tag");
-    let kc = kubeconfig_path(CLUSTER);
+    let kc = kubeconfig_path(cluster);
     // A previous run's release, if any, goes first.
     let _ =
         Command::new(helm()).args(["uninstall", "ratio1", "--namespace", NS, "--wait"]).env("KUBECONFIG", &kc).output();
