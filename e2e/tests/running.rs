@@ -462,10 +462,7 @@ async fn chart_installed_operator_runs_as_a_pod_and_reconciles() {
 
     // What the leader logged: it reconciled, with no permission refused.
     let logs = run(Command::new("kubectl").arg("--kubeconfig").arg(&kc).args(["logs", "-n", NS, &leader]));
-    assert!(
-        !logs.contains("forbidden") && !logs.contains(" 403"),
-        "the operator pod hit a permission it lacks:\n{logs}"
-    );
+    assert!(!logs.to_lowercase().contains("forbidden"), "the operator pod hit a permission it lacks:\n{logs}");
 
     pipes.delete("served", &DeleteParams::default()).await.unwrap();
     run(Command::new(helm()).args(["uninstall", "ratio1", "--namespace", NS, "--wait"]).env("KUBECONFIG", &kc));
