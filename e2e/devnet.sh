@@ -2,9 +2,12 @@
 # e2e/devnet.sh up [N] | down | status
 #
 # A local Ratio1 network on this machine: N (default 3) real Kubernetes
-# control planes sharing one etcd (e2e/kube), one `ratio1 operator` per
-# cluster, an R1Node each, and the samples from manifests/samples/ applied.
-# Everything listens on 127.0.0.1. State lives in .devnet/ (gitignored).
+# control planes sharing one etcd (e2e/kube), each with a real worker node
+# (kubelet + containerd + runc + CNI bridge: pods run), one `ratio1 operator`
+# per cluster, an R1Node each, and the samples from manifests/samples/
+# applied, running on images built here (e2e/images.sh). The API servers
+# and operators listen on 127.0.0.1, the pods on local bridges
+# (10.222.<cluster>.0/24). State lives in .devnet/ (gitignored). Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -47,14 +50,21 @@ up() {
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "usage: e2e/devnet.sh up [N>=1]"
   command -v kubectl >/dev/null || die "kubectl is needed (Debian: apt-get install kubectl, or any kubectl >= 1.20)"
   mkdir -p "$DEVNET"
-  step "installing etcd, kube-apiserver and kube-controller-manager (first time: ~5 min build from Debian sources; cached after)"
-  bash e2e/kube/install.sh
+  step "installing etcd, kube-apiserver, kube-controller-manager and the worker node (kubelet, kube-proxy, kube-scheduler, containerd; first time: ~8-10 min build from Debian sources; cached after)"
+  bash e2e/kube/node-install.sh
   step "building ratio1 (first time: ~8 min on 2 cores)"
   cargo build --locked --bin ratio1 2>&1 | grep -E '^(error|warning: unused)|Finished' | sed 's/^/        /' >&2
   [ -x "$BIN" ] || die "build failed: run cargo build --bin ratio1 to see why"
+  step "building the sample workloads' images (offline, cached)"
+  bash e2e/images.sh build samples
   step "starting etcd and $n Kubernetes control planes on 127.0.0.1"
   bash e2e/kube/up.sh "$n" >"$DEVNET/kubeconfigs"
   mapfile -t kcs <"$DEVNET/kubeconfigs"
+  for i in $(seq 1 "$n"); do
+    node=$(bash e2e/kube/node-up.sh "$i" 2>"$DEVNET/node-up-c$i.log") || { cat "$DEVNET/node-up-c$i.log" >&2; die "node-up.sh $i failed"; }
+    step "cluster c$i: worker node $node Ready ($(grep -o 'Ready in [0-9]*ms' "$DEVNET/node-up-c$i.log" || echo 'already running'))"
+  done
+  bash e2e/images.sh import samples
   if [ ! -f "$DEVNET/issuer.key" ]; then
     step "creating the network's license issuer key ($DEVNET/issuer.key)"
     "$BIN" license keygen --out "$DEVNET/issuer.key" | awk '/public key/{print $3}' >"$DEVNET/issuer.pub"
@@ -116,6 +126,23 @@ up() {
         || die "c$i: $r has no status (see $DEVNET/c$i/operator.log)"
     done
   done
+  step "waiting for the pipelines' pods: the Service pipelines ready, the Jobs complete"
+  for i in $(seq 1 "$n"); do
+    kc="${kcs[$((i-1))]}"
+    for r in r1p/sentiment-api r1p/embed-corpus; do
+      kubectl --kubeconfig "$kc" wait --for=condition=Ready --timeout=120s -n default "$r" >/dev/null || {
+        kubectl --kubeconfig "$kc" get "$r" -n default -o jsonpath='{.status.conditions}' >&2; echo >&2
+        kubectl --kubeconfig "$kc" get pods -n default -o wide >&2
+        die "c$i: $r is not Ready"
+      }
+    done
+  done
+  pod_ip=$(kubectl --kubeconfig "${kcs[0]}" get pods -n default -l ratio1.ai/pipeline=sentiment-api \
+    -o jsonpath='{.items[0].status.podIP}')
+  answer=$(curl -sf -m 5 "http://$pod_ip:8080/cgi-bin/predict?text=great+fast+service") \
+    || die "c1: sentiment-api at $pod_ip:8080 does not answer"
+  result=$(kubectl --kubeconfig "${kcs[0]}" get pods -n default -l ratio1.ai/pipeline=embed-corpus \
+    -o jsonpath='{.items[0].status.containerStatuses[0].state.terminated.message}')
   step "devnet is up"
   status
   cat <<EOF2
@@ -123,7 +150,11 @@ up() {
 Try next:
   export KUBECONFIG=${kcs[0]}
   kubectl get r1n,r1p,r1m -A                  # the ratio1 resources (category: kubectl get ratio1)
-  kubectl get deploy,svc,job -n default       # what the operator materialised
+  kubectl get deploy,svc,job,pods -n default -o wide   # what the operator materialised, running
+  curl "http://$pod_ip:8080/cgi-bin/predict?text=great+fast+service"
+      # -> $answer
+  kubectl port-forward -n default svc/sentiment-api 8080:8080 &   # or through the Service
+  kubectl logs -n default job/embed-corpus    # the batch result ($result)
   kubectl patch r1p sentiment-api -n default --type merge -p '{"spec":{"replicas":4}}'
   kubectl describe r1p sentiment-api -n default
   target/debug/ratio1 network peers --endpoint http://127.0.0.1:9190   # the network as c1 sees it

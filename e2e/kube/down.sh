@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # down.sh [--keep] - stop exactly the processes up.sh started (by the PIDs it
 # recorded in the run dir; a PID is only signalled if it still runs the
-# expected binary). Without --keep the run dir (etcd data, certs, logs,
+# expected binary), after the worker nodes node-up.sh started (node-down.sh). Without --keep the run dir (etcd data, certs, logs,
 # kubeconfigs) is removed afterwards.
 #
 # Env: R1KUBE_RUN (default ${TMPDIR:-/tmp}/ratio1-kube),
@@ -35,6 +35,10 @@ stop() {
 }
 
 shopt -s nullglob
+# worker nodes started by node-up.sh (kube-proxy, kubelet, pods, containerd,
+# scheduler) first; they need root, as node-up.sh did
+nodes=("$RUN"/c*/node)
+if [ ${#nodes[@]} -gt 0 ]; then bash "$(dirname "${BASH_SOURCE[0]}")/node-down.sh" all || true; fi
 for d in "$RUN"/c*/; do stop "$d/controller-manager.pid" kube-controller-manager; done
 for d in "$RUN"/c*/; do stop "$d/apiserver.pid" kube-apiserver; done
 stop "$RUN/etcd.pid" etcd

@@ -13,6 +13,9 @@
 #                         removed, ~2.5 GB; the downloaded .deb/.dsc files
 #                         (~105 MB) are kept, so a rebuild needs no network)
 #   R1KUBE_FORCE=1 rebuild even if the binaries exist
+#   R1KUBE_NODE=1  also build the worker node's kube-scheduler, kubelet and
+#                  kube-proxy (same source, same `make` as whatever else is
+#                  missing; e2e/kube/node-install.sh sets this)
 set -euo pipefail
 
 CACHE="${R1KUBE_CACHE:-/var/cache/ratio1-kube}"
@@ -32,19 +35,32 @@ have_bin() { # name -> 0 if $BIN/name exists and runs --version
   [ -x "$BIN/$1" ] && "$BIN/$1" --version >/dev/null 2>&1
 }
 
+KUBE_BINS=(kube-apiserver kube-controller-manager)
+[ "${R1KUBE_NODE:-0}" = 1 ] && KUBE_BINS+=(kube-scheduler kubelet kube-proxy)
+
 all_done() {
-  have_bin kube-apiserver && have_bin kube-controller-manager && have_bin etcd
+  local b
+  for b in "${KUBE_BINS[@]}" etcd; do have_bin "$b" || return 1; done
 }
 
 if [ "${R1KUBE_FORCE:-0}" != 1 ] && all_done; then
   log "already installed in $BIN:"
-  for b in kube-apiserver kube-controller-manager etcd; do
+  for b in "${KUBE_BINS[@]}" etcd; do
     printf '  %s: %s\n' "$b" "$("$BIN/$b" --version 2>&1 | head -n1)" >&2
   done
   exit 0
 fi
 
 mkdir -p "$BIN" "$DL" "$CACHE/src" || die "cannot create $CACHE (set R1KUBE_CACHE to a writable dir)"
+
+# One install at a time per cache: a second install.sh (devnet and tests
+# started together) waits for the first instead of building the same tree
+# beside it, then finds what the first one built.
+exec 9>"$CACHE/install.lock"
+if ! flock -n 9; then
+  log "another install.sh runs on $CACHE: waiting for it"
+  flock 9
+fi
 
 # ---------------------------------------------------------------- apt setup
 as_root() {
@@ -132,7 +148,11 @@ if ! have_bin etcd; then
 fi
 
 # ---------------------------------------------------------------- kube build
-if [ "${R1KUBE_FORCE:-0}" = 1 ] || ! have_bin kube-apiserver || ! have_bin kube-controller-manager; then
+WHAT_BINS=()
+for b in "${KUBE_BINS[@]}"; do
+  if [ "${R1KUBE_FORCE:-0}" = 1 ] || ! have_bin "$b"; then WHAT_BINS+=("$b"); fi
+done
+if [ ${#WHAT_BINS[@]} -gt 0 ]; then
   ensure_apt_sources
 
   # Go 1.15: newer Go (1.19 in bookworm) builds an apiserver that segfaults
@@ -167,19 +187,23 @@ if [ "${R1KUBE_FORCE:-0}" = 1 ] || ! have_bin kube-apiserver || ! have_bin kube-
     touch "$K8S_SRC/.kube-test-env-extracted"
   fi
 
-  log "building kube-apiserver + kube-controller-manager (takes ~6 min on 2 cores; log: $CACHE/build.log)"
+  log "building ${WHAT_BINS[*]} (takes ~5-8 min on 2 cores; log: $CACHE/build.log)"
   start=$(date +%s)
   (
     cd "$K8S_SRC"
     mkdir -p .go/src/k8s.io
     [ -L .go/src/k8s.io/kubernetes ] || ln -s ../../.. .go/src/k8s.io/kubernetes
     export GOROOT="$GOROOT_DIR" PATH="$GOROOT_DIR/bin:$PATH" GOPATH="$K8S_SRC/.go" \
-           CGO_ENABLED=0 HOME="$CACHE/home" GOFLAGS= GO111MODULE=
+           CGO_ENABLED=0 HOME="$CACHE/home" GO111MODULE=
+    # dockerless: a kubelet without dockershim and cAdvisor's docker plugin,
+    # whose docker probe sleeps 5 x 1 s at every kubelet start when there is
+    # no docker (the tag only changes pkg/kubelet)
+    export GOFLAGS=-tags=dockerless
     export GOLDFLAGS="-s -w"   # strip symbols (k8s default too)
     mkdir -p "$HOME"
-    make WHAT="cmd/kube-apiserver cmd/kube-controller-manager"
+    make WHAT="${WHAT_BINS[*]/#/cmd/}"
   ) >"$CACHE/build.log" 2>&1 || { tail -n 30 "$CACHE/build.log" >&2; die "build failed, see $CACHE/build.log"; }
-  for b in kube-apiserver kube-controller-manager; do
+  for b in "${WHAT_BINS[@]}"; do
     install -m 0755 "$K8S_SRC/_output/bin/$b" "$BIN/$b"
     have_bin "$b" || die "built $b does not run"
   done
@@ -192,6 +216,6 @@ fi
 
 all_done || die "installation incomplete"
 log "installed in $BIN:"
-for b in kube-apiserver kube-controller-manager etcd; do
+for b in "${KUBE_BINS[@]}" etcd; do
   printf '  %s: %s (%s)\n' "$b" "$("$BIN/$b" --version 2>&1 | head -n1)" "$(du -h "$BIN/$b" | cut -f1)" >&2
 done

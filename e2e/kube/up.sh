@@ -97,6 +97,19 @@ for i in $(seq 1 "$N"); do
     port_busy "$port" && die "port $port in use by something else (set R1KUBE_API_PORT)"
     [ -f "$d/sa.key" ] || openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
     [ -f "$d/sa.pub" ] || openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
+    # client cert the apiserver presents to kubelets (logs/exec/port-forward;
+    # used by node-up.sh): own CA per cluster, CN kube-apiserver-kubelet-client
+    # in group system:masters
+    if [ ! -f "$d/kubelet-client.crt" ]; then
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+        -subj "/CN=r1-c$i-kubelet-client-ca" -keyout "$d/kubelet-client-ca.key" -out "$d/kubelet-client-ca.crt" 2>/dev/null
+      openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" -keyout "$d/kubelet-client.key" -out "$d/kubelet-client.csr" 2>/dev/null
+      printf 'extendedKeyUsage=clientAuth\n' >"$d/kubelet-client.ext"
+      openssl x509 -req -in "$d/kubelet-client.csr" -CA "$d/kubelet-client-ca.crt" -CAkey "$d/kubelet-client-ca.key" \
+        -CAcreateserial -days 3650 -extfile "$d/kubelet-client.ext" -out "$d/kubelet-client.crt" 2>/dev/null
+      rm -f "$d/kubelet-client.csr" "$d/kubelet-client.ext"
+    fi
     printf '%s,admin,admin,system:masters\n' "$TOKEN" >"$d/tokens.csv"
     rm -f "$d/certs/apiserver.crt" "$d/certs/apiserver.key"   # regenerated self-signed
     start "$d/apiserver.pid" "$d/apiserver.log" "$BIN/kube-apiserver" \
@@ -107,8 +120,10 @@ for i in $(seq 1 "$N"); do
       --token-auth-file="$d/tokens.csv" --authorization-mode=RBAC \
       --service-account-issuer=https://kubernetes.default.svc \
       --service-account-key-file="$d/sa.pub" --service-account-signing-key-file="$d/sa.key" \
-      --disable-admission-plugins=ServiceAccount --allow-privileged=true \
+      --allow-privileged=true \
       --endpoint-reconciler-type=none --profiling=false \
+      --kubelet-client-certificate="$d/kubelet-client.crt" --kubelet-client-key="$d/kubelet-client.key" \
+      --kubelet-preferred-address-types=InternalIP,Hostname,ExternalIP \
       --v=1
     started+=("$i:$(now_ms)")
   fi
@@ -158,7 +173,7 @@ KC
       --service-account-private-key-file="$d/sa.key" \
       --root-ca-file="$d/certs/apiserver.crt" \
       --use-service-account-credentials=false \
-      --controllers='*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-ttl,-bootstrapsigner,-tokencleaner,-csrsigning,-csrapproving,-csrcleaner,-route,-service,-persistentvolume-binder,-attachdetach,-persistentvolume-expander,-ephemeral-volume,-endpointslicemirroring' \
+      --controllers='*,-nodeipam,-cloud-node-lifecycle,-ttl,-bootstrapsigner,-tokencleaner,-csrsigning,-csrapproving,-csrcleaner,-route,-service,-persistentvolume-binder,-attachdetach,-persistentvolume-expander,-ephemeral-volume,-endpointslicemirroring' \
       --v=1
     log "cluster c$i: controller-manager started (pid $(cat "$d/controller-manager.pid"))"
   fi

@@ -10,4 +10,5 @@ mod install;
 mod leader;
 mod nodes;
 mod pipelines;
+mod running;
 mod validation;

@@ -19,13 +19,17 @@ where
     api.patch(name, &PatchParams::apply("e2e-user").force(), &Patch::Apply(&body)).await.expect("apply")
 }
 
+/// A pipeline whose pods are pinned to a node that does not exist: these
+/// tests check the objects and the status of pods that cannot run (cluster
+/// 1 has a worker node; running.rs checks pods that run).
 fn pipeline(name: &str, mode: &str, replicas: i32, image: &str, ports: &[i32]) -> serde_json::Value {
     let ports: Vec<_> = ports.iter().map(|p| json!({"containerPort": p})).collect();
     json!({
         "apiVersion": "ratio1.ai/v1alpha1", "kind": "R1Pipeline",
         "metadata": {"name": name},
         "spec": {"mode": mode, "replicas": replicas,
-            "template": {"spec": {"containers": [{"name": "main", "image": image, "ports": ports}]}}}
+            "template": {"spec": {"nodeSelector": {"ratio1.ai/e2e": "no-such-node"},
+                "containers": [{"name": "main", "image": image, "ports": ports}]}}}
     })
 }
 
@@ -73,8 +77,8 @@ async fn service_pipeline_lifecycle() {
     assert_eq!(svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port, 8080);
     assert_eq!(svc.owner_references()[0].uid, uid);
 
-    // No kubelet here: pods never become ready, so the pipeline reports
-    // progress (kstatus InProgress), not readiness.
+    // Pods that cannot be scheduled never become ready, so the pipeline
+    // reports progress (kstatus InProgress), not readiness.
     let p = caught_up(&pipes, "web").await;
     let st = p.status.unwrap();
     assert_eq!((st.replicas, st.ready_replicas, st.clusters), (2, 0, 1));
@@ -178,6 +182,19 @@ async fn samples_reconcile() {
     let jobs: Api<Job> = Api::namespaced(c.clone(), &ns.name);
     let job = wait_for(30, "embed-corpus Job", || async { jobs.get_opt("embed-corpus").await.ok().flatten() }).await;
     assert_eq!(job.spec.unwrap().completions, Some(3));
+
+    // The samples run on the node: the service gets ready, the Job completes.
+    for name in ["sentiment-api", "embed-corpus"] {
+        wait_for(120, &format!("sample {name} Ready"), || async {
+            let p = pipes.get(name).await.ok()?;
+            let st = p.status?;
+            (st.observed_generation == p.metadata.generation
+                && ratio1::conditions::is_true(&st.conditions, "Ready")
+                && st.ready_replicas == st.replicas)
+                .then_some(())
+        })
+        .await;
+    }
 
     // GitOps: applying the same manifests again changes nothing.
     let before = pipes.get("sentiment-api").await.unwrap();

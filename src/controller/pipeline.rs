@@ -7,16 +7,19 @@ use crate::conditions::{self, Want};
 use crate::crd::{ModelSource, PipelineMode, PlacementPhase, PlacementStatus, R1Model, R1Pipeline, R1PipelineStatus};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{PodTemplateSpec, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, DeleteParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, ListParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How soon a pipeline whose pods exist but are not ready is looked at again.
+const PODS_RECHECK: Duration = Duration::from_secs(5);
 
 /// Label naming the pipeline on every child and pod.
 pub const PIPELINE_LABEL: &str = "ratio1.ai/pipeline";
@@ -290,7 +293,11 @@ pub fn placement_status(
             let observed = st.observed_generation >= d.metadata.generation && st.observed_generation.is_some();
             let ready = st.ready_replicas.unwrap_or(0);
             let updated = st.updated_replicas.unwrap_or(0);
-            let done = observed && ready >= replicas && (replicas == 0 || updated >= replicas);
+            // Pods of an older template still count in status.replicas: a
+            // rollout is done only when they are gone (a new template whose
+            // pods cannot start must not look ready behind the old pods).
+            let total = st.replicas.unwrap_or(0);
+            let done = observed && ready >= replicas && (replicas == 0 || updated >= replicas) && total <= replicas;
             (ready.min(replicas), if done { PlacementPhase::Running } else { PlacementPhase::Pending })
         }
         (None, Some(j)) => {
@@ -311,14 +318,97 @@ pub fn placement_status(
     PlacementStatus { node: node.name.clone(), peer_id: node.peer_id.clone(), replicas, ready_replicas: ready, phase }
 }
 
+/// Waiting reasons of a container that will not resolve without the user
+/// (a fixed set: they become condition reasons).
+const CONTAINER_PROBLEMS: &[&str] = &[
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// True when the child has pods that exist but are not all ready (or done):
+/// only then are the pods worth reading for a container problem.
+pub fn pods_pending(dep: Option<&Deployment>, job: Option<&Job>) -> bool {
+    if let Some(d) = dep {
+        let st = d.status.as_ref();
+        let pods = st.and_then(|s| s.replicas).unwrap_or(0);
+        let ready = st.and_then(|s| s.ready_replicas).unwrap_or(0);
+        return pods > ready;
+    }
+    job.and_then(|j| j.status.as_ref()).is_some_and(|s| s.active.unwrap_or(0) > 0 || s.failed.unwrap_or(0) > 0)
+}
+
+/// The first container of the pipeline's pods that is stuck in a state only
+/// the user can fix (crash loop, image that cannot be pulled, bad config),
+/// as a condition reason and a message that says which pod, which
+/// container, why, and what to look at.
+pub fn container_problem(pods: &[Pod]) -> Option<(String, String)> {
+    let mut pods: Vec<&Pod> = pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+    pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    for pod in pods {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let st = pod.status.as_ref();
+        let statuses = st
+            .into_iter()
+            .flat_map(|s| s.init_container_statuses.iter().flatten().chain(s.container_statuses.iter().flatten()));
+        for cs in statuses {
+            let Some(waiting) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) else { continue };
+            let Some(reason) = waiting.reason.as_deref().filter(|r| CONTAINER_PROBLEMS.contains(r)) else { continue };
+            let mut msg = format!("pod {name} container {}: {reason}", cs.name);
+            if let Some(t) = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
+                msg.push_str(&format!(
+                    " (restarted {} times, last exit code {}{})",
+                    cs.restart_count,
+                    t.exit_code,
+                    t.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+                ));
+            }
+            if let Some(m) = waiting.message.as_deref().filter(|m| !m.is_empty()) {
+                let m: String = m.chars().take(300).collect();
+                msg.push_str(&format!("; {m}"));
+            }
+            msg.push_str(&if reason == "CrashLoopBackOff" {
+                format!("; see `kubectl logs {name} -c {} --previous`", cs.name)
+            } else {
+                format!("; see `kubectl describe pod {name}`")
+            });
+            return Some((reason.to_string(), msg));
+        }
+    }
+    None
+}
+
 /// Conditions for the pipeline from its placements.
 pub fn placement_conditions(p: &R1Pipeline, placement: &PlacementStatus, waiting: Option<&str>) -> Vec<Want> {
+    placement_conditions_with(p, placement, waiting, None)
+}
+
+/// As [`placement_conditions`], with a container problem found in the
+/// pipeline's pods: while not ready it names the problem instead of a count.
+pub fn placement_conditions_with(
+    p: &R1Pipeline,
+    placement: &PlacementStatus,
+    waiting: Option<&str>,
+    problem: Option<&(String, String)>,
+) -> Vec<Want> {
     let mut wanted = match placement.phase {
         PlacementPhase::Failed => conditions::stalled("JobFailed", "the Job failed; change the pipeline to retry"),
         PlacementPhase::Succeeded => conditions::ready("Succeeded", "all completions succeeded"),
         PlacementPhase::Running => conditions::ready("Available", "all replicas are ready"),
         PlacementPhase::Pending => match waiting {
             Some(msg) => conditions::progressing("ModelNotReady", msg),
+            None if problem.is_some() => {
+                let (reason, msg) = problem.expect("checked");
+                conditions::progressing(
+                    reason,
+                    &format!("{}/{} ready; {msg}", placement.ready_replicas, placement.replicas),
+                )
+            }
             None if p.spec.mode == PipelineMode::Job => conditions::progressing(
                 "CompletionsPending",
                 &format!("{}/{} completions succeeded", placement.ready_replicas, placement.replicas),
@@ -470,8 +560,23 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
                 None => remove_if_owned(&jobs, cur_job, &p).await?,
             }
             let placement = placement_status(&p, &node, applied_dep.as_ref(), applied_job.as_ref());
-            let wanted = placement_conditions(&p, &placement, waiting.as_deref());
-            (wanted, vec![placement], Action::requeue(ctx.resync))
+            // Pods that exist but are not ready: read them, so that a
+            // container the user must fix shows in the status. Their state
+            // changes without the Deployment/Job changing (a crash loop),
+            // so look again soon while that lasts.
+            let mut problem = None;
+            let mut action = Action::requeue(ctx.resync);
+            if placement.phase == PlacementPhase::Pending
+                && waiting.is_none()
+                && pods_pending(applied_dep.as_ref(), applied_job.as_ref())
+            {
+                let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+                let lp = ListParams::default().labels(&format!("{PIPELINE_LABEL}={name}"));
+                problem = container_problem(&pods.list(&lp).await?.items);
+                action = Action::requeue(PODS_RECHECK.min(ctx.resync));
+            }
+            let wanted = placement_conditions_with(&p, &placement, waiting.as_deref(), problem.as_ref());
+            (wanted, vec![placement], action)
         }
     };
 

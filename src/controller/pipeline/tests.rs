@@ -149,6 +149,11 @@ fn placement_follows_children() {
     assert_eq!((st.phase, st.ready_replicas, st.node.as_str()), (PlacementPhase::Running, 2, "n1"));
     let conds = placement_conditions(&p, &st, None);
     assert!(conds.iter().any(|w| w.type_ == "Ready" && w.status == Some(true)));
+    // A rollout whose new pods do not start: the old pods are still ready,
+    // but 3 pods exist for 2 replicas, so it is not done.
+    dep.status.as_mut().unwrap().replicas = Some(3);
+    assert_eq!(placement_status(&p, &node, Some(&dep), None).phase, PlacementPhase::Pending, "rollout in progress");
+    dep.status.as_mut().unwrap().replicas = Some(2);
 
     let jp = pipeline(PipelineMode::Job, vec![container("a", &[])]);
     let mut job = build(&jp, &Inputs::default()).unwrap().job.unwrap();
@@ -182,6 +187,71 @@ fn model_watch_maps_to_mounting_pipelines() {
     let refs = mounting(&all, Some("ns"), "m");
     assert_eq!(refs.len(), 1);
     assert_eq!(refs[0].name, "web");
+}
+
+fn pod_with(name: &str, status: serde_json::Value) -> Pod {
+    serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "status": status})).unwrap()
+}
+
+#[test]
+fn a_crash_loop_names_pod_container_exit_code_and_what_to_read() {
+    let running = pod_with(
+        "web-a",
+        serde_json::json!({"containerStatuses": [
+        {"name": "main", "ready": true, "restartCount": 0, "image": "x", "imageID": "", "state": {"running": {}}}]}),
+    );
+    let crashing = pod_with(
+        "web-b",
+        serde_json::json!({"containerStatuses": [
+        {"name": "main", "ready": false, "restartCount": 3, "image": "x", "imageID": "",
+         "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}},
+         "lastState": {"terminated": {"exitCode": 3, "reason": "Error"}}}]}),
+    );
+    assert_eq!(container_problem(std::slice::from_ref(&running)), None);
+    let (reason, msg) = container_problem(&[running, crashing]).unwrap();
+    assert_eq!(reason, "CrashLoopBackOff");
+    assert!(msg.contains("pod web-b container main") && msg.contains("last exit code 3: Error"), "{msg}");
+    assert!(msg.contains("kubectl logs web-b -c main --previous"), "{msg}");
+    // A container that is only starting is no problem.
+    let creating = pod_with(
+        "web-c",
+        serde_json::json!({"containerStatuses": [
+        {"name": "main", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
+         "state": {"waiting": {"reason": "ContainerCreating"}}}]}),
+    );
+    assert_eq!(container_problem(&[creating]), None);
+    let pull = pod_with(
+        "web-d",
+        serde_json::json!({"containerStatuses": [
+        {"name": "main", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
+         "state": {"waiting": {"reason": "ErrImageNeverPull", "message": "image not present"}}}]}),
+    );
+    assert_eq!(container_problem(&[pull]).unwrap().0, "ErrImageNeverPull");
+}
+
+#[test]
+fn a_problem_replaces_the_count_while_not_ready() {
+    let p = pipeline(PipelineMode::Service, vec![container("a", &[])]);
+    let node = LocalNode { name: "local".into(), peer_id: None };
+    let placement = placement_status(&p, &node, None, None);
+    let problem = ("CrashLoopBackOff".to_string(), "pod web-b container main: CrashLoopBackOff".to_string());
+    let w = placement_conditions_with(&p, &placement, None, Some(&problem));
+    let ready = w.iter().find(|w| w.type_ == "Ready").unwrap();
+    assert_eq!((ready.status, ready.reason.as_str()), (Some(false), "CrashLoopBackOff"));
+    assert!(ready.message.starts_with("0/2 ready; pod web-b"), "{}", ready.message);
+    let rec = w.iter().find(|w| w.type_ == "Reconciling").unwrap();
+    assert_eq!(rec.status, Some(true));
+    // Pods are read only when some exist and are not ready.
+    let dep = |replicas, ready| Deployment {
+        status: Some(DeploymentStatus { replicas: Some(replicas), ready_replicas: Some(ready), ..Default::default() }),
+        ..Default::default()
+    };
+    assert!(pods_pending(Some(&dep(2, 1)), None));
+    assert!(!pods_pending(Some(&dep(2, 2)), None));
+    assert!(!pods_pending(Some(&Deployment::default()), None));
+    let job = Job { status: Some(JobStatus { active: Some(1), ..Default::default() }), ..Default::default() };
+    assert!(pods_pending(None, Some(&job)));
+    assert!(!pods_pending(None, Some(&Job::default())));
 }
 
 /// The reconcile's conversation with a mocked API server (tower-test): the

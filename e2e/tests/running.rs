@@ -1,0 +1,469 @@
+//! Pipelines whose pods really run: cluster 1 and the chart cluster
+//! (`$R1_E2E_CHART_CLUSTER`, 7 by default) have a worker node (kubelet +
+//! containerd + runc + CNI bridge, `e2e/kube/node-up.sh`), and the images
+//! built by `e2e/images.sh` are imported into it. Cluster 1 runs the shared
+//! operator (a host process); the chart cluster belongs to the test that
+//! installs the operator with its Helm chart, as a pod.
+//!
+//! The pods are reached by their IP from this process (the host routes to
+//! every node's bridge), never through a kube-proxy, which only one node on
+//! the machine can run.
+
+use crate::harness::*;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use ratio1::crd::R1Pipeline;
+use serde_json::json;
+use std::process::Command;
+use std::time::Duration;
+
+const SERVER_IMAGE: &str = "ratio1.local/model-server:0.1";
+const JOB_IMAGE: &str = "ratio1.local/batch-embed:0.1";
+const BUSYBOX_IMAGE: &str = "ratio1.local/busybox:1.35";
+
+/// Fails (never skips) when the cluster has no Ready worker node: these
+/// tests are about running pods.
+async fn require_node(c: &Client, cluster: usize) {
+    let nodes: Api<Node> = Api::all(c.clone());
+    wait_for(30, &format!("a Ready worker node on cluster {cluster} (bash e2e/test.sh starts it)"), || async {
+        let list = nodes.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|n| {
+                n.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .then_some(())
+    })
+    .await
+}
+
+async fn setup(prefix: &str) -> (Client, TestNs) {
+    shared_operator();
+    let c = client(1).await;
+    require_node(&c, 1).await;
+    let ns = TestNs::new(&c, prefix).await;
+    (c, ns)
+}
+
+async fn apply(api: &Api<R1Pipeline>, name: &str, body: serde_json::Value) -> R1Pipeline {
+    api.patch(name, &PatchParams::apply("e2e-user").force(), &Patch::Apply(&body)).await.expect("apply")
+}
+
+/// A Service-mode pipeline of the model server: HTTP on 8080, ready when
+/// /healthz answers (after `ready_delay` seconds).
+fn server(name: &str, replicas: i32, ready_delay: i32) -> serde_json::Value {
+    json!({
+        "apiVersion": "ratio1.ai/v1alpha1", "kind": "R1Pipeline",
+        "metadata": {"name": name},
+        "spec": {"mode": "Service", "replicas": replicas,
+            "template": {"spec": {"containers": [{
+                "name": "server", "image": SERVER_IMAGE, "imagePullPolicy": "Never",
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080},
+                    "periodSeconds": 1, "initialDelaySeconds": ready_delay}}]}}}
+    })
+}
+
+fn cond<'a>(conds: &'a [Condition], t: &str) -> Option<&'a Condition> {
+    conds.iter().find(|c| c.type_ == t)
+}
+
+fn is(conds: &[Condition], t: &str, status: &str) -> bool {
+    cond(conds, t).is_some_and(|c| c.status == status)
+}
+
+/// Waits until the pipeline's status describes its current generation and
+/// `f` holds for it; the last status seen is in the panic message.
+async fn status_until(
+    api: &Api<R1Pipeline>,
+    name: &str,
+    secs: u64,
+    what: &str,
+    f: impl Fn(&ratio1::crd::R1PipelineStatus) -> bool,
+) -> ratio1::crd::R1PipelineStatus {
+    let last = std::sync::Mutex::new(None);
+    let found = tokio::time::timeout(
+        Duration::from_secs(secs),
+        wait_for(secs + 5, what, || async {
+            let p = api.get(name).await.ok()?;
+            let st = p.status.clone()?;
+            *last.lock().unwrap() = Some(st.clone());
+            (st.observed_generation == p.metadata.generation && f(&st)).then_some(st)
+        }),
+    )
+    .await;
+    match found {
+        Ok(st) => st,
+        Err(_) => panic!("timed out after {secs}s waiting for {what}; last status: {:#?}", last.lock().unwrap()),
+    }
+}
+
+/// The pipeline's pods that are not being deleted.
+async fn live_pods(pods: &Api<Pod>, name: &str) -> Vec<Pod> {
+    let lp = ListParams::default().labels(&format!("ratio1.ai/pipeline={name}"));
+    pods.list(&lp)
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Exactly `n` live pods, all Running and Ready; returns them.
+async fn ready_pods(pods: &Api<Pod>, name: &str, n: usize, secs: u64) -> Vec<Pod> {
+    wait_for(secs, &format!("{n} running, ready pods of {name}"), || async {
+        let live = live_pods(pods, name).await;
+        (live.len() == n
+            && live
+                .iter()
+                .all(|p| pod_ready(p) && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")))
+        .then_some(live)
+    })
+    .await
+}
+
+/// GET http://ip:port/path: the body on HTTP 200.
+async fn http_get_at(ip: &str, port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connect = tokio::net::TcpStream::connect((ip, port));
+    let mut s = tokio::time::timeout(Duration::from_secs(3), connect).await.ok()?.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes()).await.ok()?;
+    let mut buf = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut buf)).await.ok()?.ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    (head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200")).then(|| body.to_string())
+}
+
+fn pod_ip(p: &Pod) -> String {
+    p.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("a running pod has an IP")
+}
+
+#[tokio::test]
+async fn service_pipeline_pods_become_ready_and_answer_http() {
+    let (c, ns) = setup("run-svc").await;
+    let pipes: Api<R1Pipeline> = Api::namespaced(c.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(c.clone(), &ns.name);
+
+    apply(&pipes, "predict", server("predict", 2, 0)).await;
+    let st = status_until(&pipes, "predict", 90, "predict Ready with 2 ready replicas", |st| {
+        is(&st.conditions, "Ready", "True") && st.ready_replicas == 2
+    })
+    .await;
+    assert_eq!(cond(&st.conditions, "Ready").unwrap().reason, "Available");
+    assert!(is(&st.conditions, "Reconciling", "False") && is(&st.conditions, "Stalled", "False"));
+    assert_eq!(st.placements[0].phase, ratio1::crd::PlacementPhase::Running);
+
+    // Every pod serves the model over HTTP, at its own IP.
+    for p in ready_pods(&pods, "predict", 2, 30).await {
+        let ip = pod_ip(&p);
+        let body = wait_for(20, &format!("HTTP answer of {} at {ip}:8080", p.name_any()), || async {
+            http_get_at(&ip, 8080, "/cgi-bin/predict?text=great+fast+service").await
+        })
+        .await;
+        let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+        assert_eq!(v["label"], "positive", "{body}");
+        assert_eq!(v["served_by"], p.name_any().as_str(), "{body}");
+        let neg = http_get_at(&ip, 8080, "/cgi-bin/predict?text=awful+slow").await.expect("second request");
+        assert!(neg.contains("\"label\":\"negative\""), "{neg}");
+    }
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn scaling_changes_the_number_of_running_pods() {
+    let (c, ns) = setup("run-scale").await;
+    let pipes: Api<R1Pipeline> = Api::namespaced(c.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(c.clone(), &ns.name);
+
+    apply(&pipes, "scale", server("scale", 1, 0)).await;
+    ready_pods(&pods, "scale", 1, 90).await;
+    status_until(&pipes, "scale", 30, "1/1 ready", |st| st.ready_replicas == 1 && is(&st.conditions, "Ready", "True"))
+        .await;
+
+    apply(&pipes, "scale", server("scale", 3, 0)).await;
+    let three = ready_pods(&pods, "scale", 3, 60).await;
+    let st = status_until(&pipes, "scale", 30, "3/3 ready", |st| {
+        st.replicas == 3 && st.ready_replicas == 3 && is(&st.conditions, "Ready", "True")
+    })
+    .await;
+    assert_eq!(st.placements[0].ready_replicas, 3);
+    for p in &three {
+        let ip = pod_ip(p);
+        wait_for(20, &format!("{} answers", p.name_any()), || async { http_get_at(&ip, 8080, "/healthz").await }).await;
+    }
+
+    apply(&pipes, "scale", server("scale", 1, 0)).await;
+    ready_pods(&pods, "scale", 1, 60).await;
+    status_until(&pipes, "scale", 30, "scaled down to 1/1", |st| {
+        st.replicas == 1 && st.ready_replicas == 1 && is(&st.conditions, "Ready", "True")
+    })
+    .await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn job_pipeline_runs_to_completion_and_reports_it() {
+    let (c, ns) = setup("run-job").await;
+    let pipes: Api<R1Pipeline> = Api::namespaced(c.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(c.clone(), &ns.name);
+    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns.name);
+
+    apply(
+        &pipes,
+        "embed",
+        json!({
+            "apiVersion": "ratio1.ai/v1alpha1", "kind": "R1Pipeline",
+            "metadata": {"name": "embed"},
+            "spec": {"mode": "Job", "replicas": 2,
+                "template": {"spec": {"containers": [{"name": "embed", "image": JOB_IMAGE, "imagePullPolicy": "Never"}]}}}
+        }),
+    )
+    .await;
+    let st = status_until(&pipes, "embed", 90, "embed Succeeded", |st| is(&st.conditions, "Ready", "True")).await;
+    assert_eq!(cond(&st.conditions, "Ready").unwrap().reason, "Succeeded");
+    assert_eq!((st.replicas, st.ready_replicas), (2, 2));
+    assert_eq!(st.placements[0].phase, ratio1::crd::PlacementPhase::Succeeded);
+    let job = jobs.get("embed").await.unwrap();
+    assert_eq!(job.status.unwrap().succeeded, Some(2));
+
+    // Each run wrote its result: the termination message carries a summary.
+    let done = live_pods(&pods, "embed").await;
+    let succeeded: Vec<_> =
+        done.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded")).collect();
+    assert_eq!(succeeded.len(), 2, "{done:#?}");
+    for p in succeeded {
+        let term = p.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0]
+            .state
+            .as_ref()
+            .and_then(|s| s.terminated.clone())
+            .expect("terminated");
+        assert_eq!(term.exit_code, 0);
+        let msg = term.message.unwrap_or_default();
+        assert!(msg.starts_with("embedded=3 digest=") && msg.ends_with("result=/tmp/out/result.json"), "{msg}");
+    }
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_deleted_pod_is_replaced_and_status_follows() {
+    let (c, ns) = setup("run-heal").await;
+    let pipes: Api<R1Pipeline> = Api::namespaced(c.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(c.clone(), &ns.name);
+
+    // A replacement takes >= 3 s to become ready (probe delay), so the
+    // not-ready state lasts long enough to be seen.
+    apply(&pipes, "heal", server("heal", 2, 3)).await;
+    let before = ready_pods(&pods, "heal", 2, 90).await;
+    status_until(&pipes, "heal", 30, "heal Ready 2/2", |st| {
+        st.ready_replicas == 2 && is(&st.conditions, "Ready", "True")
+    })
+    .await;
+
+    let victim = before[0].name_any();
+    pods.delete(&victim, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.unwrap();
+    let st = status_until(&pipes, "heal", 30, "Reconciling after a pod was deleted", |st| {
+        is(&st.conditions, "Reconciling", "True") && is(&st.conditions, "Ready", "False") && st.ready_replicas < 2
+    })
+    .await;
+    assert_eq!(cond(&st.conditions, "Ready").unwrap().reason, "ReplicasNotReady");
+
+    let after = ready_pods(&pods, "heal", 2, 60).await;
+    assert!(after.iter().all(|p| p.name_any() != victim), "the deleted pod {victim} is still listed");
+    let st = status_until(&pipes, "heal", 30, "Ready again with 2/2", |st| {
+        st.ready_replicas == 2 && is(&st.conditions, "Ready", "True") && is(&st.conditions, "Reconciling", "False")
+    })
+    .await;
+    assert_eq!(cond(&st.conditions, "Ready").unwrap().reason, "Available");
+
+    // Events tell the same story: not ready, then available again.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.clone(), &ns.name);
+    wait_for(20, "ReplicasNotReady and Available events about heal", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        let about: Vec<_> = list
+            .items
+            .iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("heal"))
+            .filter_map(|e| e.reason.clone())
+            .collect();
+        (about.iter().any(|r| r == "ReplicasNotReady") && about.iter().any(|r| r == "Available")).then_some(())
+    })
+    .await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_crashing_container_surfaces_in_status_until_fixed() {
+    let (c, ns) = setup("run-crash").await;
+    let pipes: Api<R1Pipeline> = Api::namespaced(c.clone(), &ns.name);
+    let crashing = |cmd: &str| {
+        json!({
+            "apiVersion": "ratio1.ai/v1alpha1", "kind": "R1Pipeline",
+            "metadata": {"name": "crash"},
+            "spec": {"mode": "Service", "replicas": 1,
+                "template": {"spec": {"terminationGracePeriodSeconds": 0, "containers": [{
+                    "name": "worker", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                    "command": ["sh", "-c", cmd]}]}}}
+        })
+    };
+    apply(&pipes, "crash", crashing("echo loading model; echo model file missing >&2; exit 3")).await;
+    let st = status_until(&pipes, "crash", 90, "Ready=False with reason CrashLoopBackOff", |st| {
+        cond(&st.conditions, "Ready").is_some_and(|c| c.status == "False" && c.reason == "CrashLoopBackOff")
+    })
+    .await;
+    let ready = cond(&st.conditions, "Ready").unwrap();
+    assert!(
+        ready.message.contains("container worker") && ready.message.contains("last exit code 3"),
+        "{}",
+        ready.message
+    );
+    assert!(ready.message.contains("kubectl logs crash-") && ready.message.contains("--previous"), "{}", ready.message);
+    // kstatus: still in progress (the user may fix it), not stalled.
+    assert!(is(&st.conditions, "Reconciling", "True") && is(&st.conditions, "Stalled", "False"));
+    assert_eq!(cond(&st.conditions, "Reconciling").unwrap().reason, "CrashLoopBackOff");
+
+    // The user acts on it: the pipeline becomes ready.
+    apply(&pipes, "crash", crashing("echo serving; exec sleep 3600")).await;
+    status_until(&pipes, "crash", 90, "Ready after the fix", |st| {
+        is(&st.conditions, "Ready", "True") && st.ready_replicas == 1
+    })
+    .await;
+
+    // An image that is not on the node (and may not be pulled) says so too.
+    let mut missing = crashing("true");
+    missing["spec"]["template"]["spec"]["containers"][0]["image"] = json!("ratio1.local/not-built:0");
+    apply(&pipes, "crash", missing).await;
+    let st = status_until(&pipes, "crash", 90, "Ready=False with reason ErrImageNeverPull", |st| {
+        cond(&st.conditions, "Ready").is_some_and(|c| c.reason == "ErrImageNeverPull")
+    })
+    .await;
+    assert!(cond(&st.conditions, "Ready").unwrap().message.contains("kubectl describe pod crash-"));
+    ns.cleanup().await;
+}
+
+fn helm() -> String {
+    std::env::var("R1_HELM").unwrap_or_else(|_| {
+        let out = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/tools/helm.sh"))
+            .output()
+            .expect("bash runs");
+        assert!(out.status.success(), "no helm: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    })
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("command runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+/// The operator installed by its Helm chart with the image built here, on
+/// the chart cluster (no other operator runs there): its pods run under the chart's ServiceAccount (token mounted
+/// by admission, RBAC from the chart), pass their probes with a read-only
+/// root filesystem, elect a leader, and reconcile a pipeline whose pods run.
+#[tokio::test]
+async fn chart_installed_operator_runs_as_a_pod_and_reconciles() {
+    const NS: &str = "ratio1-chart";
+    let cluster: usize = std::env::var("R1_E2E_CHART_CLUSTER").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
+    let c = client(cluster).await;
+    require_node(&c, cluster).await;
+    let image = std::env::var("R1_OPERATOR_IMAGE").unwrap_or_else(|_| "ratio1.local/ratio1-operator:dev".into());
+    let (repo, tag) = image.rsplit_once(':').expect("image has a tag");
+    let kc = kubeconfig_path(cluster);
+    // A previous run's release, if any, goes first.
+    let _ =
+        Command::new(helm()).args(["uninstall", "ratio1", "--namespace", NS, "--wait"]).env("KUBECONFIG", &kc).output();
+    run(Command::new(helm())
+        .args(["upgrade", "--install", "ratio1"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/charts/ratio1-operator"))
+        .args(["--namespace", NS, "--create-namespace"])
+        .args(["--set", &format!("image.repository={repo}"), "--set", &format!("image.tag={tag}")])
+        .args(["--set", "image.pullPolicy=Never", "--set", "replicaCount=2"])
+        .args(["--set", "leaderElection.leaseDurationSeconds=4", "--set", "leaderElection.retryPeriodSeconds=1"])
+        .args(["--set", "resyncSeconds=30"])
+        .env("KUBECONFIG", &kc));
+
+    // Both replicas Ready (the readiness probe answers) under the chart's SA.
+    let pods: Api<Pod> = Api::namespaced(c.clone(), NS);
+    let lp = ListParams::default().labels("app.kubernetes.io/name=ratio1-operator");
+    let ops = wait_for(120, "2 operator pods Running and Ready", || async {
+        let list = pods.list(&lp).await.ok()?.items;
+        let live: Vec<_> = list.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+        (live.len() == 2 && live.iter().all(pod_ready)).then_some(live)
+    })
+    .await;
+    let deps: Api<Deployment> = Api::namespaced(c.clone(), NS);
+    let dep = deps.list(&ListParams::default()).await.unwrap().items.remove(0);
+    let sa = dep.spec.as_ref().unwrap().template.spec.as_ref().unwrap().service_account_name.clone().unwrap();
+    for p in &ops {
+        let spec = p.spec.as_ref().unwrap();
+        assert_eq!(spec.service_account_name.as_deref(), Some(sa.as_str()));
+        let ctr = &spec.containers[0];
+        assert_eq!(ctr.image.as_deref(), Some(image.as_str()));
+        let sc = ctr.security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(spec.security_context.as_ref().unwrap().run_as_user, Some(65532));
+        // The ServiceAccount admission plugin mounted the token.
+        assert!(
+            ctr.volume_mounts.iter().flatten().any(|m| m.mount_path == "/var/run/secrets/kubernetes.io/serviceaccount"),
+            "no service account token mounted in {}",
+            p.name_any()
+        );
+        assert_eq!(p.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0].restart_count, 0);
+    }
+
+    // One of them leads: the Lease names a pod of the release.
+    let leases: Api<Lease> = Api::namespaced(c.clone(), NS);
+    let names: Vec<String> = ops.iter().map(|p| p.name_any()).collect();
+    let leader = wait_for(60, "a leader among the operator pods", || async {
+        let l = leases.get("ratio1-operator-leader").await.ok()?;
+        l.spec?.holder_identity.filter(|h| names.contains(h))
+    })
+    .await;
+
+    // It reconciles a pipeline end to end: children made by the pod, pods
+    // running on the node, status written back.
+    crate::harness::ensure_namespace(&c, "chart-work").await;
+    let pipes: Api<R1Pipeline> = Api::namespaced(c.clone(), "chart-work");
+    let _ = pipes.delete("served", &DeleteParams::default()).await;
+    wait_for(60, "an earlier pipeline gone", || async { pipes.get_opt("served").await.ok()?.is_none().then_some(()) })
+        .await;
+    apply(&pipes, "served", server("served", 1, 0)).await;
+    let st = status_until(&pipes, "served", 120, "the pod-operator's pipeline Ready", |st| {
+        is(&st.conditions, "Ready", "True") && st.ready_replicas == 1
+    })
+    .await;
+    assert_eq!(st.clusters, 1);
+    let p = pipes.get("served").await.unwrap();
+    // (no other operator runs on this cluster: the status is the pod's work)
+    let writers: Vec<_> = p.managed_fields().iter().filter_map(|m| m.manager.clone()).collect();
+    assert!(writers.iter().any(|m| m == "ratio1-operator"), "{writers:?}");
+    let work_pods: Api<Pod> = Api::namespaced(c.clone(), "chart-work");
+    let served = ready_pods(&work_pods, "served", 1, 30).await;
+    let ip = pod_ip(&served[0]);
+    wait_for(20, "the served pipeline answers", || async { http_get_at(&ip, 8080, "/healthz").await }).await;
+
+    // What the leader logged: it reconciled, with no permission refused.
+    let logs = run(Command::new("kubectl").arg("--kubeconfig").arg(&kc).args(["logs", "-n", NS, &leader]));
+    assert!(!logs.to_lowercase().contains("forbidden"), "the operator pod hit a permission it lacks:\n{logs}");
+
+    pipes.delete("served", &DeleteParams::default()).await.unwrap();
+    run(Command::new(helm()).args(["uninstall", "ratio1", "--namespace", NS, "--wait"]).env("KUBECONFIG", &kc));
+}
