@@ -61,6 +61,7 @@ impl EventLoop {
         let mut listen_error = None;
         for addr in &cfg.listen {
             if let Err(e) = swarm.listen_on(addr.clone()) {
+                tracing::error!(%addr, error = %e, "cannot listen");
                 listen_error = Some(format!("cannot listen on {addr}: {e}"));
             }
         }
@@ -406,6 +407,7 @@ impl EventLoop {
                 self.view.write().expect("view lock").listen.push(address.to_string());
             }
             SwarmEvent::ListenerError { error, .. } => {
+                tracing::error!(error = %error, "listener failed");
                 self.view.write().expect("view lock").listen_error = Some(error.to_string());
             }
             SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {

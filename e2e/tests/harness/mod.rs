@@ -130,8 +130,21 @@ impl TestNs {
 }
 
 /// A free TCP port on 127.0.0.1.
+/// A free port below the kernel's ephemeral range (32768+), so that the
+/// outgoing connections of other tests (a 1,000-connection flood runs in
+/// parallel) cannot take it between this pick and the operator's bind.
+/// Picks are unique within the test binary (a counter from a random start
+/// in 28000..32000, clear of the control plane's and nodes' ports).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let _ = NEXT.compare_exchange(0, rand::random::<u32>() % 2000, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..4000 {
+        let port = 28_000 + (NEXT.fetch_add(1, Ordering::Relaxed) % 4000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 28000..32000 on 127.0.0.1")
 }
 
 pub fn log_dir() -> PathBuf {
