@@ -132,7 +132,9 @@ async fn licensed_clusters_federate_and_refuse_the_rest() {
         "offer": {}, "version": env!("CARGO_PKG_VERSION"), "addrs": []});
     let boot = rand::random::<u64>();
     let mut forged = Envelope::seal(&key, boot, 1, p2p::now_us(), "heartbeat", body.clone());
-    forged.body["node"] = "someone-else".into();
+    let mut changed = forged.body_value();
+    changed["node"] = "someone-else".into();
+    forged.replace_body(&changed);
     let original = Envelope::seal(&key, boot, 2, p2p::now_us(), "heartbeat", body).to_bytes();
     let dropped = |text: &str, reason: &str| metric(text, "ratio1_p2p_dropped_total", &format!("reason=\"{reason}\""));
     let received = |text: &str| metric(text, "ratio1_p2p_heartbeats_received_total", "");

@@ -13,10 +13,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use libp2p_identity::{Keypair, PeerId, PublicKey};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use std::collections::{BTreeSet, HashMap};
 
-/// An application message as it travels.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// An application message as it travels. The body stays raw JSON: the
+/// signature covers its bytes as they travel, so checking it needs no
+/// re-serialisation, and it is decoded once, into its typed form.
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct Envelope {
     pub from: String,
     /// The sender's public key (protobuf encoding, base64url); must hash to `from`.
@@ -28,7 +31,7 @@ pub struct Envelope {
     /// Unix microseconds at the sender.
     pub ts: i64,
     pub kind: String,
-    pub body: serde_json::Value,
+    pub body: Box<RawValue>,
     pub sig: String,
 }
 
@@ -55,13 +58,14 @@ impl Drop {
     }
 }
 
-fn signed_bytes(from: &str, boot: u64, seq: u64, ts: i64, kind: &str, body: &serde_json::Value) -> Vec<u8> {
+fn signed_bytes(from: &str, boot: u64, seq: u64, ts: i64, kind: &str, body: &RawValue) -> Vec<u8> {
     serde_json::to_vec(&(from, boot, seq, ts, kind, body)).expect("serializable")
 }
 
 impl Envelope {
     /// Builds and signs an envelope.
     pub fn seal(key: &Keypair, boot: u64, seq: u64, ts: i64, kind: &str, body: serde_json::Value) -> Self {
+        let body = RawValue::from_string(body.to_string()).expect("a JSON value is valid JSON");
         let from = key.public().to_peer_id().to_string();
         let sig = key.sign(&signed_bytes(&from, boot, seq, ts, kind, &body)).expect("ed25519 signs");
         Self {
@@ -78,6 +82,16 @@ impl Envelope {
 
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("serializable")
+    }
+
+    /// Replaces the body without signing it again (tests forge with it).
+    pub fn replace_body(&mut self, body: &serde_json::Value) {
+        self.body = RawValue::from_string(body.to_string()).expect("a JSON value is valid JSON");
+    }
+
+    /// The body as a JSON value.
+    pub fn body_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.body.get()).expect("a raw value is valid JSON")
     }
 
     /// Decodes and checks the signature (not freshness: see [`ReplayGuard`]).
@@ -189,7 +203,8 @@ mod tests {
         let k = Keypair::generate_ed25519();
         let e = Envelope::seal(&k, 3, 7, 1000, "heartbeat", serde_json::json!({"a": 1}));
         let (back, peer) = Envelope::open(&e.to_bytes()).unwrap();
-        assert_eq!(back, e);
+        assert_eq!(back.to_bytes(), e.to_bytes());
+        assert_eq!(back.body_value(), serde_json::json!({"a": 1}));
         assert_eq!(peer, k.public().to_peer_id());
     }
 
@@ -198,7 +213,7 @@ mod tests {
         let k = Keypair::generate_ed25519();
         let other = Keypair::generate_ed25519();
         let mut e = Envelope::seal(&k, 3, 7, 1000, "heartbeat", serde_json::json!({"a": 1}));
-        e.body = serde_json::json!({"a": 2});
+        e.replace_body(&serde_json::json!({"a": 2}));
         assert_eq!(Envelope::open(&e.to_bytes()).unwrap_err(), Drop::BadSignature);
         // Claiming to be someone else with one's own key.
         let mut e = Envelope::seal(&other, 3, 7, 1000, "heartbeat", serde_json::json!({}));

@@ -255,7 +255,9 @@ mod tests {
         assert_eq!(reason(g.check(f.src(), &theirs, None, &f.trust, f.now)), "bad_signature");
         // A tampered body.
         let mut env: Envelope = serde_json::from_slice(&f.heartbeat(&f.key, 5, f.now, &lic)).unwrap();
-        env.body["node"] = "x".into();
+        let mut body = env.body_value();
+        body["node"] = "x".into();
+        env.replace_body(&body);
         assert_eq!(reason(g.check(f.src(), &env.to_bytes(), None, &f.trust, f.now)), "bad_signature");
         // An unknown kind.
         let odd = Envelope::seal(&f.key, 1, 6, f.now, "whatever", serde_json::json!({})).to_bytes();

@@ -139,9 +139,11 @@ impl Bounded for Heartbeat {
     }
 }
 
-/// Decodes a JSON body and checks its bounds.
-pub fn decode_body<T: serde::de::DeserializeOwned + Bounded>(v: &serde_json::Value) -> Result<T, &'static str> {
-    let t: T = T::deserialize(v).map_err(|_| "malformed")?;
+/// Decodes a raw JSON body and checks its bounds.
+pub fn decode_body<T: serde::de::DeserializeOwned + Bounded>(
+    raw: &serde_json::value::RawValue,
+) -> Result<T, &'static str> {
+    let t: T = serde_json::from_str(raw.get()).map_err(|_| "malformed")?;
     t.check_bounds()?;
     Ok(t)
 }
@@ -206,28 +208,26 @@ mod tests {
         assert_eq!(refusal_label("licenseexpired"), "Other");
     }
 
+    fn raw(v: &serde_json::Value) -> Box<serde_json::value::RawValue> {
+        serde_json::value::RawValue::from_string(v.to_string()).unwrap()
+    }
+
     #[test]
     fn oversized_fields_are_refused_at_decode() {
         let hb = |node: String, addrs: Vec<String>, offer: serde_json::Value| {
             serde_json::json!({"license": "t", "licenseId": "l", "class": "ND", "roles": ["worker"],
                 "node": node, "offer": offer, "version": "0.1.0", "addrs": addrs})
         };
-        assert!(decode_body::<Heartbeat>(&hb("n".into(), vec![], serde_json::json!({}))).is_ok());
+        let dec = |v: serde_json::Value| decode_body::<Heartbeat>(&raw(&v));
+        assert!(dec(hb("n".into(), vec![], serde_json::json!({}))).is_ok());
+        assert_eq!(dec(hb("n".repeat(254), vec![], serde_json::json!({}))).unwrap_err(), "oversized");
         assert_eq!(
-            decode_body::<Heartbeat>(&hb("n".repeat(254), vec![], serde_json::json!({}))).unwrap_err(),
+            dec(hb("n".into(), vec!["/ip4/1.2.3.4".into(); 17], serde_json::json!({}))).unwrap_err(),
             "oversized"
         );
-        assert_eq!(
-            decode_body::<Heartbeat>(&hb("n".into(), vec!["/ip4/1.2.3.4".into(); 17], serde_json::json!({})))
-                .unwrap_err(),
-            "oversized"
-        );
-        assert_eq!(
-            decode_body::<Heartbeat>(&hb("n".into(), vec![], serde_json::json!({"a": "x".repeat(5000)}))).unwrap_err(),
-            "oversized"
-        );
-        assert_eq!(decode_body::<Heartbeat>(&serde_json::json!({"node": 1})).unwrap_err(), "malformed");
+        assert_eq!(dec(hb("n".into(), vec![], serde_json::json!({"a": "x".repeat(5000)}))).unwrap_err(), "oversized");
+        assert_eq!(dec(serde_json::json!({"node": 1})).unwrap_err(), "malformed");
         let ask = serde_json::json!({"nonce": "n", "license": "l", "version": "v".repeat(65), "addrs": []});
-        assert_eq!(decode_body::<AuthAsk>(&ask).unwrap_err(), "oversized");
+        assert_eq!(decode_body::<AuthAsk>(&raw(&ask)).unwrap_err(), "oversized");
     }
 }

@@ -295,7 +295,7 @@ pub async fn rogue_oracle(
                     }
                     request_response::Message::Request { request: Request::Auth(env), channel, .. } => {
                         report.asked += 1;
-                        let nonce = serde_json::from_value::<AuthAsk>(env.body).map(|a| a.nonce).unwrap_or_default();
+                        let nonce = serde_json::from_str::<AuthAsk>(env.body.get()).map(|a| a.nonce).unwrap_or_default();
                         let answer = AuthAnswer {
                             nonce,
                             oracles: vec![me.to_string()],
