@@ -157,7 +157,7 @@ Try next:
   kubectl logs -n default job/embed-corpus    # the batch result ($result)
   kubectl patch r1p sentiment-api -n default --type merge -p '{"spec":{"replicas":4}}'
   kubectl describe r1p sentiment-api -n default
-  target/debug/ratio1 network peers --endpoint http://127.0.0.1:9190   # the network as c1 sees it
+  $BIN network peers --endpoint http://127.0.0.1:9190   # the network as c1 sees it
   curl -s 127.0.0.1:9090/metrics | grep ratio1_p2p
   e2e/devnet.sh status                        # these tables again
   e2e/devnet.sh down                          # stop everything

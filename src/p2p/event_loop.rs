@@ -42,6 +42,7 @@ pub(super) struct EventLoop {
     dialed: HashMap<PeerId, Instant>,
     last_bootstrap: Option<Instant>,
     last_discovery: Option<Instant>,
+    last_stats: Option<Instant>,
 }
 
 fn label(reason: &'static str) -> ReasonLabels {
@@ -104,6 +105,7 @@ impl EventLoop {
             dialed: HashMap::new(),
             last_bootstrap: None,
             last_discovery: None,
+            last_stats: None,
         };
         ev.publish_license_state();
         for addr in ev.cfg.bootstrap.clone() {
@@ -665,17 +667,23 @@ impl EventLoop {
             }
         }
         let now = now_ms();
-        let topic = gossipsub::IdentTopic::new(HEARTBEAT_TOPIC).hash();
-        let gs = &self.swarm.behaviour().gossipsub;
-        let mesh_peers = gs.mesh_peers(&topic).count();
-        let negative = self.swarm.connected_peers().filter(|p| gs.peer_score(p).is_some_and(|s| s < 0.0)).count();
-        let connections = self.swarm.connected_peers().count();
-        self.metrics.p2p_mesh_peers.set(mesh_peers as i64);
+        // Gossip statistics every 2 s: a score is computed per peer.
+        let stats = self.last_stats.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)).then(|| {
+            self.last_stats = Some(Instant::now());
+            let topic = gossipsub::IdentTopic::new(HEARTBEAT_TOPIC).hash();
+            let gs = &self.swarm.behaviour().gossipsub;
+            let mesh_peers = gs.mesh_peers(&topic).count();
+            let negative = self.swarm.connected_peers().filter(|p| gs.peer_score(p).is_some_and(|s| s < 0.0)).count();
+            self.metrics.p2p_mesh_peers.set(mesh_peers as i64);
+            (self.swarm.connected_peers().count(), mesh_peers, negative)
+        });
         let (forgot, fresh) = {
             let mut v = self.view.write().expect("view lock");
-            v.connections = connections;
-            v.mesh_peers = mesh_peers;
-            v.negative_scores = negative;
+            if let Some((connections, mesh_peers, negative)) = stats {
+                v.connections = connections;
+                v.mesh_peers = mesh_peers;
+                v.negative_scores = negative;
+            }
             let timeout = v.heartbeat_timeout_ms;
             let before = v.peers.len();
             // Disconnected peers are forgotten once their heartbeats stop.
