@@ -62,21 +62,8 @@ log() { printf '[ratio1-kube node-up c%s] %s\n' "$I" "$*" >&2; }
 die() { printf '[ratio1-kube node-up c%s] ERROR: %s\n' "$I" "$*" >&2; exit 1; }
 now_ms() { date +%s%3N; }
 
-# alive PIDFILE BINPATH: recorded pid is running and is that binary
-alive() {
-  local pid
-  [ -f "$1" ] || return 1
-  pid="$(cat "$1")"
-  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$2 " || return 1
-}
-port_busy() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
-# start PIDFILE LOGFILE CMD...: background, own session, record pid
-start() {
-  local pidfile="$1" logfile="$2"; shift 2
-  setsid "$@" >"$logfile" 2>&1 </dev/null &
-  echo $! >"$pidfile"
-}
+# alive, port_busy, start
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # other_procs COMM: pids of processes named COMM that are not this node's
 other_procs() {
   local p mine=" "

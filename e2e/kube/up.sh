@@ -35,23 +35,8 @@ done
 for t in curl openssl; do command -v "$t" >/dev/null || die "$t not found"; done
 mkdir -p "$RUN"
 
-# alive PIDFILE BINNAME: recorded pid is running and is that binary
-alive() {
-  local pid
-  [ -f "$1" ] || return 1
-  pid="$(cat "$1")"
-  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$2 " || return 1
-}
-
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# start PIDFILE LOGFILE CMD...: background, own session, record pid
-start() {
-  local pidfile="$1" logfile="$2"; shift 2
-  setsid "$@" >"$logfile" 2>&1 </dev/null &
-  echo $! >"$pidfile"
-}
+# alive, port_busy, start
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 now_ms() { date +%s%3N; }
 
@@ -64,7 +49,7 @@ else
     [ -e "$pf" ] || continue
     alive "$pf" "$BIN/kube-apiserver" && die "etcd is gone but $(dirname "$pf") still runs: run down.sh first"
   done
-  port_busy "$ETCD_PORT" && die "port $ETCD_PORT in use by something else (set R1KUBE_ETCD_PORT)"
+  port_busy 127.0.0.1 "$ETCD_PORT" && die "port $ETCD_PORT in use by something else (set R1KUBE_ETCD_PORT)"
   rm -rf "$RUN/etcd-data"     # fresh state when etcd was not running
   t0=$(now_ms)
   start "$RUN/etcd.pid" "$RUN/etcd.log" "$BIN/etcd" \
@@ -94,7 +79,7 @@ for i in $(seq 1 "$N"); do
   if alive "$d/apiserver.pid" "$BIN/kube-apiserver"; then
     log "cluster c$i: apiserver already running (pid $(cat "$d/apiserver.pid"), port $port)"
   else
-    port_busy "$port" && die "port $port in use by something else (set R1KUBE_API_PORT)"
+    port_busy 127.0.0.1 "$port" && die "port $port in use by something else (set R1KUBE_API_PORT)"
     [ -f "$d/sa.key" ] || openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
     [ -f "$d/sa.pub" ] || openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
     # client cert the apiserver presents to kubelets (logs/exec/port-forward;
