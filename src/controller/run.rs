@@ -99,40 +99,29 @@ async fn reload_revocations(path: std::path::PathBuf, trust: crate::dauth::licen
 /// objects are not reconciled). Tombstones by UID keep a reconcile that
 /// raced the deletion from bringing the network back.
 async fn leave_when_deleted(api: Api<R1Node>, network: crate::p2p::supervisor::Supervisor) {
-    let mut uids = std::collections::BTreeSet::new();
-    let mut init = std::collections::BTreeSet::new();
+    // UIDs seen in the current (re)list: after it, the wish's owner must be
+    // among them.
+    let mut listed = std::collections::BTreeSet::new();
     let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
     while let Some(ev) = events.next().await {
-        let gone: Vec<String> = match ev {
-            Ok(watcher::Event::Apply(n)) => {
-                uids.extend(n.uid());
-                vec![]
-            }
-            Ok(watcher::Event::Delete(n)) => n
-                .uid()
-                .into_iter()
-                .inspect(|u| {
-                    uids.remove(u);
-                })
-                .collect(),
+        let gone: Option<String> = match ev {
+            Ok(watcher::Event::Delete(n)) => n.uid(),
             Ok(watcher::Event::Init) => {
-                init.clear();
-                vec![]
+                listed.clear();
+                None
             }
             Ok(watcher::Event::InitApply(n)) => {
-                init.extend(n.uid());
-                vec![]
+                listed.extend(n.uid());
+                None
             }
-            Ok(watcher::Event::InitDone) => {
-                uids = std::mem::take(&mut init);
-                network.owner().filter(|o| !uids.contains(o)).into_iter().collect()
-            }
+            Ok(watcher::Event::InitDone) => network.owner().filter(|o| !listed.contains(o)),
+            Ok(watcher::Event::Apply(_)) => None,
             Err(e) => {
                 tracing::debug!(error = %e, "R1Node watch failed; retrying");
-                vec![]
+                None
             }
         };
-        for uid in gone {
+        if let Some(uid) = gone {
             if network.deleted(&uid) {
                 tracing::info!(%uid, "R1Node deleted: leaving the network");
             }

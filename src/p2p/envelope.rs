@@ -118,6 +118,12 @@ impl Envelope {
     }
 }
 
+/// Whether timestamp `ts` is within `window_us` of `now_us` (all in
+/// microseconds; no overflow for any input).
+pub fn fresh(ts: i64, now_us: i64, window_us: i64) -> bool {
+    now_us.abs_diff(ts) <= window_us.unsigned_abs()
+}
+
 /// Freshness and replay protection per author: a message is fresh when its
 /// timestamp is within `window_us` of the receiver's clock, and new when its
 /// `(boot, seq)` was not seen from that author within the window. Memory is
@@ -137,9 +143,8 @@ impl ReplayGuard {
         Self { seen: HashMap::new(), window_us, max_authors: 65_536, max_per_author: 4_096 }
     }
 
-    /// Whether `ts` is within the window of `now_us` (no overflow for any input).
     pub fn fresh(&self, ts: i64, now_us: i64) -> bool {
-        now_us.abs_diff(ts) <= self.window_us.unsigned_abs()
+        fresh(ts, now_us, self.window_us)
     }
 
     /// Checks without remembering (cheap, before the signature is checked).

@@ -220,7 +220,7 @@ impl EventLoop {
         if from != peer {
             return Err("BadSignature");
         }
-        if now_us().abs_diff(env.ts) > self.cfg.tuning.freshness_window.as_micros() as u64 {
+        if !super::envelope::fresh(env.ts, now_us(), self.cfg.tuning.freshness_window.as_micros() as i64) {
             return Err("Stale");
         }
         let hello: Hello = protocol::decode_body(&env.body).map_err(|_| "BadHello")?;
@@ -529,8 +529,9 @@ impl EventLoop {
     /// Gossip: the pure gate decides; accepted heartbeats update the view
     /// and may teach us a peer to dial.
     fn on_gossip(&mut self, message: &gossipsub::Message) -> gossipsub::MessageAcceptance {
-        let admitted = message.source.as_ref().and_then(|a| self.admission.claims(a)).cloned();
-        let verdict = self.gossip.check(message.source, &message.data, admitted.as_ref(), &self.cfg.trust, now_us());
+        let now = now_us();
+        let admitted = message.source.as_ref().and_then(|a| self.admission.claims(a));
+        let verdict = self.gossip.check(message.source, &message.data, admitted, &self.cfg.trust, now);
         let ok = match verdict {
             Ok(ok) => ok,
             Err((reason, severity)) => {
@@ -542,7 +543,6 @@ impl EventLoop {
                 };
             }
         };
-        let now = now_us();
         let delay_us = now.saturating_sub(ok.envelope.ts).max(0);
         self.metrics.p2p_heartbeats.inc();
         self.metrics.p2p_heartbeat_delay.observe(delay_us as f64 / 1e6);
