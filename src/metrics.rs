@@ -24,6 +24,41 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// A Kubernetes API verb (a fixed set).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabels {
+    pub verb: &'static str,
+}
+
+/// The Kubernetes API verb of a request, from its method and path.
+pub fn api_verb(method: &http::Method, path: &str, query: Option<&str>) -> &'static str {
+    let watch = query.is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+    match *method {
+        http::Method::GET if watch => "watch",
+        http::Method::GET => {
+            // /api/v1/<rest> or /apis/<group>/<version>/<rest>; a collection
+            // is one segment after an optional namespaces/<ns>.
+            let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+            let rest = match segs.first() {
+                Some(&"api") => segs.get(2..),
+                Some(&"apis") => segs.get(3..),
+                _ => None,
+            };
+            match rest {
+                Some([_]) => "list",
+                Some(["namespaces", _, _]) => "list",
+                Some(_) => "get",
+                None => "other",
+            }
+        }
+        http::Method::POST => "create",
+        http::Method::PUT => "update",
+        http::Method::PATCH => "patch",
+        http::Method::DELETE => "delete",
+        _ => "other",
+    }
+}
+
 /// All metrics of the operator process.
 pub struct Metrics {
     pub registry: Registry,
@@ -44,6 +79,7 @@ pub struct Metrics {
     pub p2p_restarts: Counter,
     pub p2p_mesh_peers: Gauge,
     pub p2p_connections_closed: Family<ReasonLabels, Counter>,
+    pub kube_requests: Family<VerbLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -104,6 +140,8 @@ impl Default for Metrics {
             "Connections closed, per cause (local, idle, io)",
             p2p_connections_closed.clone(),
         );
+        let kube_requests = Family::<VerbLabels, Counter>::default();
+        registry.register("kube_requests", "Requests this process sent to the Kubernetes API, per verb", kube_requests.clone());
         Self {
             registry,
             reconciles,
@@ -123,6 +161,7 @@ impl Default for Metrics {
             p2p_restarts,
             p2p_mesh_peers,
             p2p_connections_closed,
+            kube_requests,
         }
     }
 }
@@ -132,6 +171,12 @@ impl Metrics {
     pub fn start(self: &Arc<Self>, kind: &'static str) -> ReconcileTimer {
         self.reconciles.get_or_create(&KindLabels { kind }).inc();
         ReconcileTimer { metrics: self.clone(), kind, start: Instant::now() }
+    }
+
+    /// Counts a request to the Kubernetes API.
+    pub fn kube_request<B>(&self, req: &http::Request<B>) {
+        let verb = api_verb(req.method(), req.uri().path(), req.uri().query());
+        self.kube_requests.get_or_create(&VerbLabels { verb }).inc();
     }
 
     pub fn failed(&self, kind: &'static str, error: &str) {
@@ -173,5 +218,22 @@ mod tests {
         assert!(text.contains("ratio1_reconciles_total{kind=\"R1Pipeline\"} 1"), "{text}");
         assert!(text.contains("ratio1_reconcile_failures_total{kind=\"R1Pipeline\",error=\"api_500\"} 1"), "{text}");
         assert!(text.contains("ratio1_reconcile_duration_seconds_count{kind=\"R1Pipeline\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn verbs_from_paths() {
+        use http::Method as M;
+        let v = |m: M, p: &str, q: Option<&str>| api_verb(&m, p, q);
+        assert_eq!(v(M::GET, "/apis/apps/v1/namespaces/a/deployments/x", None), "get");
+        assert_eq!(v(M::GET, "/apis/apps/v1/namespaces/a/deployments", None), "list");
+        assert_eq!(v(M::GET, "/apis/apps/v1/deployments", Some("labelSelector=x")), "list");
+        assert_eq!(v(M::GET, "/apis/apps/v1/deployments", Some("watch=true&resourceVersion=1")), "watch");
+        assert_eq!(v(M::GET, "/api/v1/namespaces/a", None), "get");
+        assert_eq!(v(M::GET, "/api/v1/namespaces", None), "list");
+        assert_eq!(v(M::GET, "/api/v1/namespaces/a/pods", None), "list");
+        assert_eq!(v(M::GET, "/api/v1/namespaces/a/pods/p/log", None), "get");
+        assert_eq!(v(M::GET, "/apis/ratio1.ai/v1alpha1/r1nodes/n", None), "get");
+        assert_eq!(v(M::PATCH, "/apis/ratio1.ai/v1alpha1/namespaces/a/r1pipelines/p/status", None), "patch");
+        assert_eq!(v(M::GET, "/version", None), "other");
     }
 }

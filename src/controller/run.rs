@@ -165,10 +165,19 @@ async fn shutdown_signal() {
 
 /// Runs the operator until a signal (Ok) or loss of leadership (Err).
 pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
-    let client = Client::try_default()
+    let metrics = Arc::new(Metrics::default());
+    let config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration found (in-cluster, KUBECONFIG or ~/.kube/config)")?;
-    let metrics = Arc::new(Metrics::default());
+    let counted = metrics.clone();
+    let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        counted.kube_request(&req);
+        req
+    });
+    let client = kube::client::ClientBuilder::try_from(config)
+        .context("invalid Kubernetes client configuration")?
+        .with_layer(&count)
+        .build();
     let reporter = Reporter { controller: "ratio1-operator".into(), instance: Some(cfg.identity.clone()) };
     let mut context =
         Context::new(client.clone(), Recorder::new(client.clone(), reporter), metrics.clone(), cfg.namespace.clone());
