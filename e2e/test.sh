@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # e2e/test.sh - every test of the project: unit tests and the end-to-end
-# suite against real control planes (etcd + 9 x kube-apiserver and
+# suite against real control planes (etcd + 10 x kube-apiserver and
 # kube-controller-manager on loopback) and two real worker nodes (kubelet +
 # containerd + runc + CNI bridge on clusters c1 and c7), which this script
 # installs (cached in /var/cache/ratio1-kube), starts, and stops again on
@@ -42,7 +42,7 @@ cargo build --release --locked --bin ratio1   # the operator image's binary
 step "building the images (operator, sample workloads)"
 bash e2e/images.sh build all
 
-step "starting etcd and 9 Kubernetes control planes (c1-c3, c7: single-cluster tests, c4-c6: federation, c8-c9: hostile peers) and nodes on c1, c7"
+step "starting etcd and 10 Kubernetes control planes (c1-c3, c7: single-cluster tests, c4-c6: federation, c8-c9: hostile peers, c10: placement) and nodes on c1, c7"
 # The control plane is this run's own: one left running in the run dir
 # (another test.sh, e.g. of another checkout, or a killed run) would be
 # reused and then stopped by this run's exit. Refuse instead.
@@ -53,7 +53,7 @@ if [ -f "$R1KUBE_RUN/etcd.pid" ] && kill -0 "$(cat "$R1KUBE_RUN/etcd.pid")" 2>/d
   exit 1
 fi
 trap 'step "stopping the test control plane and nodes"; bash e2e/kube/down.sh' EXIT
-bash e2e/kube/up.sh 9 >/dev/null
+bash e2e/kube/up.sh 10 >/dev/null
 for i in $R1_E2E_NODES; do bash e2e/kube/node-up.sh "$i" >/dev/null; done
 bash e2e/images.sh import all
 

@@ -68,13 +68,17 @@ pub fn stalled(reason: &str, message: &str) -> Vec<Want> {
     ]
 }
 
-/// Builds the new condition list: wanted conditions replace the ones of the
-/// same type (keeping `lastTransitionTime` where the status did not change);
-/// conditions of other types are kept as they are.
-pub fn merge(existing: &[Condition], wanted: &[Want], generation: Option<i64>, now: Timestamp) -> Vec<Condition> {
-    let mut out: Vec<Condition> =
-        existing.iter().filter(|c| !wanted.iter().any(|w| w.type_ == c.type_)).cloned().collect();
+/// Builds the new condition list from the full set a reconcile asserts:
+/// each wanted condition keeps the `lastTransitionTime` of the existing one
+/// of its type when the status did not change; a type it no longer asserts
+/// is dropped (a stalled node must not keep a stale `Licensed=True`).
+pub fn replace(existing: &[Condition], wanted: &[Want], generation: Option<i64>, now: Timestamp) -> Vec<Condition> {
+    let mut out: Vec<Condition> = Vec::with_capacity(wanted.len());
     for w in wanted {
+        if out.iter().any(|c| c.type_ == w.type_) {
+            // Asserted twice: the first statement wins.
+            continue;
+        }
         let status = status_str(w.status).to_string();
         let last_transition_time = existing
             .iter()
@@ -94,16 +98,33 @@ pub fn merge(existing: &[Condition], wanted: &[Want], generation: Option<i64>, n
     out
 }
 
-/// Equal but for `lastTransitionTime`.
-pub fn same_ignoring_time(a: &[Condition], b: &[Condition]) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| {
-            x.type_ == y.type_
-                && x.status == y.status
-                && x.reason == y.reason
-                && x.message == y.message
-                && x.observed_generation == y.observed_generation
-        })
+/// The conditions with every `lastTransitionTime` zeroed, for comparing two
+/// statuses while ignoring when their conditions last moved.
+pub fn without_times(conds: &mut [Condition]) {
+    for c in conds {
+        c.last_transition_time = Time(Timestamp::UNIX_EPOCH);
+    }
+}
+
+/// Input only the user can fix (what the schema cannot reject): reported as
+/// `Stalled=True` with this reason and message, and a Warning Event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    /// CamelCase condition reason, from a fixed set.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self { reason, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason, self.message)
+    }
 }
 
 /// Finds a condition by type.
@@ -126,8 +147,8 @@ mod tests {
 
     #[test]
     fn keeps_transition_time_while_status_holds() {
-        let first = merge(&[], &progressing("Waiting", "a"), Some(1), t(100));
-        let second = merge(&first, &progressing("StillWaiting", "b"), Some(2), t(200));
+        let first = replace(&[], &progressing("Waiting", "a"), Some(1), t(100));
+        let second = replace(&first, &progressing("StillWaiting", "b"), Some(2), t(200));
         let ready = find(&second, READY).unwrap();
         assert_eq!(ready.last_transition_time, Time(t(100)));
         assert_eq!(ready.reason, "StillWaiting");
@@ -136,27 +157,43 @@ mod tests {
 
     #[test]
     fn moves_transition_time_when_status_flips() {
-        let first = merge(&[], &progressing("Waiting", "a"), Some(1), t(100));
-        let second = merge(&first, &ready("Available", "ok"), Some(1), t(200));
+        let first = replace(&[], &progressing("Waiting", "a"), Some(1), t(100));
+        let second = replace(&first, &ready("Available", "ok"), Some(1), t(200));
         assert_eq!(find(&second, READY).unwrap().last_transition_time, Time(t(200)));
         assert!(is_true(&second, READY));
         assert!(!is_true(&second, RECONCILING));
     }
 
     #[test]
-    fn keeps_foreign_conditions_and_sorts() {
-        let other = merge(&[], &[Want::new("Licensed", true, "Valid", "")], None, t(1));
-        let out = merge(&other, &stalled("Bad", "x"), Some(3), t(2));
+    fn drops_what_is_no_longer_asserted_and_sorts() {
+        let mut wanted = ready("Ok", "x");
+        wanted.push(Want::new("Licensed", true, "Valid", ""));
+        let before = replace(&[], &wanted, Some(1), t(1));
+        assert!(is_true(&before, "Licensed"));
+        let out = replace(&before, &stalled("Bad", "x"), Some(3), t(2));
         let types: Vec<_> = out.iter().map(|c| c.type_.as_str()).collect();
-        assert_eq!(types, ["Licensed", "Ready", "Reconciling", "Stalled"]);
+        assert_eq!(types, ["Ready", "Reconciling", "Stalled"], "a stale Licensed=True must go");
+    }
+
+    #[test]
+    fn first_statement_of_a_type_wins() {
+        let mut wanted = stalled("First", "a");
+        wanted.extend(ready("Second", "b"));
+        let out = replace(&[], &wanted, None, t(1));
+        assert_eq!(out.len(), 3);
+        assert_eq!(find(&out, READY).unwrap().reason, "First");
     }
 
     #[test]
     fn time_insensitive_compare() {
-        let a = merge(&[], &ready("A", "m"), Some(1), t(1));
-        let b = merge(&[], &ready("A", "m"), Some(1), t(9));
-        assert!(same_ignoring_time(&a, &b));
-        let c = merge(&[], &ready("B", "m"), Some(1), t(1));
-        assert!(!same_ignoring_time(&a, &c));
+        let mut a = replace(&[], &ready("A", "m"), Some(1), t(1));
+        let mut b = replace(&[], &ready("A", "m"), Some(1), t(9));
+        assert_ne!(a, b);
+        without_times(&mut a);
+        without_times(&mut b);
+        assert_eq!(a, b);
+        let mut c = replace(&[], &ready("B", "m"), Some(1), t(1));
+        without_times(&mut c);
+        assert_ne!(a, c);
     }
 }

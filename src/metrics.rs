@@ -141,7 +141,11 @@ impl Default for Metrics {
             p2p_connections_closed.clone(),
         );
         let kube_requests = Family::<VerbLabels, Counter>::default();
-        registry.register("kube_requests", "Requests this process sent to the Kubernetes API, per verb", kube_requests.clone());
+        registry.register(
+            "kube_requests",
+            "Requests this process sent to the Kubernetes API, per verb",
+            kube_requests.clone(),
+        );
         Self {
             registry,
             reconciles,

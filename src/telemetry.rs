@@ -2,8 +2,10 @@
 
 use crate::metrics::Metrics;
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilter};
 
 /// Log output format.
@@ -28,6 +30,10 @@ pub fn init(format: LogFormat) {
     };
 }
 
+/// How long a watch may fail without a break before `/healthz` fails (a
+/// restart renews connections and credentials).
+pub const WATCH_STUCK: Duration = Duration::from_secs(300);
+
 /// What the probe endpoints report.
 #[derive(Default)]
 pub struct Health {
@@ -35,6 +41,33 @@ pub struct Health {
     pub ready: AtomicBool,
     /// The network supervisor's view of the network task, when there is one.
     pub network: Option<Arc<crate::p2p::supervisor::NetHealth>>,
+    /// The controllers' watches.
+    pub watches: Arc<WatchHealth>,
+}
+
+/// Which of the controllers' watches are failing, and since when.
+#[derive(Default)]
+pub struct WatchHealth {
+    failing: Mutex<HashMap<&'static str, Instant>>,
+}
+
+impl WatchHealth {
+    /// Records one event (or error) of watch `name`.
+    pub fn observe(&self, name: &'static str, ok: bool) {
+        let mut failing = self.failing.lock().expect("watch health lock");
+        if ok {
+            failing.remove(name);
+        } else {
+            failing.entry(name).or_insert_with(Instant::now);
+        }
+    }
+
+    /// The watch that has failed without a break for longest, if longer
+    /// than `limit`.
+    pub fn stuck(&self, limit: Duration) -> Option<(&'static str, Duration)> {
+        let failing = self.failing.lock().expect("watch health lock");
+        failing.iter().map(|(n, t)| (*n, t.elapsed())).filter(|(_, d)| *d > limit).max_by_key(|(_, d)| *d)
+    }
 }
 
 #[derive(Clone)]
@@ -67,9 +100,12 @@ pub async fn serve_api(listener: tokio::net::TcpListener, view: crate::p2p::Shar
 }
 
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
+    if let Some((watch, d)) = s.health.watches.stuck(WATCH_STUCK) {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("the {watch} watch has failed for {} s", d.as_secs()));
+    }
     match &s.health.network {
-        Some(n) if !n.live() => (StatusCode::SERVICE_UNAVAILABLE, "network task keeps failing"),
-        _ => (StatusCode::OK, "ok"),
+        Some(n) if !n.live() => (StatusCode::SERVICE_UNAVAILABLE, "network task keeps failing".to_string()),
+        _ => (StatusCode::OK, "ok".to_string()),
     }
 }
 
@@ -91,6 +127,21 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 async fn network(State(view): State<crate::p2p::SharedView>) -> impl IntoResponse {
     let body = view.read().map(|v| serde_json::to_string(&*v).unwrap_or_default()).unwrap_or_default();
     ([("content-type", "application/json")], body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watch_is_stuck_only_after_failing_without_a_break() {
+        let w = WatchHealth::default();
+        w.observe("pods", false);
+        assert_eq!(w.stuck(Duration::from_secs(60)), None, "just started failing");
+        assert_eq!(w.stuck(Duration::ZERO).map(|(n, _)| n), Some("pods"));
+        w.observe("pods", true);
+        assert_eq!(w.stuck(Duration::ZERO), None, "an event clears it");
+    }
 }
 
 /// GET of a JSON document over plain HTTP (the CLI reads an operator's

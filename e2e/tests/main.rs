@@ -10,5 +10,6 @@ mod install;
 mod leader;
 mod nodes;
 mod pipelines;
+mod placement;
 mod running;
 mod validation;

@@ -80,13 +80,26 @@ async fn node_identity_license_and_duplicates() {
     bad.metadata.managed_fields = None;
     bad.data.as_mut().unwrap().insert("private-key".into(), k8s_openapi::ByteString(b"garbage".to_vec()));
     secrets.replace("e2e-identity", &Default::default(), &bad).await.unwrap();
-    cond(&nodes, "e2e-node", "Stalled", "True", "InvalidIdentitySecret").await;
+    let n = cond(&nodes, "e2e-node", "Stalled", "True", "InvalidIdentitySecret").await;
     let still = secrets.get("e2e-identity").await.unwrap();
     assert_eq!(still.data.unwrap()["private-key"].0, b"garbage");
+    // A stalled node says only why: no stale Licensed or Connected from
+    // when it was well, and no peers.
+    let st = n.status.unwrap();
+    let types: Vec<&str> = st.conditions.iter().map(|c| c.type_.as_str()).collect();
+    assert_eq!(types, ["Ready", "Reconciling", "Stalled"], "{:?}", st.conditions);
+    assert_eq!(st.peers, 0);
 
-    for n in ["e2e-dup", "e2e-node"] {
-        nodes.delete(n, &DeleteParams::default()).await.unwrap();
-    }
+    // The garbage key goes (a new one is made), then the primary node is
+    // deleted: the duplicate becomes the cluster's node by itself, with no
+    // change to it.
+    secrets.delete("e2e-identity", &DeleteParams::default()).await.unwrap();
+    cond(&nodes, "e2e-node", "Ready", "True", "IdentityReady").await;
+    nodes.delete("e2e-node", &DeleteParams::default()).await.unwrap();
+    let dup = cond(&nodes, "e2e-dup", "Ready", "True", "IdentityReady").await;
+    assert!(find(&dup.status.unwrap().conditions, "Licensed").is_some(), "a serving node reports its license");
+
+    nodes.delete("e2e-dup", &DeleteParams::default()).await.unwrap();
     let _ = secrets.delete("e2e-identity", &DeleteParams::default()).await;
     let _ = secrets.delete("e2e-license", &DeleteParams::default()).await;
 }

@@ -257,6 +257,19 @@ async fn foreign_objects_are_never_taken_over() {
     let d = deps.get("taken").await.unwrap();
     assert_eq!(d.spec.unwrap().template.spec.unwrap().containers[0].image.as_deref(), Some("user:1"));
     assert!(d.metadata.owner_references.unwrap_or_default().is_empty());
+
+    // The user removes their Deployment: the pipeline recovers by itself,
+    // with no change to it (the operator does not watch the user's object;
+    // it looks again every 15 s while stalled on a conflict).
+    deps.delete("taken", &DeleteParams::default()).await.unwrap();
+    wait_for(60, "pipeline taken to recover from the name conflict", || async {
+        let p = pipes.get("taken").await.ok()?;
+        let d = deps.get_opt("taken").await.ok()??;
+        let ours = d.owner_references().iter().any(|r| Some(&r.uid) == p.metadata.uid.as_ref());
+        let stalled = ratio1::conditions::is_true(&p.status?.conditions, "Stalled");
+        (ours && !stalled).then_some(())
+    })
+    .await;
     ns.cleanup().await;
 }
 

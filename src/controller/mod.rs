@@ -10,11 +10,16 @@ pub mod node;
 pub mod pipeline;
 
 use crate::conditions::{self, Want};
+use crate::crd::{R1Model, R1Node};
 use crate::metrics::Metrics;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -29,7 +34,8 @@ pub const FIELD_MANAGER: &str = "ratio1-operator";
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "ratio1-operator");
 
 /// Why a reconcile failed (transient: retried with backoff). Invalid input
-/// is not an error: it is reported as `Stalled` and waits for a change.
+/// is not an error: it is a [`conditions::Invalid`], reported as `Stalled`,
+/// and waits for a change.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("kubernetes api request failed")]
@@ -51,11 +57,59 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The local R1Node as the pipeline controller needs it for placement status.
+/// The local R1Node as the pipeline controller needs it for placement.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LocalNode {
     pub name: String,
     pub peer_id: Option<String>,
+    /// The R1Node's labels (what `placement.clusterSelector` matches).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `spec.offer.nodeSelector`: every pod placed here must match it.
+    pub node_selector: std::collections::BTreeMap<String, String>,
+}
+
+/// Reflector stores the reconcilers read instead of the API server. A
+/// store that is not filled yet (or a miss) falls back to a GET where
+/// freshness matters.
+#[derive(Clone)]
+pub struct Caches {
+    pub nodes: Store<R1Node>,
+    /// Secrets of the operator's namespace (identity, license).
+    pub secrets: Store<k8s_openapi::api::core::v1::Secret>,
+    pub models: Store<R1Model>,
+    /// Children, pods: only objects labelled as managed by the operator.
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    pub jobs: Store<Job>,
+    pub pods: Store<Pod>,
+}
+
+impl Default for Caches {
+    /// Empty stores (every read misses): for tests and before the watches
+    /// are wired.
+    fn default() -> Self {
+        Self {
+            nodes: reflector::store().0,
+            secrets: reflector::store().0,
+            models: reflector::store().0,
+            deployments: reflector::store().0,
+            services: reflector::store().0,
+            jobs: reflector::store().0,
+            pods: reflector::store().0,
+        }
+    }
+}
+
+/// The cached object `namespace/name`, if the store has it.
+pub fn cached<K>(store: &Store<K>, namespace: Option<&str>, name: &str) -> Option<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let mut r = ObjectRef::<K>::new(name);
+    if let Some(ns) = namespace {
+        r = r.within(ns);
+    }
+    store.get(&r)
 }
 
 /// How this node joins the network (flags; the R1Node spec fills the rest).
@@ -76,7 +130,15 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The operator's own namespace (identity and license Secrets, Lease).
     pub namespace: String,
-    pub local_node: RwLock<Option<LocalNode>>,
+    local_node: RwLock<Option<LocalNode>>,
+    /// Bumped when the local node (name, labels, offer) changes: pipelines
+    /// are placed by it.
+    pub local_node_changes: tokio::sync::watch::Sender<u64>,
+    pub caches: Caches,
+    /// What the last apply of each child returned (child UID → desired hash
+    /// and the child's generation or resourceVersion): a child whose cache
+    /// entry still matches needs no new apply.
+    applied: Mutex<HashMap<String, (String, String)>>,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// How long a healthy object waits before it is checked for drift.
@@ -103,6 +165,9 @@ impl Context {
             metrics,
             namespace,
             local_node: RwLock::new(None),
+            local_node_changes: tokio::sync::watch::channel(0).0,
+            caches: Caches::default(),
+            applied: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             resync: Duration::from_secs(300),
             net: NetOptions::default(),
@@ -130,6 +195,46 @@ impl Context {
 
     pub fn local_node(&self) -> Option<LocalNode> {
         self.local_node.read().expect("local node lock").clone()
+    }
+
+    /// Records the local node; wakes every pipeline when it changed.
+    pub fn set_local_node(&self, node: Option<LocalNode>) {
+        let changed = {
+            let mut cur = self.local_node.write().expect("local node lock");
+            let changed = *cur != node;
+            *cur = node;
+            changed
+        };
+        if changed {
+            self.local_node_changes.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// True when the child in the cache is what the last apply of `hash`
+    /// produced, so applying it again would change nothing.
+    pub fn applied_unchanged<K: Resource>(&self, cached: &K, hash: &str) -> bool {
+        let Some(uid) = cached.meta().uid.as_deref() else { return false };
+        self.applied.lock().expect("applied lock").get(uid).is_some_and(|(h, v)| h == hash && *v == version(cached))
+    }
+
+    pub fn remember_applied<K: Resource>(&self, applied: &K, hash: &str) {
+        if let Some(uid) = applied.meta().uid.clone() {
+            self.applied.lock().expect("applied lock").insert(uid, (hash.to_string(), version(applied)));
+        }
+    }
+
+    /// Forgets a deleted child.
+    pub fn forget_applied(&self, uid: &str) {
+        self.applied.lock().expect("applied lock").remove(uid);
+    }
+}
+
+/// What changes when someone else changes a child: its generation (spec
+/// changes) where the kind has one, else its resourceVersion.
+fn version<K: Resource>(o: &K) -> String {
+    match o.meta().generation {
+        Some(g) if g > 0 => format!("g{g}"),
+        _ => format!("rv{}", o.meta().resource_version.as_deref().unwrap_or_default()),
     }
 }
 
@@ -164,9 +269,8 @@ where
     Ok(api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj)).await?)
 }
 
-/// Writes `status` by server-side apply unless `unchanged` says it would be
-/// a no-op.
-pub async fn patch_status<K, S>(api: &Api<K>, obj: &K, status: &S) -> Result<()>
+/// Writes `status` by server-side apply.
+async fn patch_status<K, S>(api: &Api<K>, obj: &K, status: &S) -> Result<()>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
     S: Serialize,
@@ -177,6 +281,64 @@ where
         "status": status,
     });
     api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
+    Ok(())
+}
+
+/// A kind's status as the common reconcile tail handles it.
+pub trait Status: Serialize + Clone + PartialEq + Default {
+    fn conditions(&self) -> &[Condition];
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+}
+
+macro_rules! impl_status {
+    ($($t:ty),*) => {$(
+        impl Status for $t {
+            fn conditions(&self) -> &[Condition] {
+                &self.conditions
+            }
+            fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+                &mut self.conditions
+            }
+        }
+    )*};
+}
+impl_status!(crate::crd::R1NodeStatus, crate::crd::R1PipelineStatus, crate::crd::R1ModelStatus);
+
+/// True when `new` differs from `old` in more than condition times.
+pub fn status_changed<S: Status>(old: &S, new: &S) -> bool {
+    let (mut a, mut b) = (old.clone(), new.clone());
+    conditions::without_times(a.conditions_mut());
+    conditions::without_times(b.conditions_mut());
+    a != b
+}
+
+/// The end of every reconcile: states the full set of conditions `wanted`
+/// (replacing the old set), writes status only when it changed (ignoring
+/// condition times, since a write wakes the controller again), publishes an
+/// Event on a transition, counts a stall, clears the failure backoff.
+pub async fn finish<K, S>(
+    ctx: &Context,
+    api: &Api<K>,
+    obj: &K,
+    old: Option<&S>,
+    mut status: S,
+    wanted: &[Want],
+) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    S: Status,
+{
+    let old = old.cloned().unwrap_or_default();
+    *status.conditions_mut() =
+        conditions::replace(old.conditions(), wanted, obj.meta().generation, k8s_openapi::jiff::Timestamp::now());
+    if conditions::is_true(status.conditions(), conditions::STALLED) {
+        ctx.metrics.stalled.get_or_create(&crate::metrics::KindLabels { kind: kind_label::<K>() }).inc();
+    }
+    if status_changed(&old, &status) {
+        patch_status(api, obj, &status).await?;
+        report_transition(ctx, obj, old.conditions(), status.conditions()).await;
+    }
+    ctx.succeeded(obj);
     Ok(())
 }
 
@@ -214,11 +376,6 @@ where
             tracing::warn!(error = %e, "publishing event failed");
         }
     }
-}
-
-/// Merges wanted conditions into the current ones.
-pub fn next_conditions(current: &[Condition], wanted: &[Want], generation: Option<i64>) -> Vec<Condition> {
-    conditions::merge(current, wanted, generation, k8s_openapi::jiff::Timestamp::now())
 }
 
 pub mod run;

@@ -2,8 +2,8 @@
 //! from a volume, replication, pinning) is the R1FS module's work; until it
 //! runs, a `volume` source waits with `Ready=False, reason=AwaitingR1FS`.
 
-use super::{next_conditions, patch_status, report_transition, Context, Error, Result};
-use crate::conditions::{self, Want};
+use super::{finish, Context, Error, Result};
+use crate::conditions::{self, Invalid, Want};
 use crate::crd::{ModelSource, R1Model, R1ModelStatus};
 use kube::api::Api;
 use kube::runtime::controller::Action;
@@ -11,12 +11,12 @@ use kube::ResourceExt;
 use std::sync::Arc;
 
 /// Conditions and CID for a model's spec (pure).
-pub fn evaluate(m: &R1Model) -> (Vec<Want>, Option<String>) {
+pub fn evaluate(m: &R1Model) -> Result<(Vec<Want>, Option<String>), Invalid> {
     let mut wanted = match &m.spec.source {
-        ModelSource { cid: Some(_), volume: Some(_) } => {
-            // The schema's oneOf rejects this; kept for API servers that
+        ModelSource { cid: Some(_), volume: Some(_) } | ModelSource { cid: None, volume: None } => {
+            // The schema's oneOf rejects these; kept for API servers that
             // were given an older CRD.
-            return (conditions::stalled("InvalidSource", "source must set exactly one of cid or volume"), None);
+            return Err(Invalid::new("InvalidSource", "source must set exactly one of cid or volume"));
         }
         ModelSource { cid: Some(cid), volume: None } => {
             let mut w = conditions::ready("ContentAddressed", &format!("artifact is {cid}"));
@@ -29,14 +29,11 @@ pub fn evaluate(m: &R1Model) -> (Vec<Want>, Option<String>) {
             w.push(Want::new("Available", false, "AwaitingR1FS", msg));
             (w, None)
         }
-        ModelSource { cid: None, volume: None } => {
-            return (conditions::stalled("InvalidSource", "source must set exactly one of cid or volume"), None);
-        }
     };
     if m.spec.training.is_some() {
         wanted.0.push(Want::new("Training", false, "AwaitingEDIL", "federated training waits for EDIL"));
     }
-    wanted
+    Ok(wanted)
 }
 
 #[tracing::instrument(skip_all, fields(kind = "R1Model", namespace = %m.namespace().unwrap_or_default(), name = %m.name_any(), generation = ?m.metadata.generation))]
@@ -44,28 +41,14 @@ pub async fn reconcile(m: Arc<R1Model>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.start("R1Model");
     let ns = m.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<R1Model> = Api::namespaced(ctx.client.clone(), &ns);
-    let old = m.status.clone().unwrap_or_default();
-    let (wanted, cid) = evaluate(&m);
-    if wanted.iter().any(|w| w.type_ == conditions::STALLED && w.status == Some(true)) {
-        ctx.metrics.stalled.get_or_create(&crate::metrics::KindLabels { kind: "R1Model" }).inc();
-    }
-    let status = R1ModelStatus {
-        observed_generation: m.metadata.generation,
-        cid,
-        size: old.size,
-        replicas: old.replicas,
-        round: old.round,
-        conditions: next_conditions(&old.conditions, &wanted, m.metadata.generation),
+    let (wanted, cid, action) = match evaluate(&m) {
+        Ok((wanted, cid)) => (wanted, cid, Action::requeue(ctx.resync)),
+        Err(bad) => (conditions::stalled(bad.reason, &bad.message), None, Action::await_change()),
     };
-    let same = old.observed_generation == status.observed_generation
-        && old.cid == status.cid
-        && conditions::same_ignoring_time(&old.conditions, &status.conditions);
-    if !same {
-        patch_status(&api, m.as_ref(), &status).await?;
-        report_transition(&ctx, m.as_ref(), &old.conditions, &status.conditions).await;
-    }
-    ctx.succeeded(m.as_ref());
-    Ok(Action::requeue(ctx.resync))
+    // size, replicas and round are R1FS's and EDIL's to fill: not claimed here.
+    let status = R1ModelStatus { observed_generation: m.metadata.generation, cid, ..Default::default() };
+    finish(&ctx, &api, m.as_ref(), m.status.as_ref(), status, &wanted).await?;
+    Ok(action)
 }
 
 #[cfg(test)]
@@ -80,7 +63,7 @@ mod tests {
     #[test]
     fn cid_source_is_ready() {
         let cid = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi".to_string();
-        let (w, got) = evaluate(&model(ModelSource { cid: Some(cid.clone()), volume: None }));
+        let (w, got) = evaluate(&model(ModelSource { cid: Some(cid.clone()), volume: None })).unwrap();
         assert_eq!(got, Some(cid));
         assert!(w.iter().any(|w| w.type_ == "Ready" && w.status == Some(true)));
     }
@@ -90,7 +73,8 @@ mod tests {
         let (w, got) = evaluate(&model(ModelSource {
             cid: None,
             volume: Some(VolumeSource { claim_name: "data".into(), path: "m.onnx".into() }),
-        }));
+        }))
+        .unwrap();
         assert_eq!(got, None);
         let ready = w.iter().find(|w| w.type_ == "Ready").unwrap();
         assert_eq!((ready.status, ready.reason.as_str()), (Some(false), "AwaitingR1FS"));
@@ -98,7 +82,6 @@ mod tests {
 
     #[test]
     fn empty_source_stalls() {
-        let (w, _) = evaluate(&model(ModelSource::default()));
-        assert!(w.iter().any(|w| w.type_ == "Stalled" && w.status == Some(true) && w.reason == "InvalidSource"));
+        assert_eq!(evaluate(&model(ModelSource::default())).unwrap_err().reason, "InvalidSource");
     }
 }

@@ -3,8 +3,8 @@
 //! license Secret is usable. Admission into the network (dAuth) and peer
 //! state (p2p) are reported by those modules through the same status.
 
-use super::{next_conditions, patch_status, report_transition, Context, LocalNode, NetOptions, Result, MANAGED_BY};
-use crate::conditions::{self, Want};
+use super::{finish, Context, LocalNode, NetOptions, Result, MANAGED_BY};
+use crate::conditions::{self, Invalid, Want};
 use crate::crd::{R1Node, R1NodeStatus};
 use crate::dauth::license::TrustStore;
 use crate::identity;
@@ -12,7 +12,7 @@ use crate::p2p::{self, NetConfig, View};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
 use libp2p::Multiaddr;
@@ -27,19 +27,20 @@ fn plain(data: Option<&BTreeMap<String, ByteString>>) -> BTreeMap<String, Vec<u8
 }
 
 /// Problems with the license Secret that the user must fix (pure).
-pub fn check_license(secret: Option<&Secret>, name: &str, ns: &str) -> Result<(), (&'static str, String)> {
+pub fn check_license(secret: Option<&Secret>, name: &str, ns: &str) -> Result<(), Invalid> {
     let Some(secret) = secret else {
-        return Err((
+        return Err(Invalid::new(
             "LicenseSecretNotFound",
             format!("Secret {ns}/{name} named by spec.license.secretName does not exist"),
         ));
     };
     let data = plain(secret.data.as_ref());
     match data.get(LICENSE_KEY) {
-        None => Err(("InvalidLicenseSecret", format!("Secret {ns}/{name} has no key {LICENSE_KEY:?}"))),
-        Some(v) if v.is_empty() || std::str::from_utf8(v).is_err() => {
-            Err(("InvalidLicenseSecret", format!("key {LICENSE_KEY:?} of Secret {ns}/{name} is not a license token")))
-        }
+        None => Err(Invalid::new("InvalidLicenseSecret", format!("Secret {ns}/{name} has no key {LICENSE_KEY:?}"))),
+        Some(v) if v.is_empty() || std::str::from_utf8(v).is_err() => Err(Invalid::new(
+            "InvalidLicenseSecret",
+            format!("key {LICENSE_KEY:?} of Secret {ns}/{name} is not a license token"),
+        )),
         Some(_) => Ok(()),
     }
 }
@@ -48,7 +49,7 @@ pub fn check_license(secret: Option<&Secret>, name: &str, ns: &str) -> Result<()
 /// PeerId and is not itself refused as a duplicate) wins over a newcomer,
 /// then the oldest (creation timestamps have one-second resolution), then
 /// the first by name. Any other is a mistake the user must remove.
-pub fn primary(nodes: &[R1Node]) -> Option<&R1Node> {
+pub fn primary<N: std::borrow::Borrow<R1Node>>(nodes: &[N]) -> Option<&R1Node> {
     let serving = |n: &R1Node| {
         n.status.as_ref().is_some_and(|s| {
             s.peer_id.is_some()
@@ -56,17 +57,21 @@ pub fn primary(nodes: &[R1Node]) -> Option<&R1Node> {
                     .is_some_and(|c| c.status == "True" && c.reason == "DuplicateNode")
         })
     };
-    nodes.iter().min_by_key(|n| (!serving(n), n.metadata.creation_timestamp.as_ref().map(|t| t.0), n.name_any()))
+    nodes
+        .iter()
+        .map(|n| n.borrow())
+        .min_by_key(|n| (!serving(n), n.metadata.creation_timestamp.as_ref().map(|t| t.0), n.name_any()))
 }
 
 /// Reads the identity Secret, creating it when missing. `Err` carries the
 /// reason it is unusable.
-async fn ensure_identity(
-    ctx: &Context,
-    name: &str,
-) -> Result<Result<libp2p_identity::Keypair, (&'static str, String)>> {
+async fn ensure_identity(ctx: &Context, name: &str) -> Result<Result<libp2p_identity::Keypair, Invalid>> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let secret = match api.get_opt(name).await? {
+    let found = match super::cached(&ctx.caches.secrets, Some(&ctx.namespace), name) {
+        Some(s) => Some((*s).clone()),
+        None => api.get_opt(name).await?,
+    };
+    let secret = match found {
         Some(s) => s,
         None => {
             let (peer, data) = identity::generate();
@@ -97,16 +102,17 @@ async fn ensure_identity(
     };
     Ok(match identity::from_secret_data(&plain(secret.data.as_ref())) {
         Ok(kp) => Ok(kp),
-        Err(e) => Err(("InvalidIdentitySecret", format!("Secret {}/{name}: {e}", ctx.namespace))),
+        Err(e) => Err(Invalid::new("InvalidIdentitySecret", format!("Secret {}/{name}: {e}", ctx.namespace))),
     })
 }
 
 /// Multiaddrs from the flag override, else from the spec.
-fn addrs(flag: &[String], spec: &[String], field: &str) -> Result<Vec<Multiaddr>, (&'static str, String)> {
+fn addrs(flag: &[String], spec: &[String], field: &str) -> Result<Vec<Multiaddr>, Invalid> {
     let src = if flag.is_empty() { spec } else { flag };
     src.iter()
         .map(|a| {
-            a.parse::<Multiaddr>().map_err(|e| ("InvalidAddress", format!("{field}: {a:?} is not a multiaddr: {e}")))
+            a.parse::<Multiaddr>()
+                .map_err(|e| Invalid::new("InvalidAddress", format!("{field}: {a:?} is not a multiaddr: {e}")))
         })
         .collect()
 }
@@ -119,7 +125,7 @@ fn desired_network(
     n: &R1Node,
     keypair: libp2p_identity::Keypair,
     license: String,
-) -> Result<Option<NetConfig>, (&'static str, String)> {
+) -> Result<Option<NetConfig>, Invalid> {
     let listen = addrs(&net.listen, &n.spec.p2p.listen, "spec.p2p.listen")?;
     let bootstrap = addrs(&net.bootstrap, &n.spec.p2p.bootstrap, "spec.p2p.bootstrap")?;
     let external = addrs(&net.external, &n.spec.p2p.external, "spec.p2p.external")?;
@@ -184,18 +190,24 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
     let old = n.status.clone().unwrap_or_default();
     let name = n.name_any();
 
-    let all = api.list(&ListParams::default()).await?.items;
-    let is_primary = primary(&all).is_none_or(|p| p.name_any() == name);
+    // All R1Nodes from the controller's own cache (reconciles start only
+    // once it is filled); an empty cache (tests) holds this node alone.
+    let mut all = ctx.caches.nodes.state();
+    if all.is_empty() {
+        all.push(n.clone());
+    }
+    let primary_name = primary(&all).map(|p| p.name_any());
+    let is_primary = primary_name.as_deref().is_none_or(|p| p == name);
 
     let mut peer_id = old.peer_id.clone();
     let mut disabled: Option<String> = None;
     let mut licensed = None;
-    let outcome: Result<(), (&'static str, String)> = if !is_primary {
-        Err((
+    let outcome: Result<(), Invalid> = if !is_primary {
+        Err(Invalid::new(
             "DuplicateNode",
             format!(
                 "R1Node {:?} already represents this cluster; a cluster is one node: delete this one",
-                primary(&all).map(|p| p.name_any()).unwrap_or_default()
+                primary_name.unwrap_or_default()
             ),
         ))
     } else {
@@ -203,8 +215,14 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
             Err(bad) => Err(bad),
             Ok(kp) => {
                 peer_id = Some(kp.public().to_peer_id().to_string());
-                let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-                let lic = secrets.get_opt(&n.spec.license.secret_name).await?;
+                // A miss is looked up: a missing license stalls the node.
+                let lic = match super::cached(&ctx.caches.secrets, Some(&ctx.namespace), &n.spec.license.secret_name) {
+                    Some(s) => Some((*s).clone()),
+                    None => {
+                        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+                        secrets.get_opt(&n.spec.license.secret_name).await?
+                    }
+                };
                 match check_license(lic.as_ref(), &n.spec.license.secret_name, &ctx.namespace) {
                     Err(bad) => Err(bad),
                     Ok(()) => {
@@ -242,65 +260,73 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
         }
     };
 
-    if is_primary && outcome.is_err() {
-        // The primary node cannot be what it says: leave the network rather
-        // than go on with an old identity or license.
-        ctx.network.want(None);
-    }
-    let mut wanted = match &outcome {
-        Err((reason, msg)) => {
-            ctx.metrics.stalled.get_or_create(&crate::metrics::KindLabels { kind: "R1Node" }).inc();
-            conditions::stalled(reason, msg)
+    if is_primary {
+        // The cluster is this node for placement, whatever its network state.
+        ctx.set_local_node(Some(LocalNode {
+            name: name.clone(),
+            peer_id: peer_id.clone(),
+            labels: n.labels().clone(),
+            node_selector: n.spec.offer.node_selector.clone(),
+        }));
+        if outcome.is_err() {
+            // It cannot be what it says: leave the network rather than go
+            // on with an old identity or license.
+            ctx.network.want(None);
         }
-        Ok(()) => conditions::ready("IdentityReady", "node identity and license Secret are in place"),
-    };
-    let mut peers = old.peers;
+    }
+    // The full set of conditions this reconcile asserts: a stalled node
+    // says only why (no stale Licensed/Connected), and claims no peers.
+    let mut peers = 0;
     let mut last_heartbeat = old.last_heartbeat.clone();
-    if outcome.is_ok() {
-        *ctx.local_node.write().expect("local node lock") =
-            Some(LocalNode { name: name.clone(), peer_id: peer_id.clone() });
-        // Read under the lock, no copy: the view holds bounded logs too.
-        let ((connected, fresh), last_sent) = {
-            let view = ctx.view.read().expect("view lock");
-            (connected_condition(&view, disabled.as_deref(), p2p::now_ms()), view.last_heartbeat_sent)
-        };
-        if let Some(bad) = licensed.as_ref().filter(|w| w.status == Some(false)) {
-            // Peers refuse a node without a valid license: only a new
-            // license (a Secret change) helps.
-            wanted = conditions::stalled(&bad.reason, &bad.message);
+    let wanted = match &outcome {
+        Err(bad) => conditions::stalled(bad.reason, &bad.message),
+        Ok(()) => {
+            let mut wanted = conditions::ready("IdentityReady", "node identity and license Secret are in place");
+            // Read under the lock, no copy: the view holds bounded logs too.
+            let ((connected, fresh), last_sent) = {
+                let view = ctx.view.read().expect("view lock");
+                (connected_condition(&view, disabled.as_deref(), p2p::now_ms()), view.last_heartbeat_sent)
+            };
+            if let Some(bad) = licensed.as_ref().filter(|w| w.status == Some(false)) {
+                // Peers refuse a node without a valid license: only a new
+                // license (a Secret change) helps.
+                wanted = conditions::stalled(&bad.reason, &bad.message);
+            }
+            wanted.extend(licensed);
+            wanted.push(connected);
+            peers = fresh;
+            if let Some(t) = last_sent.and_then(|ms| k8s_openapi::jiff::Timestamp::from_millisecond(ms).ok()) {
+                last_heartbeat = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t));
+            }
+            wanted
         }
-        wanted.extend(licensed);
-        wanted.push(connected);
-        peers = fresh;
-        last_heartbeat = last_sent
-            .and_then(|ms| k8s_openapi::jiff::Timestamp::from_millisecond(ms).ok())
-            .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time);
-    }
+    };
     let status = R1NodeStatus {
         peer_id,
         peers,
         last_heartbeat,
         observed_generation: n.metadata.generation,
-        conditions: next_conditions(&old.conditions, &wanted, n.metadata.generation),
-        ..old.clone()
+        // epoch and availability are OracleSync's: not claimed here.
+        ..Default::default()
     };
-    let same = old.peer_id == status.peer_id
-        && old.peers == status.peers
-        && old.last_heartbeat == status.last_heartbeat
-        && old.observed_generation == status.observed_generation
-        && conditions::same_ignoring_time(&old.conditions, &status.conditions);
-    if !same {
-        patch_status(&api, n.as_ref(), &status).await?;
-        report_transition(&ctx, n.as_ref(), &old.conditions, &status.conditions).await;
-    }
-    ctx.succeeded(n.as_ref());
+    finish(&ctx, &api, n.as_ref(), n.status.as_ref(), status, &wanted).await?;
     // Healthy nodes refresh lastHeartbeat twice a minute; peer changes wake
-    // the controller at once (reconcile_all_on).
+    // the controller at once (reconcile_all_on); a duplicate wakes when
+    // another R1Node is deleted (a watch of deletions).
     Ok(if outcome.is_ok() {
         Action::requeue(ctx.resync.min(std::time::Duration::from_secs(30)))
     } else {
         Action::await_change()
     })
+}
+
+/// Every R1Node but `deleted`: a deletion may make a duplicate the primary.
+pub fn others(nodes: &[Arc<R1Node>], deleted: &R1Node) -> Vec<kube::runtime::reflector::ObjectRef<R1Node>> {
+    nodes
+        .iter()
+        .filter(|n| n.name_any() != deleted.name_any())
+        .map(|n| kube::runtime::reflector::ObjectRef::from_obj(n.as_ref()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -316,14 +342,14 @@ mod tests {
 
     #[test]
     fn license_secret_shapes() {
-        assert_eq!(check_license(None, "l", "ns").unwrap_err().0, "LicenseSecretNotFound");
-        assert_eq!(check_license(Some(&secret(&[("x", b"1")])), "l", "ns").unwrap_err().0, "InvalidLicenseSecret");
+        assert_eq!(check_license(None, "l", "ns").unwrap_err().reason, "LicenseSecretNotFound");
+        assert_eq!(check_license(Some(&secret(&[("x", b"1")])), "l", "ns").unwrap_err().reason, "InvalidLicenseSecret");
         assert_eq!(
-            check_license(Some(&secret(&[(LICENSE_KEY, b"")])), "l", "ns").unwrap_err().0,
+            check_license(Some(&secret(&[(LICENSE_KEY, b"")])), "l", "ns").unwrap_err().reason,
             "InvalidLicenseSecret"
         );
         assert_eq!(
-            check_license(Some(&secret(&[(LICENSE_KEY, &[0xff, 0xfe])])), "l", "ns").unwrap_err().0,
+            check_license(Some(&secret(&[(LICENSE_KEY, &[0xff, 0xfe])])), "l", "ns").unwrap_err().reason,
             "InvalidLicenseSecret"
         );
         assert!(check_license(Some(&secret(&[(LICENSE_KEY, b"tok")])), "l", "ns").is_ok());

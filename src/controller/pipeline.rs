@@ -2,24 +2,28 @@
 //! Service when the template declares ports) or a Job, and report their
 //! state back in the pipeline's status.
 
-use super::{apply, next_conditions, patch_status, report_transition, Context, Error, LocalNode, Result, MANAGED_BY};
-use crate::conditions::{self, Want};
+use super::{apply, cached, finish, Context, Error, LocalNode, Result, MANAGED_BY};
+use crate::conditions::{self, Invalid, Want};
 use crate::crd::{ModelSource, PipelineMode, PlacementPhase, PlacementStatus, R1Model, R1Pipeline, R1PipelineStatus};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, DeleteParams, ListParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, PropagationPolicy};
+use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How soon a pipeline whose pods exist but are not ready is looked at again.
-const PODS_RECHECK: Duration = Duration::from_secs(5);
+/// How soon a pipeline stalled on a name conflict looks again (the object
+/// in the way is not the operator's, so no watch sees it go).
+const CONFLICT_RECHECK: Duration = Duration::from_secs(15);
 
 /// Label naming the pipeline on every child and pod.
 pub const PIPELINE_LABEL: &str = "ratio1.ai/pipeline";
@@ -29,17 +33,6 @@ pub const SPEC_HASH: &str = "ratio1.ai/spec-hash";
 pub const MODELS_ANNOTATION: &str = "ratio1.ai/models";
 /// Pod annotation listing R1FS input mounts (CID, path).
 pub const INPUTS_ANNOTATION: &str = "ratio1.ai/inputs";
-
-/// Input the schema cannot reject, found before anything is written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid {
-    pub reason: &'static str,
-    pub message: String,
-}
-
-fn invalid(reason: &'static str, message: impl Into<String>) -> Invalid {
-    Invalid { reason, message: message.into() }
-}
 
 /// A model the pipeline mounts, as found in the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +49,8 @@ pub enum ModelState {
 #[derive(Debug, Clone, Default)]
 pub struct Inputs {
     pub models: BTreeMap<String, ModelState>,
+    /// This cluster's `offer.nodeSelector`, added to every pod.
+    pub node_selector: BTreeMap<String, String>,
 }
 
 /// Everything to write for one pipeline on this cluster.
@@ -71,27 +66,27 @@ pub fn validate(p: &R1Pipeline, inputs: &Inputs) -> Result<Option<String>, Inval
     let name = p.name_any();
     let spec = &p.spec;
     let pod =
-        spec.template.spec.as_ref().ok_or_else(|| invalid("InvalidTemplate", "spec.template.spec is required"))?;
+        spec.template.spec.as_ref().ok_or_else(|| Invalid::new("InvalidTemplate", "spec.template.spec is required"))?;
     if pod.containers.is_empty() {
-        return Err(invalid("InvalidTemplate", "spec.template.spec.containers must list at least one container"));
+        return Err(Invalid::new("InvalidTemplate", "spec.template.spec.containers must list at least one container"));
     }
     let mut names = BTreeSet::new();
     for c in pod.containers.iter().chain(pod.init_containers.iter().flatten()) {
         if !names.insert(c.name.as_str()) {
-            return Err(invalid("InvalidTemplate", format!("container name {:?} is used twice", c.name)));
+            return Err(Invalid::new("InvalidTemplate", format!("container name {:?} is used twice", c.name)));
         }
     }
     match (spec.mode, pod.restart_policy.as_deref()) {
         (PipelineMode::Service, None | Some("Always")) => {}
         (PipelineMode::Service, Some(rp)) => {
-            return Err(invalid(
+            return Err(Invalid::new(
                 "InvalidTemplate",
                 format!("restartPolicy {rp:?} cannot run in mode Service: use Always, or mode Job"),
             ))
         }
         (PipelineMode::Job, None | Some("Never" | "OnFailure")) => {}
         (PipelineMode::Job, Some(rp)) => {
-            return Err(invalid(
+            return Err(Invalid::new(
                 "InvalidTemplate",
                 format!("restartPolicy {rp:?} cannot run in mode Job: use Never or OnFailure"),
             ))
@@ -100,14 +95,14 @@ pub fn validate(p: &R1Pipeline, inputs: &Inputs) -> Result<Option<String>, Inval
     if let Some(v) = spec.template.metadata.as_ref().and_then(|m| m.labels.as_ref()).and_then(|l| l.get(PIPELINE_LABEL))
     {
         if v != &name {
-            return Err(invalid(
+            return Err(Invalid::new(
                 "InvalidTemplate",
                 format!("template label {PIPELINE_LABEL}={v:?} conflicts with the pipeline's name"),
             ));
         }
     }
     if !service_ports(&spec.template).is_empty() && !is_dns1035_label(&name) {
-        return Err(invalid(
+        return Err(Invalid::new(
             "InvalidName",
             format!("{name:?} declares ports but is not a valid Service name (a DNS-1035 label: lowercase letters, digits, '-', at most 63 characters, starting with a letter)"),
         ));
@@ -115,14 +110,22 @@ pub fn validate(p: &R1Pipeline, inputs: &Inputs) -> Result<Option<String>, Inval
     let mut paths = BTreeSet::new();
     for path in spec.models.iter().map(|m| &m.mount_path).chain(spec.inputs.iter().map(|i| &i.mount_path)) {
         if !paths.insert(path.as_str()) {
-            return Err(invalid("InvalidMounts", format!("mountPath {path:?} is used twice in models/inputs")));
+            return Err(Invalid::new("InvalidMounts", format!("mountPath {path:?} is used twice in models/inputs")));
+        }
+    }
+    for (k, v) in &inputs.node_selector {
+        if let Some(mine) = pod.node_selector.as_ref().and_then(|s| s.get(k)).filter(|mine| *mine != v) {
+            return Err(Invalid::new(
+                "NodeSelectorConflict",
+                format!("template nodeSelector {k}={mine} conflicts with this cluster's R1Node offer.nodeSelector {k}={v}: no pod could be scheduled"),
+            ));
         }
     }
     let mut waiting = vec![];
     for m in &spec.models {
         match inputs.models.get(&m.name) {
             None | Some(ModelState::Missing) => {
-                return Err(invalid(
+                return Err(Invalid::new(
                     "ModelNotFound",
                     format!("R1Model {:?} does not exist in namespace {:?}", m.name, p.namespace().unwrap_or_default()),
                 ))
@@ -191,9 +194,16 @@ fn pod_template(p: &R1Pipeline, inputs: &Inputs) -> PodTemplateSpec {
             .get_or_insert_with(Default::default)
             .insert(INPUTS_ANNOTATION.into(), serde_json::to_string(&p.spec.inputs).expect("inputs serialize"));
     }
+    let spec = t.spec.get_or_insert_with(Default::default);
     if p.spec.mode == PipelineMode::Job {
-        let spec = t.spec.get_or_insert_with(Default::default);
         spec.restart_policy.get_or_insert_with(|| "Never".into());
+    }
+    // The cluster's offer limits which of its nodes the network's pods use.
+    if !inputs.node_selector.is_empty() {
+        let sel = spec.node_selector.get_or_insert_with(Default::default);
+        for (k, v) in &inputs.node_selector {
+            sel.entry(k.clone()).or_insert_with(|| v.clone());
+        }
     }
     t
 }
@@ -282,7 +292,7 @@ pub fn build(p: &R1Pipeline, inputs: &Inputs) -> Result<Desired> {
 /// Status of the local placement from the applied children.
 pub fn placement_status(
     p: &R1Pipeline,
-    node: &LocalNode,
+    node: Option<&LocalNode>,
     dep: Option<&Deployment>,
     job: Option<&Job>,
 ) -> PlacementStatus {
@@ -315,7 +325,13 @@ pub fn placement_status(
         }
         (None, None) => (0, PlacementPhase::Pending),
     };
-    PlacementStatus { node: node.name.clone(), peer_id: node.peer_id.clone(), replicas, ready_replicas: ready, phase }
+    PlacementStatus {
+        node: node.map(|n| n.name.clone()),
+        peer_id: node.and_then(|n| n.peer_id.clone()),
+        replicas,
+        ready_replicas: ready,
+        phase,
+    }
 }
 
 /// Waiting reasons of a container that will not resolve without the user
@@ -347,8 +363,8 @@ pub fn pods_pending(dep: Option<&Deployment>, job: Option<&Job>) -> bool {
 /// the user can fix (crash loop, image that cannot be pulled, bad config),
 /// as a condition reason and a message that says which pod, which
 /// container, why, and what to look at.
-pub fn container_problem(pods: &[Pod]) -> Option<(String, String)> {
-    let mut pods: Vec<&Pod> = pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+pub fn container_problem<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Option<(String, String)> {
+    let mut pods: Vec<&Pod> = pods.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
     pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     for pod in pods {
         let name = pod.metadata.name.clone().unwrap_or_default();
@@ -383,7 +399,7 @@ pub fn container_problem(pods: &[Pod]) -> Option<(String, String)> {
     None
 }
 
-/// Conditions for the pipeline from its placements.
+/// Conditions for the pipeline from its local placement.
 pub fn placement_conditions(p: &R1Pipeline, placement: &PlacementStatus, waiting: Option<&str>) -> Vec<Want> {
     placement_conditions_with(p, placement, waiting, None)
 }
@@ -419,26 +435,85 @@ pub fn placement_conditions_with(
             ),
         },
     };
-    let federated = p.spec.placement.clusters > 1 || !p.spec.placement.nodes.is_empty();
-    wanted.push(if federated {
-        Want::new(
-            "Scheduled",
-            true,
-            "LocalOnly",
-            "placed on the local cluster only: placement across the network needs Deeploy federation",
-        )
-    } else {
-        Want::new("Scheduled", true, "LocalCluster", format!("placed on {}", placement.node))
-    });
+    let on = match &placement.node {
+        Some(n) => format!("placed on R1Node {n}"),
+        None => "placed on this cluster (it has no R1Node)".into(),
+    };
+    wanted.push(Want::new(SCHEDULED, true, "LocalCluster", on));
     wanted
 }
 
+/// Condition type saying whether the placement asked for is honoured.
+pub const SCHEDULED: &str = "Scheduled";
+
+/// Where the pipeline may run, from its placement and this cluster's R1Node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    /// This cluster runs (its part of) the pipeline.
+    pub run_here: bool,
+    /// Reason and message when the placement is not fully honoured.
+    pub unmet: Option<(&'static str, String)>,
+}
+
+/// Decides where the pipeline runs (pure). Until network placement
+/// (Deeploy) lands, only this cluster can run anything: a placement that
+/// asks for more, or excludes this cluster, is reported as not scheduled,
+/// and nothing runs where the placement excludes it.
+pub fn schedule(p: &R1Pipeline, local: Option<&LocalNode>) -> Result<Schedule, Invalid> {
+    const LATER: &str = "placement across the network needs Deeploy, which is not available yet";
+    let pl = &p.spec.placement;
+    let this = match local {
+        Some(n) => format!("this cluster (R1Node {:?})", n.name),
+        None => "this cluster (it has no R1Node)".to_string(),
+    };
+    let unmet = |run_here, reason, msg: String| Ok(Schedule { run_here, unmet: Some((reason, msg)) });
+    if let Some(sel) = &pl.cluster_selector {
+        let selector: Selector = sel
+            .clone()
+            .try_into()
+            .map_err(|e| Invalid::new("InvalidPlacement", format!("placement.clusterSelector: {e}")))?;
+        let labels = local.map(|n| n.labels.clone()).unwrap_or_default();
+        if !selector.matches(&labels) {
+            return unmet(
+                false,
+                "ClusterNotSelected",
+                format!("placement.clusterSelector does not match {this}; {LATER}"),
+            );
+        }
+    }
+    if !pl.nodes.is_empty() {
+        let is_here = |s: &String| local.is_some_and(|n| &n.name == s || n.peer_id.as_ref() == Some(s));
+        let others: Vec<&str> = pl.nodes.iter().filter(|s| !is_here(s)).map(String::as_str).collect();
+        if others.len() == pl.nodes.len() {
+            return unmet(false, "NodesUnavailable", format!("placement.nodes does not name {this}; {LATER}"));
+        }
+        if !others.is_empty() {
+            return unmet(
+                true,
+                "NodesUnavailable",
+                format!("runs on {this} only; nodes {} wait: {LATER}", others.join(", ")),
+            );
+        }
+    }
+    if pl.clusters > 1 {
+        return unmet(true, "NotEnoughClusters", format!("runs on 1 of {} clusters ({this}); {LATER}", pl.clusters));
+    }
+    Ok(Schedule { run_here: true, unmet: None })
+}
+
+/// The models the pipeline names, from the cache; a GET only for one the
+/// cache does not have (a missing model stalls the pipeline, so a stale
+/// miss must not).
 async fn read_inputs(p: &R1Pipeline, ctx: &Context) -> Result<Inputs> {
     let ns = p.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<R1Model> = Api::namespaced(ctx.client.clone(), &ns);
     let mut models = BTreeMap::new();
     for m in &p.spec.models {
-        let state = match api.get_opt(&m.name).await? {
+        let found = match cached(&ctx.caches.models, Some(&ns), &m.name) {
+            Some(model) => Some(model),
+            None => api.get_opt(&m.name).await?.map(Arc::new),
+        };
+        let state = match found {
             None => ModelState::Missing,
             Some(model) => match model_cid(&model) {
                 Some(cid) => ModelState::Ready { cid },
@@ -447,7 +522,8 @@ async fn read_inputs(p: &R1Pipeline, ctx: &Context) -> Result<Inputs> {
         };
         models.insert(m.name.clone(), state);
     }
-    Ok(Inputs { models })
+    let node_selector = ctx.local_node().map(|n| n.node_selector).unwrap_or_default();
+    Ok(Inputs { models, node_selector })
 }
 
 /// The CID a model currently resolves to, when it is ready.
@@ -472,12 +548,12 @@ fn foreign<K: Resource>(obj: Option<&K>, p: &R1Pipeline) -> bool {
 }
 
 /// Deletes a child that the current spec no longer wants, if it is ours.
-async fn remove_if_owned<K>(api: &Api<K>, existing: Option<K>, p: &R1Pipeline) -> Result<()>
+async fn remove_if_owned<K>(api: &Api<K>, existing: Option<&Arc<K>>, p: &R1Pipeline) -> Result<()>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    if let Some(o) = existing.as_ref() {
-        if !foreign(Some(o), p) {
+    if let Some(o) = existing {
+        if !foreign(Some(o.as_ref()), p) {
             let dp = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
             match api.delete(&o.name_any(), &dp).await {
                 Ok(_) => tracing::info!(kind = %K::kind(&()), "deleted child the spec no longer needs"),
@@ -489,6 +565,49 @@ where
     Ok(())
 }
 
+/// A child as the cache has it. Only a child the pipeline is about to
+/// write is looked up by GET on a miss: the cache holds only the operator's
+/// own (labelled) objects, and a user's object of the same name must be
+/// found before a forced apply would take it over.
+async fn current<K>(store: &Store<K>, api: &Api<K>, ns: &str, name: &str, wanted: bool) -> Result<Option<Arc<K>>>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + 'static,
+{
+    match cached(store, Some(ns), name) {
+        Some(o) => Ok(Some(o)),
+        None if wanted => Ok(api.get_opt(name).await?.map(Arc::new)),
+        None => Ok(None),
+    }
+}
+
+/// Applies a child unless the cached one is what the last apply of the same
+/// desired object produced (nothing changed it since).
+async fn apply_child<K>(ctx: &Context, api: &Api<K>, name: &str, desired: &K, cur: Option<&Arc<K>>) -> Result<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let hash = hash_of(desired);
+    if let Some(c) = cur.filter(|c| ctx.applied_unchanged(c.as_ref(), &hash)) {
+        return Ok(c.clone());
+    }
+    let out = apply(api, name, desired).await?;
+    ctx.remember_applied(&out, &hash);
+    Ok(Arc::new(out))
+}
+
+/// The pipeline's pods, from the pod cache.
+fn pods_of(ctx: &Context, ns: &str, name: &str) -> Vec<Arc<Pod>> {
+    ctx.caches
+        .pods
+        .state()
+        .into_iter()
+        .filter(|pod| {
+            pod.metadata.namespace.as_deref() == Some(ns)
+                && pod.labels().get(PIPELINE_LABEL).map(String::as_str) == Some(name)
+        })
+        .collect()
+}
+
 #[tracing::instrument(skip_all, fields(kind = "R1Pipeline", namespace = %p.namespace().unwrap_or_default(), name = %p.name_any(), generation = ?p.metadata.generation))]
 pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.start("R1Pipeline");
@@ -496,114 +615,127 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
     let name = p.name_any();
     let pipelines: Api<R1Pipeline> = Api::namespaced(ctx.client.clone(), &ns);
     let old = p.status.clone().unwrap_or_default();
-    let node = ctx.local_node().unwrap_or(LocalNode { name: "local".into(), peer_id: None });
+    let node = ctx.local_node();
 
     let inputs = read_inputs(&p, &ctx).await?;
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-    let (cur_dep, cur_svc, cur_job) =
-        tokio::try_join!(deployments.get_opt(&name), services.get_opt(&name), jobs.get_opt(&name))?;
 
-    let checked = validate(&p, &inputs).and_then(|waiting| {
-        let desired = build(&p, &inputs).map_err(|e| invalid("Internal", e.to_string()))?;
+    // Pure decisions first: where it may run, whether the input is usable,
+    // and what to write.
+    let checked = schedule(&p, node.as_ref()).and_then(|sched| {
+        let waiting = validate(&p, &inputs)?;
+        let desired = match sched.run_here {
+            true => build(&p, &inputs).map_err(|e| Invalid::new("Internal", e.to_string()))?,
+            false => Desired { deployment: None, service: None, job: None },
+        };
+        Ok((sched, waiting, desired))
+    });
+    let wants = |k: fn(&Desired) -> bool| checked.as_ref().is_ok_and(|(_, _, d)| k(d));
+    let (cur_dep, cur_svc, cur_job) = tokio::try_join!(
+        current(&ctx.caches.deployments, &deployments, &ns, &name, wants(|d| d.deployment.is_some())),
+        current(&ctx.caches.services, &services, &ns, &name, wants(|d| d.service.is_some())),
+        current(&ctx.caches.jobs, &jobs, &ns, &name, wants(|d| d.job.is_some())),
+    )?;
+    let checked = checked.and_then(|(sched, waiting, desired)| {
         for (kind, clash) in [
-            ("Deployment", desired.deployment.is_some() && foreign(cur_dep.as_ref(), &p)),
-            ("Service", desired.service.is_some() && foreign(cur_svc.as_ref(), &p)),
-            ("Job", desired.job.is_some() && foreign(cur_job.as_ref(), &p)),
+            ("Deployment", desired.deployment.is_some() && foreign(cur_dep.as_deref(), &p)),
+            ("Service", desired.service.is_some() && foreign(cur_svc.as_deref(), &p)),
+            ("Job", desired.job.is_some() && foreign(cur_job.as_deref(), &p)),
         ] {
             if clash {
-                return Err(invalid(
+                return Err(Invalid::new(
                     "NameConflict",
                     format!("a {kind} named {name:?} exists and is not managed by this pipeline; rename one of them"),
                 ));
             }
         }
-        Ok((waiting, desired))
+        Ok((sched, waiting, desired))
     });
 
     let (wanted, placements, action) = match checked {
         Err(bad) => {
-            ctx.metrics.stalled.get_or_create(&crate::metrics::KindLabels { kind: "R1Pipeline" }).inc();
             tracing::info!(reason = bad.reason, message = %bad.message, "pipeline is stalled");
-            // Invalid input waits for a change (of the pipeline, or of a
-            // model it names) instead of retrying in a loop.
-            (conditions::stalled(bad.reason, &bad.message), old.placements.clone(), Action::await_change())
+            // Invalid input waits for a change (of the pipeline, of a model
+            // it names, of the R1Node) instead of retrying in a loop. A name
+            // conflict is with an object the operator does not watch: look
+            // again now and then, so that removing it is noticed.
+            let action = match bad.reason {
+                "NameConflict" => Action::requeue(CONFLICT_RECHECK),
+                _ => Action::await_change(),
+            };
+            (conditions::stalled(bad.reason, &bad.message), old.placements.clone(), action)
         }
-        Ok((waiting, desired)) => {
+        Ok((sched, waiting, desired)) => {
             let mut applied_dep = None;
             let mut applied_job = None;
             match &desired.deployment {
-                Some(d) => applied_dep = Some(apply(&deployments, &name, d).await?),
-                None => remove_if_owned(&deployments, cur_dep, &p).await?,
+                Some(d) => applied_dep = Some(apply_child(&ctx, &deployments, &name, d, cur_dep.as_ref()).await?),
+                None => remove_if_owned(&deployments, cur_dep.as_ref(), &p).await?,
             }
             match &desired.service {
                 Some(s) => {
-                    apply(&services, &name, s).await?;
+                    apply_child(&ctx, &services, &name, s, cur_svc.as_ref()).await?;
                 }
-                None => remove_if_owned(&services, cur_svc, &p).await?,
+                None => remove_if_owned(&services, cur_svc.as_ref(), &p).await?,
             }
             match &desired.job {
                 Some(j) => {
                     let stale = cur_job
                         .as_ref()
-                        .filter(|c| !foreign(Some(*c), &p))
+                        .filter(|c| !foreign(Some(c.as_ref()), &p))
                         .is_some_and(|c| c.annotations().get(SPEC_HASH) != j.annotations().get(SPEC_HASH));
                     if stale {
                         // Template and completions of a Job are immutable:
-                        // replace it, and come back once it is gone.
-                        remove_if_owned(&jobs, cur_job, &p).await?;
+                        // replace it; its deletion wakes the pipeline again.
+                        remove_if_owned(&jobs, cur_job.as_ref(), &p).await?;
                         return Ok(Action::requeue(Duration::from_secs(1)));
                     }
-                    applied_job = Some(apply(&jobs, &name, j).await?);
+                    applied_job = Some(apply_child(&ctx, &jobs, &name, j, cur_job.as_ref()).await?);
                 }
-                None => remove_if_owned(&jobs, cur_job, &p).await?,
+                None => remove_if_owned(&jobs, cur_job.as_ref(), &p).await?,
             }
-            let placement = placement_status(&p, &node, applied_dep.as_ref(), applied_job.as_ref());
-            // Pods that exist but are not ready: read them, so that a
-            // container the user must fix shows in the status. Their state
-            // changes without the Deployment/Job changing (a crash loop),
-            // so look again soon while that lasts.
-            let mut problem = None;
-            let mut action = Action::requeue(ctx.resync);
-            if placement.phase == PlacementPhase::Pending
-                && waiting.is_none()
-                && pods_pending(applied_dep.as_ref(), applied_job.as_ref())
-            {
-                let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-                let lp = ListParams::default().labels(&format!("{PIPELINE_LABEL}={name}"));
-                problem = container_problem(&pods.list(&lp).await?.items);
-                action = Action::requeue(PODS_RECHECK.min(ctx.resync));
+            match sched.unmet {
+                Some((reason, msg)) => {
+                    // Not what was asked for: say so, whatever runs here.
+                    let mut wanted = conditions::stalled(reason, &msg);
+                    wanted.push(Want::new(SCHEDULED, false, reason, msg));
+                    let placements = match sched.run_here {
+                        true => {
+                            vec![placement_status(&p, node.as_ref(), applied_dep.as_deref(), applied_job.as_deref())]
+                        }
+                        false => vec![],
+                    };
+                    (wanted, placements, Action::requeue(ctx.resync))
+                }
+                None => {
+                    let placement = placement_status(&p, node.as_ref(), applied_dep.as_deref(), applied_job.as_deref());
+                    // Pods that exist but are not ready: look for a container
+                    // the user must fix (the pod watch wakes the pipeline
+                    // when their state changes).
+                    let problem = (placement.phase == PlacementPhase::Pending
+                        && waiting.is_none()
+                        && pods_pending(applied_dep.as_deref(), applied_job.as_deref()))
+                    .then(|| container_problem(pods_of(&ctx, &ns, &name).iter().map(|p| p.as_ref())))
+                    .flatten();
+                    let wanted = placement_conditions_with(&p, &placement, waiting.as_deref(), problem.as_ref());
+                    (wanted, vec![placement], Action::requeue(ctx.resync))
+                }
             }
-            let wanted = placement_conditions_with(&p, &placement, waiting.as_deref(), problem.as_ref());
-            (wanted, vec![placement], action)
         }
     };
 
-    let conds = next_conditions(&old.conditions, &wanted, p.metadata.generation);
     let status = R1PipelineStatus {
         observed_generation: p.metadata.generation,
         replicas: placements.iter().map(|x| x.replicas).sum(),
         ready_replicas: placements.iter().map(|x| x.ready_replicas).sum(),
         clusters: placements.len() as i32,
         placements,
-        conditions: conds,
+        conditions: vec![],
     };
-    if !same_status(&old, &status) {
-        patch_status(&pipelines, &p, &status).await?;
-        report_transition(&ctx, p.as_ref(), &old.conditions, &status.conditions).await;
-    }
-    ctx.succeeded(p.as_ref());
+    finish(&ctx, &pipelines, p.as_ref(), p.status.as_ref(), status, &wanted).await?;
     Ok(action)
-}
-
-fn same_status(a: &R1PipelineStatus, b: &R1PipelineStatus) -> bool {
-    a.observed_generation == b.observed_generation
-        && a.replicas == b.replicas
-        && a.ready_replicas == b.ready_replicas
-        && a.clusters == b.clusters
-        && a.placements == b.placements
-        && conditions::same_ignoring_time(&a.conditions, &b.conditions)
 }
 
 /// Pipelines in `namespace` that mount model `model` (for the model watch).

@@ -1,21 +1,21 @@
 //! Wiring of the operator process: client, CRD check, probes and metrics,
 //! leader election, the three controllers, graceful shutdown.
 
-use super::{error_policy, model, node, pipeline, Context};
+use super::{error_policy, model, node, pipeline, Caches, Context};
 use crate::crd::{R1Model, R1Node, R1Pipeline};
 use crate::leader::{Elector, LeaseConfig};
 use crate::metrics::Metrics;
-use crate::telemetry::{self, Health};
+use crate::telemetry::{self, Health, WatchHealth};
 use anyhow::Context as _;
 use futures::channel::oneshot;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Client, CustomResourceExt, ResourceExt};
 use std::net::SocketAddr;
@@ -98,14 +98,21 @@ async fn reload_revocations(path: std::path::PathBuf, trust: crate::dauth::licen
 /// Stops the network when the R1Node it runs for is deleted (deleted
 /// objects are not reconciled). Tombstones by UID keep a reconcile that
 /// raced the deletion from bringing the network back.
-async fn leave_when_deleted(api: Api<R1Node>, network: crate::p2p::supervisor::Supervisor) {
+async fn leave_when_deleted(api: Api<R1Node>, ctx: Arc<Context>) {
+    let network = ctx.network.clone();
     // UIDs seen in the current (re)list: after it, the wish's owner must be
     // among them.
     let mut listed = std::collections::BTreeSet::new();
     let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
     while let Some(ev) = events.next().await {
         let gone: Option<String> = match ev {
-            Ok(watcher::Event::Delete(n)) => n.uid(),
+            Ok(watcher::Event::Delete(n)) => {
+                // The cluster is no longer this node (pipelines re-place).
+                if ctx.local_node().is_some_and(|l| l.name == n.name_any()) {
+                    ctx.set_local_node(None);
+                }
+                n.uid()
+            }
             Ok(watcher::Event::Init) => {
                 listed.clear();
                 None
@@ -127,6 +134,59 @@ async fn leave_when_deleted(api: Api<R1Node>, network: crate::p2p::supervisor::S
             }
         }
     }
+}
+
+/// A watch whose objects (trimmed) fill `writer`'s store; its failures are
+/// reported to `/healthz`.
+fn cached<K>(
+    name: &'static str,
+    api: Api<K>,
+    cfg: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    health: &Arc<WatchHealth>,
+    trim: fn(&mut K),
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let health = health.clone();
+    watcher(api, cfg).default_backoff().inspect(move |ev| health.observe(name, ev.is_ok())).modify(trim).reflect(writer)
+}
+
+/// Deleted objects only.
+fn deletions<K>(api: Api<K>) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher(api, watcher::Config::default()).default_backoff().filter_map(|ev| {
+        futures::future::ready(match ev {
+            Ok(watcher::Event::Delete(o)) => Some(Ok(o)),
+            _ => None,
+        })
+    })
+}
+
+/// Forgets the last apply of a deleted child.
+fn forget_deleted<K: kube::Resource>(ctx: Arc<Context>) -> impl Fn(&Result<watcher::Event<K>, watcher::Error>) {
+    move |ev| {
+        if let Ok(watcher::Event::Delete(o)) = ev {
+            if let Some(uid) = o.meta().uid.as_deref() {
+                ctx.forget_applied(uid);
+            }
+        }
+    }
+}
+
+/// Managed fields are never read: not kept in memory.
+fn trim<K: kube::Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
+}
+
+/// Of a pod, the reconciler reads only its labels and container states.
+fn trim_pod(p: &mut k8s_openapi::api::core::v1::Pod) {
+    p.metadata.managed_fields = None;
+    p.metadata.annotations = None;
+    p.spec = None;
 }
 
 /// Fails with a sentence that says what to do when a CRD is missing.
@@ -183,6 +243,23 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
         Context::new(client.clone(), Recorder::new(client.clone(), reporter), metrics.clone(), cfg.namespace.clone());
     context.resync = cfg.resync;
     context.net = cfg.net.clone();
+    // Reconcilers read these stores; the watches below fill them.
+    let (nodes_cache, nodes_writer) = reflector::store();
+    let (secrets_cache, secrets_writer) = reflector::store();
+    let (models_cache, models_writer) = reflector::store();
+    let (deployments_cache, deployments_writer) = reflector::store();
+    let (services_cache, services_writer) = reflector::store();
+    let (jobs_cache, jobs_writer) = reflector::store();
+    let (pods_cache, pods_writer) = reflector::store();
+    context.caches = Caches {
+        nodes: nodes_cache.clone(),
+        secrets: secrets_cache,
+        models: models_cache.clone(),
+        deployments: deployments_cache,
+        services: services_cache,
+        jobs: jobs_cache,
+        pods: pods_cache,
+    };
     let ctx = Arc::new(context);
     let health = Arc::new(Health { network: Some(ctx.network.health.clone()), ..Default::default() });
     let listener = tokio::net::TcpListener::bind(cfg.metrics_addr)
@@ -229,7 +306,7 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
 
     // The R1Node named by the network's wish was deleted: leave the network
     // (deleted objects are not reconciled, so a watch tells the supervisor).
-    tokio::spawn(leave_when_deleted(Api::<R1Node>::all(client.clone()), ctx.network.clone()));
+    tokio::spawn(leave_when_deleted(Api::<R1Node>::all(client.clone()), ctx.clone()));
     if let Some(path) = cfg.revoked_licenses.clone() {
         tokio::spawn(reload_revocations(path, cfg.net.trust.clone()));
     }
@@ -244,17 +321,20 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
     let ctl_cfg = kube::runtime::controller::Config::default().concurrency(cfg.concurrency);
     let wc = watcher::Config::default;
     let owned = || watcher::Config::default().labels(&format!("{}={}", super::MANAGED_BY.0, super::MANAGED_BY.1));
+    let watches = health.watches.clone();
 
     // Peer and license changes in the network refresh R1Node status at once.
     let net_changes = futures::stream::unfold(ctx.net_changes.subscribe(), |mut rx| async move {
         rx.changed().await.ok().map(|_| ((), rx))
     });
-    let nodes = Controller::new(Api::<R1Node>::all(client.clone()), wc())
+    let node_events = cached("r1nodes", Api::<R1Node>::all(client.clone()), wc(), nodes_writer, &watches, trim);
+    let node_store = nodes_cache.clone();
+    let secrets_api = Api::<Secret>::namespaced(client.clone(), &cfg.namespace);
+    let secrets = cached("secrets", secrets_api, wc(), secrets_writer, &watches, trim);
+    let nodes = Controller::for_stream(node_events.applied_objects(), nodes_cache.clone())
         .with_config(ctl_cfg.clone())
-        .reconcile_all_on(net_changes);
-    let node_store = nodes.store();
-    let nodes = nodes
-        .watches(Api::<Secret>::namespaced(client.clone(), &cfg.namespace), wc(), move |s: Secret| {
+        .reconcile_all_on(net_changes)
+        .watches_stream(secrets.touched_objects(), move |s: Secret| {
             // A Secret change concerns every R1Node that names it.
             let name = s.name_any();
             node_store
@@ -264,24 +344,45 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
                 .map(|n| ObjectRef::from_obj(n.as_ref()))
                 .collect::<Vec<_>>()
         })
+        // A deleted R1Node may leave a duplicate as the cluster's node.
+        .watches_stream(deletions(Api::<R1Node>::all(client.clone())), move |gone: R1Node| {
+            node::others(&nodes_cache.state(), &gone)
+        })
         .graceful_shutdown_on(stop_rx())
         .run(node::reconcile, error_policy::<R1Node>, ctx.clone())
         .for_each(|_| futures::future::ready(()));
 
+    // Children and pods come from label-filtered watches whose stores the
+    // reconciler reads; a child's deletion also forgets its last apply.
+    let deployments =
+        cached("deployments", Api::<Deployment>::all(client.clone()), owned(), deployments_writer, &watches, trim);
+    let services = cached("services", Api::<Service>::all(client.clone()), owned(), services_writer, &watches, trim);
+    let jobs = cached("jobs", Api::<Job>::all(client.clone()), owned(), jobs_writer, &watches, trim);
+    let pods = cached("pods", Api::<Pod>::all(client.clone()), owned(), pods_writer, &watches, trim_pod);
+    let local_node_changes = futures::stream::unfold(ctx.local_node_changes.subscribe(), |mut rx| async move {
+        rx.changed().await.ok().map(|_| ((), rx))
+    });
     let pipelines = Controller::new(Api::<R1Pipeline>::all(client.clone()), wc()).with_config(ctl_cfg.clone());
     let pipeline_store = pipelines.store();
     let pipelines = pipelines
-        .owns(Api::<Deployment>::all(client.clone()), owned())
-        .owns(Api::<Service>::all(client.clone()), owned())
-        .owns(Api::<Job>::all(client.clone()), owned())
+        .owns_stream(deployments.inspect(forget_deleted(ctx.clone())).touched_objects())
+        .owns_stream(services.inspect(forget_deleted(ctx.clone())).touched_objects())
+        .owns_stream(jobs.inspect(forget_deleted(ctx.clone())).touched_objects())
+        .watches_stream(pods.touched_objects(), |pod: Pod| {
+            let ns = pod.namespace()?;
+            Some(ObjectRef::<R1Pipeline>::new(pod.labels().get(pipeline::PIPELINE_LABEL)?).within(&ns))
+        })
         .watches(Api::<R1Model>::all(client.clone()), wc(), move |m: R1Model| {
             pipeline::mounting(&pipeline_store.state(), m.namespace().as_deref(), &m.name_any())
         })
+        // Placement depends on this cluster's R1Node (labels, offer).
+        .reconcile_all_on(local_node_changes)
         .graceful_shutdown_on(stop_rx())
         .run(pipeline::reconcile, error_policy::<R1Pipeline>, ctx.clone())
         .for_each(|_| futures::future::ready(()));
 
-    let models = Controller::new(Api::<R1Model>::all(client.clone()), wc())
+    let model_events = cached("r1models", Api::<R1Model>::all(client.clone()), wc(), models_writer, &watches, trim);
+    let models = Controller::for_stream(model_events.applied_objects(), models_cache)
         .with_config(ctl_cfg)
         .graceful_shutdown_on(stop_rx())
         .run(model::reconcile, error_policy::<R1Model>, ctx.clone())

@@ -54,8 +54,8 @@ pub(crate) mod schema {
 }
 
 /// Content identifiers the schema accepts: CIDv0 (base58btc sha2-256) or
-/// CIDv1 in base32 (what `ipfs add --cid-version 1` prints). The controller
-/// decodes them fully.
+/// CIDv1 in base32 (what `ipfs add --cid-version 1` prints). Only this shape
+/// is checked today; decoding the multihash comes with R1FS.
 pub const CID_PATTERN: &str = r"^(Qm[1-9A-HJ-NP-Za-km-z]{44}|b[a-z2-7]{58,})$";
 
 #[cfg(test)]

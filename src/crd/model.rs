@@ -17,8 +17,6 @@ use serde::{Deserialize, Serialize};
     namespaced,
     status = "R1ModelStatus",
     printcolumn = r#"{"name":"CID","type":"string","jsonPath":".status.cid"}"#,
-    printcolumn = r#"{"name":"Size","type":"integer","jsonPath":".status.size"}"#,
-    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.replicas"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -30,11 +28,13 @@ pub struct R1ModelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-zA-Z0-9][-a-zA-Z0-9_.+]*$"))]
     pub format: Option<String>,
-    /// Number of network peers that should pin the artifact.
+    /// Number of network peers that should pin the artifact (honoured once
+    /// R1FS replication lands; not acted on yet).
     #[serde(default = "default_replication")]
     #[schemars(range(min = 1, max = 64), extend("default" = 3))]
     pub replication: i32,
-    /// Encrypted federated training (EDIL); absent means no training.
+    /// Encrypted federated training (EDIL); absent means no training. Until
+    /// EDIL lands the model reports `Training=False, reason=AwaitingEDIL`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training: Option<TrainingSpec>,
 }
@@ -110,13 +110,14 @@ pub struct R1ModelStatus {
     /// Content identifier of the artifact.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cid: Option<String>,
-    /// Size in bytes, once known.
+    /// Size in bytes. Reserved for R1FS: not computed yet (absent, never 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<i64>,
-    /// Peers holding a pinned copy.
-    #[serde(default)]
-    pub replicas: i32,
-    /// Last completed EDIL round.
+    /// Peers holding a pinned copy. Reserved for R1FS replication: not
+    /// computed yet (absent, never 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Last completed EDIL round. Reserved for EDIL: not computed yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub round: Option<i32>,
     /// `Ready`, `Available`, `Training`, `Reconciling`, `Stalled`.

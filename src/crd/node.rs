@@ -110,17 +110,21 @@ pub struct P2pSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Offer {
-    /// CPU offered, as a Kubernetes quantity (e.g. `8`, `7500m`).
+    /// CPU offered, as a Kubernetes quantity (e.g. `8`, `7500m`). Advertised
+    /// in heartbeats; not yet used for placement (Deeploy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<Quantity>,
-    /// Memory offered, as a Kubernetes quantity (e.g. `32Gi`).
+    /// Memory offered, as a Kubernetes quantity (e.g. `32Gi`). Advertised
+    /// in heartbeats; not yet used for placement (Deeploy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<Quantity>,
-    /// Number of GPUs offered.
+    /// Number of GPUs offered. Advertised in heartbeats; not yet used for
+    /// placement (Deeploy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1024))]
     pub gpus: Option<u32>,
-    /// Kubernetes node labels that pods placed here by the network must match.
+    /// Kubernetes node labels that every pod of a pipeline running on this
+    /// cluster must match: added to the pods' `nodeSelector`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
 }
@@ -138,10 +142,11 @@ pub struct R1NodeStatus {
     /// Time of the last heartbeat this node published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
-    /// Current epoch number.
+    /// Current epoch number. Reserved for OracleSync: not computed yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
-    /// Availability in the last closed epoch, 0..255.
+    /// Availability in the last closed epoch, 0..255. Reserved for
+    /// OracleSync: not computed yet (absent, never 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 255))]
     pub availability: Option<u8>,

@@ -36,14 +36,19 @@ pub struct R1PipelineSpec {
     pub replicas: i32,
     /// The pod to run: a Kubernetes PodTemplateSpec with at least one container.
     pub template: PodTemplateSpec,
-    /// Where in the network to run.
+    /// Where in the network to run. Until network placement (Deeploy)
+    /// lands, only this cluster can run a pipeline: a placement it cannot
+    /// honour is reported as `Scheduled=False` with what is missing.
     #[serde(default)]
     pub placement: Placement,
-    /// R1Models (same namespace) to mount into every container.
+    /// R1Models (same namespace) the pipeline uses. Their resolved CIDs are
+    /// written to the pods' `ratio1.ai/models` annotation (a new CID rolls
+    /// the pods); mounting the content into the containers waits for R1FS.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub models: Vec<ModelMount>,
-    /// R1FS content to mount into every container.
+    /// R1FS content the pipeline uses, written to the pods'
+    /// `ratio1.ai/inputs` annotation; mounting it waits for R1FS.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub inputs: Vec<InputMount>,
@@ -76,14 +81,19 @@ impl std::fmt::Display for PipelineMode {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Placement {
-    /// How many clusters should run the pipeline.
+    /// How many clusters should run the pipeline. More than 1 runs here
+    /// only and reports `Scheduled=False, reason=NotEnoughClusters`.
     #[serde(default = "default_clusters")]
     #[schemars(range(min = 1, max = 100), extend("default" = 1))]
     pub clusters: i32,
-    /// Only clusters whose R1Node labels match.
+    /// Only clusters whose R1Node labels match. A selector that does not
+    /// match this cluster runs nothing here (`Scheduled=False,
+    /// reason=ClusterNotSelected`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_selector: Option<LabelSelector>,
-    /// Explicit R1Node names (or PeerIds) to run on.
+    /// Explicit R1Node names (or PeerIds) to run on. This cluster runs the
+    /// pipeline only when named; any other node reports `Scheduled=False,
+    /// reason=NodesUnavailable`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     pub nodes: Vec<String>,
@@ -152,8 +162,9 @@ pub struct R1PipelineStatus {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PlacementStatus {
-    /// R1Node name of the cluster.
-    pub node: String,
+    /// R1Node name of the cluster (absent when the cluster has no R1Node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// PeerId of the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_id: Option<String>,

@@ -134,7 +134,8 @@ fn model_cids_are_in_the_pod_template() {
 #[test]
 fn placement_follows_children() {
     let p = pipeline(PipelineMode::Service, vec![container("a", &[])]);
-    let node = LocalNode { name: "n1".into(), peer_id: Some("12D3".into()) };
+    let node = LocalNode { name: "n1".into(), peer_id: Some("12D3".into()), ..Default::default() };
+    let node = Some(&node);
     let mut dep = build(&p, &Inputs::default()).unwrap().deployment.unwrap();
     dep.metadata.generation = Some(3);
     dep.status = Some(DeploymentStatus {
@@ -143,36 +144,96 @@ fn placement_follows_children() {
         updated_replicas: Some(2),
         ..Default::default()
     });
-    assert_eq!(placement_status(&p, &node, Some(&dep), None).phase, PlacementPhase::Pending, "old generation");
+    assert_eq!(placement_status(&p, node, Some(&dep), None).phase, PlacementPhase::Pending, "old generation");
     dep.status.as_mut().unwrap().observed_generation = Some(3);
-    let st = placement_status(&p, &node, Some(&dep), None);
-    assert_eq!((st.phase, st.ready_replicas, st.node.as_str()), (PlacementPhase::Running, 2, "n1"));
+    let st = placement_status(&p, node, Some(&dep), None);
+    assert_eq!((st.phase, st.ready_replicas, st.node.as_deref()), (PlacementPhase::Running, 2, Some("n1")));
     let conds = placement_conditions(&p, &st, None);
     assert!(conds.iter().any(|w| w.type_ == "Ready" && w.status == Some(true)));
     // A rollout whose new pods do not start: the old pods are still ready,
     // but 3 pods exist for 2 replicas, so it is not done.
     dep.status.as_mut().unwrap().replicas = Some(3);
-    assert_eq!(placement_status(&p, &node, Some(&dep), None).phase, PlacementPhase::Pending, "rollout in progress");
+    assert_eq!(placement_status(&p, node, Some(&dep), None).phase, PlacementPhase::Pending, "rollout in progress");
     dep.status.as_mut().unwrap().replicas = Some(2);
 
     let jp = pipeline(PipelineMode::Job, vec![container("a", &[])]);
     let mut job = build(&jp, &Inputs::default()).unwrap().job.unwrap();
     let cond = |t: &str| JobCondition { type_: t.into(), status: "True".into(), ..Default::default() };
     job.status = Some(JobStatus { succeeded: Some(2), conditions: Some(vec![cond("Complete")]), ..Default::default() });
-    assert_eq!(placement_status(&jp, &node, None, Some(&job)).phase, PlacementPhase::Succeeded);
+    assert_eq!(placement_status(&jp, node, None, Some(&job)).phase, PlacementPhase::Succeeded);
     job.status = Some(JobStatus { failed: Some(7), conditions: Some(vec![cond("Failed")]), ..Default::default() });
-    let st = placement_status(&jp, &node, None, Some(&job));
+    let st = placement_status(&jp, node, None, Some(&job));
     assert_eq!(st.phase, PlacementPhase::Failed);
     assert!(placement_conditions(&jp, &st, None).iter().any(|w| w.type_ == "Stalled" && w.status == Some(true)));
 }
 
+fn local(name: &str, labels: &[(&str, &str)]) -> LocalNode {
+    LocalNode {
+        name: name.into(),
+        peer_id: Some(format!("12D3{name}")),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        node_selector: Default::default(),
+    }
+}
+
 #[test]
-fn federated_placement_is_reported_as_local_only() {
+fn a_placement_the_cluster_cannot_honour_is_not_scheduled() {
+    let here = local("n1", &[("region", "eu")]);
     let mut p = pipeline(PipelineMode::Service, vec![container("a", &[])]);
+    assert_eq!(schedule(&p, Some(&here)), Ok(Schedule { run_here: true, unmet: None }));
+    assert_eq!(schedule(&p, None), Ok(Schedule { run_here: true, unmet: None }), "no R1Node: a plain cluster");
+
     p.spec.placement.clusters = 3;
-    let st = PlacementStatus { node: "n".into(), ..Default::default() };
-    let sched = placement_conditions(&p, &st, None).into_iter().find(|w| w.type_ == "Scheduled").unwrap();
-    assert_eq!(sched.reason, "LocalOnly");
+    let s = schedule(&p, Some(&here)).unwrap();
+    assert!(s.run_here);
+    assert_eq!(s.unmet.as_ref().unwrap().0, "NotEnoughClusters");
+    assert!(s.unmet.unwrap().1.contains("1 of 3"));
+    p.spec.placement.clusters = 1;
+
+    let sel = |k: &str, v: &str| LabelSelector {
+        match_labels: Some(BTreeMap::from([(k.to_string(), v.to_string())])),
+        ..Default::default()
+    };
+    p.spec.placement.cluster_selector = Some(sel("region", "us"));
+    let s = schedule(&p, Some(&here)).unwrap();
+    assert_eq!((s.run_here, s.unmet.unwrap().0), (false, "ClusterNotSelected"), "nothing runs where excluded");
+    assert_eq!(schedule(&p, None).unwrap().run_here, false, "no R1Node has no labels");
+    p.spec.placement.cluster_selector = Some(sel("region", "eu"));
+    assert_eq!(schedule(&p, Some(&here)), Ok(Schedule { run_here: true, unmet: None }));
+    p.spec.placement.cluster_selector = Some(LabelSelector {
+        match_expressions: Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+            key: "region".into(),
+            operator: "Sideways".into(),
+            values: None,
+        }]),
+        ..Default::default()
+    });
+    assert_eq!(schedule(&p, Some(&here)).unwrap_err().reason, "InvalidPlacement");
+    p.spec.placement.cluster_selector = None;
+
+    p.spec.placement.nodes = vec!["n2".into()];
+    let s = schedule(&p, Some(&here)).unwrap();
+    assert_eq!((s.run_here, s.unmet.unwrap().0), (false, "NodesUnavailable"));
+    p.spec.placement.nodes = vec!["n1".into(), "n2".into()];
+    let s = schedule(&p, Some(&here)).unwrap();
+    assert_eq!((s.run_here, s.unmet.as_ref().unwrap().0), (true, "NodesUnavailable"));
+    assert!(s.unmet.unwrap().1.contains("n2"));
+    p.spec.placement.nodes = vec!["12D3n1".into()];
+    assert_eq!(schedule(&p, Some(&here)), Ok(Schedule { run_here: true, unmet: None }), "named by PeerId");
+}
+
+#[test]
+fn the_cluster_offer_selects_nodes_for_every_pod() {
+    let mut p = pipeline(PipelineMode::Service, vec![container("a", &[])]);
+    let mut inputs = Inputs::default();
+    inputs.node_selector = BTreeMap::from([("pool".to_string(), "gpu".to_string())]);
+    let d = build(&p, &inputs).unwrap().deployment.unwrap();
+    let sel = d.spec.unwrap().template.spec.unwrap().node_selector.unwrap();
+    assert_eq!(sel.get("pool").map(String::as_str), Some("gpu"));
+    p.spec.template.spec.as_mut().unwrap().node_selector = Some(BTreeMap::from([("pool".into(), "cpu".into())]));
+    assert_eq!(validate(&p, &inputs).unwrap_err().reason, "NodeSelectorConflict");
+    p.spec.template.spec.as_mut().unwrap().node_selector = Some(BTreeMap::from([("disk".into(), "ssd".into())]));
+    assert_eq!(validate(&p, &inputs), Ok(None), "other keys combine");
 }
 
 #[test]
@@ -232,8 +293,7 @@ fn a_crash_loop_names_pod_container_exit_code_and_what_to_read() {
 #[test]
 fn a_problem_replaces_the_count_while_not_ready() {
     let p = pipeline(PipelineMode::Service, vec![container("a", &[])]);
-    let node = LocalNode { name: "local".into(), peer_id: None };
-    let placement = placement_status(&p, &node, None, None);
+    let placement = placement_status(&p, None, None, None);
     let problem = ("CrashLoopBackOff".to_string(), "pod web-b container main: CrashLoopBackOff".to_string());
     let w = placement_conditions_with(&p, &placement, None, Some(&problem));
     let ready = w.iter().find(|w| w.type_ == "Ready").unwrap();
@@ -271,10 +331,26 @@ mod mocked_api {
 
     /// A context whose client talks to the returned mock API server.
     fn mocked_context() -> (Arc<Context>, Handle) {
+        let (ctx, handle) = mocked_context_with(Default::default());
+        (Arc::new(ctx), handle)
+    }
+
+    fn mocked_context_with(caches: crate::controller::Caches) -> (Context, Handle) {
         let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(svc, "default");
         let recorder = Recorder::new(client.clone(), Reporter { controller: "ratio1-operator".into(), instance: None });
-        (Arc::new(Context::new(client, recorder, Arc::new(Metrics::default()), "ratio1-system".into())), handle)
+        let mut ctx = Context::new(client, recorder, Arc::new(Metrics::default()), "ratio1-system".into());
+        ctx.caches = caches;
+        (ctx, handle)
+    }
+
+    /// What the API server returns for an applied object: it as sent, with
+    /// a UID and a generation.
+    fn stored(mut body: serde_json::Value, uid: &str) -> serde_json::Value {
+        body["metadata"]["uid"] = uid.into();
+        body["metadata"]["generation"] = 1.into();
+        body["metadata"]["resourceVersion"] = "7".into();
+        body
     }
 
     fn json_response(code: StatusCode, body: serde_json::Value) -> Response<Body> {
@@ -308,7 +384,10 @@ mod mocked_api {
         let p = pipeline(PipelineMode::Service, vec![container("a", &[8080])]);
 
         let server = tokio::spawn(async move {
-            for kind in ["deployments", "services", "jobs"] {
+            // The caches are empty: only children about to be written are
+            // looked up (a user's object of that name must not be taken
+            // over); no Job is wanted, so none is looked for.
+            for kind in ["deployments", "services"] {
                 let (_, _, send) = next(&mut handle, Method::GET, &format!("/namespaces/ns/{kind}/web")).await;
                 send.send_response(not_found());
             }
@@ -351,10 +430,7 @@ mod mocked_api {
         let (ctx, mut handle) = mocked_context();
         let p = pipeline(PipelineMode::Service, vec![]);
         let server = tokio::spawn(async move {
-            for kind in ["deployments", "services", "jobs"] {
-                let (_, _, send) = next(&mut handle, Method::GET, &format!("/{kind}/web")).await;
-                send.send_response(not_found());
-            }
+            // Nothing will be written but status: nothing is read.
             let (_, body, send) = next(&mut handle, Method::PATCH, "/r1pipelines/web/status").await;
             let stalled = body["status"]["conditions"]
                 .as_array()
@@ -377,5 +453,75 @@ mod mocked_api {
         });
         assert_eq!(reconcile(Arc::new(p), ctx).await.unwrap(), Action::await_change());
         server.await.unwrap();
+    }
+
+    /// The steady state costs nothing: with the children in the caches as
+    /// the last apply left them and the status up to date, a reconcile (a
+    /// resync, or a watch event that changed nothing relevant) sends no
+    /// request at all. A child someone else changed is applied again.
+    #[tokio::test]
+    async fn a_reconcile_with_nothing_to_do_sends_no_request() {
+        use kube::runtime::reflector;
+        use kube::runtime::watcher::Event;
+        let (deps, mut deps_w) = reflector::store::<Deployment>();
+        let (svcs, mut svcs_w) = reflector::store::<Service>();
+        let caches =
+            crate::controller::Caches { deployments: deps.clone(), services: svcs.clone(), ..Default::default() };
+        let (ctx, mut handle) = mocked_context_with(caches);
+        let ctx = Arc::new(ctx);
+        let p = pipeline(PipelineMode::Service, vec![container("a", &[8080])]);
+
+        // First reconcile: GET (miss), apply, status; remember what the
+        // server returned.
+        let server = tokio::spawn(async move {
+            for kind in ["deployments", "services"] {
+                let (_, _, send) = next(&mut handle, Method::GET, &format!("/{kind}/web")).await;
+                send.send_response(not_found());
+            }
+            let mut stored_children = vec![];
+            for (kind, uid) in [("deployments", "d-uid"), ("services", "s-uid")] {
+                let (_, body, send) = next(&mut handle, Method::PATCH, &format!("/{kind}/web")).await;
+                let body = stored(body, uid);
+                stored_children.push(body.clone());
+                send.send_response(json_response(StatusCode::OK, body));
+            }
+            let (_, status, send) = next(&mut handle, Method::PATCH, "/r1pipelines/web/status").await;
+            send.send_response(json_response(
+                StatusCode::OK,
+                serde_json::to_value(pipeline(PipelineMode::Service, vec![])).unwrap(),
+            ));
+            let (_, event, send) = next(&mut handle, Method::POST, "/events").await;
+            send.send_response(json_response(StatusCode::CREATED, event));
+            (handle, stored_children, status)
+        });
+        reconcile(Arc::new(p.clone()), ctx.clone()).await.unwrap();
+        let (mut handle, children, status) = server.await.unwrap();
+
+        // The watches deliver the children; the pipeline carries its status.
+        deps_w.apply_watcher_event(&Event::Apply(serde_json::from_value(children[0].clone()).unwrap()));
+        svcs_w.apply_watcher_event(&Event::Apply(serde_json::from_value(children[1].clone()).unwrap()));
+        let mut again = p.clone();
+        again.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+        reconcile(Arc::new(again.clone()), ctx.clone()).await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await.is_err(),
+            "a reconcile with nothing to do sent a request"
+        );
+
+        // Someone scales the Deployment by hand: its generation moves, so
+        // the operator applies its own spec again (and only that).
+        let mut drifted = children[0].clone();
+        drifted["metadata"]["generation"] = 2.into();
+        drifted["spec"]["replicas"] = 5.into();
+        deps_w.apply_watcher_event(&Event::Apply(serde_json::from_value(drifted).unwrap()));
+        let server = tokio::spawn(async move {
+            let (_, body, send) = next(&mut handle, Method::PATCH, "/deployments/web").await;
+            assert_eq!(body["spec"]["replicas"], 2, "the pipeline's replicas, not the drifted 5");
+            send.send_response(json_response(StatusCode::OK, stored(body, "d-uid")));
+            handle
+        });
+        reconcile(Arc::new(again), ctx.clone()).await.unwrap();
+        let mut handle = server.await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await.is_err());
     }
 }
