@@ -107,9 +107,14 @@ struct OperatorArgs {
     /// Name of the leader Lease.
     #[arg(long, default_value = "ratio1-operator-leader")]
     lease_name: String,
-    /// Seconds a leader Lease stays valid without renewal.
+    /// Seconds a candidate waits, from when it last saw the leader Lease
+    /// change, before taking it.
     #[arg(long, default_value_t = 15)]
     lease_duration_secs: u64,
+    /// Seconds the leader may go without renewing before it steps down
+    /// (exits); less than the lease duration, more than the retry period.
+    #[arg(long, default_value_t = 10)]
+    lease_renew_deadline_secs: u64,
     /// Seconds between renewals (and candidate retries).
     #[arg(long, default_value_t = 5)]
     lease_retry_secs: u64,
@@ -330,6 +335,7 @@ async fn main() -> ExitCode {
                     leader_election: a.leader_election,
                     lease_name: a.lease_name,
                     lease_duration: Duration::from_secs(a.lease_duration_secs),
+                    lease_renew_deadline: Duration::from_secs(a.lease_renew_deadline_secs),
                     lease_retry: Duration::from_secs(a.lease_retry_secs),
                     identity: a.identity.unwrap_or_else(default_identity),
                     resync: Duration::from_secs(a.resync_secs),
@@ -339,7 +345,15 @@ async fn main() -> ExitCode {
                     revoked_licenses: a.revoked_licenses,
                     pod: std::env::var("POD_NAME").ok().filter(|p| !p.is_empty()),
                 };
-                run(cfg).await
+                // Checked before anything starts: such timing could let two
+                // replicas lead at once.
+                let (lease, deadline, retry) = (cfg.lease_duration, cfg.lease_renew_deadline, cfg.lease_retry);
+                let timing =
+                    if cfg.leader_election { ratio1::leader::validate_timing(lease, deadline, retry) } else { Ok(()) };
+                match timing {
+                    Err(e) => Err(anyhow::anyhow!("{e} (flags --lease-*-secs)")),
+                    Ok(()) => run(cfg).await,
+                }
             }
         },
     };

@@ -67,6 +67,15 @@ fn manifests_and_chart_match_the_code() {
         .output()
         .unwrap();
     assert!(!bad.status.success());
+    // Lease timing that could let two replicas lead fails to render (the
+    // operator would refuse it at start, in a crash loop).
+    let bad = Command::new(helm())
+        .args(["template", "x"])
+        .arg(root().join("charts/ratio1-operator"))
+        .args(["--set", "leaderElection.renewDeadlineSeconds=15"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("renewDeadlineSeconds"));
 }
 
 /// A kubeconfig for cluster `cluster` that authenticates with `token`.

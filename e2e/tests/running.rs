@@ -397,6 +397,7 @@ async fn chart_installed_operator_runs_as_a_pod_and_reconciles() {
         .args(["--set", &format!("image.repository={repo}"), "--set", &format!("image.tag={tag}")])
         .args(["--set", "image.pullPolicy=Never", "--set", "replicaCount=2"])
         .args(["--set", "leaderElection.leaseDurationSeconds=4", "--set", "leaderElection.retryPeriodSeconds=1"])
+        .args(["--set", "leaderElection.renewDeadlineSeconds=3"])
         .args(["--set", "resyncSeconds=30"])
         .env("KUBECONFIG", &kc));
 

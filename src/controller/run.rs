@@ -34,6 +34,7 @@ pub struct OperatorConfig {
     pub leader_election: bool,
     pub lease_name: String,
     pub lease_duration: Duration,
+    pub lease_renew_deadline: Duration,
     pub lease_retry: Duration,
     pub identity: String,
     pub resync: Duration,
@@ -285,6 +286,7 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
         name: cfg.lease_name.clone(),
         identity: cfg.identity.clone(),
         lease_duration: cfg.lease_duration,
+        renew_deadline: cfg.lease_renew_deadline,
         retry_period: cfg.lease_retry,
     };
     let mut lost = if cfg.leader_election {

@@ -159,13 +159,21 @@ pub struct OperatorOpts {
     pub cluster: usize,
     pub identity: String,
     pub lease_duration_secs: u64,
+    pub lease_renew_deadline_secs: u64,
     pub lease_retry_secs: u64,
     pub extra_args: Vec<String>,
 }
 
 impl OperatorOpts {
     pub fn new(cluster: usize, identity: &str) -> Self {
-        Self { cluster, identity: identity.into(), lease_duration_secs: 4, lease_retry_secs: 1, extra_args: vec![] }
+        Self {
+            cluster,
+            identity: identity.into(),
+            lease_duration_secs: 4,
+            lease_renew_deadline_secs: 3,
+            lease_retry_secs: 1,
+            extra_args: vec![],
+        }
     }
 
     fn command(&self, metrics_port: u16, api_port: u16) -> std::process::Command {
@@ -182,6 +190,8 @@ impl OperatorOpts {
             .arg(&self.identity)
             .arg("--lease-duration-secs")
             .arg(self.lease_duration_secs.to_string())
+            .arg("--lease-renew-deadline-secs")
+            .arg(self.lease_renew_deadline_secs.to_string())
             .arg("--lease-retry-secs")
             .arg(self.lease_retry_secs.to_string())
             .args(&self.extra_args)
