@@ -118,6 +118,21 @@ trait Campaign {
     fn round(&mut self) -> impl Future<Output = Result<Round, kube::Error>> + Send;
 }
 
+/// This replica's leadership: `lost` turns `false` when it ends.
+pub struct Leadership {
+    pub lost: watch::Receiver<bool>,
+    renewing: tokio::task::JoinHandle<()>,
+}
+
+impl Leadership {
+    /// Stops renewing (before a release: a renewal after it would take the
+    /// lease back).
+    pub async fn stop_renewing(self) {
+        self.renewing.abort();
+        let _ = self.renewing.await;
+    }
+}
+
 pub struct Elector {
     api: Api<Lease>,
     cfg: LeaseConfig,
@@ -189,7 +204,7 @@ impl Elector {
     /// Campaigns until this replica leads, then keeps renewing in the
     /// background. The returned receiver turns `false` (and the task ends)
     /// when leadership is lost; it is never regained by the same task.
-    pub async fn acquire(mut self) -> watch::Receiver<bool> {
+    pub async fn acquire(mut self) -> Leadership {
         let won_at = loop {
             let started = Instant::now();
             // Bounded like a renewal: a hung call must not stall the campaign.
@@ -204,12 +219,12 @@ impl Elector {
         };
         tracing::info!(identity = %self.cfg.identity, lease = %self.cfg.name, "acquired leadership");
         let (tx, rx) = watch::channel(true);
-        tokio::spawn(async move {
+        let renewing = tokio::spawn(async move {
             let (retry, deadline) = (self.cfg.retry_period, self.cfg.renew_deadline);
             keep_renewing(&mut self, won_at, retry, deadline).await;
             let _ = tx.send(false);
         });
-        rx
+        Leadership { lost: rx, renewing }
     }
 
     /// Gives the lease up (on graceful shutdown) so a standby takes over at

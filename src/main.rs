@@ -116,7 +116,7 @@ struct OperatorArgs {
     #[arg(long, default_value_t = 10)]
     lease_renew_deadline_secs: u64,
     /// Seconds between renewals (and candidate retries).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 2)]
     lease_retry_secs: u64,
     /// This replica's identity in the Lease (default: POD_NAME, else host name and pid).
     #[arg(long, env = "POD_NAME")]

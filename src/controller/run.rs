@@ -393,9 +393,9 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
     tracing::info!(namespace = %cfg.namespace, "controllers started");
     let controllers = async { tokio::join!(nodes, pipelines, models) };
     let leadership_lost = async {
-        match lost.as_mut() {
-            Some(rx) => {
-                let _ = rx.wait_for(|leading| !leading).await;
+        match lost.as_ref() {
+            Some(l) => {
+                let _ = l.lost.clone().wait_for(|leading| !leading).await;
             }
             None => futures::future::pending::<()>().await,
         }
@@ -412,7 +412,8 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
             if tokio::time::timeout(SHUTDOWN_GRACE, controllers).await.is_err() {
                 tracing::warn!(grace = ?SHUTDOWN_GRACE, "reconciles did not finish in time; stopping them");
             }
-            if cfg.leader_election {
+            if let Some(leadership) = lost.take() {
+                leadership.stop_renewing().await;
                 Elector::release(client.clone(), &lease).await;
             }
             Ok(())
