@@ -129,21 +129,6 @@ async fn network(State(view): State<crate::p2p::SharedView>) -> impl IntoRespons
     ([("content-type", "application/json")], body)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_watch_is_stuck_only_after_failing_without_a_break() {
-        let w = WatchHealth::default();
-        w.observe("pods", false);
-        assert_eq!(w.stuck(Duration::from_secs(60)), None, "just started failing");
-        assert_eq!(w.stuck(Duration::ZERO).map(|(n, _)| n), Some("pods"));
-        w.observe("pods", true);
-        assert_eq!(w.stuck(Duration::ZERO), None, "an event clears it");
-    }
-}
-
 /// GET of a JSON document over plain HTTP (the CLI reads an operator's
 /// endpoints with it).
 pub async fn get_json(url: &str) -> anyhow::Result<serde_json::Value> {
@@ -158,4 +143,19 @@ pub async fn get_json(url: &str) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(resp.status().is_success(), "{url} answered {}", resp.status());
     let body = resp.into_body().collect().await.map_err(|e| anyhow::anyhow!("reading {url}: {e}"))?.to_bytes();
     serde_json::from_slice(&body).map_err(|e| anyhow::anyhow!("{url} did not return JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watch_is_stuck_only_after_failing_without_a_break() {
+        let w = WatchHealth::default();
+        w.observe("pods", false);
+        assert_eq!(w.stuck(Duration::from_secs(60)), None, "just started failing");
+        assert_eq!(w.stuck(Duration::ZERO).map(|(n, _)| n), Some("pods"));
+        w.observe("pods", true);
+        assert_eq!(w.stuck(Duration::ZERO), None, "an event clears it");
+    }
 }
