@@ -336,6 +336,8 @@ async fn a_crashing_container_surfaces_in_status_until_fixed() {
     // kstatus: still in progress (the user may fix it), not stalled.
     assert!(is(&st.conditions, "Reconciling", "True") && is(&st.conditions, "Stalled", "False"));
     assert_eq!(cond(&st.conditions, "Reconciling").unwrap().reason, "CrashLoopBackOff");
+    // Only the user can fix it: a Warning, not a Normal Event.
+    wait_warning_event(&c, &ns.name, "CrashLoopBackOff", "crash").await;
 
     // The user acts on it: the pipeline becomes ready.
     apply(&pipes, "crash", crashing("echo serving; exec sleep 3600")).await;

@@ -344,7 +344,7 @@ where
 
 /// Publishes an Event when the outcome of a reconcile changed: `Stalled`
 /// turned true (Warning, with the reason a user can act on), or `Ready`
-/// changed. Reasons equal condition reasons. Steady state emits nothing.
+/// changed (Warning when a container needs the user's fix). Reasons equal condition reasons. Steady state emits nothing.
 pub async fn report_transition<K>(ctx: &Context, obj: &K, old: &[Condition], new: &[Condition])
 where
     K: Resource<DynamicType = ()>,
@@ -356,7 +356,15 @@ where
         (was(conditions::STALLED) != now(conditions::STALLED))
             .then(|| (EventType::Warning, c.reason.clone(), c.message.clone()))
     } else if was(conditions::READY) != now(conditions::READY) {
-        conditions::find(new, conditions::READY).map(|c| (EventType::Normal, c.reason.clone(), c.message.clone()))
+        conditions::find(new, conditions::READY).map(|c| {
+            // A container only the user can fix (crash loop, bad image) is
+            // a warning even while the object is still progressing.
+            let type_ = match pipeline::CONTAINER_PROBLEMS.contains(&c.reason.as_str()) {
+                true => EventType::Warning,
+                false => EventType::Normal,
+            };
+            (type_, c.reason.clone(), c.message.clone())
+        })
     } else {
         None
     };

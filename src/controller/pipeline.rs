@@ -336,7 +336,7 @@ pub fn placement_status(
 
 /// Waiting reasons of a container that will not resolve without the user
 /// (a fixed set: they become condition reasons).
-const CONTAINER_PROBLEMS: &[&str] = &[
+pub const CONTAINER_PROBLEMS: &[&str] = &[
     "CrashLoopBackOff",
     "ImagePullBackOff",
     "ErrImagePull",
