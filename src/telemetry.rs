@@ -18,7 +18,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber; `RUST_LOG` filters (default `info`).
+/// Installs the global subscriber; `RUST_LOG` filters (default
+/// `info,kube_runtime=warn`).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube_runtime=warn"));
     let registry = tracing_subscriber::registry().with(filter);

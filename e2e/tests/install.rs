@@ -4,6 +4,7 @@
 //! running with nothing but the ServiceAccount token and RBAC from
 //! install.yaml, reconciles (least-privilege RBAC is enough).
 
+use crate::harness::logs::api_refusals;
 use crate::harness::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
@@ -148,7 +149,7 @@ async fn install_path_with_least_privilege_rbac() {
         .args(["operator", "--namespace", OPERATOR_NS, "--identity", "sa-operator"])
         .arg("--metrics-addr")
         .arg(format!("127.0.0.1:{port}"))
-        .args(["--api-addr", "127.0.0.1:0"])
+        .args(["--api-addr", "127.0.0.1:0", "--log-format", "json"])
         // Exercises the Pod-label permission (the Pod does not exist: a 404
         // is fine, a 403 fails the test below).
         .env("POD_NAME", "sa-operator-pod")
@@ -197,9 +198,12 @@ async fn install_path_with_least_privilege_rbac() {
     .await;
     assert!(!ratio1::conditions::is_true(&p.status.unwrap().conditions, "Stalled"));
     let logs = std::fs::read_to_string(log_dir().join("c3-serviceaccount.log")).unwrap();
-    // (a refused request's error says "forbidden"; a bare "403" also
-    // matches timestamps such as 15.474039)
-    assert!(!logs.to_lowercase().contains("forbidden"), "the operator hit a permission it lacks:\n{logs}");
+    // Read as structured logs: any line reporting an HTTP 403 from the API
+    // server (a permission the ServiceAccount lacks) fails, and a
+    // timestamp or a name that merely contains "403" does not.
+    let refused = api_refusals(&logs);
+    assert!(refused.json_lines > 0, "no JSON log line from the operator:\n{logs}");
+    assert!(refused.lines.is_empty(), "the operator hit a permission it lacks:\n{}", refused.lines.join("\n"));
     op.kill().await.unwrap();
     ns.cleanup().await;
     let _ = std::fs::remove_file(Path::new(&kc));

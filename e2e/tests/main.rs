@@ -1,9 +1,11 @@
 //! End-to-end tests against a real kube-apiserver + controller-manager +
 //! etcd (`e2e/kube/up.sh`), with the operator as a real process.
-//! Run them with `bash e2e/test.sh`, which starts and stops that control plane.
+//! Run them with `bash e2e/test.sh`, which starts and stops that control plane
+//! (`docs` needs none: it checks the docs against the CLI).
 
 mod harness;
 
+mod docs;
 mod federation;
 mod hostile;
 mod install;

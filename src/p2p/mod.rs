@@ -259,8 +259,10 @@ pub struct DauthRecord {
 pub const DAUTH_LOG_MAX: usize = 256;
 
 impl View {
-    /// Admitted peers heard from within the heartbeat timeout (or connected
-    /// and admitted so recently that no heartbeat was due yet).
+    /// Licensed peers heard from within the heartbeat timeout: admitted
+    /// peers and authors of relayed heartbeats whose license verified,
+    /// connected or not (or connected and admitted so recently that no
+    /// heartbeat was due yet).
     pub fn fresh_peers(&self, now: i64) -> Vec<&PeerInfo> {
         self.peers
             .values()

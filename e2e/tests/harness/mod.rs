@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod federation;
+pub mod logs;
 pub mod outsider;
 
 use k8s_openapi::api::core::v1::Namespace;
