@@ -246,7 +246,13 @@ where
     let kind = kind_label::<K>();
     ctx.metrics.failed(kind, &err.metric_label());
     let delay = ctx.backoff(obj.as_ref());
-    tracing::warn!(kind, name = %obj.name_any(), namespace = ?obj.namespace(), error = %err,
+    // `code`: the API server's HTTP status (0 when there is none), so that
+    // structured logs show a refused request without parsing messages.
+    let code = match err {
+        Error::Kube(kube::Error::Api(s)) => s.code,
+        _ => 0,
+    };
+    tracing::warn!(kind, name = %obj.name_any(), namespace = ?obj.namespace(), code, error = %err,
         cause = ?std::error::Error::source(err).map(|s| s.to_string()), retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
