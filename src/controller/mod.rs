@@ -350,11 +350,13 @@ where
 
 /// Publishes an Event when the outcome of a reconcile changed: `Stalled`
 /// turned true (Warning, with the reason a user can act on), or `Ready`
-/// changed (Warning when a container needs the user's fix). Reasons equal condition reasons. Steady state emits nothing.
+/// changed (Warning when a container needs the user's fix; a first status
+/// that is merely in progress is not an event). Reasons equal condition reasons. Steady state emits nothing.
 pub async fn report_transition<K>(ctx: &Context, obj: &K, old: &[Condition], new: &[Condition])
 where
     K: Resource<DynamicType = ()>,
 {
+    let warning = |reason: &str| pipeline::CONTAINER_PROBLEMS.contains(&reason);
     let stalled = conditions::find(new, conditions::STALLED).filter(|c| c.status == "True");
     let was = |t: &str| conditions::find(old, t).map(|c| (c.status.clone(), c.reason.clone()));
     let now = |t: &str| conditions::find(new, t).map(|c| (c.status.clone(), c.reason.clone()));
@@ -362,15 +364,19 @@ where
         (was(conditions::STALLED) != now(conditions::STALLED))
             .then(|| (EventType::Warning, c.reason.clone(), c.message.clone()))
     } else if was(conditions::READY) != now(conditions::READY) {
-        conditions::find(new, conditions::READY).map(|c| {
-            // A container only the user can fix (crash loop, bad image) is
-            // a warning even while the object is still progressing.
-            let type_ = match pipeline::CONTAINER_PROBLEMS.contains(&c.reason.as_str()) {
-                true => EventType::Warning,
-                false => EventType::Normal,
-            };
-            (type_, c.reason.clone(), c.message.clone())
-        })
+        conditions::find(new, conditions::READY)
+            // A first status that only says "in progress" is no news (and
+            // would cost every new object a request).
+            .filter(|c| was(conditions::READY).is_some() || c.status == "True" || warning(&c.reason))
+            .map(|c| {
+                // A container only the user can fix (crash loop, bad image) is
+                // a warning even while the object is still progressing.
+                let type_ = match warning(&c.reason) {
+                    true => EventType::Warning,
+                    false => EventType::Normal,
+                };
+                (type_, c.reason.clone(), c.message.clone())
+            })
     } else {
         None
     };
