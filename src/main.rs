@@ -144,16 +144,16 @@ struct OperatorArgs {
     #[arg(long = "p2p-external", value_delimiter = ',')]
     p2p_external: Vec<String>,
     /// Seconds between heartbeats.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = ratio1::p2p::Tuning::default().heartbeat_interval.as_secs())]
     heartbeat_interval_secs: u64,
     /// Seconds without a heartbeat after which a peer is stale.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = ratio1::p2p::Tuning::default().heartbeat_timeout.as_secs())]
     heartbeat_timeout_secs: u64,
     /// Seconds a new peer has to prove its license.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = ratio1::p2p::Tuning::default().admission_timeout.as_secs())]
     admission_timeout_secs: u64,
     /// Seconds a refused peer stays blocked.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = ratio1::p2p::Tuning::default().block_duration.as_secs())]
     block_secs: u64,
 }
 

@@ -364,9 +364,11 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
     let local_node_changes = futures::stream::unfold(ctx.local_node_changes.subscribe(), |mut rx| async move {
         rx.changed().await.ok().map(|_| ((), rx))
     });
-    let pipelines = Controller::new(Api::<R1Pipeline>::all(client.clone()), wc()).with_config(ctl_cfg.clone());
-    let pipeline_store = pipelines.store();
-    let pipelines = pipelines
+    let (pipeline_store, pipelines_writer) = reflector::store();
+    let pipeline_events =
+        cached("r1pipelines", Api::<R1Pipeline>::all(client.clone()), wc(), pipelines_writer, &watches, trim);
+    let pipelines = Controller::for_stream(pipeline_events.applied_objects(), pipeline_store.clone())
+        .with_config(ctl_cfg.clone())
         .owns_stream(deployments.inspect(forget_deleted(ctx.clone())).touched_objects())
         .owns_stream(services.inspect(forget_deleted(ctx.clone())).touched_objects())
         .owns_stream(jobs.inspect(forget_deleted(ctx.clone())).touched_objects())
