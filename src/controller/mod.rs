@@ -130,6 +130,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The operator's own namespace (identity and license Secrets, Lease).
     pub namespace: String,
+    /// The cluster's node as last seen (only to notice that it changed).
     local_node: RwLock<Option<LocalNode>>,
     /// Bumped when the local node (name, labels, offer) changes: pipelines
     /// are placed by it.
@@ -191,10 +192,6 @@ impl Context {
 
     pub fn succeeded<K: Resource<DynamicType = ()>>(&self, obj: &K) {
         self.failures.lock().expect("failures lock").remove(&Self::key(obj));
-    }
-
-    pub fn local_node(&self) -> Option<LocalNode> {
-        self.local_node.read().expect("local node lock").clone()
     }
 
     /// Records the local node; wakes every pipeline when it changed.

@@ -260,14 +260,10 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
         }
     };
 
+    // Pipelines are placed by the primary node (whatever its network
+    // state): a change of it wakes them.
+    ctx.set_local_node(local_node(&all));
     if is_primary {
-        // The cluster is this node for placement, whatever its network state.
-        ctx.set_local_node(Some(LocalNode {
-            name: name.clone(),
-            peer_id: peer_id.clone(),
-            labels: n.labels().clone(),
-            node_selector: n.spec.offer.node_selector.clone(),
-        }));
         if outcome.is_err() {
             // It cannot be what it says: leave the network rather than go
             // on with an old identity or license.
@@ -317,6 +313,16 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
         Action::requeue(ctx.resync.min(std::time::Duration::from_secs(30)))
     } else {
         Action::await_change()
+    })
+}
+
+/// This cluster's node for placement: the primary R1Node, as cached.
+pub fn local_node(nodes: &[Arc<R1Node>]) -> Option<LocalNode> {
+    primary(nodes).map(|n| LocalNode {
+        name: n.name_any(),
+        peer_id: n.status.as_ref().and_then(|s| s.peer_id.clone()),
+        labels: n.labels().clone(),
+        node_selector: n.spec.offer.node_selector.clone(),
     })
 }
 

@@ -522,8 +522,7 @@ async fn read_inputs(p: &R1Pipeline, ctx: &Context) -> Result<Inputs> {
         };
         models.insert(m.name.clone(), state);
     }
-    let node_selector = ctx.local_node().map(|n| n.node_selector).unwrap_or_default();
-    Ok(Inputs { models, node_selector })
+    Ok(Inputs { models, node_selector: Default::default() })
 }
 
 /// The CID a model currently resolves to, when it is ready.
@@ -615,9 +614,13 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
     let name = p.name_any();
     let pipelines: Api<R1Pipeline> = Api::namespaced(ctx.client.clone(), &ns);
     let old = p.status.clone().unwrap_or_default();
-    let node = ctx.local_node();
+    // Placed by the cluster's R1Node as cached: never by a cache that is not
+    // filled yet (a restart would remove what a selector placed here).
+    let _ = ctx.caches.nodes.wait_until_ready().await;
+    let node = super::node::local_node(&ctx.caches.nodes.state());
 
-    let inputs = read_inputs(&p, &ctx).await?;
+    let mut inputs = read_inputs(&p, &ctx).await?;
+    inputs.node_selector = node.as_ref().map(|n| n.node_selector.clone()).unwrap_or_default();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);

@@ -108,10 +108,10 @@ async fn leave_when_deleted(api: Api<R1Node>, ctx: Arc<Context>) {
     while let Some(ev) = events.next().await {
         let gone: Option<String> = match ev {
             Ok(watcher::Event::Delete(n)) => {
-                // The cluster is no longer this node (pipelines re-place).
-                if ctx.local_node().is_some_and(|l| l.name == n.name_any()) {
-                    ctx.set_local_node(None);
-                }
+                // The cluster's node may change (pipelines re-place).
+                let mut left = ctx.caches.nodes.state();
+                left.retain(|o| o.name_any() != n.name_any());
+                ctx.set_local_node(node::local_node(&left));
                 n.uid()
             }
             Ok(watcher::Event::Init) => {
