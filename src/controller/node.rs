@@ -263,12 +263,10 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
     // Pipelines are placed by the primary node (whatever its network
     // state): a change of it wakes them.
     ctx.set_local_node(local_node(&all));
-    if is_primary {
-        if outcome.is_err() {
-            // It cannot be what it says: leave the network rather than go
-            // on with an old identity or license.
-            ctx.network.want(None);
-        }
+    if is_primary && outcome.is_err() {
+        // It cannot be what it says: leave the network rather than go on
+        // with an old identity or license.
+        ctx.network.want(None);
     }
     // The full set of conditions this reconcile asserts: a stalled node
     // says only why (no stale Licensed/Connected), and claims no peers.
