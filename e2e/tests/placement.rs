@@ -92,6 +92,24 @@ async fn placement_follows_the_clusters_node() {
     assert!(d.metadata.owner_references.is_some());
     scheduled(&pipes, "plain", "True", "LocalCluster").await;
 
+    // A restart places by the R1Node cache once it is filled, never by an
+    // empty one: what the selector placed here is not removed meanwhile.
+    let mut op = op;
+    op.kill().await;
+    let op = Operator::start(OperatorOpts::new(CLUSTER, "placement-2")).await;
+    wait_for(30, "the new operator to reconcile the pipelines", || async {
+        let m = op.metrics().await;
+        let n: u64 = m
+            .lines()
+            .filter(|l| l.starts_with("ratio1_reconciles_total{kind=\"R1Pipeline\"}"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        (n >= 2).then_some(())
+    })
+    .await;
+    let after = deps.get("sel").await.expect("Deployment sel survives the restart");
+    assert_eq!(after.metadata.uid, d.metadata.uid, "Deployment sel was deleted and made again");
+
     // The node is relabelled: the pipeline leaves this cluster.
     nodes.patch("place-node", &ssa, &Patch::Apply(node("us"))).await.unwrap();
     scheduled(&pipes, "sel", "False", "ClusterNotSelected").await;
