@@ -74,6 +74,9 @@ pub struct LocalNode {
 #[derive(Clone)]
 pub struct Caches {
     pub nodes: Store<R1Node>,
+    /// Set once the R1Node store is filled. A flag, not
+    /// `Store::wait_until_ready`: that wakes only one of several waiters.
+    pub nodes_ready: Arc<std::sync::atomic::AtomicBool>,
     /// Secrets of the operator's namespace (identity, license).
     pub secrets: Store<k8s_openapi::api::core::v1::Secret>,
     pub models: Store<R1Model>,
@@ -85,11 +88,12 @@ pub struct Caches {
 }
 
 impl Default for Caches {
-    /// Empty stores (every read misses): for tests and before the watches
-    /// are wired.
+    /// Empty stores (every read misses; the R1Node store counts as filled):
+    /// for tests and before the watches are wired.
     fn default() -> Self {
         Self {
             nodes: reflector::store().0,
+            nodes_ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             secrets: reflector::store().0,
             models: reflector::store().0,
             deployments: reflector::store().0,

@@ -616,7 +616,9 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
     let old = p.status.clone().unwrap_or_default();
     // Placed by the cluster's R1Node as cached: never by a cache that is not
     // filled yet (a restart would remove what a selector placed here).
-    let _ = ctx.caches.nodes.wait_until_ready().await;
+    if !ctx.caches.nodes_ready.load(std::sync::atomic::Ordering::Acquire) {
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
     let node = super::node::local_node(&ctx.caches.nodes.state());
 
     let mut inputs = read_inputs(&p, &ctx).await?;

@@ -252,8 +252,10 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
     let (services_cache, services_writer) = reflector::store();
     let (jobs_cache, jobs_writer) = reflector::store();
     let (pods_cache, pods_writer) = reflector::store();
+    let nodes_ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     context.caches = Caches {
         nodes: nodes_cache.clone(),
+        nodes_ready: nodes_ready.clone(),
         secrets: secrets_cache,
         models: models_cache.clone(),
         deployments: deployments_cache,
@@ -333,6 +335,11 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
     let node_store = nodes_cache.clone();
     let secrets_api = Api::<Secret>::namespaced(client.clone(), &cfg.namespace);
     let secrets = cached("secrets", secrets_api, wc(), secrets_writer, &watches, trim);
+    let node_events = node_events.inspect(move |ev| {
+        if let Ok(watcher::Event::InitDone) = ev {
+            nodes_ready.store(true, std::sync::atomic::Ordering::Release);
+        }
+    });
     let nodes = Controller::for_stream(node_events.applied_objects(), nodes_cache.clone())
         .with_config(ctl_cfg.clone())
         .reconcile_all_on(net_changes)

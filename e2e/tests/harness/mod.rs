@@ -197,7 +197,7 @@ impl OperatorOpts {
             .arg(self.lease_retry_secs.to_string())
             .args(&self.extra_args)
             .env("KUBECONFIG", kubeconfig_path(self.cluster))
-            .env("RUST_LOG", "info,ratio1=debug")
+            .env("RUST_LOG", std::env::var("R1_E2E_LOG").unwrap_or_else(|_| "info,ratio1=debug".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
