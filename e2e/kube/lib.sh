@@ -10,6 +10,15 @@ alive() {
   tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$2 " || return 1
 }
 
+# running PID: the process exists and has not exited (a zombie that its
+# parent has not reaped yet counts as exited)
+running() {
+  local st
+  st="$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null)" || return 1
+  [ -n "$st" ] && [ "${st:0:1}" != Z ]
+}
+exited() { ! running "$1"; }
+
 # port_busy HOST PORT: something accepts connections there
 port_busy() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
