@@ -50,7 +50,9 @@
 #
 # Env:
 #   ROUNDS      rounds per size (default 2). One round of 1000 takes about
-#               8-10 min on 2 cores; if two are too slow: `100 1000:1`.
+#               14 min (B, D, E and G wait for the Deployment controller,
+#               whose client is limited to 20 requests/s: ~5 Deployments/s);
+#               for a shorter run: `100 1000:1`.
 #   RATIO1_BIN  the operator binary to measure (default: build this
 #               checkout's release binary). Measure two builds with two
 #               runs and compare their ratios.
@@ -63,15 +65,19 @@
 #               no periodic drift check of earlier rounds' pipelines lands
 #               in a later scenario's window)
 # Own control plane: run dir $TMPDIR/ratio1-kube-bench, API port 27443,
-# etcd 21790 (+10), operator metrics 127.0.0.1:19190. Torn down on exit.
+# etcd 21790 (+10), operator metrics 127.0.0.1:19190, Service range
+# 10.0.0.0/16 (every R1Pipeline makes a ClusterIP Service: up.sh's default
+# /24 holds 254). Torn down on exit.
 set -euo pipefail
+shopt -s inherit_errexit   # a failure inside $(...) fails the script too
 cd "$(dirname "$0")/.."
-. e2e/kube/lib.sh   # wait_until, quiet, port_busy
+. e2e/kube/lib.sh   # wait_until, quiet, running, port_busy
 
 SIZES=("$@"); [ ${#SIZES[@]} -gt 0 ] || SIZES=(100 1000)
 ROUNDS="${ROUNDS:-2}"; REPLICAS="${REPLICAS:-0}"
 OP_ARGS="${OP_ARGS---resync-secs 3600}"
 export R1KUBE_RUN="${TMPDIR:-/tmp}/ratio1-kube-bench" R1KUBE_API_PORT=27443 R1KUBE_ETCD_PORT=21790
+export R1KUBE_SERVICE_CIDR=10.0.0.0/16
 WORK="${TMPDIR:-/tmp}/ratio1-bench-apply"
 METRICS=127.0.0.1:19190
 
@@ -110,8 +116,7 @@ rm -rf "$WORK"; mkdir -p "$WORK"
 
 OP=""; OPLOG=""; KC=""
 k() { kubectl --kubeconfig "$KC" --request-timeout=120s "$@"; }
-op_running() { [ -n "$OP" ] && [ -r "/proc/$OP/stat" ] && [ "$(sed 's/.*) //' "/proc/$OP/stat" | cut -c1)" != Z ]; }
-op_exited() { ! op_running; }
+op_running() { [ -n "$OP" ] && running "$OP"; }
 op_alive() { # (inside waits) the operator has not crashed or exited
   op_running || { tail -n 20 "$OPLOG" >&2; die "the operator (pid $OP) exited (log: $OPLOG)"; }
 }
@@ -119,7 +124,7 @@ op_stop() {
   [ -n "$OP" ] || return 0
   if op_running; then
     kill -TERM "$OP" 2>/dev/null || true
-    WAIT_STEP=0.1 wait_until 30 "operator (pid $OP) exits on SIGTERM" op_exited || kill -KILL "$OP" 2>/dev/null || true
+    WAIT_STEP=0.1 wait_until 30 "operator (pid $OP) exits on SIGTERM" exited "$OP" || kill -KILL "$OP" 2>/dev/null || true
   fi
   wait "$OP" 2>/dev/null || true
   OP=""
@@ -143,7 +148,10 @@ cluster_up() { # N: control plane, CRDs, operator
     || { tail -n 20 "$OPLOG" >&2; exit 1; }
 }
 ready() { op_alive; quiet curl -sf -m 2 "http://$METRICS/readyz"; }
-cluster_down() { op_stop; bash e2e/kube/down.sh >/dev/null 2>&1; }
+cluster_down() {
+  op_stop
+  bash e2e/kube/down.sh >/dev/null 2>"$WORK/down.log" || { cat "$WORK/down.log" >&2; die "e2e/kube/down.sh failed (above)"; }
+}
 
 # ------------------------------------------------------------------ objects
 # Pod template of every object; EDIT is the value of the env var an edit changes.
