@@ -9,6 +9,11 @@
 //! Baseline, measured in the same run: one-way latency of a raw TCP message
 //! between two processes' worth of sockets on loopback (half a ping-pong).
 //! Run: `cargo bench --bench federation`. Prints a table.
+//!
+//! It fails (exit status 1, one line on stderr) rather than print a row it
+//! cannot back: a node process that fails or outlives its deadline, a
+//! network that did not form (every node hearing every other's heartbeats)
+//! within 60 s, or a run in which no heartbeat reached every node.
 
 use libp2p_identity::{ed25519, Keypair};
 use ratio1::dauth::license::{self, Claims, Class, TrustStore};
@@ -47,6 +52,12 @@ fn b64(b: &[u8]) -> String {
 fn unb64(s: &str) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).unwrap()
+}
+
+/// Ends the benchmark: one line saying what did not happen, exit status 1.
+fn fail(what: &str) -> ! {
+    eprintln!("[bench] FAILED: {what}");
+    std::process::exit(1)
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -110,6 +121,57 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Waits for every child, at most `limit`, and returns their outputs. A
+/// child that exits unsuccessfully (a panic, a signal) or still runs at the
+/// deadline is an error; the others are then killed.
+fn collect(mut children: Vec<std::process::Child>, limit: Duration) -> Result<Vec<Vec<u8>>, String> {
+    // Read every stdout while the children run: a full pipe would block them.
+    let readers: Vec<_> = children
+        .iter_mut()
+        .map(|c| {
+            let mut out = c.stdout.take().expect("stdout is piped");
+            std::thread::spawn(move || {
+                let mut v = vec![];
+                let _ = out.read_to_end(&mut v);
+                v
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + limit;
+    let failure = loop {
+        let mut running = 0;
+        let mut failed = None;
+        for (i, c) in children.iter_mut().enumerate() {
+            match c.try_wait() {
+                Ok(Some(st)) if st.success() => {}
+                Ok(Some(st)) => {
+                    failed = failed.or(Some(format!("node process {i} failed ({st}; its stderr is above)")))
+                }
+                Ok(None) => running += 1,
+                Err(e) => failed = failed.or(Some(format!("node process {i}: {e}"))),
+            }
+        }
+        if failed.is_some() {
+            break failed;
+        }
+        if running == 0 {
+            break None;
+        }
+        if Instant::now() >= deadline {
+            break Some(format!("{running} node process(es) still running after {} s", limit.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if let Some(f) = failure {
+        for c in &mut children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        return Err(f);
+    }
+    Ok(readers.into_iter().map(|r| r.join().expect("reader thread")).collect())
+}
+
 /// 3 processes on loopback TCP.
 fn processes(issuer: &ed25519::Keypair) -> Vec<f64> {
     let keys: Vec<Keypair> = (0..3).map(|_| Keypair::generate_ed25519()).collect();
@@ -131,10 +193,12 @@ fn processes(issuer: &ed25519::Keypair) -> Vec<f64> {
                 .unwrap()
         })
         .collect();
+    // (start-up on a busy machine can take a while: a minute of slack)
+    let outs = collect(children, Duration::from_secs(secs + 60)).unwrap_or_else(|e| fail(&format!("3 processes: {e}")));
     let mut records = vec![];
-    for c in children {
-        let out = c.wait_with_output().unwrap();
-        let recs: Vec<(String, u64, i64)> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    for (i, out) in outs.iter().enumerate() {
+        let recs: Vec<(String, u64, i64)> = serde_json::from_slice(out)
+            .unwrap_or_else(|e| fail(&format!("3 processes: node process {i} printed no heartbeat records ({e})")));
         records.extend(recs);
     }
     // Skip the first seconds (connection set-up, mesh forming).
@@ -151,7 +215,11 @@ fn processes(issuer: &ed25519::Keypair) -> Vec<f64> {
         })
         .collect();
     let steady: Vec<_> = records.into_iter().filter(|(f, s, _)| *s >= cut[f]).collect();
-    reach_all(&steady, 3)
+    let reached = reach_all(&steady, 3);
+    if reached.is_empty() {
+        fail(&format!("3 processes: no heartbeat reached both other nodes within {secs} s (the network did not form)"));
+    }
+    reached
 }
 
 /// Share of (heartbeat, receiver) pairs that arrived: 1.0 when every
@@ -196,9 +264,14 @@ async fn simulation(issuer: &ed25519::Keypair, n: usize) -> (Vec<f64>, Option<f6
         handles.push(p2p::start(cfg, view.clone(), m, tokio::sync::watch::channel(0).0).unwrap());
         views.push(view);
     }
-    // Formed: every node hears from every other (or 60 s: not formed).
+    // Formed: every node hears every other's heartbeats (or 60 s: not
+    // formed). Heard, not merely connected: fresh_peers also counts a
+    // connected peer that has sent nothing yet.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let complete = || views.iter().all(|v| v.read().unwrap().fresh_peers(p2p::now_ms()).len() >= n - 1);
+    let heard = |v: &p2p::View, now: i64| {
+        v.peers.values().filter(|p| p.last_heartbeat.is_some_and(|t| now - t <= v.heartbeat_timeout_ms)).count()
+    };
+    let complete = || views.iter().all(|v| heard(&v.read().unwrap(), p2p::now_ms()) >= n - 1);
     while Instant::now() < deadline && !complete() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -257,6 +330,8 @@ fn raw_tcp_one_way(samples: usize) -> Vec<f64> {
     });
     let mut c = std::net::TcpStream::connect(addr).unwrap();
     c.set_nodelay(true).unwrap();
+    // An echo that stops answering fails the benchmark instead of hanging it.
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let msg = [7u8; 512];
     let mut buf = [0u8; 512];
     let mut out = vec![];
@@ -315,8 +390,20 @@ fn main() {
         println!("{:<52} {:>8} {:>10.3} {:>10.3} {:>10.1} {:>10.1}", name, v.len(), p50, p99, p50 / b50, p99 / b99);
     };
     row("3 processes, TCP+noise+yamux, gossipsub".into(), &mut procs);
+    let mut failures = vec![];
     for (n, (mut v, formed, cov)) in sims {
+        match formed {
+            None => failures.push(format!("{n} nodes: the network did not form within 60 s")),
+            Some(_) if v.is_empty() => {
+                failures.push(format!("{n} nodes: formed, but no heartbeat reached every node in 10 s"))
+            }
+            Some(_) => {}
+        }
         let formed = formed.map(|s| format!("formed in {s:.1}s")).unwrap_or_else(|| "NOT formed in 60s".into());
         row(format!("{n} nodes, memory ({formed}, {:.1}% delivered)", cov * 100.0), &mut v);
+    }
+    // (the table is printed first: what did form is still worth reading)
+    if !failures.is_empty() {
+        fail(&failures.join("; "));
     }
 }

@@ -17,7 +17,9 @@
 # Prints a table. Every wait has a deadline and fails the script loudly.
 # Needs root (worker nodes). Env: ROUNDS (5), REPLICAS (2), DEVNET (1).
 set -euo pipefail
+shopt -s inherit_errexit   # a failed wait inside $(...) fails the script too
 cd "$(dirname "$0")/.."
+. e2e/kube/lib.sh   # wait_until, quiet, running
 ROUNDS="${ROUNDS:-5}"; REPLICAS="${REPLICAS:-2}"; DEVNET="${DEVNET:-1}"
 export R1KUBE_RUN="${TMPDIR:-/tmp}/ratio1-kube-benchrun" R1KUBE_API_PORT=28443 R1KUBE_ETCD_PORT=28790
 export R1KUBE_POD_NET=10.225 R1KUBE_NODE_PORT=22250
@@ -42,17 +44,20 @@ NODE_MS=$(sed -n 's/.*Ready in \([0-9]*\)ms.*/\1/p' "$W/node-up.log")
 bash e2e/images.sh import samples
 k() { kubectl --kubeconfig "$KC" "$@"; }
 k apply --server-side -f crds/ >/dev/null
-ok=0
-for _ in $(seq 1 100); do k wait --for condition=established --timeout=10s crd/r1pipelines.ratio1.ai >/dev/null 2>&1 && { ok=1; break; }; sleep 0.3; done
-[ "$ok" = 1 ] || die "CRDs not established"
+# (kubectl wait errors out while a new CRD has no conditions yet: retry)
+wait_until 60 "CRD r1pipelines.ratio1.ai established" \
+  quiet k wait --for condition=established --timeout=10s crd/r1pipelines.ratio1.ai
 k create namespace ratio1-system >/dev/null
 k create namespace bench >/dev/null
-for _ in $(seq 1 100); do k -n bench get sa default >/dev/null 2>&1 && break; sleep 0.1; done
+# (pods of a namespace without its default ServiceAccount are refused)
+wait_until 30 "ServiceAccount bench/default created" quiet k -n bench get sa default
 KUBECONFIG="$KC" "$BIN" operator --metrics-addr 127.0.0.1:19290 --identity bench-run --log-format json >"$W/operator.log" 2>&1 &
 OP=$!
-ok=0
-for _ in $(seq 1 150); do curl -sf 127.0.0.1:19290/readyz >/dev/null && { ok=1; break; }; sleep 0.2; done
-[ "$ok" = 1 ] || die "operator not ready (log: $W/operator.log)"
+op_ready() {
+  running "$OP" || { tail -n 20 "$W/operator.log" >&2; die "operator exited (log: $W/operator.log)"; }
+  quiet curl -sf -m 2 127.0.0.1:19290/readyz
+}
+wait_until 30 "operator ready on 127.0.0.1:19290" op_ready
 
 template() { cat <<Y
     metadata: {labels: {app: $1}}
@@ -69,13 +74,11 @@ deployment() { printf 'apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: %
 pipeline() { printf 'apiVersion: ratio1.ai/v1alpha1\nkind: R1Pipeline\nmetadata: {name: %s, namespace: bench}\nspec:\n  mode: Service\n  replicas: %s\n  template:\n' "$1" "$REPLICAS"; template "$1"; }
 
 # wait_pods T0 NAME: ms since T0 when Deployment NAME reports all replicas ready
+pods_ready() { [ "$(k -n bench get deploy "$1" -o jsonpath='{.status.readyReplicas}' 2>/dev/null)" = "$REPLICAS" ]; }
 wait_pods() {
-  local t0="$1" name="$2" i
-  for i in $(seq 1 1200); do   # 120 s
-    [ "$(k -n bench get deploy "$name" -o jsonpath='{.status.readyReplicas}' 2>/dev/null)" = "$REPLICAS" ] && { echo $(( $(ms) - t0 )); return; }
-    sleep 0.05
-  done
-  k -n bench get pods -o wide >&2; die "pods of $name not Ready within 120 s"
+  local t0="$1" name="$2"
+  WAIT_STEP=0.05 wait_until 120 "pods of $name Ready" pods_ready "$name" || { k -n bench get pods -o wide >&2; exit 1; }
+  echo $(( $(ms) - t0 ))
 }
 wait_pipeline() {
   local t0="$1" name="$2"
@@ -83,7 +86,12 @@ wait_pipeline() {
   echo $(( $(ms) - t0 ))
 }
 run_deployment() { local t0; t0=$(ms); deployment "$1" | k apply -f - >/dev/null; wait_pods "$t0" "$1"; }
-run_pipeline() { local t0 pods; t0=$(ms); pipeline "$1" | k apply -f - >/dev/null; pods=$(wait_pods "$t0" "$1"); echo "$pods $(wait_pipeline "$t0" "$1")"; }
+run_pipeline() {
+  local t0 pods ready
+  t0=$(ms); pipeline "$1" | k apply -f - >/dev/null
+  pods=$(wait_pods "$t0" "$1"); ready=$(wait_pipeline "$t0" "$1")
+  echo "$pods $ready"
+}
 cleanup() {
   k -n bench delete r1p --all --wait=true --timeout=60s >/dev/null || die "R1Pipelines not deleted"
   k -n bench delete deploy --all --wait=true --timeout=60s >/dev/null || die "Deployments not deleted"
@@ -109,7 +117,9 @@ done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2)}'; }
 md=$(median "${D[@]}"); mp=$(median "${P[@]}"); ms_=$(median "${S[@]}")
 RSS=$(awk '/VmRSS/ {print int($2/1024)}' "/proc/$OP/status")
-kill "$OP"; wait "$OP" 2>/dev/null || true; OP=0
+kill "$OP"
+WAIT_STEP=0.1 wait_until 30 "operator exits on SIGTERM" exited "$OP" || kill -KILL "$OP"
+wait "$OP" 2>/dev/null || true; OP=0
 bash e2e/kube/down.sh 2>/dev/null; trap - EXIT
 
 if [ "$DEVNET" = 1 ]; then

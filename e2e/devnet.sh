@@ -19,7 +19,9 @@ t0=$(date +%s)
 step() { printf '[%4ss] %s\n' "$(( $(date +%s) - t0 ))" "$*" >&2; }
 die() { printf 'devnet: %s\n' "$*" >&2; exit 1; }
 
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+. e2e/kube/lib.sh   # wait_until, quiet
+# pid_alive PIDFILE: the recorded process runs
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 status() {
   local n=0
@@ -77,14 +79,11 @@ up() {
     step "cluster c$i: CRDs and namespace"
     k apply --server-side --force-conflicts -f crds/ >/dev/null
     # (kubectl wait errors out while a new CRD has no conditions yet: retry)
-    for _ in $(seq 1 100); do
-      k wait --for condition=established --timeout=30s crd/r1nodes.ratio1.ai crd/r1pipelines.ratio1.ai crd/r1models.ratio1.ai \
-        >/dev/null 2>&1 && break
-      sleep 0.3
-    done
+    wait_until 60 "c$i: CRDs established" quiet k wait --for condition=established --timeout=10s \
+      crd/r1nodes.ratio1.ai crd/r1pipelines.ratio1.ai crd/r1models.ratio1.ai
     k create namespace ratio1-system --dry-run=client -o yaml | k apply -f - >/dev/null
     port=$((4000 + i))
-    if ! alive "$d/operator.pid"; then
+    if ! pid_alive "$d/operator.pid"; then
       step "cluster c$i: starting ratio1 operator (p2p 127.0.0.1:$port, metrics 127.0.0.1:$((9090 + i - 1)), local API 127.0.0.1:$((9190 + i - 1)), log $d/operator.log)"
       args=(operator --namespace ratio1-system --metrics-addr "127.0.0.1:$((9090 + i - 1))" --api-addr "127.0.0.1:$((9190 + i - 1))" --identity "devnet-c$i"
             --p2p-listen "/ip4/127.0.0.1/tcp/$port" --trusted-issuer="$issuer_pub")
@@ -98,11 +97,8 @@ up() {
     sed -e "s/^  name: local$/  name: node-c$i/" -e "s/^  roles: \[worker\]$/  roles: $roles/" manifests/samples/r1node.yaml |
       k apply --server-side -f - >/dev/null
     peer=""
-    for _ in $(seq 1 150); do
-      peer=$(k get r1n "node-c$i" -o jsonpath='{.status.peerId}' 2>/dev/null || true)
-      [ -n "$peer" ] && break; sleep 0.2
-    done
-    [ -n "$peer" ] || die "c$i: no PeerId reported (see $d/operator.log)"
+    peer_reported() { peer=$(k get r1n "node-c$i" -o jsonpath='{.status.peerId}' 2>/dev/null) && [ -n "$peer" ]; }
+    wait_until 60 "c$i: R1Node node-c$i reports its PeerId (see $d/operator.log)" peer_reported
     if ! k -n ratio1-system get secret r1node-license >/dev/null 2>&1; then
       step "cluster c$i: issuing a $class license for $peer"
       token=$("$BIN" license issue --issuer-key "$DEVNET/issuer.key" --peer-id "$peer" --class "$class" --days 30 --id "$class-devnet-c$i")
@@ -167,7 +163,7 @@ EOF2
 down() {
   for pf in "$DEVNET"/c*/operator.pid; do
     [ -f "$pf" ] || continue
-    if alive "$pf"; then kill -TERM "$(cat "$pf")"; step "stopped operator $(basename "$(dirname "$pf")")"; fi
+    if pid_alive "$pf"; then kill -TERM "$(cat "$pf")"; step "stopped operator $(basename "$(dirname "$pf")")"; fi
     rm -f "$pf"
   done
   bash e2e/kube/down.sh

@@ -4,14 +4,20 @@
 # expected binary), after the worker nodes node-up.sh started (node-down.sh). Without --keep the run dir (etcd data, certs, logs,
 # kubeconfigs) is removed afterwards.
 #
+# A process that is still there 5 s after SIGKILL is reported and makes the
+# exit status 1 (the rest is still stopped and removed).
+#
 # Env: R1KUBE_RUN (default ${TMPDIR:-/tmp}/ratio1-kube),
 #      R1KUBE_CACHE (default /var/cache/ratio1-kube)
 set -euo pipefail
+# shellcheck source=e2e/kube/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # wait_until, exited
 
 RUN="${R1KUBE_RUN:-${TMPDIR:-/tmp}/ratio1-kube}"
 CACHE="${R1KUBE_CACHE:-/var/cache/ratio1-kube}"
 BIN="$CACHE/bin"
 KEEP=0; [ "${1:-}" = "--keep" ] && KEEP=1
+failed=0
 
 log() { printf '[ratio1-kube down] %s\n' "$*" >&2; }
 
@@ -24,10 +30,10 @@ stop() {
   pid="$(cat "$pidfile")"
   if [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$BIN/$name "; then
     kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
-    if [ -d "/proc/$pid" ]; then
-      log "$name (pid $pid) did not stop on TERM, sending KILL"
+    if ! WAIT_STEP=0.1 wait_until 10 "" exited "$pid" 2>/dev/null; then
+      log "$name (pid $pid) did not stop on TERM within 10 s, sending KILL"
       kill -KILL "$pid" 2>/dev/null || true
+      WAIT_STEP=0.1 wait_until 5 "$name (pid $pid) gone after SIGKILL" exited "$pid" || { failed=1; return 0; }
     fi
     log "stopped $name (pid $pid)"
   fi
@@ -44,3 +50,4 @@ for d in "$RUN"/c*/; do stop "$d/apiserver.pid" kube-apiserver; done
 stop "$RUN/etcd.pid" etcd
 
 if [ "$KEEP" = 0 ]; then rm -rf "$RUN"; log "removed $RUN"; fi
+exit "$failed"

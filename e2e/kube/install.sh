@@ -58,8 +58,8 @@ mkdir -p "$BIN" "$DL" "$CACHE/src" || die "cannot create $CACHE (set R1KUBE_CACH
 # beside it, then finds what the first one built.
 exec 9>"$CACHE/install.lock"
 if ! flock -n 9; then
-  log "another install.sh runs on $CACHE: waiting for it"
-  flock 9
+  log "another install.sh runs on $CACHE: waiting for it (at most 60 min)"
+  flock -w 3600 9 || die "another install.sh still holds $CACHE/install.lock after 60 min"
 fi
 
 # ---------------------------------------------------------------- apt setup

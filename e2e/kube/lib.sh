@@ -1,4 +1,5 @@
-# e2e/kube/lib.sh - process helpers shared by up.sh and node-up.sh (sourced).
+# shellcheck shell=bash
+# e2e/kube/lib.sh - helpers shared by the e2e scripts (sourced).
 
 # alive PIDFILE BINPATH: recorded pid is running and is that binary
 alive() {
@@ -9,6 +10,15 @@ alive() {
   tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$2 " || return 1
 }
 
+# running PID: the process exists and has not exited (a zombie that its
+# parent has not reaped yet counts as exited)
+running() {
+  local st
+  st="$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null)" || return 1
+  [ -n "$st" ] && [ "${st:0:1}" != Z ]
+}
+exited() { ! running "$1"; }
+
 # port_busy HOST PORT: something accepts connections there
 port_busy() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
@@ -18,3 +28,30 @@ start() {
   setsid "$@" >"$logfile" 2>&1 </dev/null &
   echo $! >"$pidfile"
 }
+
+# wait_until SECONDS WHAT CMD...: run CMD (in this shell: functions work,
+# and may `exit` to give up early) until it succeeds, at least once and
+# then every $WAIT_STEP seconds (default 0.2). If it has not succeeded
+# after SECONDS (a whole number), print one line to stderr,
+#   <script>: FAILED: WHAT: not within SECONDS s (WAIT_PROGRESS)
+# and return 1: under `set -e` the script stops there; `|| { ...; }` can
+# add context first. WHAT says what should have happened; CMD may set
+# WAIT_PROGRESS to say how far it got. CMD's own output is not redirected
+# (see quiet).
+wait_until() {
+  local secs="$1" what="$2" deadline
+  shift 2
+  [[ "$secs" =~ ^[0-9]+$ ]] || { echo "wait_until: SECONDS must be a whole number, got '$secs'" >&2; return 2; }
+  deadline=$(( $(date +%s) + secs ))
+  WAIT_PROGRESS=""
+  until "$@"; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      printf '%s: FAILED: %s: not within %s s%s\n' "${0##*/}" "$what" "$secs" "${WAIT_PROGRESS:+ ($WAIT_PROGRESS)}" >&2
+      return 1
+    fi
+    sleep "${WAIT_STEP:-0.2}"
+  done
+}
+
+# quiet CMD...: CMD with its stdout and stderr discarded (for wait_until)
+quiet() { "$@" >/dev/null 2>&1; }

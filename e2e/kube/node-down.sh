@@ -10,8 +10,14 @@
 # KUBE-* (kubelet, kube-proxy) and CNI-HOSTPORT-*/CNI-DN-* (portmap) iptables
 # chains and restores the sysctls recorded by node-up.sh. The Node object is deleted
 # (when the apiserver still answers); the pod GC then deletes its pods.
+# Best effort: a step that fails is reported and the rest still runs; a
+# wait that missed its deadline (a process, pod, shim or cgroup that would
+# not go away) makes the exit status 1.
 # Env: R1KUBE_RUN, R1KUBE_CACHE as for up.sh.
 set -uo pipefail
+# shellcheck source=e2e/kube/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # wait_until
+failed=0
 
 CACHE="${R1KUBE_CACHE:-/var/cache/ratio1-kube}"
 BIN="$CACHE/bin"
@@ -32,11 +38,10 @@ stop() {
   pid="$(cat "$pidfile")"
   if [ -n "$pid" ] && cmdline_has "$pid" "$bin "; then
     kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do gone "$pid" && break; sleep 0.1; done
-    if ! gone "$pid"; then
-      log "$(basename "$bin") (pid $pid) did not stop on TERM, sending KILL"
+    if ! WAIT_STEP=0.1 wait_until 10 "" gone "$pid" 2>/dev/null; then
+      log "$(basename "$bin") (pid $pid) did not stop on TERM within 10 s, sending KILL"
       kill -KILL "$pid" 2>/dev/null || true
-      for _ in $(seq 1 50); do gone "$pid" && break; sleep 0.1; done
+      WAIT_STEP=0.1 wait_until 5 "$(basename "$bin") (pid $pid) gone after SIGKILL" gone "$pid" || { failed=1; return 0; }
     fi
     log "stopped $(basename "$bin") (pid $pid)"
   fi
@@ -45,6 +50,29 @@ stop() {
 # procs_named COMM: live (not zombie) processes with that name
 procs_named() { local p; for p in /proc/[0-9]*; do [ "$(cat "$p/comm" 2>/dev/null)" = "$1" ] && ! gone "${p#/proc/}" && echo "${p#/proc/}"; done; }
 cgroup_mounts() { awk '$3 == "cgroup" || $3 == "cgroup2" {print $2}' /proc/self/mounts; }
+# (the next three are wait_until conditions)
+# pods_killed CGROUP: SIGKILL every process in that tree (again on each try:
+# forks); true once none is left
+# shellcheck disable=SC2317
+pods_killed() {
+  local pids
+  pids="$(find "$1" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u)"
+  [ -z "$pids" ] && return 0
+  # shellcheck disable=SC2086  # one pid a word
+  kill -KILL $pids 2>/dev/null
+  WAIT_PROGRESS="still there: ${pids//$'\n'/ }"
+  return 1
+}
+# shims_gone SOCK: no live containerd shim of that containerd socket
+# shellcheck disable=SC2317
+shims_gone() {
+  local pid
+  for pid in $(procs_named containerd-shim); do cmdline_has "$pid" "-address $1 " && return 1; done
+  return 0
+}
+# cgroup_removed DIR: rmdir the tree, deepest first; true once it is gone
+# shellcheck disable=SC2317
+cgroup_removed() { find "$1" -depth -type d -exec rmdir {} + 2>/dev/null; [ ! -d "$1" ]; }
 
 node_down() {
   local ND="$1" cg="" br="" sock pids pid mnt
@@ -75,24 +103,13 @@ node_down() {
   # pods: SIGKILL every process in this node's cgroup tree (repeat: forks)
   local h="" x
   for x in pids memory cpu; do [ -n "$cg" ] && [ -d "/sys/fs/cgroup/$x/$cg" ] && { h="/sys/fs/cgroup/$x/$cg"; break; }; done
-  if [ -n "$h" ]; then
-    for _ in 1 2 3 4 5; do
-      pids="$(find "$h" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u)"
-      [ -n "$pids" ] || break
-      kill -KILL $pids 2>/dev/null || true
-      sleep 0.2
-    done
-  fi
+  if [ -n "$h" ]; then wait_until 5 "the pods' processes in $h killed" pods_killed "$h" || failed=1; fi
   # containerd, then the shims it started (identified by this node's socket)
   stop "$ND/containerd.pid" "$BIN/containerd"
   for pid in $(procs_named containerd-shim); do
     if cmdline_has "$pid" "-address $sock "; then kill -KILL "$pid" 2>/dev/null || true; fi
   done
-  for _ in $(seq 1 50); do
-    pids=""
-    for pid in $(procs_named containerd-shim); do cmdline_has "$pid" "-address $sock " && ! gone "$pid" && pids+="$pid "; done
-    [ -z "$pids" ] && break; sleep 0.1
-  done
+  WAIT_STEP=0.1 wait_until 5 "the containerd shims of $sock gone" shims_gone "$sock" || failed=1
 
   # the DNAT rules that let this node's pods reach the apiserver
   if [ -f "$ND/api-chain" ] && [ -n "$br" ]; then
@@ -104,11 +121,7 @@ node_down() {
   if [ -n "$cg" ]; then
     for mnt in $(cgroup_mounts); do
       [ -d "$mnt/$cg" ] || continue
-      for _ in $(seq 1 20); do
-        find "$mnt/$cg" -depth -type d -exec rmdir {} + 2>/dev/null
-        [ -d "$mnt/$cg" ] || break; sleep 0.1
-      done
-      [ -d "$mnt/$cg" ] && log "WARNING: could not remove cgroup $mnt/$cg"
+      WAIT_STEP=0.1 wait_until 2 "cgroup $mnt/$cg removed" cgroup_removed "$mnt/$cg" || failed=1
     done
   fi
   if grep -qF " $ND/" /proc/self/mounts; then
@@ -147,4 +160,4 @@ if [ -z "$(procs_named kubelet)$(procs_named kube-proxy)" ]; then
     rm -f "$SYSCTL_ORIG"
   fi
 fi
-exit 0
+exit "$failed"

@@ -7,6 +7,8 @@
 # host, a Job that completes, kubectl logs, exec and port-forward.
 # Prints "N passed, M failed" and exits non-zero on any failure.
 set -uo pipefail
+# shellcheck source=e2e/kube/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # wait_until, quiet
 KC="${1:?usage: $0 KUBECONFIG}"
 IMAGE="${R1KUBE_TEST_IMAGE:-ratio1.local/busybox:1.35}"
 k() { kubectl --kubeconfig "$KC" "$@"; }
@@ -79,8 +81,9 @@ CIP="$(k -n "$NS" get svc web -o jsonpath='{.spec.clusterIP}')"
 NODE="$(k -n "$NS" get pod single -o jsonpath='{.spec.nodeName}')"
 ND="$(dirname "$KC")/node"   # node-up.sh layout; marks whether it started a kube-proxy
 if [ ! -d "$ND" ] || [ -f "$ND/kube-proxy.wanted" ]; then
-  svc_ok=0
-  for _ in $(seq 1 50); do curl -sf -m 2 "http://$CIP:80/" >/dev/null 2>&1 && { svc_ok=1; break; }; sleep 0.2; done
+  # (kube-proxy programs a new Service within its sync: give it 10 s; the
+  # check below then reports the outcome)
+  wait_until 10 "ClusterIP $CIP:80 answers from the host" quiet curl -sf -m 2 "http://$CIP:80/"
   check "ClusterIP $CIP:80 from host (kube-proxy)" curl -sf -m 5 "http://$CIP:80/"
   check "ClusterIP $CIP:80 from a pod (exec wget)" k -n "$NS" exec single -- timeout 5 wget -qO- "http://$CIP:80/"
 else
@@ -116,9 +119,11 @@ check "kubectl exec -i (stdin)" sh -c "echo ping | kubectl --kubeconfig '$KC' -n
 PF_PORT=$(( 30000 + $$ % 20000 ))
 k -n "$NS" port-forward "pod/$WEB_POD" "$PF_PORT:8080" >/dev/null 2>&1 &
 PF=$!
-pf_ok=0
-for _ in $(seq 1 50); do curl -sf -m 2 "http://127.0.0.1:$PF_PORT/" >/dev/null 2>&1 && { pf_ok=1; break; }; sleep 0.2; done
-[ "$pf_ok" = 1 ] && ok "kubectl port-forward" || bad "kubectl port-forward"
+if wait_until 10 "kubectl port-forward answers on 127.0.0.1:$PF_PORT" quiet curl -sf -m 2 "http://127.0.0.1:$PF_PORT/"; then
+  ok "kubectl port-forward"
+else
+  bad "kubectl port-forward"
+fi
 kill "$PF" 2>/dev/null; wait "$PF" 2>/dev/null
 
 # --- deleting a pod: kubelet kills it, the Deployment replaces it

@@ -62,7 +62,8 @@ log() { printf '[ratio1-kube node-up c%s] %s\n' "$I" "$*" >&2; }
 die() { printf '[ratio1-kube node-up c%s] ERROR: %s\n' "$I" "$*" >&2; exit 1; }
 now_ms() { date +%s%3N; }
 
-# alive, port_busy, start
+# alive, port_busy, start, wait_until
+# shellcheck source=e2e/kube/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # other_procs COMM: pids of processes named COMM that are not this node's
 other_procs() {
@@ -108,7 +109,7 @@ if [ -d "$ND" ]; then
     echo "$NODE_NAME"; exit 0
   fi
   log "node c$I partially running or stale: node-down.sh $I first"
-  bash "$HERE/node-down.sh" "$I"
+  bash "$HERE/node-down.sh" "$I" || die "node-down.sh $I could not remove the stale node (see above)"
 fi
 
 # pod network / ports must be free
@@ -291,13 +292,15 @@ start "$ND/containerd.pid" "$ND/containerd.log" unshare --mount --propagation sl
   mount --bind "$1/logs/containers" /var/log/containers &&
   mount --bind "$1/run-containerd" /run/containerd &&
   exec "$2" --config "$1/containerd/config.toml" --log-level warn' sh "$ND" "$BIN/containerd"
-ok=0
-for _ in $(seq 1 $((TIMEOUT * 10))); do
-  if ctr -a "$SOCK" version >/dev/null 2>&1; then ok=1; break; fi
-  tr -d '\0' <"/proc/$(cat "$ND/containerd.pid")/cmdline" 2>/dev/null | grep -q . || break   # exited
-  sleep 0.1
-done
-[ "$ok" = 1 ] && alive "$ND/containerd.pid" "$BIN/containerd" || { tail -n 20 "$ND/containerd.log" >&2; die "containerd did not start (log: $ND/containerd.log)"; }
+containerd_answers() {
+  ctr -a "$SOCK" version >/dev/null 2>&1 && return 0
+  tr -d '\0' <"/proc/$(cat "$ND/containerd.pid")/cmdline" 2>/dev/null | grep -q . \
+    || { tail -n 20 "$ND/containerd.log" >&2; die "containerd exited (log: $ND/containerd.log)"; }
+  return 1
+}
+WAIT_STEP=0.1 wait_until "$TIMEOUT" "containerd answers on $SOCK (log: $ND/containerd.log)" containerd_answers \
+  || { tail -n 20 "$ND/containerd.log" >&2; exit 1; }
+alive "$ND/containerd.pid" "$BIN/containerd" || { tail -n 20 "$ND/containerd.log" >&2; die "containerd did not start (log: $ND/containerd.log)"; }
 log "containerd ready in $(( $(now_ms) - T0 ))ms (pid $(cat "$ND/containerd.pid"))"
 
 while read -r img; do
@@ -329,32 +332,28 @@ if [ "$want_proxy" = 1 ]; then
 fi
 
 # ------------------------------------------------------------------ wait for Ready
-ok=0
-deadline=$(( $(date +%s) + TIMEOUT ))
-while [ "$(date +%s)" -lt "$deadline" ]; do
+# node_ready: Ready, posted by this kubelet (heartbeat after its start),
+# not-ready taint gone; stops the script if one of the node's processes exited
+node_ready() {
+  local n hb c
   n="$(api "/api/v1/nodes/$NODE_NAME" 2>/dev/null | tr -d ' \n' || true)"   # (curl gets pretty JSON)
-  # Ready, posted by this kubelet (heartbeat after its start), not-ready taint gone
   hb="$(printf '%s' "$n" | sed -n 's/.*"type":"Ready","status":"True","lastHeartbeatTime":"\([^"]*\)".*/\1/p')"
   if [ -n "$hb" ] && [ "$(date -d "$hb" +%s)" -ge "$KUBELET_T0" ] \
-     && ! printf '%s' "$n" | grep -q '"key":"node.kubernetes.io/not-ready"'; then ok=1; break; fi
+     && ! printf '%s' "$n" | grep -q '"key":"node.kubernetes.io/not-ready"'; then return 0; fi
   for c in containerd kubelet kube-scheduler; do
     alive "$ND/$c.pid" "$BIN/$c" || { tail -n 20 "$ND/$c.log" >&2; die "$c exited (log: $ND/$c.log)"; }
   done
   if [ "$want_proxy" = 1 ] && ! alive "$ND/kube-proxy.pid" "$BIN/kube-proxy"; then
     tail -n 20 "$ND/kube-proxy.log" >&2; die "kube-proxy exited (log: $ND/kube-proxy.log)"
   fi
-  sleep 0.2
-done
-[ "$ok" = 1 ] || die "node $NODE_NAME not Ready (and untainted) after ${TIMEOUT}s (logs: $ND/kubelet.log)"
+  return 1
+}
+wait_until "$TIMEOUT" "node $NODE_NAME Ready and untainted (log: $ND/kubelet.log)" node_ready
 if [ "$want_proxy" = 1 ]; then
   # kube-proxy prepends its KUBE-SERVICES jump at its first sync: wait for
   # it, then put this node's apiserver rules back in front of it
-  ok=0
-  for _ in $(seq 1 $((TIMEOUT * 5))); do
-    iptables -t nat -S PREROUTING | grep -q -- '-j KUBE-SERVICES' && { ok=1; break; }
-    sleep 0.2
-  done
-  [ "$ok" = 1 ] || die "kube-proxy did not program iptables in ${TIMEOUT}s (log: $ND/kube-proxy.log)"
+  proxy_synced() { iptables -t nat -S PREROUTING | grep -q -- '-j KUBE-SERVICES'; }
+  wait_until "$TIMEOUT" "kube-proxy programs iptables (log: $ND/kube-proxy.log)" proxy_synced
   api_jump_first
 fi
 log "node $NODE_NAME Ready in $(( $(now_ms) - T0 ))ms: IP $NODE_IP, pod CIDR $POD_CIDR, kubelet :$PORT, kube-proxy $([ "$want_proxy" = 1 ] && echo "pid $(cat "$ND/kube-proxy.pid")" || echo none)"

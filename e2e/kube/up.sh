@@ -12,6 +12,9 @@
 #   R1KUBE_ETCD_PORT  etcd client port (default 23790; peer port = +10)
 #   R1KUBE_API_PORT   secure port of cluster 1 (default 16443; cluster i = +i-1)
 #   R1KUBE_NO_CM=1    do not start kube-controller-managers
+#   R1KUBE_SERVICE_CIDR  ClusterIP range of every cluster (default
+#                     10.0.0.0/24: 254 Services; node-up.sh expects the
+#                     `kubernetes` Service at its first address, 10.0.0.1)
 #   R1KUBE_TIMEOUT    seconds to wait for readiness (default 90)
 set -euo pipefail
 
@@ -25,6 +28,7 @@ ETCD_PORT="${R1KUBE_ETCD_PORT:-23790}"
 ETCD_PEER_PORT=$((ETCD_PORT + 10))
 API_PORT="${R1KUBE_API_PORT:-16443}"
 TIMEOUT="${R1KUBE_TIMEOUT:-90}"
+SERVICE_CIDR="${R1KUBE_SERVICE_CIDR:-10.0.0.0/24}"
 
 log() { printf '[ratio1-kube up] %s\n' "$*" >&2; }
 die() { printf '[ratio1-kube up] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -35,7 +39,8 @@ done
 for t in curl openssl; do command -v "$t" >/dev/null || die "$t not found"; done
 mkdir -p "$RUN"
 
-# alive, port_busy, start
+# alive, port_busy, start, wait_until
+# shellcheck source=e2e/kube/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 now_ms() { date +%s%3N; }
@@ -60,12 +65,12 @@ else
     --initial-cluster "kte=http://127.0.0.1:$ETCD_PEER_PORT" \
     --logger zap --log-outputs stderr --log-level warn \
     --quota-backend-bytes $((2*1024*1024*1024)) --snapshot-count 10000
-  for _ in $(seq 1 $((TIMEOUT * 10))); do
-    curl -sf "$ETCD_URL/health" 2>/dev/null | grep -q '"health":"true"' && break
-    alive "$RUN/etcd.pid" "$BIN/etcd" || { tail -n 20 "$RUN/etcd.log" >&2; die "etcd exited"; }
-    sleep 0.1
-  done
-  curl -sf "$ETCD_URL/health" | grep -q '"health":"true"' || die "etcd not healthy after ${TIMEOUT}s (log: $RUN/etcd.log)"
+  etcd_healthy() {
+    curl -sf -m 2 "$ETCD_URL/health" 2>/dev/null | grep -q '"health":"true"' && return 0
+    alive "$RUN/etcd.pid" "$BIN/etcd" || { tail -n 20 "$RUN/etcd.log" >&2; die "etcd exited (log: $RUN/etcd.log)"; }
+    return 1
+  }
+  WAIT_STEP=0.1 wait_until "$TIMEOUT" "etcd healthy on $ETCD_URL (log: $RUN/etcd.log)" etcd_healthy
   log "etcd ready on $ETCD_URL in $(( $(now_ms) - t0 ))ms (pid $(cat "$RUN/etcd.pid"))"
 fi
 
@@ -101,7 +106,7 @@ for i in $(seq 1 "$N"); do
       --etcd-servers="$ETCD_URL" --etcd-prefix="/kte/c$i" \
       --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$port" \
       --cert-dir="$d/certs" \
-      --service-cluster-ip-range=10.0.0.0/24 \
+      --service-cluster-ip-range="$SERVICE_CIDR" \
       --token-auth-file="$d/tokens.csv" --authorization-mode=RBAC \
       --service-account-issuer=https://kubernetes.default.svc \
       --service-account-key-file="$d/sa.pub" --service-account-signing-key-file="$d/sa.key" \
@@ -119,13 +124,12 @@ for i in $(seq 1 "$N"); do
   d="$RUN/c$i"; port=$((API_PORT + i - 1)); url="https://127.0.0.1:$port"
   t0=""
   for s in "${started[@]:-}"; do [ "${s%%:*}" = "$i" ] && t0="${s#*:}"; done
-  ok=0
-  for _ in $(seq 1 $((TIMEOUT * 5))); do
-    if [ "$(curl -sk -m 2 -H "Authorization: Bearer $TOKEN" "$url/readyz" 2>/dev/null)" = ok ]; then ok=1; break; fi
+  apiserver_ready() {
+    [ "$(curl -sk -m 2 -H "Authorization: Bearer $TOKEN" "$url/readyz" 2>/dev/null)" = ok ] && return 0
     alive "$d/apiserver.pid" "$BIN/kube-apiserver" || { tail -n 20 "$d/apiserver.log" >&2; die "apiserver c$i exited (log: $d/apiserver.log)"; }
-    sleep 0.2
-  done
-  [ "$ok" = 1 ] || die "apiserver c$i not ready after ${TIMEOUT}s (log: $d/apiserver.log)"
+    return 1
+  }
+  wait_until "$TIMEOUT" "apiserver c$i ready on $url (log: $d/apiserver.log)" apiserver_ready
   [ -n "$t0" ] && log "cluster c$i: apiserver ready on $url in $(( $(now_ms) - t0 ))ms (pid $(cat "$d/apiserver.pid"))"
 
   # The apiserver's self-signed serving cert file holds the leaf, then its CA.
