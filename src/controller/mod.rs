@@ -85,6 +85,37 @@ pub struct Caches {
     pub services: Store<Service>,
     pub jobs: Store<Job>,
     pub pods: Store<Pod>,
+    /// Names and owners of every Deployment, Service and Job (metadata
+    /// only): a name absent here needs no GET before a child is created.
+    pub deployment_names: Names<Deployment>,
+    pub service_names: Names<Service>,
+    pub job_names: Names<Job>,
+}
+
+/// A metadata-only cache of every object of a kind, and whether its first
+/// list is done.
+#[derive(Clone)]
+pub struct Names<K: Resource<DynamicType = ()> + Clone + 'static> {
+    pub store: Store<kube::core::PartialObjectMeta<K>>,
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> Default for Names<K> {
+    /// Never filled: every lookup falls back to a GET.
+    fn default() -> Self {
+        Self { store: reflector::store().0, ready: Arc::new(std::sync::atomic::AtomicBool::new(false)) }
+    }
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> Names<K> {
+    /// `Some(true)` when an object `namespace/name` exists, `Some(false)`
+    /// when none does, `None` when the cache cannot tell yet.
+    pub fn exists(&self, namespace: &str, name: &str) -> Option<bool> {
+        if !self.ready.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        Some(self.store.get(&ObjectRef::new(name).within(namespace)).is_some())
+    }
 }
 
 impl Default for Caches {
@@ -100,6 +131,9 @@ impl Default for Caches {
             services: reflector::store().0,
             jobs: reflector::store().0,
             pods: reflector::store().0,
+            deployment_names: Names::default(),
+            service_names: Names::default(),
+            job_names: Names::default(),
         }
     }
 }

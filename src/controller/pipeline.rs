@@ -564,18 +564,26 @@ where
     Ok(())
 }
 
-/// A child as the cache has it. Only a child the pipeline is about to
-/// write is looked up by GET on a miss: the cache holds only the operator's
-/// own (labelled) objects, and a user's object of the same name must be
-/// found before a forced apply would take it over.
-async fn current<K>(store: &Store<K>, api: &Api<K>, ns: &str, name: &str, wanted: bool) -> Result<Option<Arc<K>>>
+/// A child as the cache has it. A child the pipeline is about to write and
+/// the owned cache does not hold is looked up by GET only when the names
+/// cache says an object of that name exists (or cannot tell yet): a user's
+/// object of the same name must be found before a forced apply would take
+/// it over, and a name nobody uses needs no request.
+async fn current<K>(
+    store: &Store<K>,
+    names: &super::Names<K>,
+    api: &Api<K>,
+    ns: &str,
+    name: &str,
+    wanted: bool,
+) -> Result<Option<Arc<K>>>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + 'static,
 {
     match cached(store, Some(ns), name) {
         Some(o) => Ok(Some(o)),
-        None if wanted => Ok(api.get_opt(name).await?.map(Arc::new)),
-        None => Ok(None),
+        None if !wanted || names.exists(ns, name) == Some(false) => Ok(None),
+        None => Ok(api.get_opt(name).await?.map(Arc::new)),
     }
 }
 
@@ -638,10 +646,11 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
         Ok((sched, waiting, desired))
     });
     let wants = |k: fn(&Desired) -> bool| checked.as_ref().is_ok_and(|(_, _, d)| k(d));
+    let c = &ctx.caches;
     let (cur_dep, cur_svc, cur_job) = tokio::try_join!(
-        current(&ctx.caches.deployments, &deployments, &ns, &name, wants(|d| d.deployment.is_some())),
-        current(&ctx.caches.services, &services, &ns, &name, wants(|d| d.service.is_some())),
-        current(&ctx.caches.jobs, &jobs, &ns, &name, wants(|d| d.job.is_some())),
+        current(&c.deployments, &c.deployment_names, &deployments, &ns, &name, wants(|d| d.deployment.is_some())),
+        current(&c.services, &c.service_names, &services, &ns, &name, wants(|d| d.service.is_some())),
+        current(&c.jobs, &c.job_names, &jobs, &ns, &name, wants(|d| d.job.is_some())),
     )?;
     let checked = checked.and_then(|(sched, waiting, desired)| {
         for (kind, clash) in [

@@ -154,6 +154,48 @@ where
     watcher(api, cfg).default_backoff().inspect(move |ev| health.observe(name, ev.is_ok())).modify(trim).reflect(writer)
 }
 
+/// A metadata-only watch of every `K` filling `writer` (owners kept,
+/// labels and annotations not), marking `names` ready after its first
+/// list; it yields the objects deleted.
+fn names_stream<K>(
+    name: &'static str,
+    client: Client,
+    writer: reflector::store::Writer<kube::core::PartialObjectMeta<K>>,
+    names: &super::Names<K>,
+    health: &Arc<WatchHealth>,
+) -> impl futures::Stream<Item = Result<kube::core::PartialObjectMeta<K>, watcher::Error>> + Send
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (health, ready) = (health.clone(), names.ready.clone());
+    // An Api of PartialObjectMeta makes metadata-only requests.
+    watcher(Api::<kube::core::PartialObjectMeta<K>>::all(client), watcher::Config::default())
+        .default_backoff()
+        .inspect(move |ev| health.observe(name, ev.is_ok()))
+        .modify(|m| {
+            m.metadata.managed_fields = None;
+            m.metadata.annotations = None;
+            m.metadata.labels = None;
+        })
+        .reflect(writer)
+        .filter_map(move |ev| {
+            futures::future::ready(match ev {
+                Ok(watcher::Event::InitDone) => {
+                    ready.store(true, std::sync::atomic::Ordering::Release);
+                    None
+                }
+                Ok(watcher::Event::Delete(o)) => Some(Ok(o)),
+                _ => None,
+            })
+        })
+}
+
+/// The pipeline named like a deleted object (if there is one, the
+/// controller reconciles it).
+fn same_name<K: kube::Resource>(o: kube::core::PartialObjectMeta<K>) -> Option<ObjectRef<R1Pipeline>> {
+    Some(ObjectRef::new(o.metadata.name.as_deref()?).within(o.metadata.namespace.as_deref()?))
+}
+
 /// Deleted objects only.
 fn deletions<K>(api: Api<K>) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send
 where
@@ -252,6 +294,9 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
     let (services_cache, services_writer) = reflector::store();
     let (jobs_cache, jobs_writer) = reflector::store();
     let (pods_cache, pods_writer) = reflector::store();
+    let (dep_names, dep_names_writer) = reflector::store();
+    let (svc_names, svc_names_writer) = reflector::store();
+    let (job_names, job_names_writer) = reflector::store();
     let nodes_ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     context.caches = Caches {
         nodes: nodes_cache.clone(),
@@ -262,6 +307,9 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
         services: services_cache,
         jobs: jobs_cache,
         pods: pods_cache,
+        deployment_names: super::Names { store: dep_names, ..Default::default() },
+        service_names: super::Names { store: svc_names, ..Default::default() },
+        job_names: super::Names { store: job_names, ..Default::default() },
     };
     let ctx = Arc::new(context);
     let health = Arc::new(Health { network: Some(ctx.network.health.clone()), ..Default::default() });
@@ -368,6 +416,12 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
     let services = cached("services", Api::<Service>::all(client.clone()), owned(), services_writer, &watches, trim);
     let jobs = cached("jobs", Api::<Job>::all(client.clone()), owned(), jobs_writer, &watches, trim);
     let pods = cached("pods", Api::<Pod>::all(client.clone()), owned(), pods_writer, &watches, trim_pod);
+    // Names of every child-kind object; a deleted one may unblock a
+    // pipeline stalled on a name conflict.
+    let c = &ctx.caches;
+    let dep_gone = names_stream("deployment names", client.clone(), dep_names_writer, &c.deployment_names, &watches);
+    let svc_gone = names_stream("service names", client.clone(), svc_names_writer, &c.service_names, &watches);
+    let job_gone = names_stream("job names", client.clone(), job_names_writer, &c.job_names, &watches);
     let local_node_changes = futures::stream::unfold(ctx.local_node_changes.subscribe(), |mut rx| async move {
         rx.changed().await.ok().map(|_| ((), rx))
     });
@@ -379,6 +433,9 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
         .owns_stream(deployments.inspect(forget_deleted(ctx.clone())).touched_objects())
         .owns_stream(services.inspect(forget_deleted(ctx.clone())).touched_objects())
         .owns_stream(jobs.inspect(forget_deleted(ctx.clone())).touched_objects())
+        .watches_stream(dep_gone, same_name::<Deployment>)
+        .watches_stream(svc_gone, same_name::<Service>)
+        .watches_stream(job_gone, same_name::<Job>)
         .watches_stream(pods.touched_objects(), |pod: Pod| {
             let ns = pod.namespace()?;
             Some(ObjectRef::<R1Pipeline>::new(pod.labels().get(pipeline::PIPELINE_LABEL)?).within(&ns))

@@ -522,4 +522,53 @@ mod mocked_api {
         let mut handle = server.await.unwrap();
         assert!(tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await.is_err());
     }
+
+    /// With the names caches filled and no object of the pipeline's name in
+    /// them, the children are created without a GET first; an object of
+    /// that name that the names cache knows is looked up (a user's object
+    /// must never be taken over).
+    #[tokio::test]
+    async fn a_name_nobody_uses_needs_no_get() {
+        use kube::core::PartialObjectMeta;
+        use kube::runtime::reflector;
+        use kube::runtime::watcher::Event;
+        let ready = || Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (dep_names, _) = reflector::store::<PartialObjectMeta<Deployment>>();
+        let (svc_names, mut svc_names_w) = reflector::store::<PartialObjectMeta<Service>>();
+        let caches = crate::controller::Caches {
+            deployment_names: crate::controller::Names { store: dep_names, ready: ready() },
+            service_names: crate::controller::Names { store: svc_names, ready: ready() },
+            ..Default::default()
+        };
+        // A Service "web" exists (someone else's).
+        let mut meta: PartialObjectMeta<Service> = Default::default();
+        meta.metadata.name = Some("web".into());
+        meta.metadata.namespace = Some("ns".into());
+        svc_names_w.apply_watcher_event(&Event::InitDone);
+        svc_names_w.apply_watcher_event(&Event::Apply(meta));
+        let (ctx, mut handle) = mocked_context_with(caches);
+        let p = pipeline(PipelineMode::Service, vec![container("a", &[8080])]);
+        let server = tokio::spawn(async move {
+            // No GET of the Deployment: no object has its name.
+            let (_, _, send) = next(&mut handle, Method::GET, "/services/web").await;
+            let user = serde_json::json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "web", "namespace": "ns", "uid": "user-svc"}});
+            send.send_response(json_response(StatusCode::OK, user));
+            let (_, body, send) = next(&mut handle, Method::PATCH, "/r1pipelines/web/status").await;
+            let stalled =
+                body["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Stalled").cloned();
+            assert_eq!(stalled.unwrap()["reason"], "NameConflict");
+            send.send_response(json_response(
+                StatusCode::OK,
+                serde_json::to_value(pipeline(PipelineMode::Service, vec![])).unwrap(),
+            ));
+            let (_, event, send) = next(&mut handle, Method::POST, "/events").await;
+            send.send_response(json_response(StatusCode::CREATED, event));
+            handle
+        });
+        reconcile(Arc::new(p), Arc::new(ctx)).await.unwrap();
+        let mut handle = server.await.unwrap();
+        let more = tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await;
+        assert!(!matches!(more, Ok(Some(_))), "no other request");
+    }
 }
