@@ -74,9 +74,8 @@ pub struct LocalNode {
 #[derive(Clone)]
 pub struct Caches {
     pub nodes: Store<R1Node>,
-    /// Set once the R1Node store is filled. A flag, not
-    /// `Store::wait_until_ready`: that wakes only one of several waiters.
-    pub nodes_ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Set once the R1Node store is filled.
+    pub nodes_ready: Filled,
     /// Secrets of the operator's namespace (identity, license).
     pub secrets: Store<k8s_openapi::api::core::v1::Secret>,
     pub models: Store<R1Model>,
@@ -97,13 +96,42 @@ pub struct Caches {
 #[derive(Clone)]
 pub struct Names<K: Resource<DynamicType = ()> + Clone + 'static> {
     pub store: Store<kube::core::PartialObjectMeta<K>>,
-    pub ready: Arc<std::sync::atomic::AtomicBool>,
+    pub ready: Filled,
+}
+
+/// Whether a cache's first list is done. A flag, not
+/// `Store::wait_until_ready`: that wakes only one of several waiters.
+#[derive(Clone, Default)]
+pub struct Filled(Arc<std::sync::atomic::AtomicBool>);
+
+impl Filled {
+    /// A flag already set (a cache that is not wired counts as filled).
+    pub fn set() -> Self {
+        let f = Self::default();
+        f.0.store(true, std::sync::atomic::Ordering::Release);
+        f
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// For `inspect` on a reflected watch: sets the flag at its first
+    /// `InitDone` (after the store has swapped in the list).
+    pub fn on_init_done<K>(&self) -> impl Fn(&Result<kube::runtime::watcher::Event<K>, kube::runtime::watcher::Error>) {
+        let flag = self.0.clone();
+        move |ev| {
+            if let Ok(kube::runtime::watcher::Event::InitDone) = ev {
+                flag.store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
+    }
 }
 
 impl<K: Resource<DynamicType = ()> + Clone + 'static> Default for Names<K> {
     /// Never filled: every lookup falls back to a GET.
     fn default() -> Self {
-        Self { store: reflector::store().0, ready: Arc::new(std::sync::atomic::AtomicBool::new(false)) }
+        Self { store: reflector::store().0, ready: Filled::default() }
     }
 }
 
@@ -111,7 +139,7 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Names<K> {
     /// `Some(true)` when an object `namespace/name` exists, `Some(false)`
     /// when none does, `None` when the cache cannot tell yet.
     pub fn exists(&self, namespace: &str, name: &str) -> Option<bool> {
-        if !self.ready.load(std::sync::atomic::Ordering::Acquire) {
+        if !self.ready.is_set() {
             return None;
         }
         Some(self.store.get(&ObjectRef::new(name).within(namespace)).is_some())
@@ -124,7 +152,7 @@ impl Default for Caches {
     fn default() -> Self {
         Self {
             nodes: reflector::store().0,
-            nodes_ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            nodes_ready: Filled::set(),
             secrets: reflector::store().0,
             models: reflector::store().0,
             deployments: reflector::store().0,
@@ -135,6 +163,23 @@ impl Default for Caches {
             service_names: Names::default(),
             job_names: Names::default(),
         }
+    }
+}
+
+/// The object `namespace/name` from the cache, else by GET: for a miss
+/// where freshness matters (an absence that would stall the object).
+pub async fn cached_or_get<K>(
+    store: &Store<K>,
+    api: &Api<K>,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<Option<Arc<K>>>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + 'static,
+{
+    match cached(store, namespace, name) {
+        Some(o) => Ok(Some(o)),
+        None => Ok(api.get_opt(name).await?.map(Arc::new)),
     }
 }
 

@@ -67,11 +67,7 @@ pub fn primary<N: std::borrow::Borrow<R1Node>>(nodes: &[N]) -> Option<&R1Node> {
 /// reason it is unusable.
 async fn ensure_identity(ctx: &Context, name: &str) -> Result<Result<libp2p_identity::Keypair, Invalid>> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let found = match super::cached(&ctx.caches.secrets, Some(&ctx.namespace), name) {
-        Some(s) => Some((*s).clone()),
-        None => api.get_opt(name).await?,
-    };
-    let secret = match found {
+    let secret = match super::cached_or_get(&ctx.caches.secrets, &api, Some(&ctx.namespace), name).await? {
         Some(s) => s,
         None => {
             let (peer, data) = identity::generate();
@@ -93,9 +89,9 @@ async fn ensure_identity(ctx: &Context, name: &str) -> Result<Result<libp2p_iden
             {
                 Ok(s) => {
                     tracing::info!(secret = name, peer_id = %peer, "created node identity");
-                    s
+                    Arc::new(s)
                 }
-                Err(kube::Error::Api(e)) if e.code == 409 => api.get(name).await?,
+                Err(kube::Error::Api(e)) if e.code == 409 => Arc::new(api.get(name).await?),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -216,18 +212,15 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
             Ok(kp) => {
                 peer_id = Some(kp.public().to_peer_id().to_string());
                 // A miss is looked up: a missing license stalls the node.
-                let lic = match super::cached(&ctx.caches.secrets, Some(&ctx.namespace), &n.spec.license.secret_name) {
-                    Some(s) => Some((*s).clone()),
-                    None => {
-                        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-                        secrets.get_opt(&n.spec.license.secret_name).await?
-                    }
-                };
-                match check_license(lic.as_ref(), &n.spec.license.secret_name, &ctx.namespace) {
+                let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+                let lic_name = &n.spec.license.secret_name;
+                let lic = super::cached_or_get(&ctx.caches.secrets, &secrets, Some(&ctx.namespace), lic_name).await?;
+                match check_license(lic.as_deref(), lic_name, &ctx.namespace) {
                     Err(bad) => Err(bad),
                     Ok(()) => {
                         let token = lic
-                            .and_then(|s| s.data)
+                            .as_ref()
+                            .and_then(|s| s.data.as_ref())
                             .and_then(|d| d.get(LICENSE_KEY).map(|v| String::from_utf8_lossy(&v.0).trim().to_string()))
                             .unwrap_or_default();
                         let pid = kp.public().to_peer_id().to_string();

@@ -2,7 +2,7 @@
 //! Service when the template declares ports) or a Job, and report their
 //! state back in the pipeline's status.
 
-use super::{apply, cached, finish, Context, Error, LocalNode, Result, MANAGED_BY};
+use super::{apply, cached, cached_or_get, finish, Context, Error, LocalNode, Result, MANAGED_BY};
 use crate::conditions::{self, Invalid, Want};
 use crate::crd::{ModelSource, PipelineMode, PlacementPhase, PlacementStatus, R1Model, R1Pipeline, R1PipelineStatus};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
@@ -501,19 +501,15 @@ pub fn schedule(p: &R1Pipeline, local: Option<&LocalNode>) -> Result<Schedule, I
     Ok(Schedule { run_here: true, unmet: None })
 }
 
-/// The models the pipeline names, from the cache; a GET only for one the
-/// cache does not have (a missing model stalls the pipeline, so a stale
-/// miss must not).
-async fn read_inputs(p: &R1Pipeline, ctx: &Context) -> Result<Inputs> {
+/// The models the pipeline names, from the cache (a GET only for one the
+/// cache does not have: a missing model stalls the pipeline, so a stale
+/// miss must not), and the cluster's offer nodeSelector.
+async fn read_inputs(p: &R1Pipeline, ctx: &Context, node: Option<&LocalNode>) -> Result<Inputs> {
     let ns = p.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<R1Model> = Api::namespaced(ctx.client.clone(), &ns);
     let mut models = BTreeMap::new();
     for m in &p.spec.models {
-        let found = match cached(&ctx.caches.models, Some(&ns), &m.name) {
-            Some(model) => Some(model),
-            None => api.get_opt(&m.name).await?.map(Arc::new),
-        };
-        let state = match found {
+        let state = match cached_or_get(&ctx.caches.models, &api, Some(&ns), &m.name).await? {
             None => ModelState::Missing,
             Some(model) => match model_cid(&model) {
                 Some(cid) => ModelState::Ready { cid },
@@ -522,7 +518,7 @@ async fn read_inputs(p: &R1Pipeline, ctx: &Context) -> Result<Inputs> {
         };
         models.insert(m.name.clone(), state);
     }
-    Ok(Inputs { models, node_selector: Default::default() })
+    Ok(Inputs { models, node_selector: node.map(|n| n.node_selector.clone()).unwrap_or_default() })
 }
 
 /// The CID a model currently resolves to, when it is ready.
@@ -580,11 +576,10 @@ async fn current<K>(
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + 'static,
 {
-    match cached(store, Some(ns), name) {
-        Some(o) => Ok(Some(o)),
-        None if !wanted || names.exists(ns, name) == Some(false) => Ok(None),
-        None => Ok(api.get_opt(name).await?.map(Arc::new)),
+    if !wanted || names.exists(ns, name) == Some(false) {
+        return Ok(cached(store, Some(ns), name));
     }
+    cached_or_get(store, api, Some(ns), name).await
 }
 
 /// Applies a child unless the cached one is what the last apply of the same
@@ -624,13 +619,12 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
     let old = p.status.clone().unwrap_or_default();
     // Placed by the cluster's R1Node as cached: never by a cache that is not
     // filled yet (a restart would remove what a selector placed here).
-    if !ctx.caches.nodes_ready.load(std::sync::atomic::Ordering::Acquire) {
+    if !ctx.caches.nodes_ready.is_set() {
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
     let node = super::node::local_node(&ctx.caches.nodes.state());
 
-    let mut inputs = read_inputs(&p, &ctx).await?;
-    inputs.node_selector = node.as_ref().map(|n| n.node_selector.clone()).unwrap_or_default();
+    let inputs = read_inputs(&p, &ctx, node.as_ref()).await?;
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);

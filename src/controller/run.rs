@@ -167,7 +167,7 @@ fn names_stream<K>(
 where
     K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
-    let (health, ready) = (health.clone(), names.ready.clone());
+    let health = health.clone();
     // An Api of PartialObjectMeta makes metadata-only requests.
     watcher(Api::<kube::core::PartialObjectMeta<K>>::all(client), watcher::Config::default())
         .default_backoff()
@@ -178,12 +178,9 @@ where
             m.metadata.labels = None;
         })
         .reflect(writer)
-        .filter_map(move |ev| {
+        .inspect(names.ready.on_init_done())
+        .filter_map(|ev| {
             futures::future::ready(match ev {
-                Ok(watcher::Event::InitDone) => {
-                    ready.store(true, std::sync::atomic::Ordering::Release);
-                    None
-                }
                 Ok(watcher::Event::Delete(o)) => Some(Ok(o)),
                 _ => None,
             })
@@ -297,7 +294,7 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
     let (dep_names, dep_names_writer) = reflector::store();
     let (svc_names, svc_names_writer) = reflector::store();
     let (job_names, job_names_writer) = reflector::store();
-    let nodes_ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let nodes_ready = super::Filled::default();
     context.caches = Caches {
         nodes: nodes_cache.clone(),
         nodes_ready: nodes_ready.clone(),
@@ -383,11 +380,7 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
     let node_store = nodes_cache.clone();
     let secrets_api = Api::<Secret>::namespaced(client.clone(), &cfg.namespace);
     let secrets = cached("secrets", secrets_api, wc(), secrets_writer, &watches, trim);
-    let node_events = node_events.inspect(move |ev| {
-        if let Ok(watcher::Event::InitDone) = ev {
-            nodes_ready.store(true, std::sync::atomic::Ordering::Release);
-        }
-    });
+    let node_events = node_events.inspect(nodes_ready.on_init_done());
     let nodes = Controller::for_stream(node_events.applied_objects(), nodes_cache.clone())
         .with_config(ctl_cfg.clone())
         .reconcile_all_on(net_changes)

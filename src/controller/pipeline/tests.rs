@@ -532,7 +532,7 @@ mod mocked_api {
         use kube::core::PartialObjectMeta;
         use kube::runtime::reflector;
         use kube::runtime::watcher::Event;
-        let ready = || Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let ready = crate::controller::Filled::set;
         let (dep_names, _) = reflector::store::<PartialObjectMeta<Deployment>>();
         let (svc_names, mut svc_names_w) = reflector::store::<PartialObjectMeta<Service>>();
         let caches = crate::controller::Caches {
