@@ -21,6 +21,29 @@ async fn outsider(fed: &Federation, keypair: libp2p_identity::Keypair, token: St
     p2p::start(cfg, Default::default(), Arc::new(Metrics::default()), tokio::sync::watch::channel(0).0).unwrap().0
 }
 
+/// Publishes `bytes` from `spy` until node `i` counts more drops for
+/// `reason` than `was` (the mesh may need a moment after admission).
+async fn publish_until_dropped(
+    fed: &Federation,
+    spy: &p2p::NetworkHandle,
+    i: usize,
+    bytes: Vec<u8>,
+    reason: &str,
+    was: f64,
+    what: &str,
+) {
+    let filter = format!("reason=\"{reason}\"");
+    wait_for(30, &format!("node {i} drops {what}"), || {
+        let (bytes, filter) = (bytes.clone(), &filter);
+        async move {
+            let _ = spy.publish_raw(HEARTBEAT_TOPIC, bytes).await;
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            (metric(&metrics_of(fed, i).await, "ratio1_p2p_dropped_total", filter) > was).then_some(())
+        }
+    })
+    .await;
+}
+
 async fn metrics_of(fed: &Federation, i: usize) -> String {
     fed.nodes[i].op().metrics().await
 }
@@ -143,33 +166,14 @@ async fn licensed_clusters_federate_and_refuse_the_rest() {
         let m = metrics_of(&fed, i).await;
         before.push((dropped(&m, "bad_signature"), dropped(&m, "replay")));
     }
-    // The mesh may need a moment after admission: publish until every node
-    // has counted the drop.
     for (i, &(was, _)) in before.iter().enumerate() {
-        let (spy_ref, fed_ref, bytes) = (&spy, &fed, forged.to_bytes());
-        wait_for(30, &format!("node {i} drops a forged heartbeat"), || {
-            let bytes = bytes.clone();
-            async move {
-                let _ = spy_ref.publish_raw(HEARTBEAT_TOPIC, bytes).await;
-                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                (dropped(&metrics_of(fed_ref, i).await, "bad_signature") > was).then_some(())
-            }
-        })
-        .await;
+        publish_until_dropped(&fed, &spy, i, forged.to_bytes(), "bad_signature", was, "a forged heartbeat").await;
     }
     // The original once (accepted), then the same bytes again (replays).
     spy.publish_raw(HEARTBEAT_TOPIC, original.clone()).await.unwrap();
     for (i, &(_, was)) in before.iter().enumerate() {
-        let (spy_ref, fed_ref, bytes) = (&spy, &fed, original.clone());
-        wait_for(30, &format!("node {i} drops the same heartbeat bytes replayed"), || {
-            let bytes = bytes.clone();
-            async move {
-                let _ = spy_ref.publish_raw(HEARTBEAT_TOPIC, bytes).await;
-                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                (dropped(&metrics_of(fed_ref, i).await, "replay") > was).then_some(())
-            }
-        })
-        .await;
+        publish_until_dropped(&fed, &spy, i, original.clone(), "replay", was, "the same heartbeat bytes replayed")
+            .await;
     }
     // The spy's own heartbeats (its event loop seals fresh ones) still pass.
     for i in 0..3 {
