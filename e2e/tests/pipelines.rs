@@ -259,8 +259,7 @@ async fn foreign_objects_are_never_taken_over() {
     assert!(d.metadata.owner_references.unwrap_or_default().is_empty());
 
     // The user removes their Deployment: the pipeline recovers by itself,
-    // with no change to it (the operator does not watch the user's object;
-    // it looks again every 15 s while stalled on a conflict).
+    // with no change to it (the names watch sees the deletion).
     deps.delete("taken", &DeleteParams::default()).await.unwrap();
     wait_for(60, "pipeline taken to recover from the name conflict", || async {
         let p = pipes.get("taken").await.ok()?;

@@ -21,10 +21,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How soon a pipeline stalled on a name conflict looks again (the object
-/// in the way is not the operator's, so no watch sees it go).
-const CONFLICT_RECHECK: Duration = Duration::from_secs(15);
-
 /// Label naming the pipeline on every child and pod.
 pub const PIPELINE_LABEL: &str = "ratio1.ai/pipeline";
 /// Annotation with the hash of the immutable part of a Job.
@@ -666,14 +662,10 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
         Err(bad) => {
             tracing::info!(reason = bad.reason, message = %bad.message, "pipeline is stalled");
             // Invalid input waits for a change (of the pipeline, of a model
-            // it names, of the R1Node) instead of retrying in a loop. A name
-            // conflict is with an object the operator does not watch: look
-            // again now and then, so that removing it is noticed.
-            let action = match bad.reason {
-                "NameConflict" => Action::requeue(CONFLICT_RECHECK),
-                _ => Action::await_change(),
-            };
-            (conditions::stalled(bad.reason, &bad.message), old.placements.clone(), action)
+            // it names, of the R1Node; for a name conflict, the deletion of
+            // the object in the way, seen by the names watch) instead of
+            // retrying in a loop.
+            (conditions::stalled(bad.reason, &bad.message), old.placements.clone(), Action::await_change())
         }
         Ok((sched, waiting, desired)) => {
             let mut applied_dep = None;
