@@ -6,6 +6,7 @@
 pub mod conditions;
 pub mod controller;
 pub mod crd;
+pub mod cstore;
 pub mod dauth;
 pub mod identity;
 pub mod leader;

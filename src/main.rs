@@ -40,6 +40,9 @@ enum Command {
     /// Look at the network as a running operator sees it.
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// Read and write CSTORE, the network's replicated state, through a
+    /// running operator.
+    Cstore(CstoreArgs),
     /// Print the version.
     Version,
 }
@@ -68,6 +71,20 @@ enum LicenseCmd {
         #[arg(long)]
         id: Option<String>,
     },
+    /// Revoke a license: sign a revocation and write it to CSTORE through a
+    /// running operator, which replicates it to every node (each checks the
+    /// issuer's signature and disconnects the license's node).
+    Revoke {
+        /// File written by `license keygen` (the issuer of the license).
+        #[arg(long)]
+        issuer_key: PathBuf,
+        /// The license id to revoke.
+        #[arg(long)]
+        id: String,
+        /// The operator's local API (`--api-addr`).
+        #[arg(long, default_value = "http://127.0.0.1:9090", env = "RATIO1_API")]
+        endpoint: String,
+    },
     /// Verify a token: exit 0 and print its claims, or exit 1 with the reason.
     Verify {
         token: String,
@@ -78,6 +95,62 @@ enum LicenseCmd {
         #[arg(long)]
         peer_id: Option<String>,
     },
+}
+
+#[derive(clap::Args)]
+struct CstoreArgs {
+    /// The operator's local API (`--api-addr`).
+    #[arg(long, global = true, default_value = "http://127.0.0.1:9090", env = "RATIO1_API")]
+    endpoint: String,
+    #[command(subcommand)]
+    cmd: CstoreCmd,
+}
+
+/// Keys are paths; `~/rest` names `node/<this node's PeerId>/rest`, the
+/// namespace a node may write. Values are JSON (quote strings: '"text"').
+#[derive(Subcommand)]
+enum CstoreCmd {
+    /// Print a key's value.
+    Get { key: String },
+    /// Set a key to a JSON value.
+    Set {
+        key: String,
+        value: String,
+        /// Seconds until the key expires.
+        #[arg(long)]
+        ttl: Option<f64>,
+    },
+    /// Delete a key.
+    Del { key: String },
+    /// Set a field of a hash to a JSON value.
+    Hset {
+        hash: String,
+        field: String,
+        value: String,
+        #[arg(long)]
+        ttl: Option<f64>,
+    },
+    /// Print a field of a hash.
+    Hget { hash: String, field: String },
+    /// Print every field of a hash (`field<TAB>value`).
+    Hgetall { hash: String },
+    /// Delete a field of a hash.
+    Hdel { hash: String, field: String },
+    /// List keys and hash names starting with a prefix.
+    Keys {
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+    /// Print changes under a prefix as they arrive, one JSON line each.
+    Watch {
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Stop after this many changes.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+    /// The replica's size, and anti-entropy with each peer.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -155,6 +228,54 @@ struct OperatorArgs {
     /// Seconds a refused peer stays blocked.
     #[arg(long, default_value_t = ratio1::p2p::Tuning::default().block_duration.as_secs())]
     block_secs: u64,
+    /// etcd client URLs of this cluster's own CSTORE etcd (never the
+    /// Kubernetes API's etcd, nor another cluster's); none: CSTORE off.
+    #[arg(long, env = "RATIO1_CSTORE_ENDPOINTS", value_delimiter = ',')]
+    cstore_endpoints: Vec<String>,
+    /// CA certificate (PEM) that signed the CSTORE etcd's server certificate.
+    #[arg(long, env = "RATIO1_CSTORE_CA_FILE")]
+    cstore_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for CSTORE's etcd.
+    #[arg(long, env = "RATIO1_CSTORE_CERT_FILE", requires = "cstore_key_file")]
+    cstore_cert_file: Option<PathBuf>,
+    /// Client key (PEM) for CSTORE's etcd.
+    #[arg(long, env = "RATIO1_CSTORE_KEY_FILE", requires = "cstore_cert_file")]
+    cstore_key_file: Option<PathBuf>,
+    /// Root of CSTORE's keys in its etcd.
+    #[arg(long, default_value_t = ratio1::cstore::CstoreConfig::default().prefix)]
+    cstore_prefix: String,
+    /// Seconds between anti-entropy rounds (with one random peer each).
+    #[arg(long, default_value_t = ratio1::cstore::CstoreConfig::default().anti_entropy_interval.as_secs_f64())]
+    cstore_anti_entropy_secs: f64,
+    /// Seconds a tombstone is kept before it is collected.
+    #[arg(long, default_value_t = ratio1::cstore::CstoreConfig::default().tombstone_horizon.as_secs())]
+    cstore_tombstone_horizon_secs: u64,
+}
+
+fn cstore_config(a: &OperatorArgs) -> anyhow::Result<Option<ratio1::cstore::CstoreConfig>> {
+    if a.cstore_endpoints.is_empty() {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        a.cstore_anti_entropy_secs.is_finite() && a.cstore_anti_entropy_secs >= 0.05,
+        "--cstore-anti-entropy-secs must be at least 0.05"
+    );
+    anyhow::ensure!(
+        a.cstore_prefix.starts_with('/') && a.cstore_prefix.ends_with('/'),
+        "--cstore-prefix must start and end with /"
+    );
+    Ok(Some(ratio1::cstore::CstoreConfig {
+        endpoints: a.cstore_endpoints.clone(),
+        tls: ratio1::cstore::TlsFiles {
+            ca: a.cstore_ca_file.clone(),
+            cert: a.cstore_cert_file.clone(),
+            key: a.cstore_key_file.clone(),
+        },
+        prefix: a.cstore_prefix.clone(),
+        anti_entropy_interval: Duration::from_secs_f64(a.cstore_anti_entropy_secs),
+        tombstone_horizon: Duration::from_secs(a.cstore_tombstone_horizon_secs.max(1)),
+        ..Default::default()
+    }))
 }
 
 fn net_options(a: &OperatorArgs) -> anyhow::Result<ratio1::controller::NetOptions> {
@@ -181,6 +302,7 @@ fn net_options(a: &OperatorArgs) -> anyhow::Result<ratio1::controller::NetOption
         bootstrap: a.p2p_bootstrap.clone(),
         external: a.p2p_external.clone(),
         tuning,
+        cstore: None,
     })
 }
 
@@ -188,7 +310,7 @@ fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-fn license(cmd: LicenseCmd) -> anyhow::Result<()> {
+async fn license(cmd: LicenseCmd) -> anyhow::Result<()> {
     use ratio1::dauth::license::*;
     match cmd {
         LicenseCmd::Keygen { out } => {
@@ -224,6 +346,7 @@ fn license(cmd: LicenseCmd) -> anyhow::Result<()> {
             println!("{}", issue(&kp, &claims));
             Ok(())
         }
+        LicenseCmd::Revoke { issuer_key, id, endpoint } => revoke(issuer_key, id, endpoint).await,
         LicenseCmd::Verify { token, trusted_issuers, peer_id } => {
             let issuers = trusted_issuers
                 .iter()
@@ -276,6 +399,131 @@ async fn network(cmd: NetworkCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Signs a revocation with the issuer's key and writes it to CSTORE.
+async fn revoke(issuer_key: PathBuf, id: String, endpoint: String) -> anyhow::Result<()> {
+    use ratio1::dauth::license::{decode_secret, issue_revocation, key_id};
+    let text = std::fs::read_to_string(&issuer_key)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", issuer_key.display()))?;
+    let kp = decode_secret(&text).map_err(anyhow::Error::msg)?;
+    ratio1::cstore::record::check_name("license id", &id).map_err(anyhow::Error::msg)?;
+    let proof = issue_revocation(&kp, &id, unix_now());
+    let key = ratio1::cstore::rules::revocation_key(&key_id(&kp.public()), &id);
+    let url = format!("{}/v1/cstore/set?key={}", endpoint.trim_end_matches('/'), query_escape(&key));
+    ratio1::cstore::api::call(http::Method::PUT, &url, Some(serde_json::json!({ "proof": proof }).to_string())).await?;
+    println!("revoked {id}: {key} written to CSTORE; every node disconnects its holder as the record reaches it");
+    Ok(())
+}
+
+/// Percent-encodes a query value.
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'/' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn json_arg(value: &str) -> anyhow::Result<String> {
+    let v: serde_json::Value = serde_json::from_str(value)
+        .map_err(|e| anyhow::anyhow!("value is not JSON ({e}); quote strings, e.g. '\"text\"'"))?;
+    Ok(v.to_string())
+}
+
+async fn cstore(a: CstoreArgs) -> anyhow::Result<()> {
+    use http::Method;
+    use ratio1::cstore::api::call;
+    let base = format!("{}/v1/cstore", a.endpoint.trim_end_matches('/'));
+    let q = |pairs: &[(&str, &str)]| -> String {
+        pairs.iter().map(|(k, v)| format!("{k}={}", query_escape(v))).collect::<Vec<_>>().join("&")
+    };
+    let ttl = |t: Option<f64>| t.map(|t| format!("&ttl={t}")).unwrap_or_default();
+    let show = |v: &serde_json::Value| println!("{}", v["value"]);
+    match a.cmd {
+        CstoreCmd::Get { key } => show(&call(Method::GET, &format!("{base}/get?{}", q(&[("key", &key)])), None).await?),
+        CstoreCmd::Set { key, value, ttl: t } => {
+            let url = format!("{base}/set?{}{}", q(&[("key", &key)]), ttl(t));
+            call(Method::PUT, &url, Some(json_arg(&value)?)).await?;
+            println!("OK");
+        }
+        CstoreCmd::Del { key } => {
+            let v = call(Method::DELETE, &format!("{base}/del?{}", q(&[("key", &key)])), None).await?;
+            println!("{}", if v["deleted"] == true { "deleted" } else { "not found (tombstone written anyway)" });
+        }
+        CstoreCmd::Hset { hash, field, value, ttl: t } => {
+            let url = format!("{base}/hset?{}{}", q(&[("hash", &hash), ("field", &field)]), ttl(t));
+            call(Method::PUT, &url, Some(json_arg(&value)?)).await?;
+            println!("OK");
+        }
+        CstoreCmd::Hget { hash, field } => {
+            show(&call(Method::GET, &format!("{base}/hget?{}", q(&[("hash", &hash), ("field", &field)])), None).await?)
+        }
+        CstoreCmd::Hgetall { hash } => {
+            let v = call(Method::GET, &format!("{base}/hgetall?{}", q(&[("hash", &hash)])), None).await?;
+            for (f, r) in v.as_object().into_iter().flatten() {
+                println!("{f}\t{}", r["value"]);
+            }
+        }
+        CstoreCmd::Hdel { hash, field } => {
+            let url = format!("{base}/hdel?{}", q(&[("hash", &hash), ("field", &field)]));
+            let v = call(Method::DELETE, &url, None).await?;
+            println!("{}", if v["deleted"] == true { "deleted" } else { "not found (tombstone written anyway)" });
+        }
+        CstoreCmd::Keys { prefix } => {
+            let v = call(Method::GET, &format!("{base}/keys?{}", q(&[("prefix", &prefix)])), None).await?;
+            for k in v.as_array().into_iter().flatten() {
+                println!("{}", k.as_str().unwrap_or_default());
+            }
+        }
+        CstoreCmd::Watch { prefix, count } => {
+            let url = format!("{base}/watch?{}", q(&[("prefix", &prefix)]));
+            ratio1::cstore::api::follow(&url, count, |line| println!("{line}")).await?;
+        }
+        CstoreCmd::Status => {
+            let v = call(Method::GET, &format!("{base}/status"), None).await?;
+            println!(
+                "replica: {} records ({} tombstones, {} bytes) in {} under {} · etcd {}",
+                v["records"],
+                v["tombstones"],
+                v["bytes"],
+                v["endpoints"]
+                    .as_array()
+                    .map(|e| e.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","))
+                    .unwrap_or_default(),
+                v["prefix"].as_str().unwrap_or(""),
+                if v["up"] == true { "up" } else { "DOWN" }
+            );
+            let r = &v["sync"]["lastRound"];
+            if r.is_object() {
+                let ago = (ratio1::p2p::now_ms() - r["at"].as_i64().unwrap_or(0)) as f64 / 1000.0;
+                println!(
+                    "last anti-entropy round: {:.1}s ago with {} in {} ms: {} differing, {} fetched, {} B in, {} B out{}",
+                    ago,
+                    r["peer"].as_str().unwrap_or("?"),
+                    r["millis"],
+                    r["differingLines"],
+                    r["fetched"],
+                    r["bytesIn"],
+                    r["bytesOut"],
+                    r["error"].as_str().map(|e| format!(", failed: {e}")).unwrap_or_default()
+                );
+            } else {
+                println!("last anti-entropy round: none yet");
+            }
+            println!("{:<54} {:>12} {:>14} {:>14}", "PEER", "IN-SYNC", "LAST-ROUND", "GOSSIP-LAG");
+            let now = ratio1::p2p::now_ms();
+            let ago = |t: &serde_json::Value| {
+                t.as_i64().map(|t| format!("{:.1}s ago", (now - t) as f64 / 1e3)).unwrap_or("-".into())
+            };
+            for (peer, p) in v["sync"]["peers"].as_object().into_iter().flatten() {
+                let lag = p["gossipLagMs"].as_i64().map(|l| format!("{l} ms")).unwrap_or("-".into());
+                println!("{peer:<54} {:>12} {:>14} {:>14}", ago(&p["inSyncAt"]), ago(&p["lastRound"]), lag);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
     format!("{}-{}", if host.is_empty() { "ratio1" } else { &host }, std::process::id())
@@ -324,11 +572,12 @@ async fn main() -> ExitCode {
             }
             None => Ok(()),
         }),
-        Command::License(cmd) => license(cmd),
+        Command::License(cmd) => license(cmd).await,
         Command::Network(cmd) => network(cmd).await,
-        Command::Operator(a) => match net_options(&a) {
+        Command::Cstore(a) => cstore(a).await,
+        Command::Operator(a) => match net_options(&a).and_then(|n| Ok((n, cstore_config(&a)?))) {
             Err(e) => Err(e),
-            Ok(net) => {
+            Ok((net, cstore)) => {
                 let cfg = OperatorConfig {
                     namespace: a.namespace,
                     metrics_addr: a.metrics_addr,
@@ -344,6 +593,7 @@ async fn main() -> ExitCode {
                     api_addr: a.api_addr,
                     revoked_licenses: a.revoked_licenses,
                     pod: std::env::var("POD_NAME").ok().filter(|p| !p.is_empty()),
+                    cstore,
                 };
                 // Checked before anything starts: such timing could let two
                 // replicas lead at once.

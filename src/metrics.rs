@@ -80,6 +80,7 @@ pub struct Metrics {
     pub p2p_mesh_peers: Gauge,
     pub p2p_connections_closed: Family<ReasonLabels, Counter>,
     pub kube_requests: Family<VerbLabels, Counter>,
+    pub cstore: crate::cstore::metrics::CstoreMetrics,
 }
 
 impl Default for Metrics {
@@ -146,6 +147,7 @@ impl Default for Metrics {
             "Requests this process sent to the Kubernetes API, per verb",
             kube_requests.clone(),
         );
+        let cstore = crate::cstore::metrics::CstoreMetrics::register(&mut registry);
         Self {
             registry,
             reconciles,
@@ -166,6 +168,7 @@ impl Default for Metrics {
             p2p_mesh_peers,
             p2p_connections_closed,
             kube_requests,
+            cstore,
         }
     }
 }

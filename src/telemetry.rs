@@ -93,10 +93,16 @@ pub async fn serve(
     axum::serve(listener, app).await
 }
 
-/// Serves the local API (`/v1/network`: peers, license ids, the dAuth log)
-/// on its own listener, loopback by default.
-pub async fn serve_api(listener: tokio::net::TcpListener, view: crate::p2p::SharedView) -> std::io::Result<()> {
-    let app = Router::new().route("/v1/network", get(network)).with_state(view);
+/// Serves the local API (`/v1/network`: peers, license ids, the dAuth log;
+/// `/v1/cstore/…`: the replicated store) on its own listener, loopback by
+/// default.
+pub async fn serve_api(
+    listener: tokio::net::TcpListener,
+    view: crate::p2p::SharedView,
+    cstore: crate::cstore::api::Slot,
+) -> std::io::Result<()> {
+    let app =
+        Router::new().route("/v1/network", get(network)).with_state(view).merge(crate::cstore::api::routes(cstore));
     axum::serve(listener, app).await
 }
 

@@ -204,6 +204,8 @@ pub struct NetOptions {
     pub bootstrap: Vec<String>,
     pub external: Vec<String>,
     pub tuning: crate::p2p::Tuning,
+    /// CSTORE's end of the network, when CSTORE runs.
+    pub cstore: Option<crate::p2p::ServiceLink>,
 }
 
 /// State shared by all controllers.

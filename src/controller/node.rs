@@ -136,6 +136,7 @@ fn desired_network(
     cfg.roles = n.spec.roles.clone();
     cfg.offer = serde_json::to_value(&n.spec.offer).unwrap_or_default();
     cfg.tuning = net.tuning.clone();
+    cfg.cstore = net.cstore.clone();
     Ok(Some(cfg))
 }
 

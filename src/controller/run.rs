@@ -47,6 +47,8 @@ pub struct OperatorConfig {
     pub revoked_licenses: Option<std::path::PathBuf>,
     /// This replica's Pod (in a cluster): labelled while it leads.
     pub pod: Option<String>,
+    /// This cluster's CSTORE replica (none: CSTORE off).
+    pub cstore: Option<crate::cstore::CstoreConfig>,
 }
 
 /// Label on the leading replica's own Pod. The chart's p2p Service selects
@@ -279,10 +281,30 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
         .with_layer(&count)
         .build();
     let reporter = Reporter { controller: "ratio1-operator".into(), instance: Some(cfg.identity.clone()) };
+    // CSTORE starts with the process (its index loads and reads work on a
+    // standby too); it signs and replicates through the network, which
+    // only the leader runs.
+    let network_slot: Arc<std::sync::OnceLock<crate::p2p::supervisor::Supervisor>> = Default::default();
+    let cstore_slot: crate::cstore::api::Slot = Default::default();
+    let mut net = cfg.net.clone();
+    if let Some(cs) = cfg.cstore.clone() {
+        let source: crate::cstore::NetworkSource = {
+            let slot = network_slot.clone();
+            Arc::new(move || slot.get().and_then(|s| s.handle()))
+        };
+        let endpoints = cs.endpoints.join(",");
+        let (store, link) = crate::cstore::Cstore::start(cs, cfg.net.trust.clone(), metrics.clone(), source)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        tracing::info!(%endpoints, "CSTORE replica started");
+        let _ = cstore_slot.set(store);
+        net.cstore = Some(link);
+    }
     let mut context =
         Context::new(client.clone(), Recorder::new(client.clone(), reporter), metrics.clone(), cfg.namespace.clone());
     context.resync = cfg.resync;
-    context.net = cfg.net.clone();
+    context.net = net;
+    let _ = network_slot.set(context.network.clone());
     // Reconcilers read these stores; the watches below fill them.
     let (nodes_cache, nodes_writer) = reflector::store();
     let (secrets_cache, secrets_writer) = reflector::store();
@@ -318,8 +340,8 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
     let api_listener = tokio::net::TcpListener::bind(cfg.api_addr)
         .await
         .with_context(|| format!("cannot listen on {} for the local API", cfg.api_addr))?;
-    tracing::info!(addr = %api_listener.local_addr()?, "serving the local API (/v1/network)");
-    tokio::spawn(telemetry::serve_api(api_listener, ctx.view.clone()));
+    tracing::info!(addr = %api_listener.local_addr()?, "serving the local API (/v1/network, /v1/cstore)");
+    tokio::spawn(telemetry::serve_api(api_listener, ctx.view.clone(), cstore_slot));
 
     check_crds(&client).await?;
     if let Some(pod) = &cfg.pod {

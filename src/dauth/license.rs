@@ -193,12 +193,46 @@ pub fn parse_revocations(text: &str) -> Result<BTreeSet<Revocation>, String> {
     Ok(out)
 }
 
+/// Token of a revocation proof, version 1: `r1rv1.<payload>.<signature>`
+/// like a license, the payload being the JSON of [`RevocationClaims`].
+const REVOCATION_PREFIX: &str = "r1rv1";
+
+/// What an issuer states when it revokes one of its licenses.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RevocationClaims {
+    /// Key id of the issuer (who alone may revoke its licenses).
+    pub iss: String,
+    /// The revoked license id.
+    pub id: String,
+    /// Unix seconds of the revocation.
+    pub at: i64,
+}
+
+/// Signs a revocation of license `id` by `issuer`: anyone may carry the
+/// token (CSTORE replicates it); every node verifies it against its own
+/// trusted issuers.
+pub fn issue_revocation(issuer: &ed25519::Keypair, id: &str, at: i64) -> String {
+    let claims = RevocationClaims { iss: key_id(&issuer.public()), id: id.to_string(), at };
+    let payload = B64.encode(serde_json::to_vec(&claims).expect("claims serialize"));
+    let sig = issuer.sign(payload.as_bytes());
+    format!("{REVOCATION_PREFIX}.{payload}.{}", B64.encode(sig))
+}
+
+/// Where a set of revocations came from: each source replaces only its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RevocationSource {
+    /// The `--revoked-licenses` file.
+    File,
+    /// Issuer-signed proofs replicated by CSTORE.
+    Cstore,
+}
+
 /// The issuers a network trusts and the licenses it has revoked. Clones
-/// share the revocation list, so a reload reaches every holder at once.
+/// share the revocation lists, so a reload reaches every holder at once.
 #[derive(Clone, Debug, Default)]
 pub struct TrustStore {
     issuers: BTreeMap<String, ed25519::PublicKey>,
-    revoked: Arc<RwLock<BTreeSet<Revocation>>>,
+    revoked: Arc<RwLock<BTreeMap<RevocationSource, BTreeSet<Revocation>>>>,
 }
 
 impl TrustStore {
@@ -208,7 +242,7 @@ impl TrustStore {
     ) -> Self {
         Self {
             issuers: issuers.into_iter().map(|k| (key_id(&k), k)).collect(),
-            revoked: Arc::new(RwLock::new(revoked.into_iter().collect())),
+            revoked: Arc::new(RwLock::new(BTreeMap::from([(RevocationSource::File, revoked.into_iter().collect())]))),
         }
     }
 
@@ -220,17 +254,46 @@ impl TrustStore {
         self.issuers.is_empty()
     }
 
-    /// Replaces the revocation list (shared by every clone); returns
-    /// whether it changed.
+    /// Replaces the revocation list of the file (shared by every clone);
+    /// returns whether it changed.
     pub fn set_revoked(&self, revoked: BTreeSet<Revocation>) -> bool {
+        self.set_revoked_from(RevocationSource::File, revoked)
+    }
+
+    /// Replaces the revocations of one source; returns whether they changed.
+    pub fn set_revoked_from(&self, source: RevocationSource, revoked: BTreeSet<Revocation>) -> bool {
         let mut cur = self.revoked.write().expect("revocation lock");
-        let changed = *cur != revoked;
-        *cur = revoked;
+        let slot = cur.entry(source).or_default();
+        let changed = *slot != revoked;
+        *slot = revoked;
         changed
     }
 
+    /// Revoked licenses, all sources together.
     pub fn revoked_count(&self) -> usize {
-        self.revoked.read().expect("revocation lock").len()
+        let cur = self.revoked.read().expect("revocation lock");
+        cur.values().flatten().collect::<BTreeSet<_>>().len()
+    }
+
+    /// Verifies a revocation proof against the trusted issuers.
+    pub fn verify_revocation(&self, token: &str) -> Result<RevocationClaims, LicenseError> {
+        let mut parts = token.trim().split('.');
+        let (Some(prefix), Some(payload), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(LicenseError::Malformed("expected r1rv1.<payload>.<signature>"));
+        };
+        if prefix != REVOCATION_PREFIX {
+            return Err(LicenseError::Malformed("unknown revocation token version"));
+        }
+        let raw = B64.decode(payload).map_err(|_| LicenseError::Malformed("payload is not base64url"))?;
+        let claims: RevocationClaims =
+            serde_json::from_slice(&raw).map_err(|_| LicenseError::Malformed("payload is not revocation JSON"))?;
+        let sig = B64.decode(sig).map_err(|_| LicenseError::Malformed("signature is not base64url"))?;
+        let key = self.issuers.get(&claims.iss).ok_or_else(|| LicenseError::UnknownIssuer(claims.iss.clone()))?;
+        if !key.verify(payload.as_bytes(), &sig) {
+            return Err(LicenseError::BadSignature);
+        }
+        Ok(claims)
     }
 
     /// Full verification: format, issuer, signature, binding, validity
@@ -258,7 +321,8 @@ impl TrustStore {
         if claims.exp <= now {
             return Err(LicenseError::Expired(claims.exp));
         }
-        if self.revoked.read().expect("revocation lock").contains(&(claims.iss.clone(), claims.id.clone())) {
+        let key = (claims.iss.clone(), claims.id.clone());
+        if self.revoked.read().expect("revocation lock").values().any(|set| set.contains(&key)) {
             return Err(LicenseError::Revoked(claims.id.clone()));
         }
         Ok(())
@@ -288,6 +352,29 @@ mod tests {
         let (issuer, trust, claims) = setup();
         let token = issue(&issuer, &claims);
         assert_eq!(trust.verify(&token, "12D3KooWPeer", 1_500), Ok(claims));
+    }
+
+    #[test]
+    fn revocation_proofs_verify_only_from_a_trusted_issuer_and_sources_add_up() {
+        let (issuer, trust, claims) = setup();
+        let proof = issue_revocation(&issuer, "nd-0001", 1_200);
+        let r = trust.verify_revocation(&proof).unwrap();
+        assert_eq!((r.iss.as_str(), r.id.as_str(), r.at), (claims.iss.as_str(), "nd-0001", 1_200));
+        let stranger = issue_revocation(&ed25519::Keypair::generate(), "nd-0001", 1_200);
+        assert!(matches!(trust.verify_revocation(&stranger), Err(LicenseError::UnknownIssuer(_))));
+        let mut forged = proof.clone().into_bytes();
+        let last = forged.len() - 2;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        assert!(trust.verify_revocation(std::str::from_utf8(&forged).unwrap()).is_err());
+        assert!(trust.verify_revocation(&issue(&issuer, &claims)).is_err(), "a license is not a revocation");
+        // File and CSTORE revocations add up; each source replaces only its own.
+        let token = issue(&issuer, &claims);
+        trust.set_revoked_from(RevocationSource::Cstore, BTreeSet::from([(r.iss.clone(), r.id.clone())]));
+        assert_eq!(trust.verify(&token, "12D3KooWPeer", 1_500).unwrap_err().reason(), "LicenseRevoked");
+        trust.set_revoked(BTreeSet::new());
+        assert_eq!(trust.verify(&token, "12D3KooWPeer", 1_500).unwrap_err().reason(), "LicenseRevoked");
+        trust.set_revoked_from(RevocationSource::Cstore, BTreeSet::new());
+        assert!(trust.verify(&token, "12D3KooWPeer", 1_500).is_ok());
     }
 
     #[test]

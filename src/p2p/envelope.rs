@@ -66,6 +66,12 @@ impl Envelope {
     /// Builds and signs an envelope.
     pub fn seal(key: &Keypair, boot: u64, seq: u64, ts: i64, kind: &str, body: serde_json::Value) -> Self {
         let body = RawValue::from_string(body.to_string()).expect("a JSON value is valid JSON");
+        Self::seal_raw(key, boot, seq, ts, kind, body)
+    }
+
+    /// Builds and signs an envelope around JSON text as it is (a body that
+    /// carries signed records must travel byte for byte).
+    pub fn seal_raw(key: &Keypair, boot: u64, seq: u64, ts: i64, kind: &str, body: Box<RawValue>) -> Self {
         let from = key.public().to_peer_id().to_string();
         let sig = key.sign(&signed_bytes(&from, boot, seq, ts, kind, &body)).expect("ed25519 signs");
         Self {

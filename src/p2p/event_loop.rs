@@ -4,11 +4,11 @@
 
 use super::admission::{Admission, AdmissionConfig, OnConnect};
 use super::envelope::{Envelope, Sequencer};
-use super::gossip::{GossipConfig, GossipGate, Severity};
+use super::gossip::{GossipConfig, GossipGate, Payload, Severity, Topic};
 use super::protocol::{self, AuthAnswer, AuthAsk, Hello, Request, Response};
 use super::{
-    now_ms, now_us, BehaviourEvent, Command, DauthRecord, NetConfig, NetworkConfig, PeerInfo, SharedView, View,
-    DAUTH_LOG_MAX, HEARTBEAT_TOPIC, UNADMITTED_SCORE,
+    now_ms, now_us, BehaviourEvent, Command, DauthRecord, NetConfig, NetworkConfig, PeerInfo, ServiceEvent, SharedView,
+    View, CSTORE_TOPIC, DAUTH_LOG_MAX, HEARTBEAT_TOPIC, UNADMITTED_SCORE,
 };
 use crate::crd::NodeRole;
 use crate::dauth::license::{Claims, LicenseError};
@@ -18,6 +18,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, request_response, Multiaddr, PeerId, Swarm};
+use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +44,21 @@ pub(super) struct EventLoop {
     last_bootstrap: Option<Instant>,
     last_discovery: Option<Instant>,
     last_stats: Option<Instant>,
+    cstore_topic: gossipsub::TopicHash,
+    /// CSTORE requests handed to the service, awaiting its answer (bounded).
+    inbound_requests: HashMap<u64, request_response::ResponseChannel<Box<RawValue>>>,
+    next_request: u64,
+    /// Our CSTORE requests in flight.
+    outbound_requests:
+        HashMap<request_response::OutboundRequestId, tokio::sync::oneshot::Sender<Result<Box<RawValue>, String>>>,
+}
+
+/// CSTORE requests a node holds for its service at once; more are refused.
+const MAX_INBOUND_REQUESTS: usize = 256;
+
+/// The answer of a refused CSTORE request (the service's `Refused` shape).
+fn refused(reason: &'static str) -> Box<RawValue> {
+    RawValue::from_string(serde_json::json!({ "Refused": { "reason": reason } }).to_string()).expect("valid JSON")
 }
 
 fn label(reason: &'static str) -> ReasonLabels {
@@ -86,6 +102,7 @@ impl EventLoop {
             freshness_window_us: t.freshness_window.as_micros() as i64,
             rate_per_sec: t.gossip_rate_per_sec,
             burst: t.gossip_burst,
+            ..Default::default()
         });
         let own_license = cfg.trust.verify(&cfg.license, &peer_id.to_string(), now_ms() / 1000);
         let mut ev = Self {
@@ -106,6 +123,10 @@ impl EventLoop {
             last_bootstrap: None,
             last_discovery: None,
             last_stats: None,
+            cstore_topic: gossipsub::IdentTopic::new(CSTORE_TOPIC).hash(),
+            inbound_requests: HashMap::new(),
+            next_request: 0,
+            outbound_requests: HashMap::new(),
         };
         ev.publish_license_state();
         for addr in ev.cfg.bootstrap.clone() {
@@ -208,6 +229,38 @@ impl EventLoop {
                 let _ = done.send(r.map(|_| ()).map_err(|e| e.to_string()));
             }
             Command::Dial(addr) => self.dial_addr(addr),
+            Command::PublishService { kind, body, done } => {
+                if self.own_license.is_err() {
+                    let _ = done.send(Err("this node is not licensed".into()));
+                    return;
+                }
+                let seq = self.seq.next_seq();
+                let env = Envelope::seal_raw(&self.cfg.keypair, self.seq.boot, seq, now_us(), kind, body);
+                let bytes = env.to_bytes();
+                let n = bytes.len();
+                let r = match self.swarm.behaviour_mut().gossipsub.publish(self.cstore_topic.clone(), bytes) {
+                    Ok(_) => Ok(n),
+                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(0),
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = done.send(r);
+            }
+            Command::Validate { message, source, acceptance } => {
+                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&message, &source, acceptance);
+            }
+            Command::ServiceRequest { peer, body, done } => {
+                if !self.admission.is_admitted(&peer) {
+                    let _ = done.send(Err(format!("peer {peer} is not admitted")));
+                    return;
+                }
+                let id = self.swarm.behaviour_mut().cstore.send_request(&peer, body);
+                self.outbound_requests.insert(id, done);
+            }
+            Command::Respond { id, body } => {
+                if let Some(channel) = self.inbound_requests.remove(&id) {
+                    let _ = self.swarm.behaviour_mut().cstore.send_response(channel, body);
+                }
+            }
             #[cfg(test)]
             Command::Panic => panic!("asked to panic (test)"),
         }
@@ -480,13 +533,16 @@ impl EventLoop {
                 message_id,
                 message,
             })) => {
-                let acceptance = self.on_gossip(&message);
-                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
-                    &message_id,
-                    &propagation_source,
-                    acceptance,
-                );
+                // `None`: handed to the service, which reports the verdict.
+                if let Some(acceptance) = self.on_gossip(&message_id, propagation_source, message) {
+                    self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                        &message_id,
+                        &propagation_source,
+                        acceptance,
+                    );
+                }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Cstore(ev)) => self.on_cstore(ev),
             _ => {}
         }
     }
@@ -526,20 +582,99 @@ impl EventLoop {
         }
     }
 
+    /// CSTORE requests and answers: only admitted peers ask or are asked;
+    /// the service answers (through `Command::Respond`).
+    fn on_cstore(&mut self, ev: request_response::Event<Box<RawValue>, Box<RawValue>>) {
+        match ev {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let reason = if !self.admission.is_admitted(&peer) {
+                        Some("NotAdmitted")
+                    } else if self.inbound_requests.len() >= MAX_INBOUND_REQUESTS {
+                        Some("Busy")
+                    } else {
+                        None
+                    };
+                    let link = self.cfg.cstore.clone();
+                    let (Some(link), None) = (link, reason) else {
+                        let reason = reason.unwrap_or("Unsupported");
+                        self.metrics.p2p_dropped.get_or_create(&label("cstore_request_refused")).inc();
+                        let _ = self.swarm.behaviour_mut().cstore.send_response(channel, refused(reason));
+                        return;
+                    };
+                    self.next_request += 1;
+                    let id = self.next_request;
+                    match link.inbound.try_send(ServiceEvent::Request { peer, id, body: request }) {
+                        Ok(()) => {
+                            self.inbound_requests.insert(id, channel);
+                        }
+                        Err(_) => {
+                            self.metrics.p2p_dropped.get_or_create(&label("cstore_request_refused")).inc();
+                            let _ = self.swarm.behaviour_mut().cstore.send_response(channel, refused("Busy"));
+                        }
+                    }
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(done) = self.outbound_requests.remove(&request_id) {
+                        let _ = done.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { request_id, error, .. } => {
+                if let Some(done) = self.outbound_requests.remove(&request_id) {
+                    let _ = done.send(Err(error.to_string()));
+                }
+            }
+            request_response::Event::InboundFailure { .. } => {
+                // The channel is gone (its peer closed, or we timed out).
+                self.inbound_requests.retain(|_, c| c.is_open());
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
     /// Gossip: the pure gate decides; accepted heartbeats update the view
-    /// and may teach us a peer to dial.
-    fn on_gossip(&mut self, message: &gossipsub::Message) -> gossipsub::MessageAcceptance {
+    /// and may teach us a peer to dial; accepted CSTORE batches go to the
+    /// service, which gives the verdict (`None` here).
+    fn on_gossip(
+        &mut self,
+        message_id: &gossipsub::MessageId,
+        source: PeerId,
+        message: gossipsub::Message,
+    ) -> Option<gossipsub::MessageAcceptance> {
         let now = now_us();
         let admitted = message.source.as_ref().and_then(|a| self.admission.claims(a));
-        let verdict = self.gossip.check(message.source, &message.data, admitted, &self.cfg.trust, now);
+        let topic = if message.topic == self.cstore_topic { Topic::Cstore } else { Topic::Heartbeat };
+        let verdict = self.gossip.check(topic, message.source, &message.data, admitted, &self.cfg.trust, now);
         let ok = match verdict {
             Ok(ok) => ok,
             Err((reason, severity)) => {
                 self.metrics.p2p_dropped.get_or_create(&label(reason)).inc();
                 tracing::debug!(reason, "gossip dropped");
-                return match severity {
+                return Some(match severity {
                     Severity::Reject => gossipsub::MessageAcceptance::Reject,
                     Severity::Ignore => gossipsub::MessageAcceptance::Ignore,
+                });
+            }
+        };
+        let hb = match ok.payload {
+            Payload::Heartbeat(hb) => hb,
+            Payload::Records => {
+                let Some(link) = &self.cfg.cstore else { return Some(gossipsub::MessageAcceptance::Ignore) };
+                let event = ServiceEvent::Gossip {
+                    author: ok.author,
+                    envelope: Box::new(ok.envelope),
+                    message: message_id.clone(),
+                    source,
+                };
+                return match link.inbound.try_send(event) {
+                    Ok(()) => None,
+                    Err(_) => {
+                        // The service is behind: not relayed, not punished;
+                        // anti-entropy brings the records later.
+                        self.metrics.p2p_dropped.get_or_create(&label("service_busy")).inc();
+                        Some(gossipsub::MessageAcceptance::Ignore)
+                    }
                 };
             }
         };
@@ -547,7 +682,6 @@ impl EventLoop {
         self.metrics.p2p_heartbeats.inc();
         self.metrics.p2p_heartbeat_delay.observe(delay_us as f64 / 1e6);
         let author = ok.author;
-        let hb = ok.heartbeat;
         let connected = self.swarm.is_connected(&author);
         {
             let mut v = self.view.write().expect("view lock");
@@ -578,7 +712,7 @@ impl EventLoop {
         if !connected {
             self.discover(author, &hb.addrs);
         }
-        gossipsub::MessageAcceptance::Accept
+        Some(gossipsub::MessageAcceptance::Accept)
     }
 
     /// Dials a licensed author learnt from its heartbeat, while this node

@@ -8,7 +8,7 @@
 //! rate or replay slots.
 
 use super::envelope::{Envelope, ReplayGuard};
-use super::protocol::{self, Heartbeat, HEARTBEAT_KIND};
+use super::protocol::{self, Heartbeat, HEARTBEAT_KIND, RECORDS_KIND};
 use crate::dauth::license::{Claims, TrustStore};
 use libp2p::PeerId;
 use std::collections::HashMap;
@@ -25,29 +25,54 @@ pub enum Severity {
 /// Why a message was dropped: a metric label each.
 pub type Dropped = (&'static str, Severity);
 
-/// An accepted heartbeat.
+/// An accepted message.
 #[derive(Debug)]
 pub struct Accepted {
     pub author: PeerId,
     pub envelope: Envelope,
-    pub heartbeat: Heartbeat,
+    pub payload: Payload,
     /// The author's license claims (verified).
     pub claims: Claims,
+}
+
+/// What an accepted message carries.
+#[derive(Debug)]
+pub enum Payload {
+    Heartbeat(Heartbeat),
+    /// A CSTORE batch: its records are the service's to check (the body
+    /// stays raw in the envelope).
+    Records,
+}
+
+/// Which topic a message came on: each takes one kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topic {
+    Heartbeat,
+    Cstore,
 }
 
 /// Limits of the gate.
 #[derive(Clone, Debug)]
 pub struct GossipConfig {
     pub freshness_window_us: i64,
-    /// Messages per second an author may publish, sustained.
+    /// Heartbeats per second an author may publish, sustained.
     pub rate_per_sec: f64,
-    /// Messages an author may publish in a burst.
+    /// Heartbeats an author may publish in a burst.
     pub burst: f64,
+    /// CSTORE batches per second an author may publish, sustained and in a burst.
+    pub records_rate_per_sec: f64,
+    pub records_burst: f64,
 }
 
 impl Default for GossipConfig {
     fn default() -> Self {
-        Self { freshness_window_us: 60_000_000, rate_per_sec: 2.0, burst: 20.0 }
+        Self {
+            freshness_window_us: 60_000_000,
+            rate_per_sec: 2.0,
+            burst: 20.0,
+            records_rate_per_sec: 100.0,
+            records_burst: 400.0,
+        }
     }
 }
 
@@ -64,6 +89,7 @@ pub struct GossipGate {
     guard: ReplayGuard,
     licenses: HashMap<PeerId, (String, Claims)>,
     buckets: HashMap<PeerId, Bucket>,
+    record_buckets: HashMap<PeerId, Bucket>,
 }
 
 const MAX_AUTHORS: usize = 65_536;
@@ -75,6 +101,7 @@ impl GossipGate {
             cfg,
             licenses: HashMap::new(),
             buckets: HashMap::new(),
+            record_buckets: HashMap::new(),
         }
     }
 
@@ -82,6 +109,7 @@ impl GossipGate {
     /// the claims of that author if it is an admitted direct peer.
     pub fn check(
         &mut self,
+        topic: Topic,
         source: Option<PeerId>,
         data: &[u8],
         admitted: Option<&Claims>,
@@ -90,7 +118,11 @@ impl GossipGate {
     ) -> Result<Accepted, Dropped> {
         use Severity::*;
         let author = source.ok_or(("anonymous", Reject))?;
-        if data.len() > protocol::MAX_GOSSIP_BYTES {
+        let max = match topic {
+            Topic::Heartbeat => protocol::MAX_GOSSIP_BYTES,
+            Topic::Cstore => protocol::MAX_SERVICE_GOSSIP_BYTES,
+        };
+        if data.len() > max {
             return Err(("oversized", Reject));
         }
         let env: Envelope = serde_json::from_slice(data).map_err(|_| ("malformed", Reject))?;
@@ -99,21 +131,37 @@ impl GossipGate {
         if env.verify().map_err(|d| (d.label(), Reject))? != author {
             return Err(("bad_signature", Reject));
         }
-        if env.kind != HEARTBEAT_KIND {
-            return Err(("unknown_kind", Reject));
-        }
-        let hb: Heartbeat = protocol::decode_body(&env.body).map_err(|r| (r, Reject))?;
         let unix = now_us.div_euclid(1_000_000);
-        let claims = match admitted {
-            Some(c) => {
-                trust.still_valid(c, unix).map_err(|_| ("not_licensed", Reject))?;
-                c.clone()
+        let (payload, claims) = match (topic, env.kind.as_str()) {
+            (Topic::Heartbeat, HEARTBEAT_KIND) => {
+                let hb: Heartbeat = protocol::decode_body(&env.body).map_err(|r| (r, Reject))?;
+                let claims = match admitted {
+                    Some(c) => {
+                        trust.still_valid(c, unix).map_err(|_| ("not_licensed", Reject))?;
+                        c.clone()
+                    }
+                    None => self.remote_license(author, &hb.license, trust, unix)?,
+                };
+                self.spend(author, now_us)?;
+                (Payload::Heartbeat(hb), claims)
             }
-            None => self.remote_license(author, &hb.license, trust, unix)?,
+            (Topic::Cstore, RECORDS_KIND) => {
+                // A batch carries no license: its author must be admitted
+                // here or known from a verified heartbeat (which may arrive
+                // later: ignored, not punished).
+                let claims = match admitted {
+                    Some(c) => c.clone(),
+                    None => self.licenses.get(&author).map(|(_, c)| c.clone()).ok_or(("unknown_author", Ignore))?,
+                };
+                trust.still_valid(&claims, unix).map_err(|_| ("not_licensed", Reject))?;
+                let (rate, burst) = (self.cfg.records_rate_per_sec, self.cfg.records_burst);
+                spend(&mut self.record_buckets, rate, burst, author, now_us)?;
+                (Payload::Records, claims)
+            }
+            _ => return Err(("unknown_kind", Reject)),
         };
-        self.spend(author, now_us)?;
         self.guard.accept(author, env.boot, env.seq, env.ts, now_us).map_err(|d| (d.label(), Ignore))?;
-        Ok(Accepted { author, envelope: env, heartbeat: hb, claims })
+        Ok(Accepted { author, envelope: env, payload, claims })
     }
 
     /// An author we are not connected to proves its license in its
@@ -142,28 +190,38 @@ impl GossipGate {
         Ok(c)
     }
 
-    /// Token bucket per author.
+    /// Token bucket of heartbeats per author.
     fn spend(&mut self, author: PeerId, now_us: i64) -> Result<(), Dropped> {
-        if !self.buckets.contains_key(&author) && self.buckets.len() >= MAX_AUTHORS {
-            let (rate, burst) = (self.cfg.rate_per_sec, self.cfg.burst);
-            // Full buckets carry no information: forget them.
-            self.buckets.retain(|_, b| b.tokens + now_us.saturating_sub(b.at_us) as f64 / 1e6 * rate < burst);
-        }
-        let b = self.buckets.entry(author).or_insert(Bucket { tokens: self.cfg.burst, at_us: now_us });
-        let elapsed = now_us.saturating_sub(b.at_us).max(0) as f64 / 1e6;
-        b.tokens = (b.tokens + elapsed * self.cfg.rate_per_sec).min(self.cfg.burst);
-        b.at_us = now_us.max(b.at_us);
-        if b.tokens < 1.0 {
-            return Err(("rate_limited", Severity::Reject));
-        }
-        b.tokens -= 1.0;
-        Ok(())
+        spend(&mut self.buckets, self.cfg.rate_per_sec, self.cfg.burst, author, now_us)
     }
 
     /// Forgets an author's license (revoked or refused).
     pub fn forget(&mut self, author: &PeerId) {
         self.licenses.remove(author);
     }
+}
+
+/// Takes one token from `author`'s bucket.
+fn spend(
+    buckets: &mut HashMap<PeerId, Bucket>,
+    rate: f64,
+    burst: f64,
+    author: PeerId,
+    now_us: i64,
+) -> Result<(), Dropped> {
+    if !buckets.contains_key(&author) && buckets.len() >= MAX_AUTHORS {
+        // Full buckets carry no information: forget them.
+        buckets.retain(|_, b| b.tokens + now_us.saturating_sub(b.at_us) as f64 / 1e6 * rate < burst);
+    }
+    let b = buckets.entry(author).or_insert(Bucket { tokens: burst, at_us: now_us });
+    let elapsed = now_us.saturating_sub(b.at_us).max(0) as f64 / 1e6;
+    b.tokens = (b.tokens + elapsed * rate).min(burst);
+    b.at_us = now_us.max(b.at_us);
+    if b.tokens < 1.0 {
+        return Err(("rate_limited", Severity::Reject));
+    }
+    b.tokens -= 1.0;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -222,12 +280,12 @@ mod tests {
         let f = Fixture::new();
         let mut g = GossipGate::new(GossipConfig::default());
         let bytes = f.heartbeat(&f.key, 1, f.now, &f.license(&f.key, 3600));
-        assert_eq!(reason(g.check(f.src(), &bytes, None, &f.trust, f.now)), "accepted");
+        assert_eq!(reason(g.check(Topic::Heartbeat, f.src(), &bytes, None, &f.trust, f.now)), "accepted");
         // The very same bytes again (a replay) are dropped.
-        assert_eq!(reason(g.check(f.src(), &bytes, None, &f.trust, f.now + 10)), "replay");
+        assert_eq!(reason(g.check(Topic::Heartbeat, f.src(), &bytes, None, &f.trust, f.now + 10)), "replay");
         // The sender's next one passes.
         let next = f.heartbeat(&f.key, 2, f.now + 20, &f.license(&f.key, 3600));
-        assert_eq!(reason(g.check(f.src(), &next, None, &f.trust, f.now + 30)), "accepted");
+        assert_eq!(reason(g.check(Topic::Heartbeat, f.src(), &next, None, &f.trust, f.now + 30)), "accepted");
     }
 
     #[test]
@@ -235,39 +293,48 @@ mod tests {
         let f = Fixture::new();
         let mut g = GossipGate::new(GossipConfig::default());
         // No license at all, even from a direct peer that is not admitted.
-        assert_eq!(reason(g.check(f.src(), &f.heartbeat(&f.key, 1, f.now, ""), None, &f.trust, f.now)), "not_licensed");
+        assert_eq!(
+            reason(g.check(Topic::Heartbeat, f.src(), &f.heartbeat(&f.key, 1, f.now, ""), None, &f.trust, f.now)),
+            "not_licensed"
+        );
         // Someone else's license.
         let other = Keypair::generate_ed25519();
         let stolen = f.license(&other, 3600);
         assert_eq!(
-            reason(g.check(f.src(), &f.heartbeat(&f.key, 2, f.now, &stolen), None, &f.trust, f.now)),
+            reason(g.check(Topic::Heartbeat, f.src(), &f.heartbeat(&f.key, 2, f.now, &stolen), None, &f.trust, f.now)),
             "not_licensed"
         );
         // An expired license.
         let old = f.license(&f.key, -1);
         assert_eq!(
-            reason(g.check(f.src(), &f.heartbeat(&f.key, 3, f.now, &old), None, &f.trust, f.now)),
+            reason(g.check(Topic::Heartbeat, f.src(), &f.heartbeat(&f.key, 3, f.now, &old), None, &f.trust, f.now)),
             "not_licensed"
         );
         // Signed by someone else than the gossipsub author.
         let lic = f.license(&f.key, 3600);
         let theirs = f.heartbeat(&other, 4, f.now, &lic);
-        assert_eq!(reason(g.check(f.src(), &theirs, None, &f.trust, f.now)), "bad_signature");
+        assert_eq!(reason(g.check(Topic::Heartbeat, f.src(), &theirs, None, &f.trust, f.now)), "bad_signature");
         // A tampered body.
         let mut env: Envelope = serde_json::from_slice(&f.heartbeat(&f.key, 5, f.now, &lic)).unwrap();
         let mut body = env.body_value();
         body["node"] = "x".into();
         env.replace_body(&body);
-        assert_eq!(reason(g.check(f.src(), &env.to_bytes(), None, &f.trust, f.now)), "bad_signature");
+        assert_eq!(reason(g.check(Topic::Heartbeat, f.src(), &env.to_bytes(), None, &f.trust, f.now)), "bad_signature");
         // An unknown kind.
         let odd = Envelope::seal(&f.key, 1, 6, f.now, "whatever", serde_json::json!({})).to_bytes();
-        assert_eq!(reason(g.check(f.src(), &odd, None, &f.trust, f.now)), "unknown_kind");
+        assert_eq!(reason(g.check(Topic::Heartbeat, f.src(), &odd, None, &f.trust, f.now)), "unknown_kind");
         // ts = i64::MIN: stale, not a panic.
         let min = f.heartbeat(&f.key, 7, i64::MIN, &lic);
-        assert_eq!(g.check(f.src(), &min, None, &f.trust, f.now).unwrap_err(), ("stale", Severity::Ignore));
-        assert_eq!(reason(g.check(f.src(), b"{", None, &f.trust, f.now)), "malformed");
-        assert_eq!(reason(g.check(None, &f.heartbeat(&f.key, 8, f.now, &lic), None, &f.trust, f.now)), "anonymous");
-        assert_eq!(reason(g.check(f.src(), &vec![b' '; 20_000], None, &f.trust, f.now)), "oversized");
+        assert_eq!(
+            g.check(Topic::Heartbeat, f.src(), &min, None, &f.trust, f.now).unwrap_err(),
+            ("stale", Severity::Ignore)
+        );
+        assert_eq!(reason(g.check(Topic::Heartbeat, f.src(), b"{", None, &f.trust, f.now)), "malformed");
+        assert_eq!(
+            reason(g.check(Topic::Heartbeat, None, &f.heartbeat(&f.key, 8, f.now, &lic), None, &f.trust, f.now)),
+            "anonymous"
+        );
+        assert_eq!(reason(g.check(Topic::Heartbeat, f.src(), &vec![b' '; 20_000], None, &f.trust, f.now)), "oversized");
     }
 
     #[test]
@@ -275,23 +342,29 @@ mod tests {
         let f = Fixture::new();
         let mut g = GossipGate::new(GossipConfig::default());
         let lic = f.license(&f.key, 5);
-        assert_eq!(reason(g.check(f.src(), &f.heartbeat(&f.key, 1, f.now, &lic), None, &f.trust, f.now)), "accepted");
+        assert_eq!(
+            reason(g.check(Topic::Heartbeat, f.src(), &f.heartbeat(&f.key, 1, f.now, &lic), None, &f.trust, f.now)),
+            "accepted"
+        );
         let later = f.now + 6_000_000;
         assert_eq!(
-            reason(g.check(f.src(), &f.heartbeat(&f.key, 2, later, &lic), None, &f.trust, later)),
+            reason(g.check(Topic::Heartbeat, f.src(), &f.heartbeat(&f.key, 2, later, &lic), None, &f.trust, later)),
             "not_licensed"
         );
         // Revocation of a cached license, and of an admitted peer's.
         let lic = f.license(&f.key, 3600);
-        assert_eq!(reason(g.check(f.src(), &f.heartbeat(&f.key, 3, f.now, &lic), None, &f.trust, f.now)), "accepted");
+        assert_eq!(
+            reason(g.check(Topic::Heartbeat, f.src(), &f.heartbeat(&f.key, 3, f.now, &lic), None, &f.trust, f.now)),
+            "accepted"
+        );
         f.trust.set_revoked(BTreeSet::from([(key_id(&f.issuer.public()), "nd-1".to_string())]));
         assert_eq!(
-            reason(g.check(f.src(), &f.heartbeat(&f.key, 4, f.now, &lic), None, &f.trust, f.now)),
+            reason(g.check(Topic::Heartbeat, f.src(), &f.heartbeat(&f.key, 4, f.now, &lic), None, &f.trust, f.now)),
             "not_licensed"
         );
         let claims = crate::dauth::license::decode(&lic).unwrap().0;
         let hb = f.heartbeat(&f.key, 5, f.now, "");
-        assert_eq!(reason(g.check(f.src(), &hb, Some(&claims), &f.trust, f.now)), "not_licensed");
+        assert_eq!(reason(g.check(Topic::Heartbeat, f.src(), &hb, Some(&claims), &f.trust, f.now)), "not_licensed");
     }
 
     #[test]
@@ -302,7 +375,7 @@ mod tests {
         let mut seq = 0;
         let mut send = |g: &mut GossipGate, at: i64| {
             seq += 1;
-            reason(g.check(f.src(), &f.heartbeat(&f.key, seq, at, &lic), None, &f.trust, at))
+            reason(g.check(Topic::Heartbeat, f.src(), &f.heartbeat(&f.key, seq, at, &lic), None, &f.trust, at))
         };
         for _ in 0..3 {
             assert_eq!(send(&mut g, f.now), "accepted");
@@ -316,10 +389,50 @@ mod tests {
         forged.from = f.key.public().to_peer_id().to_string();
         for _ in 0..10 {
             assert_eq!(
-                reason(g.check(f.src(), &forged.to_bytes(), None, &f.trust, f.now + 3_000_000)),
+                reason(g.check(Topic::Heartbeat, f.src(), &forged.to_bytes(), None, &f.trust, f.now + 3_000_000)),
                 "bad_signature"
             );
         }
         assert_eq!(send(&mut g, f.now + 3_000_000), "accepted");
+    }
+
+    #[test]
+    fn record_batches_need_a_known_licensed_author_and_their_own_topic_and_rate() {
+        let f = Fixture::new();
+        let mut g =
+            GossipGate::new(GossipConfig { records_rate_per_sec: 1.0, records_burst: 2.0, ..Default::default() });
+        let batch = |seq: u64| Envelope::seal(&f.key, 1, seq, f.now, RECORDS_KIND, serde_json::json!({"records": []}));
+        let check = |g: &mut GossipGate, seq: u64| {
+            reason(g.check(Topic::Cstore, f.src(), &batch(seq).to_bytes(), None, &f.trust, f.now))
+        };
+        // An author we know nothing of yet: ignored (its heartbeat may come later).
+        assert_eq!(check(&mut g, 1), "unknown_author");
+        let lic = f.license(&f.key, 3600);
+        assert_eq!(
+            reason(g.check(Topic::Heartbeat, f.src(), &f.heartbeat(&f.key, 2, f.now, &lic), None, &f.trust, f.now)),
+            "accepted"
+        );
+        assert_eq!(check(&mut g, 3), "accepted");
+        assert_eq!(check(&mut g, 4), "accepted");
+        assert_eq!(check(&mut g, 5), "rate_limited");
+        // Each topic takes its own kind only.
+        let hb = f.heartbeat(&f.key, 6, f.now, &lic);
+        assert_eq!(reason(g.check(Topic::Cstore, f.src(), &hb, None, &f.trust, f.now)), "unknown_kind");
+        assert_eq!(
+            reason(g.check(Topic::Heartbeat, f.src(), &batch(7).to_bytes(), None, &f.trust, f.now)),
+            "unknown_kind"
+        );
+        // A batch larger than a heartbeat may be, within its own bound.
+        let big = Envelope::seal(
+            &f.key,
+            1,
+            8,
+            f.now,
+            RECORDS_KIND,
+            serde_json::json!({"records": [], "pad": "x".repeat(100_000)}),
+        );
+        assert_eq!(reason(g.check(Topic::Heartbeat, f.src(), &big.to_bytes(), None, &f.trust, f.now)), "oversized");
+        let huge = vec![b' '; protocol::MAX_SERVICE_GOSSIP_BYTES + 1];
+        assert_eq!(reason(g.check(Topic::Cstore, f.src(), &huge, None, &f.trust, f.now)), "oversized");
     }
 }

@@ -39,6 +39,7 @@ use libp2p::{
 use libp2p_identity::Keypair;
 use protocol::{Request, Response};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -48,6 +49,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub const HEARTBEAT_TOPIC: &str = "ratio1/heartbeat/1";
 /// Request-response protocol of admission and dAuth.
 pub const DAUTH_PROTOCOL: &str = "/ratio1/dauth/1";
+/// Gossip topic of CSTORE record batches.
+pub const CSTORE_TOPIC: &str = "ratio1/cstore/1";
+/// Request-response protocol of CSTORE anti-entropy.
+pub const CSTORE_PROTOCOL: &str = "/ratio1/cstore/1";
 
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {
@@ -136,6 +141,37 @@ pub struct NetConfig {
     pub version: String,
     pub tuning: Tuning,
     pub transport: TransportKind,
+    /// Where CSTORE's gossip and anti-entropy requests go (none: this node
+    /// neither subscribes to the topic nor answers the protocol).
+    pub cstore: Option<ServiceLink>,
+}
+
+/// What the network hands a service (CSTORE): gossip that passed the
+/// envelope, license and rate checks, and requests from admitted peers.
+/// The service decides on each and answers through the [`NetworkHandle`]
+/// (`validate`, `respond`). Bounded: when the service is behind, gossip is
+/// ignored (anti-entropy heals it) and requests are refused.
+#[derive(Clone, Debug)]
+pub struct ServiceLink {
+    pub inbound: mpsc::Sender<ServiceEvent>,
+}
+
+/// A message for a service.
+#[derive(Debug)]
+pub enum ServiceEvent {
+    /// A gossip message whose envelope verified, from a licensed author
+    /// within its rate; relayed only once the service accepts it.
+    Gossip { author: PeerId, envelope: Box<envelope::Envelope>, message: gossipsub::MessageId, source: PeerId },
+    /// A request from an admitted peer; answer with [`NetworkHandle::respond`].
+    Request { peer: PeerId, id: u64, body: Box<serde_json::value::RawValue> },
+}
+
+impl ServiceLink {
+    /// A link and the receiver the service reads.
+    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<ServiceEvent>) {
+        let (inbound, rx) = mpsc::channel(capacity);
+        (Self { inbound }, rx)
+    }
 }
 
 impl NetConfig {
@@ -154,6 +190,7 @@ impl NetConfig {
             version: env!("CARGO_PKG_VERSION").to_string(),
             tuning: Tuning::default(),
             transport: TransportKind::Tcp,
+            cstore: None,
         }
     }
 
@@ -284,6 +321,7 @@ pub struct Behaviour {
     ping: ping::Behaviour,
     gossipsub: gossipsub::Behaviour,
     dauth: request_response::json::Behaviour<Request, Response>,
+    cstore: request_response::json::Behaviour<Box<RawValue>, Box<RawValue>>,
 }
 
 /// Application score of a peer until it is admitted: far below gossipsub's
@@ -310,7 +348,10 @@ fn score_params() -> gossipsub::PeerScoreParams {
         ..Default::default()
     };
     gossipsub::PeerScoreParams {
-        topics: [(gossipsub::IdentTopic::new(HEARTBEAT_TOPIC).hash(), topic)].into_iter().collect(),
+        topics: [HEARTBEAT_TOPIC, CSTORE_TOPIC]
+            .into_iter()
+            .map(|t| (gossipsub::IdentTopic::new(t).hash(), topic.clone()))
+            .collect(),
         app_specific_weight: 1.0,
         // Admission is by license, not by address: clusters behind one NAT
         // (or all on loopback) are normal.
@@ -320,7 +361,7 @@ fn score_params() -> gossipsub::PeerScoreParams {
     }
 }
 
-fn behaviour(key: &Keypair, t: &Tuning) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+fn behaviour(key: &Keypair, t: &Tuning, cstore: bool) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let peer = key.public().to_peer_id();
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established_incoming(Some(t.max_inbound))
@@ -334,15 +375,24 @@ fn behaviour(key: &Keypair, t: &Tuning) -> Result<Behaviour, Box<dyn std::error:
         // own signature would be a second check of the same fact.
         .validation_mode(gossipsub::ValidationMode::Permissive)
         .validate_messages()
-        .max_transmit_size(protocol::MAX_GOSSIP_BYTES)
+        .max_transmit_size(if cstore { protocol::MAX_SERVICE_GOSSIP_BYTES } else { protocol::MAX_GOSSIP_BYTES })
         .flood_publish(t.flood_publish)
         .build()?;
     let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Author(peer), gossip_cfg)?;
     gossipsub.with_peer_score(score_params(), gossipsub::PeerScoreThresholds::default())?;
     gossipsub.subscribe(&gossipsub::IdentTopic::new(HEARTBEAT_TOPIC))?;
+    if cstore {
+        gossipsub.subscribe(&gossipsub::IdentTopic::new(CSTORE_TOPIC))?;
+    }
     let codec = request_response::json::codec::Codec::default()
         .set_request_size_maximum(protocol::MAX_REQUEST_BYTES)
         .set_response_size_maximum(protocol::MAX_RESPONSE_BYTES);
+    let sync_codec = request_response::json::codec::Codec::default()
+        .set_request_size_maximum(protocol::MAX_SYNC_REQUEST_BYTES)
+        .set_response_size_maximum(protocol::MAX_SYNC_RESPONSE_BYTES);
+    // Without a CSTORE this node neither asks nor answers the protocol.
+    let sync_support =
+        if cstore { request_response::ProtocolSupport::Full } else { request_response::ProtocolSupport::Outbound };
     Ok(Behaviour {
         blocked: Default::default(),
         limits: connection_limits::Behaviour::new(limits),
@@ -357,17 +407,23 @@ fn behaviour(key: &Keypair, t: &Tuning) -> Result<Behaviour, Box<dyn std::error:
             [(StreamProtocol::new(DAUTH_PROTOCOL), request_response::ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
         ),
+        cstore: request_response::Behaviour::with_codec(
+            sync_codec,
+            [(StreamProtocol::new(CSTORE_PROTOCOL), sync_support)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+        ),
     })
 }
 
 fn build_swarm(cfg: &NetConfig) -> Result<Swarm<Behaviour>, Box<dyn std::error::Error + Send + Sync>> {
     let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(3600));
     let t = cfg.tuning.clone();
+    let cstore = cfg.cstore.is_some();
     Ok(match cfg.transport {
         TransportKind::Tcp => libp2p::SwarmBuilder::with_existing_identity(cfg.keypair.clone())
             .with_tokio()
             .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
-            .with_behaviour(|k| behaviour(k, &t))?
+            .with_behaviour(|k| behaviour(k, &t, cstore))?
             .with_swarm_config(idle)
             .build(),
         TransportKind::Memory => {
@@ -382,7 +438,7 @@ fn build_swarm(cfg: &NetConfig) -> Result<Swarm<Behaviour>, Box<dyn std::error::
                             .multiplex(yamux::Config::default()),
                     )
                 })?
-                .with_behaviour(|k| behaviour(k, &t))?
+                .with_behaviour(|k| behaviour(k, &t, cstore))?
                 .with_swarm_config(idle)
                 .build()
         }
@@ -397,6 +453,29 @@ enum Command {
         done: oneshot::Sender<Result<(), String>>,
     },
     Dial(Multiaddr),
+    /// Seals `body` in an envelope of `kind` and publishes it on the CSTORE topic.
+    PublishService {
+        kind: &'static str,
+        body: Box<RawValue>,
+        done: oneshot::Sender<Result<usize, String>>,
+    },
+    /// The service's verdict on a gossip message it was handed.
+    Validate {
+        message: gossipsub::MessageId,
+        source: PeerId,
+        acceptance: gossipsub::MessageAcceptance,
+    },
+    /// A CSTORE request to an admitted peer.
+    ServiceRequest {
+        peer: PeerId,
+        body: Box<RawValue>,
+        done: oneshot::Sender<Result<Box<RawValue>, String>>,
+    },
+    /// The service's answer to request `id`.
+    Respond {
+        id: u64,
+        body: Box<RawValue>,
+    },
     #[cfg(test)]
     Panic,
 }
@@ -407,6 +486,8 @@ pub struct NetworkHandle {
     cmd: mpsc::Sender<Command>,
     pub view: SharedView,
     pub peer_id: PeerId,
+    /// The node key (services sign their records with it).
+    pub keypair: Keypair,
 }
 
 impl NetworkHandle {
@@ -424,6 +505,42 @@ impl NetworkHandle {
 
     pub async fn dial(&self, addr: Multiaddr) {
         let _ = self.cmd.send(Command::Dial(addr)).await;
+    }
+
+    /// Publishes a signed envelope of `kind` on the CSTORE topic; returns
+    /// the bytes sent.
+    pub async fn publish_service(&self, kind: &'static str, body: Box<RawValue>) -> Result<usize, String> {
+        let (done, rx) = oneshot::channel();
+        self.cmd.send(Command::PublishService { kind, body, done }).await.map_err(|_| "network stopped")?;
+        rx.await.map_err(|_| "network stopped".to_string())?
+    }
+
+    /// Tells gossipsub whether to relay (and score) a message a service was handed.
+    pub async fn validate(
+        &self,
+        message: gossipsub::MessageId,
+        source: PeerId,
+        acceptance: gossipsub::MessageAcceptance,
+    ) {
+        let _ = self.cmd.send(Command::Validate { message, source, acceptance }).await;
+    }
+
+    /// Sends a CSTORE request to an admitted peer and waits for the answer.
+    pub async fn request(&self, peer: PeerId, body: Box<RawValue>) -> Result<Box<RawValue>, String> {
+        let (done, rx) = oneshot::channel();
+        self.cmd.send(Command::ServiceRequest { peer, body, done }).await.map_err(|_| "network stopped")?;
+        rx.await.map_err(|_| "network stopped".to_string())?
+    }
+
+    /// Answers request `id` of a [`ServiceEvent::Request`].
+    pub async fn respond(&self, id: u64, body: Box<RawValue>) {
+        let _ = self.cmd.send(Command::Respond { id, body }).await;
+    }
+
+    /// Admitted peers connected now.
+    pub fn connected_peers(&self) -> Vec<PeerId> {
+        let v = self.view.read().expect("view lock");
+        v.peers.values().filter(|p| p.connected).filter_map(|p| p.peer_id.parse().ok()).collect()
     }
 
     /// Count of admitted peers heard from recently.
@@ -449,8 +566,9 @@ pub fn start(
 ) -> Result<(NetworkHandle, tokio::task::JoinHandle<()>), String> {
     let swarm = build_swarm(&cfg).map_err(|e| format!("cannot build the libp2p swarm: {e}"))?;
     let peer_id = *swarm.local_peer_id();
-    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let keypair = cfg.keypair.clone();
+    let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let ev = event_loop::EventLoop::new(cfg, swarm, cmd_rx, view.clone(), changes, metrics);
     let task = tokio::spawn(ev.run());
-    Ok((NetworkHandle { cmd: cmd_tx, view, peer_id }, task))
+    Ok((NetworkHandle { cmd: cmd_tx, view, peer_id, keypair }, task))
 }

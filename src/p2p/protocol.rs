@@ -34,8 +34,14 @@ pub enum Response {
 pub const MAX_REQUEST_BYTES: u64 = 8 * 1024;
 /// Largest response (a dAuth answer lists oracles and peers).
 pub const MAX_RESPONSE_BYTES: u64 = 256 * 1024;
-/// Largest gossip message.
+/// Largest heartbeat.
 pub const MAX_GOSSIP_BYTES: usize = 16 * 1024;
+/// Largest gossip message of a service (a CSTORE batch of records).
+pub const MAX_SERVICE_GOSSIP_BYTES: usize = 1024 * 1024;
+/// Largest CSTORE request (an anti-entropy digest: 4,096 × 8 bytes, base64).
+pub const MAX_SYNC_REQUEST_BYTES: u64 = 64 * 1024;
+/// Largest CSTORE response (a page of records or of a bucket listing).
+pub const MAX_SYNC_RESPONSE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Every reason this node gives or counts for a refusal: a fixed set, so
 /// metric labels and logs cannot be grown from the wire.
@@ -194,8 +200,10 @@ pub struct Heartbeat {
     pub addrs: Vec<String>,
 }
 
-/// Gossip message kinds accepted on the heartbeat topic.
+/// Gossip message kind of the heartbeat topic.
 pub const HEARTBEAT_KIND: &str = "heartbeat";
+/// Gossip message kind of the CSTORE topic: a batch of signed records.
+pub const RECORDS_KIND: &str = "cstore.records";
 
 #[cfg(test)]
 mod tests {

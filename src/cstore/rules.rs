@@ -1,0 +1,102 @@
+//! Who may write what (docs/protocols.md, "CSTORE"). Every receiver checks
+//! these rules, and the signature, before applying a record; a record that
+//! breaks them is dropped, counted and never relayed.
+//!
+//! - `node/<peerId>/…`: only `<peerId>` writes (its own namespace: its
+//!   state, its dAuth log, later its intents and reports).
+//! - `revocation/<issuer key id>/<license id>`: anyone may carry it, but
+//!   the value must hold `proof`, a revocation of exactly that license
+//!   signed by that issuer, one the receiver trusts; never deleted.
+//! - nothing else is writable.
+
+use super::record::{Invalid, Record};
+use crate::dauth::license::TrustStore;
+use libp2p_identity::PeerId;
+
+/// Prefix of every node's own namespace.
+pub const NODE_PREFIX: &str = "node/";
+/// Prefix of issuer-signed license revocations.
+pub const REVOCATION_PREFIX: &str = "revocation/";
+
+/// The namespace a node owns.
+pub fn own_prefix(peer: &PeerId) -> String {
+    format!("{NODE_PREFIX}{peer}/")
+}
+
+/// Key of the revocation of license `id` by issuer `iss`.
+pub fn revocation_key(iss: &str, id: &str) -> String {
+    format!("{REVOCATION_PREFIX}{iss}/{id}")
+}
+
+/// Checks a record (already signature-verified, written by `writer`)
+/// against the rules.
+pub fn check(rec: &Record, writer: &PeerId, trust: &TrustStore) -> Result<(), Invalid> {
+    let key = rec.slot.key.as_str();
+    if let Some(rest) = key.strip_prefix(NODE_PREFIX) {
+        let (owner, tail) = rest.split_once('/').ok_or(Invalid::NotOwner)?;
+        if tail.is_empty() || owner != writer.to_string() {
+            return Err(Invalid::NotOwner);
+        }
+        return Ok(());
+    }
+    if let Some(rest) = key.strip_prefix(REVOCATION_PREFIX) {
+        let (iss, id) = rest.split_once('/').ok_or(Invalid::NotOwner)?;
+        if rec.slot.field.is_some() || rec.expires.is_some() {
+            return Err(Invalid::NotOwner);
+        }
+        let value = rec.value_json();
+        let proof = value.get("proof").and_then(|p| p.as_str()).ok_or(Invalid::BadProof)?;
+        let claims = trust.verify_revocation(proof).map_err(|_| Invalid::BadProof)?;
+        if claims.iss != iss || claims.id != id {
+            return Err(Invalid::BadProof);
+        }
+        return Ok(());
+    }
+    Err(Invalid::NotOwner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cstore::record::{parse_value, Hlc, Slot};
+    use crate::dauth::license::{issue_revocation, key_id};
+    use libp2p_identity::{ed25519, Keypair};
+
+    #[test]
+    fn a_node_writes_only_its_own_namespace() {
+        let trust = TrustStore::default();
+        let me = Keypair::generate_ed25519();
+        let other = Keypair::generate_ed25519().public().to_peer_id();
+        let peer = me.public().to_peer_id();
+        let rec = |key: String, field: Option<&str>| {
+            let slot = Slot { key, field: field.map(String::from) };
+            Record::sign(&me, slot, Some(parse_value("1").unwrap()), Hlc::new(1, 0), None)
+        };
+        assert!(check(&rec(format!("node/{peer}/state"), None), &peer, &trust).is_ok());
+        assert!(check(&rec(format!("node/{peer}/apps"), Some("x")), &peer, &trust).is_ok());
+        for key in [format!("node/{other}/state"), format!("node/{peer}/"), format!("node/{peer}"), "intent/x".into()] {
+            assert_eq!(check(&rec(key.clone(), None), &peer, &trust), Err(Invalid::NotOwner), "{key}");
+        }
+    }
+
+    #[test]
+    fn revocations_need_the_issuers_proof_of_exactly_that_license() {
+        let issuer = ed25519::Keypair::generate();
+        let trust = TrustStore::new([issuer.public()], []);
+        let iss = key_id(&issuer.public());
+        let carrier = Keypair::generate_ed25519();
+        let peer = carrier.public().to_peer_id();
+        let rec = |key: String, proof: &str| {
+            let v = serde_json::json!({ "proof": proof });
+            Record::sign(&carrier, Slot::flat(&key), Some(parse_value(&v.to_string()).unwrap()), Hlc::new(1, 0), None)
+        };
+        let proof = issue_revocation(&issuer, "nd-7", 100);
+        assert!(check(&rec(revocation_key(&iss, "nd-7"), &proof), &peer, &trust).is_ok());
+        assert_eq!(check(&rec(revocation_key(&iss, "nd-8"), &proof), &peer, &trust), Err(Invalid::BadProof));
+        let rogue = issue_revocation(&ed25519::Keypair::generate(), "nd-7", 100);
+        assert_eq!(check(&rec(revocation_key(&iss, "nd-7"), &rogue), &peer, &trust), Err(Invalid::BadProof));
+        let mut tomb = rec(revocation_key(&iss, "nd-7"), &proof);
+        tomb.value = None;
+        assert_eq!(check(&tomb, &peer, &trust), Err(Invalid::BadProof));
+    }
+}
