@@ -50,6 +50,7 @@ async fn metrics_of(fed: &Federation, i: usize) -> String {
 
 #[tokio::test]
 async fn licensed_clusters_federate_and_refuse_the_rest() {
+    let _turn = CLUSTERS_4_TO_6.lock().await;
     let mut fed = Federation::start(&[4, 5, 6]).await;
 
     // 1. Three licensed clusters form a network.

@@ -1,10 +1,12 @@
 //! End-to-end tests against a real kube-apiserver + controller-manager +
 //! etcd (`e2e/kube/up.sh`), with the operator as a real process.
 //! Run them with `bash e2e/test.sh`, which starts and stops that control plane
-//! (`docs` needs none: it checks the docs against the CLI).
+//! (`docs` needs none: it checks the docs against the CLI). CSTORE's tests
+//! start their own etcd per cluster.
 
 mod harness;
 
+mod cstore;
 mod docs;
 mod federation;
 mod hostile;

@@ -10,6 +10,11 @@ use ratio1::crd::R1Node;
 use ratio1::dauth::license::{self, Claims, Class};
 use serde_json::json;
 
+/// Clusters 4-6 host one federation at a time (the federation and CSTORE
+/// tests take turns; each test has its own runtime, a tokio Mutex works
+/// across them).
+pub static CLUSTERS_4_TO_6: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub struct FedNode {
     pub cluster: usize,
     pub name: String,
@@ -73,6 +78,12 @@ impl Federation {
 
     /// As [`Federation::start`], with extra operator flags for every node.
     pub async fn start_with(clusters: &[usize], extra: Vec<String>) -> Self {
+        Self::start_each(clusters, |_, opts| opts.extra_args.extend(extra.iter().cloned())).await
+    }
+
+    /// As [`Federation::start`], each node's operator settings adjusted by
+    /// `configure` (called with the node's index).
+    pub async fn start_each(clusters: &[usize], configure: impl Fn(usize, &mut OperatorOpts)) -> Self {
         let issuer = ed25519::Keypair::generate();
         let issuer_pub = license::encode_public(&issuer.public());
         let mut nodes: Vec<FedNode> = vec![];
@@ -137,7 +148,7 @@ impl Federation {
             if let Some(first) = nodes.first() {
                 opts.extra_args.extend(["--p2p-bootstrap".into(), first.addr()]);
             }
-            opts.extra_args.extend(extra.iter().cloned());
+            configure(k, &mut opts);
             nodes.push(FedNode { cluster, name, peer_id: peer.to_string(), p2p_port, op: None, opts });
         }
         for n in nodes.iter_mut() {

@@ -6,6 +6,7 @@
 //! cluster with [`Operator::start`].
 #![allow(dead_code)]
 
+pub mod cstore;
 pub mod federation;
 pub mod logs;
 pub mod outsider;
