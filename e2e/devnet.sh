@@ -54,6 +54,7 @@ up() {
   mkdir -p "$DEVNET"
   step "installing etcd, kube-apiserver, kube-controller-manager and the worker node (kubelet, kube-proxy, kube-scheduler, containerd; first time: ~8-10 min build from Debian sources; cached after)"
   bash e2e/kube/node-install.sh
+  bash e2e/tools/protoc.sh >/dev/null   # etcd-client's build script needs it (Debian's protobuf-compiler if missing)
   step "building ratio1 (first time: ~8 min on 2 cores)"
   cargo build --locked --bin ratio1 2>&1 | grep -E '^(error|warning: unused)|Finished' | sed 's/^/        /' >&2
   [ -x "$BIN" ] || die "build failed: run cargo build --bin ratio1 to see why"

@@ -35,6 +35,9 @@ step "installing helm (cached; the chart tests render, lint and install it)"
 R1_HELM=$(bash e2e/tools/helm.sh)
 export R1_HELM
 
+step "installing protoc if missing (etcd-client compiles etcd's protobufs at build time)"
+bash e2e/tools/protoc.sh >/dev/null
+
 step "building"
 cargo build --all-targets --locked
 cargo build --release --locked --bin ratio1   # the operator image's binary
