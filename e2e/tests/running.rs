@@ -392,7 +392,8 @@ fn etcd_image() -> String {
 /// root filesystem, elect a leader, and reconcile a pipeline whose pods run.
 /// The chart's CSTORE etcd (etcd.enabled, the default; on an emptyDir:
 /// PVCs never bind here) runs beside it, Ready, non-root, without API
-/// access, behind the Service the operator's --cstore-endpoints names.
+/// access, behind the Service the operator's --cstore-endpoints names, and
+/// the operator pods reach it there.
 #[tokio::test]
 async fn chart_installed_operator_runs_as_a_pod_and_reconciles() {
     const NS: &str = "ratio1-chart";
@@ -407,18 +408,31 @@ async fn chart_installed_operator_runs_as_a_pod_and_reconciles() {
     // A previous run's release, if any, goes first.
     let _ =
         Command::new(helm()).args(["uninstall", "ratio1", "--namespace", NS, "--wait"]).env("KUBECONFIG", &kc).output();
-    run(Command::new(helm())
-        .args(["upgrade", "--install", "ratio1"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/charts/ratio1-operator"))
-        .args(["--namespace", NS, "--create-namespace"])
-        .args(["--set", &format!("image.repository={repo}"), "--set", &format!("image.tag={tag}")])
-        .args(["--set", "image.pullPolicy=Never", "--set", "replicaCount=2"])
-        .args(["--set", "leaderElection.leaseDurationSeconds=4", "--set", "leaderElection.retryPeriodSeconds=1"])
-        .args(["--set", "leaderElection.renewDeadlineSeconds=3"])
-        .args(["--set", "resyncSeconds=30"])
-        .args(["--set", &format!("etcd.image.repository={etcd_repo}"), "--set", &format!("etcd.image.tag={etcd_tag}")])
-        .args(["--set", "etcd.image.pullPolicy=Never", "--set", "etcd.persistence.enabled=false"])
-        .env("KUBECONFIG", &kc));
+    // First the chart's etcd alone (no operator replica yet): this cluster
+    // has no DNS, so once the etcd pod runs, the operator's pods get the
+    // etcd Service's name in /etc/hosts (hostAliases: the etcd pod's IP),
+    // and connect to CSTORE's etcd as they start.
+    let install = |sets: &[String]| {
+        run(Command::new(helm())
+            .args(["upgrade", "--install", "ratio1"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/charts/ratio1-operator"))
+            .args(["--namespace", NS, "--create-namespace"])
+            .args(["--set", &format!("image.repository={repo}"), "--set", &format!("image.tag={tag}")])
+            .args(["--set", "image.pullPolicy=Never"])
+            .args(["--set", "leaderElection.leaseDurationSeconds=4", "--set", "leaderElection.retryPeriodSeconds=1"])
+            .args(["--set", "leaderElection.renewDeadlineSeconds=3"])
+            .args(["--set", "resyncSeconds=30"])
+            .args([
+                "--set",
+                &format!("etcd.image.repository={etcd_repo}"),
+                "--set",
+                &format!("etcd.image.tag={etcd_tag}"),
+            ])
+            .args(["--set", "etcd.image.pullPolicy=Never", "--set", "etcd.persistence.enabled=false"])
+            .args(sets.iter().flat_map(|s| ["--set", s.as_str()]))
+            .env("KUBECONFIG", &kc))
+    };
+    install(&["replicaCount=0".into()]);
 
     // CSTORE's etcd: its one member Ready (its /health probes pass), as a
     // non-root pod with a read-only root and no ServiceAccount token.
@@ -467,15 +481,23 @@ async fn chart_installed_operator_runs_as_a_pod_and_reconciles() {
         wait_for(20, "etcd answers on its client port", || async { http_get_at(&etcd_ip, 2379, "/version").await })
             .await;
     assert!(version.contains("etcdserver"), "{version}");
-    // The operator is pointed at that Service, and only at it.
-    let want = format!("--cstore-endpoints=http://{}.{NS}.svc:2379", svc.name_any());
+    // Now the operator, pointed at that Service, and only at it.
+    let host = format!("{}.{NS}.svc", svc.name_any());
+    install(&[
+        "replicaCount=2".into(),
+        format!("hostAliases[0].ip={etcd_ip}"),
+        format!("hostAliases[0].hostnames[0]={host}"),
+    ]);
+    let want = format!("--cstore-endpoints=http://{host}:2379");
     let deps: Api<Deployment> = Api::namespaced(c.clone(), NS);
     let dep = deps.list(&ListParams::default()).await.unwrap().items.remove(0);
     let args = dep.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].args.clone().unwrap();
     let cstore: Vec<_> = args.iter().filter(|a| a.starts_with("--cstore-endpoints")).collect();
     assert_eq!(cstore, [&want], "{args:?}");
 
-    // Both replicas Ready (the readiness probe answers) under the chart's SA.
+    // Both replicas Ready (the readiness probe answers) under the chart's
+    // SA, never restarted (an operator that cannot reach CSTORE's etcd at
+    // start exits).
     let lp = ListParams::default().labels("app.kubernetes.io/name=ratio1-operator");
     let ops = wait_for(120, "2 operator pods Running and Ready", || async {
         let list = pods.list(&lp).await.ok()?.items;
