@@ -393,7 +393,7 @@ fn etcd_image() -> String {
 /// The chart's CSTORE etcd (etcd.enabled, the default; on an emptyDir:
 /// PVCs never bind here) runs beside it, Ready, non-root, without API
 /// access, behind the Service the operator's --cstore-endpoints names, and
-/// the operator pods reach it there.
+/// the operator pods' CSTORE reaches it there.
 #[tokio::test]
 async fn chart_installed_operator_runs_as_a_pod_and_reconciles() {
     const NS: &str = "ratio1-chart";
@@ -495,9 +495,7 @@ async fn chart_installed_operator_runs_as_a_pod_and_reconciles() {
     let cstore: Vec<_> = args.iter().filter(|a| a.starts_with("--cstore-endpoints")).collect();
     assert_eq!(cstore, [&want], "{args:?}");
 
-    // Both replicas Ready (the readiness probe answers) under the chart's
-    // SA, never restarted (an operator that cannot reach CSTORE's etcd at
-    // start exits).
+    // Both replicas Ready (the readiness probe answers) under the chart's SA.
     let lp = ListParams::default().labels("app.kubernetes.io/name=ratio1-operator");
     let ops = wait_for(120, "2 operator pods Running and Ready", || async {
         let list = pods.list(&lp).await.ok()?.items;
@@ -521,6 +519,16 @@ async fn chart_installed_operator_runs_as_a_pod_and_reconciles() {
             p.name_any()
         );
         assert_eq!(p.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0].restart_count, 0);
+    }
+    // Each replica's CSTORE reaches the chart's etcd through that name
+    // (readiness does not say so: ratio1_cstore_up does).
+    for p in &ops {
+        let ip = pod_ip(p);
+        wait_for(30, &format!("ratio1_cstore_up 1 on {}", p.name_any()), || async {
+            let m = http_get_at(&ip, 8080, "/metrics").await?;
+            m.lines().any(|l| l == "ratio1_cstore_up 1").then_some(())
+        })
+        .await;
     }
 
     // One of them leads: the Lease names a pod of the release.
