@@ -102,6 +102,7 @@ if [ -n "${RATIO1_BIN:-}" ]; then
   BIN="$RATIO1_BIN"
 else
   log "building ratio1 (release)"
+  bash e2e/tools/protoc.sh >/dev/null
   cargo build --release --locked --bin ratio1 >&2
   BIN="${CARGO_TARGET_DIR:-target}/release/ratio1"
 fi

@@ -34,6 +34,7 @@ ms() { date +%s%3N; }
 if [ "$DEVNET" = 1 ] && [ -d .devnet/kube ]; then die "a devnet is running (.devnet/kube): stop it (e2e/devnet.sh down) or run with DEVNET=0"; fi
 bash e2e/kube/node-install.sh
 log "building ratio1 (release)"
+bash e2e/tools/protoc.sh >/dev/null
 cargo build --release --locked --bin ratio1 >&2
 bash e2e/images.sh build samples
 trap 'kill "${OP:-0}" 2>/dev/null || true; bash e2e/kube/down.sh' EXIT

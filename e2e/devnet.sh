@@ -5,15 +5,21 @@
 # control planes sharing one etcd (e2e/kube), each with a real worker node
 # (kubelet + containerd + runc + CNI bridge: pods run), one `ratio1 operator`
 # per cluster, an R1Node each, and the samples from manifests/samples/
-# applied, running on images built here (e2e/images.sh). The API servers
-# and operators listen on 127.0.0.1, the pods on local bridges
-# (10.222.<cluster>.0/24). State lives in .devnet/ (gitignored). Needs root.
+# applied, running on images built here (e2e/images.sh). Each operator
+# keeps its CSTORE replica in its own etcd process (never the one behind the
+# API servers, never another cluster's): client port 24400+<cluster>, peer
+# port 24500+<cluster> ($R1_DEVNET_CSTORE_PORT moves both), data in
+# .devnet/c<cluster>/cstore-etcd. The API servers, etcds and operators
+# listen on 127.0.0.1, the pods on local bridges (10.222.<cluster>.0/24).
+# State lives in .devnet/ (gitignored). Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 DEVNET="$ROOT/.devnet"
 export R1KUBE_RUN="$DEVNET/kube"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/ratio1"
+ETCD_BIN="${R1KUBE_CACHE:-/var/cache/ratio1-kube}/bin/etcd"
+CSTORE_PORT="${R1_DEVNET_CSTORE_PORT:-24400}"
 
 t0=$(date +%s)
 step() { printf '[%4ss] %s\n' "$(( $(date +%s) - t0 ))" "$*" >&2; }
@@ -22,6 +28,56 @@ die() { printf 'devnet: %s\n' "$*" >&2; exit 1; }
 . e2e/kube/lib.sh   # wait_until, quiet
 # pid_alive PIDFILE: the recorded process runs
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# CSTORE's etcd of cluster I: its client URL, and its peer port
+cstore_url() { echo "http://127.0.0.1:$((CSTORE_PORT + $1))"; }
+cstore_peer_port() { echo $((CSTORE_PORT + 100 + $1)); }
+
+# cstore_up I DIR: start cluster I's own CSTORE etcd (kept if it runs) and
+# wait until it is healthy
+cstore_up() {
+  local i="$1" d="$2" url peer kube_etcd
+  url=$(cstore_url "$i"); peer=$(cstore_peer_port "$i")
+  kube_etcd="${R1KUBE_ETCD_PORT:-23790}"
+  for p in "$((CSTORE_PORT + i))" "$peer"; do
+    { [ "$p" = "$kube_etcd" ] || [ "$p" = "$((kube_etcd + 10))" ]; } \
+      && die "CSTORE etcd port $p is the Kubernetes etcd's: set R1_DEVNET_CSTORE_PORT"
+  done
+  if alive "$d/cstore-etcd.pid" "$ETCD_BIN"; then return 0; fi
+  for p in "$((CSTORE_PORT + i))" "$peer"; do
+    port_busy 127.0.0.1 "$p" && die "c$i: port $p (CSTORE etcd) is in use: set R1_DEVNET_CSTORE_PORT"
+  done
+  step "cluster c$i: starting its CSTORE etcd on $url (data $d/cstore-etcd, log $d/cstore-etcd.log)"
+  start "$d/cstore-etcd.pid" "$d/cstore-etcd.log" "$ETCD_BIN" \
+    --name "cstore-c$i" --data-dir "$d/cstore-etcd" \
+    --listen-client-urls "$url" --advertise-client-urls "$url" \
+    --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+    --initial-cluster "cstore-c$i=http://127.0.0.1:$peer" --initial-cluster-token "devnet-cstore-c$i" \
+    --auto-compaction-mode periodic --auto-compaction-retention 1h \
+    --logger zap --log-outputs stderr --log-level warn
+  cstore_healthy() {
+    curl -sf -m 2 "$url/health" 2>/dev/null | grep -q '"health":"true"' && return 0
+    alive "$d/cstore-etcd.pid" "$ETCD_BIN" || { tail -n 20 "$d/cstore-etcd.log" >&2; die "c$i: CSTORE etcd exited (log: $d/cstore-etcd.log)"; }
+    return 1
+  }
+  WAIT_STEP=0.1 wait_until 60 "c$i: CSTORE etcd healthy on $url (log: $d/cstore-etcd.log)" cstore_healthy
+}
+
+# stop_recorded PIDFILE BINPATH WHAT: TERM the recorded process if it still
+# runs that binary, and wait until it has exited (KILL after 10 s)
+stop_recorded() {
+  local pid
+  if alive "$1" "$2"; then
+    pid=$(cat "$1")
+    kill -TERM "$pid" 2>/dev/null || true
+    if ! WAIT_STEP=0.1 wait_until 10 "" exited "$pid" 2>/dev/null; then
+      kill -KILL "$pid" 2>/dev/null || true
+      WAIT_STEP=0.1 wait_until 5 "$3 (pid $pid) gone after SIGKILL" exited "$pid" || true
+    fi
+    step "stopped $3"
+  fi
+  rm -f "$1"
+}
 
 status() {
   local n=0
@@ -45,6 +101,13 @@ status() {
     kubectl --kubeconfig "$kc" get r1m -A -o jsonpath='{range .items[*]}{.metadata.name}{"|"}{.status.cid}{"|"}{.status.conditions[?(@.type=="Ready")].reason}{"\n"}{end}' |
       while IFS='|' read -r name cid reason; do printf '%-8s %-16s %-62s %s\n' "$c" "$name" "${cid:--}" "$reason"; done
   done
+  printf '\n%-8s %-26s %-8s %s\n' CLUSTER CSTORE-ETCD HEALTHY DATA
+  for d in "$DEVNET"/c*/; do
+    [ -f "$d/cstore-etcd.pid" ] || continue
+    c=$(basename "$d"); url=$(cstore_url "${c#c}")
+    h=$(curl -sf -m 2 "$url/health" 2>/dev/null | grep -o '"health":"[a-z]*"' | cut -d'"' -f4) || true
+    printf '%-8s %-26s %-8s %s\n' "$c" "$url" "${h:-no}" "${d}cstore-etcd"
+  done
 }
 
 up() {
@@ -54,6 +117,7 @@ up() {
   mkdir -p "$DEVNET"
   step "installing etcd, kube-apiserver, kube-controller-manager and the worker node (kubelet, kube-proxy, kube-scheduler, containerd; first time: ~8-10 min build from Debian sources; cached after)"
   bash e2e/kube/node-install.sh
+  bash e2e/tools/protoc.sh >/dev/null   # etcd-client's build script needs it (Debian's protobuf-compiler if missing)
   step "building ratio1 (first time: ~8 min on 2 cores)"
   cargo build --locked --bin ratio1 2>&1 | grep -E '^(error|warning: unused)|Finished' | sed 's/^/        /' >&2
   [ -x "$BIN" ] || die "build failed: run cargo build --bin ratio1 to see why"
@@ -83,10 +147,11 @@ up() {
       crd/r1nodes.ratio1.ai crd/r1pipelines.ratio1.ai crd/r1models.ratio1.ai
     k create namespace ratio1-system --dry-run=client -o yaml | k apply -f - >/dev/null
     port=$((4000 + i))
+    cstore_up "$i" "$d"
     if ! pid_alive "$d/operator.pid"; then
-      step "cluster c$i: starting ratio1 operator (p2p 127.0.0.1:$port, metrics 127.0.0.1:$((9090 + i - 1)), local API 127.0.0.1:$((9190 + i - 1)), log $d/operator.log)"
+      step "cluster c$i: starting ratio1 operator (p2p 127.0.0.1:$port, metrics 127.0.0.1:$((9090 + i - 1)), local API 127.0.0.1:$((9190 + i - 1)), CSTORE $(cstore_url "$i"), log $d/operator.log)"
       args=(operator --namespace ratio1-system --metrics-addr "127.0.0.1:$((9090 + i - 1))" --api-addr "127.0.0.1:$((9190 + i - 1))" --identity "devnet-c$i"
-            --p2p-listen "/ip4/127.0.0.1/tcp/$port" --trusted-issuer="$issuer_pub")
+            --p2p-listen "/ip4/127.0.0.1/tcp/$port" --trusted-issuer="$issuer_pub" --cstore-endpoints "$(cstore_url "$i")")
       [ -n "$bootstrap" ] && args+=(--p2p-bootstrap "$bootstrap")
       KUBECONFIG="$kc" setsid "$BIN" "${args[@]}" >"$d/operator.log" 2>&1 </dev/null &
       echo $! >"$d/operator.pid"
@@ -155,6 +220,7 @@ Try next:
   kubectl describe r1p sentiment-api -n default
   $BIN network peers --endpoint http://127.0.0.1:9190   # the network as c1 sees it
   curl -s 127.0.0.1:9090/metrics | grep ratio1_p2p
+  curl -s $(cstore_url 1)/version           # c1's CSTORE etcd (its own; data in $DEVNET/c1/cstore-etcd)
   e2e/devnet.sh status                        # these tables again
   e2e/devnet.sh down                          # stop everything
 EOF2
@@ -165,6 +231,11 @@ down() {
     [ -f "$pf" ] || continue
     if pid_alive "$pf"; then kill -TERM "$(cat "$pf")"; step "stopped operator $(basename "$(dirname "$pf")")"; fi
     rm -f "$pf"
+  done
+  # (after the operators, their clients; before the data goes)
+  for pf in "$DEVNET"/c*/cstore-etcd.pid; do
+    [ -f "$pf" ] || continue
+    stop_recorded "$pf" "$ETCD_BIN" "CSTORE etcd $(basename "$(dirname "$pf")")"
   done
   bash e2e/kube/down.sh
   rm -rf "$DEVNET"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# e2e/images.sh [build|import] [operator|samples|all] - the container images
+# e2e/images.sh [build|import|ref] [operator|samples|etcd|all] - the container images
 # of the project, built here, offline (no registry, no daemon), as
 # `docker save` archives in $R1_IMAGES_DIR, and (import) loaded into the
 # containerd of every worker node that e2e/kube/node-up.sh runs in $R1KUBE_RUN.
@@ -18,12 +18,21 @@
 #       and writes the result to $OUT (default /tmp/out/result.json), to
 #       stdout and to the termination message (pod status shows it).
 #
+#   ratio1.local/etcd:<version>       CSTORE's etcd for the Helm chart's
+#       StatefulSet (value etcd.image): the etcd binary the control planes
+#       use ($R1KUBE_CACHE/bin/etcd, Debian's etcd-server, from
+#       e2e/kube/install.sh), tagged with its version, on a minimal root
+#       filesystem like the operator's (the binary and what `ldd` lists);
+#       /usr/local/bin/etcd as its command, as in etcd's own images
+#       (gcr.io/etcd-development/etcd), runs as 65532:65532.
+#       `images.sh ref etcd` prints the reference.
+#
 # Both sample images run as uid 65532 and exit at once on SIGTERM (their
 # entrypoint traps it; busybox as PID 1 would otherwise ignore it and every
 # pod deletion would wait out its grace period).
 #
-# Rebuilt only when an input changed (the binary, this script, busybox).
-# Needs e2e/kube/node-install.sh first (busybox); import needs root.
+# Rebuilt only when an input changed (the binaries, this script, busybox).
+# Needs e2e/kube/node-install.sh first (busybox, etcd); import needs root.
 # Env: R1_IMAGES_DIR (default ${CARGO_TARGET_DIR:-./target}/images),
 #      R1_OPERATOR_BIN, R1KUBE_CACHE, R1KUBE_RUN.
 set -euo pipefail
@@ -36,13 +45,33 @@ OUT="${R1_IMAGES_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/images}"
 OPERATOR_BIN="${R1_OPERATOR_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/ratio1}"
 BUSYBOX="$CACHE/busybox"
 OPERATOR_IMAGE=ratio1.local/ratio1-operator:dev
+ETCD_BIN="$CACHE/bin/etcd"
 SERVER_IMAGE=ratio1.local/model-server:0.1
 JOB_IMAGE=ratio1.local/batch-embed:0.1
 
 log() { printf '[images] %s\n' "$*" >&2; }
 die() { printf '[images] ERROR: %s\n' "$*" >&2; exit 1; }
-case "$ACTION" in build|import) ;; *) die "usage: $0 [build|import] [operator|samples|all]" ;; esac
-case "$WHAT" in operator|samples|all) ;; *) die "usage: $0 [build|import] [operator|samples|all]" ;; esac
+USAGE="usage: $0 [build|import|ref] [operator|samples|etcd|all]"
+case "$ACTION" in build|import|ref) ;; *) die "$USAGE" ;; esac
+case "$WHAT" in operator|samples|etcd|all) ;; *) die "$USAGE" ;; esac
+
+# etcd_image: ratio1.local/etcd:<the version of $ETCD_BIN>
+etcd_image() {
+  local v
+  [ -x "$ETCD_BIN" ] || die "$ETCD_BIN missing: run e2e/kube/install.sh first"
+  v="$("$ETCD_BIN" --version | awk '/^etcd Version:/ {print $3}')"
+  [ -n "$v" ] || die "cannot read the version of $ETCD_BIN"
+  echo "ratio1.local/etcd:$v"
+}
+if [ "$ACTION" = ref ]; then
+  case "$WHAT" in
+    operator) echo "$OPERATOR_IMAGE" ;;
+    etcd) etcd_image ;;
+    samples) echo "$SERVER_IMAGE"; echo "$JOB_IMAGE" ;;
+    all) echo "$OPERATOR_IMAGE"; echo "$SERVER_IMAGE"; echo "$JOB_IMAGE"; etcd_image ;;
+  esac
+  exit 0
+fi
 # shellcheck source=e2e/kube/mkimage.sh
 . "$ROOT/e2e/kube/mkimage.sh"
 mkdir -p "$OUT"
@@ -67,8 +96,19 @@ passwd_group() {
   printf 'root:x:0:\nnonroot:x:65532:\n' >"$1/etc/group"
 }
 
+# rootfs_with_libs ROOTFS BIN: copy into ROOTFS exactly the shared objects
+# the dynamic loader resolves for BIN
+rootfs_with_libs() {
+  local r="$1" bin="$2" lib
+  for lib in $(ldd "$bin" | awk '/=>/ {print $3} !/=>/ && $1 ~ /^\// {print $1}' | sort -u); do
+    [ -f "$lib" ] || die "ldd names $lib, which does not exist"
+    mkdir -p "$r$(dirname "$lib")"
+    cp -L "$lib" "$r$lib"
+  done
+}
+
 build_operator() {
-  local out="$OUT/ratio1-operator.tar" key t r lib
+  local out="$OUT/ratio1-operator.tar" key t r
   [ -x "$OPERATOR_BIN" ] || die "$OPERATOR_BIN missing: cargo build --release --locked --bin ratio1 (or set R1_OPERATOR_BIN)"
   key="$(sha256sum "$OPERATOR_BIN" | cut -c1-16)-$(self_sum)"
   if fresh "$out" "$key"; then log "$OPERATOR_IMAGE up to date"; return; fi
@@ -76,12 +116,7 @@ build_operator() {
   mkdir -p "$r/usr/local/bin" "$r/etc" "$r/tmp" "$r/home/nonroot"
   chmod 1777 "$r/tmp"
   install -m 0755 "$OPERATOR_BIN" "$r/usr/local/bin/ratio1"
-  # exactly the shared objects the dynamic loader resolves for the binary
-  for lib in $(ldd "$OPERATOR_BIN" | awk '/=>/ {print $3} !/=>/ && $1 ~ /^\// {print $1}' | sort -u); do
-    [ -f "$lib" ] || die "ldd names $lib, which does not exist"
-    mkdir -p "$r$(dirname "$lib")"
-    cp -L "$lib" "$r$lib"
-  done
+  rootfs_with_libs "$r" "$OPERATOR_BIN"
   passwd_group "$r"
   chown -R 0:0 "$r"; chown 65532:65532 "$r/home/nonroot"
   # does it start in that root, with nothing else? (chroot: what the
@@ -93,6 +128,27 @@ build_operator() {
     '"ExposedPorts":{"8080/tcp":{}}'
   echo "$key" >"$out.key"
   log "$OPERATOR_IMAGE: $(du -h "$out" | cut -f1), the binary and $(ldd "$OPERATOR_BIN" | grep -c "/") shared objects from ldd: $(ldd "$OPERATOR_BIN" | awk '/\// {print $1}' | tr "\n" " ")"
+  rm -rf "$t"
+}
+
+build_etcd() {
+  local out="$OUT/etcd.tar" ref key t r
+  ref="$(etcd_image)"
+  key="$(sha256sum "$ETCD_BIN" | cut -c1-16)-$(self_sum)"
+  if fresh "$out" "$key"; then log "$ref up to date"; return; fi
+  t="$(mktemp -d)"; r="$t/rootfs"
+  mkdir -p "$r/usr/local/bin" "$r/etc" "$r/tmp" "$r/var/lib/etcd"
+  chmod 1777 "$r/tmp"
+  install -m 0755 "$ETCD_BIN" "$r/usr/local/bin/etcd"
+  rootfs_with_libs "$r" "$ETCD_BIN"
+  passwd_group "$r"
+  chown -R 0:0 "$r"; chown 65532:65532 "$r/var/lib/etcd"; chmod 0700 "$r/var/lib/etcd"
+  chroot --userspec=65532:65532 "$r" /usr/local/bin/etcd --version >/dev/null \
+    || die "etcd does not run in its minimal root filesystem"
+  mkimage "$ref" "$out" "$r" 'null' '["/usr/local/bin/etcd"]' '65532:65532' \
+    '"ExposedPorts":{"2379/tcp":{},"2380/tcp":{}}'
+  echo "$key" >"$out.key"
+  log "$ref: $(du -h "$out" | cut -f1), the binary and $(ldd "$ETCD_BIN" | grep -c "/") shared objects from ldd"
   rm -rf "$t"
 }
 
@@ -189,6 +245,7 @@ SH
 tars=()
 if [ "$WHAT" = operator ] || [ "$WHAT" = all ]; then build_operator; tars+=("$OUT/ratio1-operator.tar"); fi
 if [ "$WHAT" = samples ] || [ "$WHAT" = all ]; then build_server; build_job; tars+=("$OUT/model-server.tar" "$OUT/batch-embed.tar"); fi
+if [ "$WHAT" = etcd ] || [ "$WHAT" = all ]; then build_etcd; tars+=("$OUT/etcd.tar"); fi
 
 if [ "$ACTION" = import ]; then
   [ "$(id -u)" = 0 ] || die "import needs root (each node's containerd socket)"

@@ -4,8 +4,8 @@
 # kube-controller-manager on loopback) and two real worker nodes (kubelet +
 # containerd + runc + CNI bridge on clusters c1 and c7), which this script
 # installs (cached in /var/cache/ratio1-kube), starts, and stops again on
-# exit. It also builds the operator's image and the sample workloads'
-# images offline (e2e/images.sh) and imports them into the nodes.
+# exit. It also builds the operator's image, the sample workloads' images
+# and an etcd image offline (e2e/images.sh) and imports them into the nodes.
 # Needs root (the worker nodes: containerd, kubelet, iptables, cgroups).
 #
 # Extra arguments go to `cargo test` (e.g. a test name filter).
@@ -30,16 +30,22 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 
 step "installing the test control plane and worker node (cached after the first run)"
 bash e2e/kube/node-install.sh
+# CSTORE's etcd in the chart test: this etcd binary, as an offline image
+R1_ETCD_IMAGE=$(bash e2e/images.sh ref etcd)
+export R1_ETCD_IMAGE
 
 step "installing helm (cached; the chart tests render, lint and install it)"
 R1_HELM=$(bash e2e/tools/helm.sh)
 export R1_HELM
 
+step "installing protoc if missing (etcd-client compiles etcd's protobufs at build time)"
+bash e2e/tools/protoc.sh >/dev/null
+
 step "building"
 cargo build --all-targets --locked
 cargo build --release --locked --bin ratio1   # the operator image's binary
 
-step "building the images (operator, sample workloads)"
+step "building the images (operator, sample workloads, etcd)"
 bash e2e/images.sh build all
 
 step "starting etcd and 10 Kubernetes control planes (c1-c3, c7: single-cluster tests, c4-c6: federation, c8-c9: hostile peers, c10: placement) and nodes on c1, c7"

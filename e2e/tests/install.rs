@@ -77,6 +77,123 @@ fn manifests_and_chart_match_the_code() {
         .output()
         .unwrap();
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("renewDeadlineSeconds"));
+    chart_cstore_etcd();
+}
+
+/// The chart rendered with `--set` values: its objects, or helm's error.
+fn render(sets: &[&str]) -> Result<Vec<serde_json::Value>, String> {
+    let mut cmd = Command::new(helm());
+    cmd.args(["template", "r"]).arg(root().join("charts/ratio1-operator")).args(["--namespace", "ns"]);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    use serde::Deserialize;
+    let text = String::from_utf8(out.stdout).unwrap();
+    Ok(serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_json::Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect())
+}
+
+fn object<'a>(objs: &'a [serde_json::Value], kind: &str) -> Option<&'a serde_json::Value> {
+    objs.iter().find(|o| o["kind"] == kind)
+}
+
+fn operator_args(objs: &[serde_json::Value]) -> Vec<String> {
+    let dep = object(objs, "Deployment").expect("the operator's Deployment");
+    serde_json::from_value(dep["spec"]["template"]["spec"]["containers"][0]["args"].clone()).unwrap()
+}
+
+/// CSTORE's etcd in the chart: embedded by default (the operator pointed at
+/// the chart's own etcd Service), or external with TLS client files from a
+/// Secret; contradictory values fail to render.
+fn chart_cstore_etcd() {
+    // Embedded: a StatefulSet and its client Service, the one the operator names.
+    let objs = render(&[]).unwrap();
+    let sts = object(&objs, "StatefulSet").expect("etcd's StatefulSet");
+    let svc = objs
+        .iter()
+        .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == sts["metadata"]["name"])
+        .expect("etcd's client Service, named as the StatefulSet");
+    assert_eq!(svc["spec"]["selector"], sts["spec"]["selector"]["matchLabels"]);
+    let want = format!("--cstore-endpoints=http://{}.ns.svc:2379", svc["metadata"]["name"].as_str().unwrap());
+    let args = operator_args(&objs);
+    assert_eq!(args.iter().filter(|a| a.starts_with("--cstore-endpoints")).collect::<Vec<_>>(), [&want]);
+    assert!(!args.iter().any(|a| a.starts_with("--cstore-ca-file")), "{args:?}");
+    // etcd's pods are not the operator's: the operator's selector does not
+    // match them (its Deployment, metrics Service and p2p Service).
+    let dep = object(&objs, "Deployment").unwrap();
+    let etcd_labels = &sts["spec"]["template"]["metadata"]["labels"];
+    let selects_etcd =
+        dep["spec"]["selector"]["matchLabels"].as_object().unwrap().iter().all(|(k, v)| &etcd_labels[k] == v);
+    assert!(!selects_etcd, "the operator's selector matches etcd's pods: {etcd_labels}");
+    let pod = &sts["spec"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert!(sts["spec"]["volumeClaimTemplates"].is_array());
+    // No new RBAC for it: the same roles as with etcd off.
+    let rbac = |objs: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        objs.iter().filter(|o| o["kind"].as_str().is_some_and(|k| k.ends_with("Role"))).cloned().collect()
+    };
+    assert_eq!(rbac(&objs), rbac(&render(&["etcd.enabled=false"]).unwrap()));
+    // emptyDir instead of a claim.
+    let objs = render(&["etcd.persistence.enabled=false"]).unwrap();
+    let sts = object(&objs, "StatefulSet").unwrap();
+    assert!(sts["spec"]["volumeClaimTemplates"].is_null());
+    assert!(sts["spec"]["template"]["spec"]["volumes"][0]["emptyDir"].is_object());
+
+    // External etcd with TLS: no StatefulSet, the endpoints and the three
+    // files of the mounted Secret.
+    let external = [
+        "etcd.enabled=false",
+        "etcd.endpoints={https://etcd-a:2379,https://etcd-b:2379}",
+        "etcd.tls.secretName=cstore-client",
+    ];
+    let objs = render(&external).unwrap();
+    assert!(object(&objs, "StatefulSet").is_none());
+    let args = operator_args(&objs);
+    assert!(args.contains(&"--cstore-endpoints=https://etcd-a:2379,https://etcd-b:2379".to_string()), "{args:?}");
+    let dep = object(&objs, "Deployment").unwrap();
+    let spec = &dep["spec"]["template"]["spec"];
+    let vol = spec["volumes"].as_array().unwrap().iter().find(|v| v["secret"]["secretName"] == "cstore-client");
+    let vol = vol.expect("the TLS Secret mounted");
+    let mount = spec["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == vol["name"])
+        .expect("the TLS volume mounted in the operator");
+    let dir = mount["mountPath"].as_str().unwrap();
+    for (flag, file) in [("ca", "ca.crt"), ("cert", "tls.crt"), ("key", "tls.key")] {
+        assert!(args.contains(&format!("--cstore-{flag}-file={dir}/{file}")), "--cstore-{flag}-file: {args:?}");
+        assert!(vol["secret"]["items"].as_array().unwrap().iter().any(|i| i["key"] == file), "{vol}");
+    }
+    let mut lint = Command::new(helm());
+    lint.arg("lint").arg(root().join("charts/ratio1-operator"));
+    for s in external {
+        lint.args(["--set", s]);
+    }
+    let lint = lint.output().unwrap();
+    assert!(lint.status.success(), "helm lint (external etcd): {}", String::from_utf8_lossy(&lint.stdout));
+    // Off: no etcd, no flag.
+    let objs = render(&["etcd.enabled=false"]).unwrap();
+    assert!(object(&objs, "StatefulSet").is_none());
+    assert!(!operator_args(&objs).iter().any(|a| a.starts_with("--cstore")));
+
+    // Contradictions fail with a sentence naming the value.
+    for (sets, says) in [
+        (&["etcd.endpoints={https://etcd-a:2379}"][..], "etcd.enabled=false"),
+        (&["etcd.tls.secretName=s"][..], "etcd.tls.secretName"),
+        (&["etcd.enabled=false", "etcd.tls.secretName=s"][..], "etcd.endpoints is empty"),
+        (&["etcd.enabled=false", "etcd.endpoints={etcd-a:2379}"][..], "etcd.endpoints"),
+    ] {
+        let err = render(sets).expect_err(&format!("{sets:?} renders"));
+        assert!(err.contains(says), "{sets:?}: {err}");
+    }
 }
 
 /// A kubeconfig for cluster `cluster` that authenticates with `token`.

@@ -13,7 +13,7 @@ use crate::harness::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
@@ -376,10 +376,24 @@ fn run(cmd: &mut Command) -> String {
     text
 }
 
+/// The offline etcd image (`e2e/images.sh ref etcd`): `$R1_ETCD_IMAGE`,
+/// which e2e/test.sh sets, or asked of images.sh.
+fn etcd_image() -> String {
+    std::env::var("R1_ETCD_IMAGE").unwrap_or_else(|_| {
+        run(Command::new("bash").arg(concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/images.sh")).args(["ref", "etcd"]))
+            .trim()
+            .to_string()
+    })
+}
+
 /// The operator installed by its Helm chart with the image built here, on
 /// the chart cluster (no other operator runs there): its pods run under the chart's ServiceAccount (token mounted
 /// by admission, RBAC from the chart), pass their probes with a read-only
 /// root filesystem, elect a leader, and reconcile a pipeline whose pods run.
+/// The chart's CSTORE etcd (etcd.enabled, the default; on an emptyDir:
+/// PVCs never bind here) runs beside it, Ready, non-root, without API
+/// access, behind the Service the operator's --cstore-endpoints names, and
+/// the operator pods' CSTORE reaches it there.
 #[tokio::test]
 async fn chart_installed_operator_runs_as_a_pod_and_reconciles() {
     const NS: &str = "ratio1-chart";
@@ -388,23 +402,100 @@ async fn chart_installed_operator_runs_as_a_pod_and_reconciles() {
     require_node(&c, cluster).await;
     let image = std::env::var("R1_OPERATOR_IMAGE").unwrap_or_else(|_| "ratio1.local/ratio1-operator:dev".into());
     let (repo, tag) = image.rsplit_once(':').expect("image has a tag");
+    let etcd_image = etcd_image();
+    let (etcd_repo, etcd_tag) = etcd_image.rsplit_once(':').expect("etcd image has a tag");
     let kc = kubeconfig_path(cluster);
     // A previous run's release, if any, goes first.
     let _ =
         Command::new(helm()).args(["uninstall", "ratio1", "--namespace", NS, "--wait"]).env("KUBECONFIG", &kc).output();
-    run(Command::new(helm())
-        .args(["upgrade", "--install", "ratio1"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/charts/ratio1-operator"))
-        .args(["--namespace", NS, "--create-namespace"])
-        .args(["--set", &format!("image.repository={repo}"), "--set", &format!("image.tag={tag}")])
-        .args(["--set", "image.pullPolicy=Never", "--set", "replicaCount=2"])
-        .args(["--set", "leaderElection.leaseDurationSeconds=4", "--set", "leaderElection.retryPeriodSeconds=1"])
-        .args(["--set", "leaderElection.renewDeadlineSeconds=3"])
-        .args(["--set", "resyncSeconds=30"])
-        .env("KUBECONFIG", &kc));
+    // First the chart's etcd alone (no operator replica yet): this cluster
+    // has no DNS, so once the etcd pod runs, the operator's pods get the
+    // etcd Service's name in /etc/hosts (hostAliases: the etcd pod's IP),
+    // and connect to CSTORE's etcd as they start.
+    let install = |sets: &[String]| {
+        run(Command::new(helm())
+            .args(["upgrade", "--install", "ratio1"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/charts/ratio1-operator"))
+            .args(["--namespace", NS, "--create-namespace"])
+            .args(["--set", &format!("image.repository={repo}"), "--set", &format!("image.tag={tag}")])
+            .args(["--set", "image.pullPolicy=Never"])
+            .args(["--set", "leaderElection.leaseDurationSeconds=4", "--set", "leaderElection.retryPeriodSeconds=1"])
+            .args(["--set", "leaderElection.renewDeadlineSeconds=3"])
+            .args(["--set", "resyncSeconds=30"])
+            .args([
+                "--set",
+                &format!("etcd.image.repository={etcd_repo}"),
+                "--set",
+                &format!("etcd.image.tag={etcd_tag}"),
+            ])
+            .args(["--set", "etcd.image.pullPolicy=Never", "--set", "etcd.persistence.enabled=false"])
+            .args(sets.iter().flat_map(|s| ["--set", s.as_str()]))
+            .env("KUBECONFIG", &kc))
+    };
+    install(&["replicaCount=0".into()]);
+
+    // CSTORE's etcd: its one member Ready (its /health probes pass), as a
+    // non-root pod with a read-only root and no ServiceAccount token.
+    let pods: Api<Pod> = Api::namespaced(c.clone(), NS);
+    let etcd_lp = ListParams::default().labels("app.kubernetes.io/name=etcd,app.kubernetes.io/instance=ratio1");
+    let etcd = wait_for(120, "the chart's etcd pod Running and Ready", || async {
+        let list = pods.list(&etcd_lp).await.ok()?.items;
+        let live: Vec<_> = list.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+        (live.len() == 1 && pod_ready(&live[0])).then(|| live.into_iter().next().unwrap())
+    })
+    .await;
+    let spec = etcd.spec.as_ref().unwrap();
+    assert_eq!(spec.containers[0].image.as_deref(), Some(etcd_image.as_str()));
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    assert_eq!(spec.security_context.as_ref().unwrap().run_as_user, Some(65532));
+    assert_eq!(spec.containers[0].security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
+    assert!(
+        !spec.containers[0].volume_mounts.iter().flatten().any(|m| m.mount_path.starts_with("/var/run/secrets")),
+        "the etcd pod has a ServiceAccount token mounted"
+    );
+    // The client Service routes to that pod, and it serves there (from the
+    // host, by pod IP: this cluster has no DNS and may have no kube-proxy).
+    let svcs: Api<Service> = Api::namespaced(c.clone(), NS);
+    let svc = svcs
+        .list(&ListParams::default().labels("app.kubernetes.io/name=etcd,app.kubernetes.io/instance=ratio1"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|s| s.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) != Some("None"))
+        .expect("the chart's etcd client Service");
+    let etcd_ip = pod_ip(&etcd);
+    let endpoints: Api<Endpoints> = Api::namespaced(c.clone(), NS);
+    wait_for(30, "the etcd client Service's endpoints name the etcd pod on 2379", || async {
+        let ep = endpoints.get_opt(&svc.name_any()).await.ok()??;
+        ep.subsets?
+            .iter()
+            .any(|s| {
+                s.addresses.iter().flatten().any(|a| a.ip == etcd_ip)
+                    && s.ports.iter().flatten().any(|p| p.port == 2379)
+            })
+            .then_some(())
+    })
+    .await;
+    let version =
+        wait_for(20, "etcd answers on its client port", || async { http_get_at(&etcd_ip, 2379, "/version").await })
+            .await;
+    assert!(version.contains("etcdserver"), "{version}");
+    // Now the operator, pointed at that Service, and only at it.
+    let host = format!("{}.{NS}.svc", svc.name_any());
+    install(&[
+        "replicaCount=2".into(),
+        format!("hostAliases[0].ip={etcd_ip}"),
+        format!("hostAliases[0].hostnames[0]={host}"),
+    ]);
+    let want = format!("--cstore-endpoints=http://{host}:2379");
+    let deps: Api<Deployment> = Api::namespaced(c.clone(), NS);
+    let dep = deps.list(&ListParams::default()).await.unwrap().items.remove(0);
+    let args = dep.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].args.clone().unwrap();
+    let cstore: Vec<_> = args.iter().filter(|a| a.starts_with("--cstore-endpoints")).collect();
+    assert_eq!(cstore, [&want], "{args:?}");
 
     // Both replicas Ready (the readiness probe answers) under the chart's SA.
-    let pods: Api<Pod> = Api::namespaced(c.clone(), NS);
     let lp = ListParams::default().labels("app.kubernetes.io/name=ratio1-operator");
     let ops = wait_for(120, "2 operator pods Running and Ready", || async {
         let list = pods.list(&lp).await.ok()?.items;
@@ -412,8 +503,6 @@ async fn chart_installed_operator_runs_as_a_pod_and_reconciles() {
         (live.len() == 2 && live.iter().all(pod_ready)).then_some(live)
     })
     .await;
-    let deps: Api<Deployment> = Api::namespaced(c.clone(), NS);
-    let dep = deps.list(&ListParams::default()).await.unwrap().items.remove(0);
     let sa = dep.spec.as_ref().unwrap().template.spec.as_ref().unwrap().service_account_name.clone().unwrap();
     for p in &ops {
         let spec = p.spec.as_ref().unwrap();
@@ -430,6 +519,16 @@ async fn chart_installed_operator_runs_as_a_pod_and_reconciles() {
             p.name_any()
         );
         assert_eq!(p.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0].restart_count, 0);
+    }
+    // Each replica's CSTORE reaches the chart's etcd through that name
+    // (readiness does not say so: ratio1_cstore_up does).
+    for p in &ops {
+        let ip = pod_ip(p);
+        wait_for(30, &format!("ratio1_cstore_up 1 on {}", p.name_any()), || async {
+            let m = http_get_at(&ip, 8080, "/metrics").await?;
+            m.lines().any(|l| l == "ratio1_cstore_up 1").then_some(())
+        })
+        .await;
     }
 
     // One of them leads: the Lease names a pod of the release.
