@@ -342,8 +342,7 @@ async fn cstore_heals_a_node_that_was_away_and_replicates_revocations() {
         .await
         .unwrap();
     assert!(out.status.success(), "license revoke: {}", String::from_utf8_lossy(&out.stderr));
-    for i in 0..3 {
-        let was = before[i];
+    for (i, &was) in before.iter().enumerate() {
         wait_for(30, &format!("node {i} to disconnect the revoked holder"), || async {
             let refused = counter(&fed, i, "ratio1_p2p_refused_total", "reason=\"LicenseRevoked\"").await;
             (refused > was && !connected(&fed.network_view(i).await)).then_some(())
