@@ -44,6 +44,9 @@ pub struct Health {
     pub network: Option<Arc<crate::p2p::supervisor::NetHealth>>,
     /// The controllers' watches.
     pub watches: Arc<WatchHealth>,
+    /// This cluster's CSTORE replica, when configured: not ready while its
+    /// etcd is unreachable.
+    pub cstore: Option<crate::cstore::Cstore>,
 }
 
 /// Which of the controllers' watches are failing, and since when.
@@ -125,6 +128,8 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
         (StatusCode::SERVICE_UNAVAILABLE, "starting")
     } else if s.health.network.as_ref().is_some_and(|n| !n.ready()) {
         (StatusCode::SERVICE_UNAVAILABLE, "network not running")
+    } else if s.health.cstore.as_ref().is_some_and(|c| !c.is_up()) {
+        (StatusCode::SERVICE_UNAVAILABLE, "CSTORE's etcd is unreachable")
     } else {
         (StatusCode::OK, "ok")
     }

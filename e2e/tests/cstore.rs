@@ -55,43 +55,43 @@ async fn cstore_api_replication_and_hostile_writers() {
     let (pa, pb) = (fed.nodes[0].peer_id.clone(), fed.nodes[1].peer_id.clone());
 
     // 1. Every API call, through the CLI, on one node.
-    ok(a, &["set", "~/greeting", r#"{"text": "hello"}"#]).await;
-    assert_eq!(ok(a, &["get", "~/greeting"]).await, r#"{"text":"hello"}"#);
-    assert_eq!(ok(a, &["get", &format!("node/{pa}/greeting")]).await, r#"{"text":"hello"}"#, "~/ is node/<me>/");
-    ok(a, &["hset", "~/apps", "web", "1"]).await;
-    ok(a, &["hset", "~/apps", "db", "2"]).await;
-    assert_eq!(ok(a, &["hget", "~/apps", "web"]).await, "1");
-    assert_eq!(ok(a, &["hgetall", "~/apps"]).await, "db\t2\nweb\t1");
+    ok(a, &["set", "~/api/greeting", r#"{"text": "hello"}"#]).await;
+    assert_eq!(ok(a, &["get", "~/api/greeting"]).await, r#"{"text":"hello"}"#);
+    assert_eq!(ok(a, &["get", &format!("node/{pa}/api/greeting")]).await, r#"{"text":"hello"}"#, "~/ is node/<me>/");
+    ok(a, &["hset", "~/api/apps", "web", "1"]).await;
+    ok(a, &["hset", "~/api/apps", "db", "2"]).await;
+    assert_eq!(ok(a, &["hget", "~/api/apps", "web"]).await, "1");
+    assert_eq!(ok(a, &["hgetall", "~/api/apps"]).await, "db\t2\nweb\t1");
     assert_eq!(
-        ok(a, &["keys", "~/"]).await,
-        format!("node/{pa}/apps\nnode/{pa}/greeting"),
+        ok(a, &["keys", "~/api/"]).await,
+        format!("node/{pa}/api/apps\nnode/{pa}/api/greeting"),
         "keys lists flat keys and hash names"
     );
-    assert_eq!(ok(a, &["hdel", "~/apps", "db"]).await, "deleted");
-    assert_eq!(ok(a, &["hgetall", "~/apps"]).await, "web\t1");
-    assert_eq!(ok(a, &["del", "~/greeting"]).await, "deleted");
-    let (found, _, err) = cli(a, &["get", "~/greeting"]).await;
+    assert_eq!(ok(a, &["hdel", "~/api/apps", "db"]).await, "deleted");
+    assert_eq!(ok(a, &["hgetall", "~/api/apps"]).await, "web\t1");
+    assert_eq!(ok(a, &["del", "~/api/greeting"]).await, "deleted");
+    let (found, _, err) = cli(a, &["get", "~/api/greeting"]).await;
     assert!(!found && err.contains("not found"), "a deleted key reads as absent: {err}");
-    assert_eq!(ok(a, &["keys", "~/"]).await, format!("node/{pa}/apps"));
+    assert_eq!(ok(a, &["keys", "~/api/"]).await, format!("node/{pa}/api/apps"));
 
     // 2. Bad input: a non-zero exit and one line that says why; nothing written.
     let long_key = format!("~/{}", "k".repeat(300));
     let big = format!("\"{}\"", "x".repeat(40_000));
     let theirs = format!("node/{pb}/x");
     for (args, says) in [
-        (vec!["set", "~/k", "not json"], "not JSON"),
+        (vec!["set", "~/api/k", "not json"], "not JSON"),
         (vec!["set", &long_key, "1"], "at most 256"),
-        (vec!["set", "~/big", &big], "at most 32768"),
+        (vec!["set", "~/api/big", &big], "at most 32768"),
         (vec!["set", &theirs, "1"], "not writable by this node"),
-        (vec!["set", "~/k", "1", "--ttl=0"], "ttl"),
-        (vec!["set", "~/k k", "1"], "only printable ASCII"),
+        (vec!["set", "~/api/k", "1", "--ttl=0"], "ttl"),
+        (vec!["set", "~/api/k k", "1"], "only printable ASCII"),
         (vec!["set", "revocation/0123456789abcdef/nd-1", r#"{"proof": "x"}"#], "signed by that issuer"),
     ] {
         let (good, _, err) = cli(a, &args).await;
         assert!(!good, "{args:?} must fail");
         assert!(err.contains(says) && err.lines().count() == 1, "{args:?}: {err:?} should say {says:?} in one line");
     }
-    assert_eq!(ok(a, &["keys", "~/"]).await, format!("node/{pa}/apps"), "refused writes left nothing");
+    assert_eq!(ok(a, &["keys", "~/api/"]).await, format!("node/{pa}/api/apps"), "refused writes left nothing");
 
     // 3. Watch: every change under a prefix, as it happens.
     let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_ratio1"))
@@ -133,6 +133,15 @@ async fn cstore_api_replication_and_hostile_writers() {
     }
     everywhere(&fed, &format!("node/{pa}/r/49"), Some(49.into()), 30).await;
     cstore::converged(&fed, 30, "replicas converge after 50 writes").await;
+    // The oracle (node 0) records the dAuth requests it answered in CSTORE,
+    // replicated like any record: both other nodes asked it.
+    let c = fed.nodes[2].op().api_port;
+    let dauth = wait_for(30, "node 0's dAuth records on node 2", || async {
+        let log = ok(c, &["hgetall", &format!("node/{pa}/dauth")]).await;
+        fed.nodes[1..].iter().all(|n| log.contains(&format!("{}\t", n.peer_id))).then_some(log)
+    })
+    .await;
+    assert!(dauth.contains("\"result\":\"accepted\""), "{dauth}");
     ok(a, &["set", "~/ephemeral", "\"soon gone\"", "--ttl", "3"]).await;
     let eph = format!("node/{pa}/ephemeral");
     everywhere(&fed, &eph, Some("soon gone".into()), 10).await;
@@ -161,6 +170,8 @@ async fn cstore_api_replication_and_hostile_writers() {
     //    whose value was changed after signing. Both are dropped, counted and
     //    never relayed; its honest record, sent after them, arrives
     //    everywhere (so the forged ones would have, had they been relayed).
+    //    It never answers anti-entropy either (its service channel is never
+    //    read): the replicas that pick it for a round must still heal.
     let forger_key = libp2p_identity::Keypair::generate_ed25519();
     let me = forger_key.public().to_peer_id();
     let token = license_for(&fed.issuer, &me.to_string(), Class::Nd, "nd-forger", 3600);

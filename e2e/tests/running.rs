@@ -521,7 +521,7 @@ async fn chart_installed_operator_runs_as_a_pod_and_reconciles() {
         assert_eq!(p.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0].restart_count, 0);
     }
     // Each replica's CSTORE reaches the chart's etcd through that name
-    // (readiness does not say so: ratio1_cstore_up does).
+    // (readiness requires it too; the metric names CSTORE).
     for p in &ops {
         let ip = pod_ip(p);
         wait_for(30, &format!("ratio1_cstore_up 1 on {}", p.name_any()), || async {

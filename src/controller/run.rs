@@ -331,7 +331,11 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
         job_names: super::Names { store: job_names, ..Default::default() },
     };
     let ctx = Arc::new(context);
-    let health = Arc::new(Health { network: Some(ctx.network.health.clone()), ..Default::default() });
+    let health = Arc::new(Health {
+        network: Some(ctx.network.health.clone()),
+        cstore: cstore_slot.get().cloned(),
+        ..Default::default()
+    });
     let listener = tokio::net::TcpListener::bind(cfg.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on {} for metrics and probes", cfg.metrics_addr))?;

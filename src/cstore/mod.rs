@@ -209,7 +209,8 @@ impl Cstore {
         tokio::spawn(sweep(weak.clone()));
         tokio::spawn(sync::gossip_out(weak.clone(), outbound_rx));
         tokio::spawn(sync::serve(weak.clone(), inbound));
-        tokio::spawn(sync::anti_entropy(weak));
+        tokio::spawn(sync::anti_entropy(weak.clone()));
+        tokio::spawn(record_dauth(weak));
         Ok((Self { inner }, link))
     }
 
@@ -621,6 +622,37 @@ fn note_revocation(trust: &TrustStore, rec: &Record, set: &mut BTreeSet<(String,
     match trust.verify_revocation(&proof) {
         Ok(c) if rules::revocation_key(&c.iss, &c.id) == rec.slot.key => set.insert((c.iss, c.id)),
         _ => false,
+    }
+}
+
+/// Hash where an oracle records the dAuth requests it answered: one field
+/// per requesting PeerId, its last request (`{"at": unix ms, "result": …}`).
+pub const DAUTH_HASH: &str = "~/dauth";
+
+/// Records, in CSTORE, the dAuth requests this node answered as an oracle
+/// (the network keeps the recent ones in memory; CSTORE replicates them).
+async fn record_dauth(inner: std::sync::Weak<Inner>) {
+    let mut last = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(i) = inner.upgrade() else { return };
+        let Some(net) = (i.network)() else { continue };
+        let fresh: Vec<_> = {
+            let v = net.view.read().expect("view lock");
+            v.dauth_log.iter().filter(|r| r.at > last).cloned().collect()
+        };
+        let store = Cstore { inner: i };
+        for r in fresh {
+            let value = serde_json::json!({ "at": r.at, "result": r.result });
+            match store.hset(DAUTH_HASH, &r.peer_id, &value, None).await {
+                Ok(_) => last = last.max(r.at),
+                Err(e) => {
+                    tracing::debug!(error = %e, "dAuth record not written to CSTORE yet");
+                    break;
+                }
+            }
+        }
     }
 }
 

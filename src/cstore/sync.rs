@@ -295,6 +295,11 @@ async fn answer(inner: &Inner, body: &RawValue) -> SyncResponse {
     }
 }
 
+/// Longest anti-entropy round (a peer that answers slowly, or not at all).
+const ROUND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a peer whose round failed is passed over.
+const SHUN: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// One anti-entropy round with a random connected peer, every interval.
 pub(super) async fn anti_entropy(inner: Weak<Inner>) {
     let interval = match inner.upgrade() {
@@ -303,6 +308,9 @@ pub(super) async fn anti_entropy(inner: Weak<Inner>) {
     };
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Peers whose last round failed (silent, refusing, lying) are passed
+    // over for a while, so one bad peer cannot stall this replica's healing.
+    let mut shunned: HashMap<PeerId, Instant> = HashMap::new();
     loop {
         tick.tick().await;
         let Some(i) = inner.upgrade() else { return };
@@ -310,7 +318,11 @@ pub(super) async fn anti_entropy(inner: Weak<Inner>) {
             continue;
         }
         let Some(net) = (i.network)() else { continue };
-        let Some(peer) = net.connected_peers().choose(&mut rand::thread_rng()).copied() else { continue };
+        shunned.retain(|_, t| t.elapsed() < SHUN);
+        let peers = net.connected_peers();
+        let good: Vec<PeerId> = peers.iter().filter(|p| !shunned.contains_key(p)).copied().collect();
+        let pool = if good.is_empty() { &peers } else { &good };
+        let Some(peer) = pool.choose(&mut rand::thread_rng()).copied() else { continue };
         let started = Instant::now();
         let mut round = Round {
             peer: peer.to_string(),
@@ -322,7 +334,13 @@ pub(super) async fn anti_entropy(inner: Weak<Inner>) {
             bytes_out: 0,
             error: None,
         };
-        let result = run_round(&i, &net, peer, &mut round).await;
+        let result = match tokio::time::timeout(ROUND_TIMEOUT, run_round(&i, &net, peer, &mut round)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no end within {} s", ROUND_TIMEOUT.as_secs())),
+        };
+        if result.is_err() {
+            shunned.insert(peer, Instant::now());
+        }
         round.at = now_ms();
         round.millis = started.elapsed().as_millis() as u64;
         let label = match &result {

@@ -410,7 +410,7 @@ fn behaviour(key: &Keypair, t: &Tuning, cstore: bool) -> Result<Behaviour, Box<d
         cstore: request_response::Behaviour::with_codec(
             sync_codec,
             [(StreamProtocol::new(CSTORE_PROTOCOL), sync_support)],
-            request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+            request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
         ),
     })
 }
