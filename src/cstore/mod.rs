@@ -65,7 +65,7 @@ impl Default for CstoreConfig {
             anti_entropy_interval: Duration::from_secs(10),
             tombstone_horizon: Duration::from_secs(24 * 3600),
             max_clock_skew: Duration::from_secs(60),
-            gossip_flush: Duration::from_millis(5),
+            gossip_flush: Duration::from_millis(10),
         }
     }
 }

@@ -70,8 +70,10 @@ impl Default for GossipConfig {
             freshness_window_us: 60_000_000,
             rate_per_sec: 2.0,
             burst: 20.0,
-            records_rate_per_sec: 100.0,
-            records_burst: 400.0,
+            // A writer's batches close every 10 ms at most (CSTORE's
+            // gossip_flush): 100 per second, with room for bursts.
+            records_rate_per_sec: 200.0,
+            records_burst: 1000.0,
         }
     }
 }
