@@ -215,18 +215,14 @@ async fn raw_puts(endpoint: &str, n: usize, inflight: usize, tag: &str) -> f64 {
 }
 
 fn counter(m: &Metrics, name: &str) -> f64 {
-    m.render()
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    m.render().lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let issuer = ed25519::Keypair::generate();
     let trust = TrustStore::new([issuer.public()], []);
-    let nodes = vec![node(0, &trust).await, node(1, &trust).await, node(2, &trust).await];
+    let nodes = [node(0, &trust).await, node(1, &trust).await, node(2, &trust).await];
     let mut rows: Vec<(String, String, String, String)> = vec![];
 
     // 1. Throughput on one node (no network yet: nothing to gossip to).
@@ -375,7 +371,10 @@ async fn main() {
     ));
 
     println!();
-    println!("{:<52} {:>12} {:>26} {:>8}", "CSTORE (3 replicas, own etcd each)", "value", "baseline (same run)", "ratio");
+    println!(
+        "{:<52} {:>12} {:>26} {:>8}",
+        "CSTORE (3 replicas, own etcd each)", "value", "baseline (same run)", "ratio"
+    );
     for (name, v, b, r) in rows {
         println!("{name:<52} {v:>12} {b:>26} {r:>8}");
     }

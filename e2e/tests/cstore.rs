@@ -78,6 +78,7 @@ async fn cstore_api_replication_and_hostile_writers() {
     let long_key = format!("~/{}", "k".repeat(300));
     let big = format!("\"{}\"", "x".repeat(40_000));
     let theirs = format!("node/{pb}/x");
+    let forged_revocation = format!("revocation/{}/nd-1", license::key_id(&fed.issuer.public()));
     for (args, says) in [
         (vec!["set", "~/api/k", "not json"], "not JSON"),
         (vec!["set", &long_key, "1"], "at most 256"),
@@ -85,7 +86,8 @@ async fn cstore_api_replication_and_hostile_writers() {
         (vec!["set", &theirs, "1"], "not writable by this node"),
         (vec!["set", "~/api/k", "1", "--ttl=0"], "ttl"),
         (vec!["set", "~/api/k k", "1"], "only printable ASCII"),
-        (vec!["set", "revocation/0123456789abcdef/nd-1", r#"{"proof": "x"}"#], "signed by that issuer"),
+        (vec!["set", &forged_revocation, r#"{"proof": "x"}"#], "signed by that issuer"),
+        (vec!["set", "revocation/0123456789abcdef/nd-1", r#"{"proof": "x"}"#], "not trusted by this node"),
     ] {
         let (good, _, err) = cli(a, &args).await;
         assert!(!good, "{args:?} must fail");

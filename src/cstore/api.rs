@@ -14,8 +14,8 @@ use serde::Deserialize;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-/// The replica, once the operator has started it (it leads and CSTORE is
-/// configured).
+/// The replica, when CSTORE is configured (on every replica of the
+/// operator; writes need the leader's network to sign).
 pub type Slot = Arc<OnceLock<Cstore>>;
 
 #[derive(Deserialize, Default)]
@@ -71,10 +71,7 @@ type Answer = Result<Response, ApiError>;
 
 fn store(slot: &Slot) -> Result<&Cstore, ApiError> {
     slot.get().ok_or_else(|| {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "CSTORE is not running on this operator: it needs --cstore-endpoints, and runs on the leader only",
-        )
+        error(StatusCode::SERVICE_UNAVAILABLE, "CSTORE is not configured on this operator (--cstore-endpoints)")
     })
 }
 

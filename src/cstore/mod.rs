@@ -358,22 +358,29 @@ impl Cstore {
         };
         let key = self.identity()?;
         let me = key.public().to_peer_id();
-        let hlc = self.inner.state.lock().expect("state lock").clock.tick(now_ms() as u64);
-        let rec = Record::sign(&key, slot, value, hlc, expires);
-        rules::check(&rec, &me, &self.inner.trust).map_err(|e| {
-            CstoreError::Invalid(match e {
-                Invalid::BadProof => format!(
-                    "{} needs a value {{\"proof\": <revocation token>}} signed by that issuer for that license",
-                    rec.slot
-                ),
-                _ => format!("{} is not writable by this node: write under node/{me}/ (or ~/)", rec.slot),
-            })
-        })?;
-        apply(&self.inner, &rec, &metrics::LOCAL).await?;
-        if self.inner.outbound.try_send(rec.clone()).is_err() {
-            self.inner.metrics.cstore.gossip_skipped.inc();
+        // A stored version ahead of our clock (a peer's clock runs fast)
+        // moves the clock past it: the next attempt wins.
+        for _ in 0..4 {
+            let hlc = self.inner.state.lock().expect("state lock").clock.tick(now_ms() as u64);
+            let rec = Record::sign(&key, slot.clone(), value.clone(), hlc, expires);
+            rules::check(&rec, &me, &self.inner.trust).map_err(|e| {
+                CstoreError::Invalid(match e {
+                    Invalid::BadProof => format!(
+                        "{} needs a value {{\"proof\": <revocation token>}} signed by that issuer for that license",
+                        rec.slot
+                    ),
+                    Invalid::UnknownIssuer => format!("{}: its issuer is not trusted by this node", rec.slot),
+                    _ => format!("{} is not writable by this node: write under node/{me}/ (or ~/)", rec.slot),
+                })
+            })?;
+            if apply(&self.inner, &rec, &metrics::LOCAL).await? {
+                if self.inner.outbound.try_send(rec.clone()).is_err() {
+                    self.inner.metrics.cstore.gossip_skipped.inc();
+                }
+                return Ok(rec);
+            }
         }
-        Ok(rec)
+        Err(CstoreError::Unavailable(format!("{slot} keeps being overwritten by newer versions")))
     }
 
     /// Changes of keys (flat keys and hash names) starting with `prefix`,
@@ -492,6 +499,8 @@ async fn apply(inner: &Inner, rec: &Record, origin: &metrics::OriginLabels) -> R
             st.clock.observe(rec.hlc);
             match st.index.get(&stored) {
                 Some(e) if !e.loses_to(rec) => {
+                    let held = e.hlc;
+                    st.clock.observe(held);
                     inner.metrics.cstore.superseded.get_or_create(origin).inc();
                     return Ok(false);
                 }
@@ -535,7 +544,12 @@ async fn keep_index(inner: std::sync::Weak<Inner>) {
     let mut backoff = Duration::from_millis(200);
     loop {
         let Some(i) = inner.upgrade() else { return };
+        let started = tokio::time::Instant::now();
         let result = load_and_watch(&i).await;
+        if started.elapsed() > Duration::from_secs(30) {
+            // It ran a while: a new outage starts from a short backoff.
+            backoff = Duration::from_millis(200);
+        }
         {
             let mut st = i.state.lock().expect("state lock");
             st.up = false;
@@ -553,8 +567,10 @@ async fn keep_index(inner: std::sync::Weak<Inner>) {
 async fn load_and_watch(inner: &Arc<Inner>) -> Result<(), CstoreError> {
     let mut fresh = Index::default();
     let mut revoked = BTreeSet::new();
+    let mut newest = record::Hlc(0);
     let rev = scan(inner, &inner.cfg.prefix, |stored, mod_rev, rec| {
         note_revocation(&inner.trust, &rec, &mut revoked);
+        newest = newest.max(rec.hlc);
         fresh.upsert(stored, Entry::of(&rec, stored, mod_rev, rec.to_bytes().len()));
     })
     .await?;
@@ -565,6 +581,9 @@ async fn load_and_watch(inner: &Arc<Inner>) -> Result<(), CstoreError> {
         .await?;
     {
         let mut st = inner.state.lock().expect("state lock");
+        // Our clock passes every stored record, ours included (a restart
+        // must not write below what this replica already holds).
+        st.clock.observe(newest);
         st.index = fresh;
         st.up = true;
         inner.metrics.cstore.records.set(st.index.stats().records as i64);
@@ -667,13 +686,13 @@ async fn sweep(inner: std::sync::Weak<Inner>) {
         let horizon = (now as u64).saturating_sub(i.cfg.tombstone_horizon.as_millis() as u64);
         let due = i.state.lock().expect("state lock").index.due(now, horizon);
         for (stored, rev) in due {
+            let tomb = i.state.lock().expect("state lock").index.get(&stored).is_some_and(|e| e.tombstone);
             let key = format!("{}{stored}", i.cfg.prefix);
             let txn = Txn::new()
                 .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
                 .and_then([TxnOp::delete(key, None)]);
             match i.client.kv_client().txn(txn).await {
                 Ok(r) if r.succeeded() => {
-                    let tomb = i.state.lock().expect("state lock").index.get(&stored).is_some_and(|e| e.tombstone);
                     if tomb {
                         i.metrics.cstore.tombstones_collected.inc();
                     } else {

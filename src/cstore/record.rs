@@ -203,10 +203,11 @@ pub enum Invalid {
     NotOwner,
     /// A revocation whose issuer proof does not verify.
     BadProof,
+    /// A revocation by an issuer this node does not trust (networks may
+    /// trust different issuers: not held against the carrier).
+    UnknownIssuer,
     /// Timestamp too far ahead of our clock.
     Future,
-    /// Already expired, or a tombstone past the GC horizon.
-    Expired,
 }
 
 impl Invalid {
@@ -216,8 +217,8 @@ impl Invalid {
             Invalid::BadSignature => "bad_signature",
             Invalid::NotOwner => "not_owner",
             Invalid::BadProof => "bad_proof",
+            Invalid::UnknownIssuer => "unknown_issuer",
             Invalid::Future => "future",
-            Invalid::Expired => "expired",
         }
     }
 }

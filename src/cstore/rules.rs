@@ -46,6 +46,9 @@ pub fn check(rec: &Record, writer: &PeerId, trust: &TrustStore) -> Result<(), In
         }
         let value = rec.value_json();
         let proof = value.get("proof").and_then(|p| p.as_str()).ok_or(Invalid::BadProof)?;
+        if !trust.trusts(iss) {
+            return Err(Invalid::UnknownIssuer);
+        }
         let claims = trust.verify_revocation(proof).map_err(|_| Invalid::BadProof)?;
         if claims.iss != iss || claims.id != id {
             return Err(Invalid::BadProof);
@@ -95,6 +98,12 @@ mod tests {
         assert_eq!(check(&rec(revocation_key(&iss, "nd-8"), &proof), &peer, &trust), Err(Invalid::BadProof));
         let rogue = issue_revocation(&ed25519::Keypair::generate(), "nd-7", 100);
         assert_eq!(check(&rec(revocation_key(&iss, "nd-7"), &rogue), &peer, &trust), Err(Invalid::BadProof));
+        let foreign = ed25519::Keypair::generate();
+        let theirs = issue_revocation(&foreign, "nd-7", 100);
+        assert_eq!(
+            check(&rec(revocation_key(&key_id(&foreign.public()), "nd-7"), &theirs), &peer, &trust),
+            Err(Invalid::UnknownIssuer)
+        );
         let mut tomb = rec(revocation_key(&iss, "nd-7"), &proof);
         tomb.value = None;
         assert_eq!(check(&tomb, &peer, &trust), Err(Invalid::BadProof));

@@ -49,7 +49,8 @@ pub struct Round {
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerSync {
-    /// Unix ms of the last round with this peer that left nothing to fetch.
+    /// Unix ms of the end of the last complete round with this peer (every
+    /// version it listed that we lacked was fetched).
     pub in_sync_at: Option<i64>,
     pub last_round: Option<i64>,
     /// Delay of the last record gossiped by this peer (its clock to our write).
@@ -169,7 +170,8 @@ async fn read_all(inner: &Inner, stored: Vec<String>) -> Vec<Record> {
 /// Takes the network's CSTORE messages: gossip to check and apply, and
 /// anti-entropy requests to answer.
 pub(super) async fn serve(inner: Weak<Inner>, mut rx: mpsc::Receiver<ServiceEvent>) {
-    // Requests per peer: a token bucket (10/s, burst 40).
+    // Requests per peer: a token bucket (50/s, burst 200: a round over a
+    // large divergence lists many pages).
     let mut buckets: HashMap<PeerId, (f64, Instant)> = HashMap::new();
     let gossip_slots = Arc::new(tokio::sync::Semaphore::new(8));
     while let Some(ev) = rx.recv().await {
@@ -189,8 +191,8 @@ pub(super) async fn serve(inner: Weak<Inner>, mut rx: mpsc::Receiver<ServiceEven
                 if buckets.len() > 4096 {
                     buckets.clear();
                 }
-                let (tokens, at) = buckets.entry(peer).or_insert((40.0, Instant::now()));
-                *tokens = (*tokens + at.elapsed().as_secs_f64() * 10.0).min(40.0);
+                let (tokens, at) = buckets.entry(peer).or_insert((200.0, Instant::now()));
+                *tokens = (*tokens + at.elapsed().as_secs_f64() * 50.0).min(200.0);
                 *at = Instant::now();
                 let limited = *tokens < 1.0;
                 if !limited {
@@ -230,7 +232,11 @@ async fn on_batch(inner: &Inner, author: PeerId, envelope: &Envelope) -> Message
         Err(e) => {
             inner.metrics.cstore.rejected.get_or_create(&ReasonLabels { reason: e.label() }).inc();
             tracing::debug!(%author, reason = e.label(), "CSTORE batch rejected");
-            return MessageAcceptance::Reject;
+            // Not relayed either way; only a lie costs the sender score.
+            return match e {
+                Invalid::UnknownIssuer => MessageAcceptance::Ignore,
+                _ => MessageAcceptance::Reject,
+            };
         }
     };
     inner.metrics.cstore.gossip_records.get_or_create(&dir("in")).inc_by(batch.records.len() as u64);
@@ -296,7 +302,7 @@ async fn answer(inner: &Inner, body: &RawValue) -> SyncResponse {
 }
 
 /// Longest anti-entropy round (a peer that answers slowly, or not at all).
-const ROUND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const ROUND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// How long a peer whose round failed is passed over.
 const SHUN: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -338,6 +344,8 @@ pub(super) async fn anti_entropy(inner: Weak<Inner>) {
             Ok(r) => r,
             Err(_) => Err(format!("no end within {} s", ROUND_TIMEOUT.as_secs())),
         };
+        let complete = matches!(result, Ok(true));
+        let result = result.map(|_| ());
         if result.is_err() {
             shunned.insert(peer, Instant::now());
         }
@@ -358,7 +366,7 @@ pub(super) async fn anti_entropy(inner: Weak<Inner>) {
         if s.peers.len() < 4096 || s.peers.contains_key(&round.peer) {
             let p = s.peers.entry(round.peer.clone()).or_default();
             p.last_round = Some(round.at);
-            if result.is_ok() {
+            if complete {
                 p.in_sync_at = Some(round.at);
             }
         }
@@ -386,16 +394,18 @@ async fn ask(
 }
 
 /// Digest → listing of the differing buckets (paged) → fetch of the
-/// versions we lack (in chunks) → check and apply each.
+/// versions we lack (in chunks) → check and apply each. `Ok(true)` when
+/// the whole listing was read (the round is complete).
 async fn run_round(
     inner: &Inner,
     net: &crate::p2p::NetworkHandle,
     peer: PeerId,
     round: &mut Round,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let digest = wire::pack_u64s(&inner.state.lock().expect("state lock").index.digest());
     let mut wanted = vec![];
-    for page in 0..64u32 {
+    let mut complete = false;
+    for page in 0..MAX_PAGES {
         let req = SyncRequest::Digest { buckets: digest.clone(), page };
         let SyncResponse::Summary { lines, more } = ask(net, peer, &req, round).await? else {
             return Err("unexpected answer to a digest".into());
@@ -404,6 +414,7 @@ async fn run_round(
         round.differing_lines += lines.len();
         wanted.extend(inner.state.lock().expect("state lock").index.wanted(&lines));
         if !more {
+            complete = true;
             break;
         }
     }
@@ -429,5 +440,9 @@ async fn run_round(
         inner.metrics.cstore.anti_entropy_records.inc_by(keep.len() as u64);
         apply_all(inner, keep, &m::ANTI_ENTROPY).await.map_err(|e| e.to_string())?;
     }
-    Ok(())
+    Ok(complete)
 }
+
+/// Listing pages read per round at most (16,384 lines each); the rest
+/// waits for the next round.
+const MAX_PAGES: u32 = 64;

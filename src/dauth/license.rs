@@ -254,6 +254,11 @@ impl TrustStore {
         self.issuers.is_empty()
     }
 
+    /// Whether the issuer with this key id is trusted.
+    pub fn trusts(&self, key_id: &str) -> bool {
+        self.issuers.contains_key(key_id)
+    }
+
     /// Replaces the revocation list of the file (shared by every clone);
     /// returns whether it changed.
     pub fn set_revoked(&self, revoked: BTreeSet<Revocation>) -> bool {
