@@ -62,7 +62,10 @@ impl Entry {
 
     /// Whether `rec` wins over the version this entry describes.
     pub fn loses_to(&self, rec: &Record) -> bool {
-        (rec.hlc, rec.writer.as_str(), rec.version_hash()) > (self.hlc, self.writer.as_str(), self.ver)
+        match (rec.hlc, rec.writer.as_str()).cmp(&(self.hlc, self.writer.as_str())) {
+            std::cmp::Ordering::Equal => rec.version_hash() > self.ver,
+            o => o == std::cmp::Ordering::Greater,
+        }
     }
 }
 

@@ -52,7 +52,9 @@ pub struct CstoreConfig {
     pub tombstone_horizon: Duration,
     /// Records whose clock is further ahead of ours than this are refused.
     pub max_clock_skew: Duration,
-    /// How long own writes wait to be gossiped together.
+    /// Least time between two gossiped batches of own writes: a write
+    /// waits at most this long, and batches stay under the receivers'
+    /// per-author rate (p2p's `records_rate_per_sec`).
     pub gossip_flush: Duration,
 }
 
@@ -65,7 +67,7 @@ impl Default for CstoreConfig {
             anti_entropy_interval: Duration::from_secs(10),
             tombstone_horizon: Duration::from_secs(24 * 3600),
             max_clock_skew: Duration::from_secs(60),
-            gossip_flush: Duration::from_millis(10),
+            gossip_flush: Duration::from_millis(7),
         }
     }
 }
@@ -603,6 +605,12 @@ async fn load_and_watch(inner: &Arc<Inner>) -> Result<(), CstoreError> {
             let Some(slot) = Slot::from_stored(stored) else { continue };
             let change = match ev.event_type() {
                 etcd_client::EventType::Put => {
+                    // Our own write, already in the index: nothing to learn
+                    // unless someone watches.
+                    let known = inner.state.lock().expect("state lock").index.get(stored).map(|e| e.mod_rev);
+                    if known == Some(kv.mod_revision()) && inner.changes.receiver_count() == 0 {
+                        continue;
+                    }
                     let Ok(rec) = serde_json::from_slice::<Record>(kv.value()) else { continue };
                     inner
                         .state

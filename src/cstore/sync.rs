@@ -61,13 +61,16 @@ fn dir(direction: &'static str) -> DirectionLabels {
     DirectionLabels { direction }
 }
 
-/// Batches own writes and publishes them on the CSTORE topic.
+/// Batches own writes and publishes them on the CSTORE topic: a write
+/// goes at once when the last batch left `gossip_flush` ago or more, else
+/// with the writes that follow it until then.
 pub(super) async fn gossip_out(inner: Weak<Inner>, mut rx: mpsc::Receiver<Record>) {
+    let mut last = tokio::time::Instant::now();
     while let Some(first) = rx.recv().await {
         let Some(i) = inner.upgrade() else { return };
         let mut batch = vec![first];
         let mut bytes = 0;
-        let deadline = tokio::time::Instant::now() + i.cfg.gossip_flush;
+        let deadline = last + i.cfg.gossip_flush;
         while batch.len() < wire::MAX_BATCH_RECORDS && bytes < wire::MAX_BATCH_BYTES {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(r)) => {
@@ -77,6 +80,7 @@ pub(super) async fn gossip_out(inner: Weak<Inner>, mut rx: mpsc::Receiver<Record
                 _ => break,
             }
         }
+        last = tokio::time::Instant::now();
         let n = batch.len() as u64;
         let Some(net) = (i.network)() else {
             i.metrics.cstore.gossip_skipped.inc_by(n);

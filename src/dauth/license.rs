@@ -143,25 +143,31 @@ pub fn issue(issuer: &ed25519::Keypair, claims: &Claims) -> String {
     format!("{PREFIX}.{payload}.{}", B64.encode(sig))
 }
 
-/// Splits and decodes a token without checking its signature.
-pub fn decode(token: &str) -> Result<(Claims, String, Vec<u8>), LicenseError> {
+/// Splits a `<prefix>.<payload>.<signature>` token: the payload as it
+/// appears (what was signed), decoded, and the signature.
+fn split_token(token: &str, prefix: &str, what: &'static str) -> Result<(String, Vec<u8>, Vec<u8>), LicenseError> {
     let token = token.trim();
     if token.is_empty() {
         return Err(LicenseError::Missing);
     }
     let mut parts = token.split('.');
-    let (Some(prefix), Some(payload), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(LicenseError::Malformed("expected r1l1.<payload>.<signature>"));
+    let (Some(p), Some(payload), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(LicenseError::Malformed(what));
     };
-    if prefix != PREFIX {
+    if p != prefix {
         return Err(LicenseError::Malformed("unknown token version"));
     }
     let raw = B64.decode(payload).map_err(|_| LicenseError::Malformed("payload is not base64url"))?;
+    let sig = B64.decode(sig).map_err(|_| LicenseError::Malformed("signature is not base64url"))?;
+    Ok((payload.to_string(), raw, sig))
+}
+
+/// Splits and decodes a token without checking its signature.
+pub fn decode(token: &str) -> Result<(Claims, String, Vec<u8>), LicenseError> {
+    let (payload, raw, sig) = split_token(token, PREFIX, "expected r1l1.<payload>.<signature>")?;
     let claims: Claims =
         serde_json::from_slice(&raw).map_err(|_| LicenseError::Malformed("payload is not license JSON"))?;
-    let sig = B64.decode(sig).map_err(|_| LicenseError::Malformed("signature is not base64url"))?;
-    Ok((claims, payload.to_string(), sig))
+    Ok((claims, payload, sig))
 }
 
 /// A revoked license: (issuer key id, license id). Ids are unique per
@@ -282,18 +288,9 @@ impl TrustStore {
 
     /// Verifies a revocation proof against the trusted issuers.
     pub fn verify_revocation(&self, token: &str) -> Result<RevocationClaims, LicenseError> {
-        let mut parts = token.trim().split('.');
-        let (Some(prefix), Some(payload), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(LicenseError::Malformed("expected r1rv1.<payload>.<signature>"));
-        };
-        if prefix != REVOCATION_PREFIX {
-            return Err(LicenseError::Malformed("unknown revocation token version"));
-        }
-        let raw = B64.decode(payload).map_err(|_| LicenseError::Malformed("payload is not base64url"))?;
+        let (payload, raw, sig) = split_token(token, REVOCATION_PREFIX, "expected r1rv1.<payload>.<signature>")?;
         let claims: RevocationClaims =
             serde_json::from_slice(&raw).map_err(|_| LicenseError::Malformed("payload is not revocation JSON"))?;
-        let sig = B64.decode(sig).map_err(|_| LicenseError::Malformed("signature is not base64url"))?;
         let key = self.issuers.get(&claims.iss).ok_or_else(|| LicenseError::UnknownIssuer(claims.iss.clone()))?;
         if !key.verify(payload.as_bytes(), &sig) {
             return Err(LicenseError::BadSignature);
