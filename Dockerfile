@@ -11,11 +11,12 @@ RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compil
 WORKDIR /src
 # Dependencies first, so that a source change reuses their layer. Every
 # target Cargo.toml declares must exist for cargo to read the manifest:
-# the binary, the library, the e2e test and the benchmark.
+# the binary, the library, the e2e test and the benchmarks.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src e2e/tests benches \
     && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && echo 'fn main() {}' > e2e/tests/main.rs && echo 'fn main() {}' > benches/federation.rs \
+    && echo 'fn main() {}' > e2e/tests/main.rs \
+    && echo 'fn main() {}' > benches/federation.rs && echo 'fn main() {}' > benches/cstore.rs \
     && cargo build --release --locked --bin ratio1 && rm -rf src e2e benches
 COPY src ./src
 COPY e2e/tests ./e2e/tests

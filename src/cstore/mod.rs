@@ -15,6 +15,7 @@
 //! decides again by last-writer-wins on (HLC, writer PeerId).
 
 pub mod api;
+mod commit;
 pub mod index;
 pub mod metrics;
 pub mod record;
@@ -25,7 +26,8 @@ pub mod wire;
 use crate::dauth::license::{RevocationSource, TrustStore};
 use crate::metrics::Metrics;
 use crate::p2p::NetworkHandle;
-use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
+use commit::apply;
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
 use index::{Entry, Index};
 use libp2p_identity::Keypair;
 use record::{Clock, Invalid, Record, Slot};
@@ -127,6 +129,9 @@ struct Inner {
     metrics: Arc<Metrics>,
     changes: broadcast::Sender<Change>,
     outbound: mpsc::Sender<Record>,
+    commits: mpsc::Sender<commit::Pending>,
+    /// Writes in progress (a lone one skips the committer).
+    writers: std::sync::atomic::AtomicUsize,
     network: NetworkSource,
     sync: Mutex<sync::SyncStatus>,
 }
@@ -193,6 +198,7 @@ impl Cstore {
     ) -> Result<(Self, crate::p2p::ServiceLink), String> {
         let client = connect(&cfg).await?;
         let (outbound, outbound_rx) = mpsc::channel(65_536);
+        let (commits, commits_rx) = mpsc::channel(4_096);
         let (link, inbound) = crate::p2p::ServiceLink::channel(1024);
         let inner = Arc::new(Inner {
             cfg,
@@ -203,10 +209,13 @@ impl Cstore {
             metrics,
             changes: broadcast::channel(8192).0,
             outbound,
+            commits,
+            writers: Default::default(),
             network,
             sync: Mutex::new(sync::SyncStatus::default()),
         });
         let weak = Arc::downgrade(&inner);
+        tokio::spawn(commit::committer(weak.clone(), commits_rx));
         tokio::spawn(keep_index(weak.clone()));
         tokio::spawn(sweep(weak.clone()));
         tokio::spawn(sync::gossip_out(weak.clone(), outbound_rx));
@@ -485,57 +494,6 @@ async fn scan(inner: &Inner, prefix: &str, mut f: impl FnMut(&str, i64, Record))
             _ => return Ok(revision),
         }
     }
-}
-
-/// Stores `rec` unless the replica holds a newer version of its slot;
-/// returns whether it was written. One transaction per attempt: compare the
-/// key's revision with the index's, put, or read the current one back and
-/// decide again.
-async fn apply(inner: &Inner, rec: &Record, origin: &metrics::OriginLabels) -> Result<bool, CstoreError> {
-    let stored = rec.slot.stored();
-    let key = format!("{}{stored}", inner.cfg.prefix);
-    let bytes = rec.to_bytes();
-    for _ in 0..16 {
-        let rev = {
-            let mut st = inner.state.lock().expect("state lock");
-            st.clock.observe(rec.hlc);
-            match st.index.get(&stored) {
-                Some(e) if !e.loses_to(rec) => {
-                    let held = e.hlc;
-                    st.clock.observe(held);
-                    inner.metrics.cstore.superseded.get_or_create(origin).inc();
-                    return Ok(false);
-                }
-                Some(e) => e.mod_rev,
-                None => 0,
-            }
-        };
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
-            .and_then([TxnOp::put(key.clone(), bytes.clone(), None)])
-            .or_else([TxnOp::get(key.clone(), None)]);
-        let resp = inner.client.kv_client().txn(txn).await?;
-        let mut st = inner.state.lock().expect("state lock");
-        if resp.succeeded() {
-            let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-            st.index.upsert(&stored, Entry::of(rec, &stored, rev, bytes.len()));
-            inner.metrics.cstore.applied.get_or_create(origin).inc();
-            return Ok(true);
-        }
-        // Someone else wrote (or deleted) it since the index saw it.
-        let current = resp.op_responses().into_iter().find_map(|op| match op {
-            TxnOpResponse::Get(g) => Some(g.kvs().first().map(|kv| (kv.mod_revision(), kv.value().to_vec()))),
-            _ => None,
-        });
-        match current.flatten() {
-            Some((rev, value)) => match serde_json::from_slice::<Record>(&value) {
-                Ok(cur) => st.index.upsert(&stored, Entry::of(&cur, &stored, rev, value.len())),
-                Err(_) => st.index.upsert(&stored, Entry::unreadable(&stored, rev, value.len())),
-            },
-            None => st.index.forget(&stored),
-        }
-    }
-    Err(CstoreError::Unavailable(format!("{} is written too often to settle", rec.slot)))
 }
 
 /// Keeps the index equal to etcd: a full scan, then a watch from the

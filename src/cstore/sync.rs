@@ -130,16 +130,17 @@ fn check_all<'a>(inner: &Inner, records: &'a [Record], author: Option<&PeerId>) 
     Ok(keep)
 }
 
-/// Applies records, 32 transactions in flight at most.
+/// Applies records, 64 at once at most (the committer shares their
+/// transactions).
 async fn apply_all(
     inner: &Inner,
     records: Vec<&Record>,
-    origin: &m::OriginLabels,
+    origin: &'static m::OriginLabels,
 ) -> Result<usize, super::CstoreError> {
     let mut running = futures::stream::FuturesUnordered::new();
     let mut written = 0;
     for r in records {
-        if running.len() >= 32 {
+        if running.len() >= 64 {
             written += running.next().await.expect("not empty")? as usize;
         }
         running.push(apply(inner, r, origin));
