@@ -447,7 +447,11 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
     let (pipeline_store, pipelines_writer) = reflector::store();
     let pipeline_events =
         cached("r1pipelines", Api::<R1Pipeline>::all(client.clone()), wc(), pipelines_writer, &watches, trim);
-    let pipelines = Controller::for_stream(pipeline_events.applied_objects(), pipeline_store.clone())
+    // Only spec changes (generation) of a pipeline call for a reconcile: its
+    // own status patches, which come back through this watch, do not.
+    let pipeline_changes =
+        pipeline_events.applied_objects().predicate_filter(kube::runtime::predicates::generation, Default::default());
+    let pipelines = Controller::for_stream(pipeline_changes, pipeline_store.clone())
         .with_config(ctl_cfg.clone())
         .owns_stream(deployments.inspect(forget_deleted(ctx.clone())).touched_objects())
         .owns_stream(services.inspect(forget_deleted(ctx.clone())).touched_objects())
