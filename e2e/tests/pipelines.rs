@@ -173,10 +173,14 @@ async fn samples_reconcile() {
 
     let pipes: Api<R1Pipeline> = Api::namespaced(c.clone(), &ns.name);
     let deps: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
-    let dep =
-        wait_for(30, "sentiment-api Deployment", || async { deps.get_opt("sentiment-api").await.ok().flatten() }).await;
-    let ann = dep.spec.unwrap().template.metadata.unwrap().annotations.unwrap();
-    assert!(ann["ratio1.ai/models"].contains(CID), "model CID reaches the pod template: {ann:?}");
+    // The Deployment may exist before the model is Ready; the model's
+    // change then reaches the pod template.
+    wait_for(30, "the model CID in sentiment-api's pod template", || async {
+        let dep = deps.get_opt("sentiment-api").await.ok().flatten()?;
+        let ann = dep.spec?.template.metadata?.annotations?;
+        ann.get("ratio1.ai/models")?.contains(CID).then_some(())
+    })
+    .await;
     let st = caught_up(&pipes, "sentiment-api").await.status.unwrap();
     assert_eq!(reason(&st.conditions, "Stalled").0, "False");
     let jobs: Api<Job> = Api::namespaced(c.clone(), &ns.name);

@@ -444,6 +444,18 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
     let local_node_changes = futures::stream::unfold(ctx.local_node_changes.subscribe(), |mut rx| async move {
         rx.changed().await.ok().map(|_| ((), rx))
     });
+    // Models: one watch fills the cache the reconcilers read; the pipelines
+    // that mount a model hear of its change from that same watch, after the
+    // cache has it (a watch of their own could run ahead of the cache, and
+    // a reconcile would read the old model).
+    let (models_seen_tx, models_seen_rx) = futures::channel::mpsc::unbounded::<R1Model>();
+    let model_events = cached("r1models", Api::<R1Model>::all(client.clone()), wc(), models_writer, &watches, trim)
+        .inspect(move |ev| {
+            if let Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m) | watcher::Event::Delete(m)) = ev {
+                let _ = models_seen_tx.unbounded_send(m.clone());
+            }
+        });
+    let models_seen = models_seen_rx.map(Ok::<_, watcher::Error>);
     let (pipeline_store, pipelines_writer) = reflector::store();
     let pipeline_events =
         cached("r1pipelines", Api::<R1Pipeline>::all(client.clone()), wc(), pipelines_writer, &watches, trim);
@@ -463,7 +475,7 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
             let ns = pod.namespace()?;
             Some(ObjectRef::<R1Pipeline>::new(pod.labels().get(pipeline::PIPELINE_LABEL)?).within(&ns))
         })
-        .watches(Api::<R1Model>::all(client.clone()), wc(), move |m: R1Model| {
+        .watches_stream(models_seen, move |m: R1Model| {
             pipeline::mounting(&pipeline_store.state(), m.namespace().as_deref(), &m.name_any())
         })
         // Placement depends on this cluster's R1Node (labels, offer).
@@ -472,7 +484,6 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
         .run(pipeline::reconcile, error_policy::<R1Pipeline>, ctx.clone())
         .for_each(|_| futures::future::ready(()));
 
-    let model_events = cached("r1models", Api::<R1Model>::all(client.clone()), wc(), models_writer, &watches, trim);
     let models = Controller::for_stream(model_events.applied_objects(), models_cache)
         .with_config(ctl_cfg)
         .graceful_shutdown_on(stop_rx())

@@ -563,10 +563,12 @@ async fn load_and_watch(inner: &Arc<Inner>) -> Result<(), CstoreError> {
             let Some(slot) = Slot::from_stored(stored) else { continue };
             let change = match ev.event_type() {
                 etcd_client::EventType::Put => {
-                    // Our own write, already in the index: nothing to learn
-                    // unless someone watches.
+                    // A write of this process, already in the index: nothing
+                    // to learn, unless someone watches or it is a revocation
+                    // (the trust store learns those here, whoever wrote them).
                     let known = inner.state.lock().expect("state lock").index.get(stored).map(|e| e.mod_rev);
-                    if known == Some(kv.mod_revision()) && inner.changes.receiver_count() == 0 {
+                    let revocation = slot.key.starts_with(rules::REVOCATION_PREFIX);
+                    if known == Some(kv.mod_revision()) && inner.changes.receiver_count() == 0 && !revocation {
                         continue;
                     }
                     let Ok(rec) = serde_json::from_slice::<Record>(kv.value()) else { continue };
