@@ -219,6 +219,8 @@ Try next:
   kubectl patch r1p sentiment-api -n default --type merge -p '{"spec":{"replicas":4}}'
   kubectl describe r1p sentiment-api -n default
   $BIN network peers --endpoint http://127.0.0.1:9190   # the network as c1 sees it
+  $BIN cstore --endpoint http://127.0.0.1:9190 set '~/hello' '"world"'   # CSTORE: write on c1 ...
+  $BIN cstore --endpoint http://127.0.0.1:9191 keys node/   # ... read on c2 (replicated); then: status
   curl -s 127.0.0.1:9090/metrics | grep ratio1_p2p
   curl -s $(cstore_url 1)/version           # c1's CSTORE etcd (its own; data in $DEVNET/c1/cstore-etcd)
   e2e/devnet.sh status                        # these tables again
