@@ -85,23 +85,15 @@ async fn commit(inner: &Inner, batch: Vec<Pending>) {
         let mut st = inner.state.lock().expect("state lock");
         for p in batch {
             let stored = p.rec.slot.stored();
-            st.clock.observe(p.rec.hlc);
             if !keys.insert(stored.clone()) {
                 alone.push(p);
                 continue;
             }
-            match st.index.get(&stored) {
-                Some(e) if !e.loses_to(&p.rec) => {
-                    let held = e.hlc;
-                    st.clock.observe(held);
-                    inner.metrics.cstore.superseded.get_or_create(p.origin).inc();
+            match revision_to_replace(inner, &mut st, &p.rec, &stored, p.origin) {
+                Some(rev) => shared.push((p, stored, rev)),
+                None => {
                     let _ = p.done.send(Ok(false));
                 }
-                Some(e) => {
-                    let rev = e.mod_rev;
-                    shared.push((p, stored, rev));
-                }
-                None => shared.push((p, stored, 0)),
             }
         }
     }
@@ -144,6 +136,29 @@ async fn commit(inner: &Inner, batch: Vec<Pending>) {
     while running.next().await.is_some() {}
 }
 
+/// The etcd revision `rec` must replace (0: the key is absent), or `None`
+/// when the replica holds a version `rec` does not beat (counted). The
+/// clock passes both.
+fn revision_to_replace(
+    inner: &Inner,
+    st: &mut super::State,
+    rec: &Record,
+    stored: &str,
+    origin: &OriginLabels,
+) -> Option<i64> {
+    st.clock.observe(rec.hlc);
+    match st.index.get(stored) {
+        Some(e) if !e.loses_to(rec) => {
+            let held = e.hlc;
+            st.clock.observe(held);
+            inner.metrics.cstore.superseded.get_or_create(origin).inc();
+            None
+        }
+        Some(e) => Some(e.mod_rev),
+        None => Some(0),
+    }
+}
+
 /// One record, one transaction per attempt: compare the key's revision
 /// with the index's, put, or read the current one back and decide again.
 async fn apply_one(inner: &Inner, rec: &Record, origin: &OriginLabels) -> Result<bool, CstoreError> {
@@ -151,20 +166,8 @@ async fn apply_one(inner: &Inner, rec: &Record, origin: &OriginLabels) -> Result
     let key = format!("{}{stored}", inner.cfg.prefix);
     let bytes = rec.to_bytes();
     for _ in 0..16 {
-        let rev = {
-            let mut st = inner.state.lock().expect("state lock");
-            st.clock.observe(rec.hlc);
-            match st.index.get(&stored) {
-                Some(e) if !e.loses_to(rec) => {
-                    let held = e.hlc;
-                    st.clock.observe(held);
-                    inner.metrics.cstore.superseded.get_or_create(origin).inc();
-                    return Ok(false);
-                }
-                Some(e) => e.mod_rev,
-                None => 0,
-            }
-        };
+        let target = revision_to_replace(inner, &mut inner.state.lock().expect("state lock"), rec, &stored, origin);
+        let Some(rev) = target else { return Ok(false) };
         let txn = Txn::new()
             .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
             .and_then([TxnOp::put(key.clone(), bytes.clone(), None)])

@@ -167,13 +167,16 @@ impl Index {
         self.entries.range(prefix.to_string()..).take_while(move |(k, _)| k.starts_with(prefix))
     }
 
-    /// Keys to delete now: records past their TTL, and tombstones older
-    /// than the GC horizon (`tombstone_before` in unix ms).
-    pub fn due(&self, now_ms: i64, tombstone_before: u64) -> Vec<(String, i64)> {
+    /// Keys to delete now, with their revision and whether each is a
+    /// tombstone: records past their TTL, and tombstones older than the GC
+    /// horizon (`tombstone_before` in unix ms).
+    pub fn due(&self, now_ms: i64, tombstone_before: u64) -> Vec<(String, i64, bool)> {
         let expired = self.expiring.iter().take_while(|(e, _)| *e <= now_ms).map(|(_, k)| k);
         let old = self.tombstones.iter().take_while(|(h, _)| h.wall_ms() < tombstone_before).map(|(_, k)| k);
-        let mut out: Vec<(String, i64)> =
-            expired.chain(old).filter_map(|k| Some((k.clone(), self.entries.get(k)?.mod_rev))).collect();
+        let mut out: Vec<(String, i64, bool)> = expired
+            .chain(old)
+            .filter_map(|k| self.entries.get(k).map(|e| (k.clone(), e.mod_rev, e.tombstone)))
+            .collect();
         out.sort();
         out.dedup();
         out
@@ -321,8 +324,8 @@ mod tests {
         ix.upsert("k/t", Entry::of(&ttl, "k/t", 9, 10));
         ix.upsert("k/d", Entry::of(&tomb, "k/d", 10, 10));
         assert_eq!(ix.due(4_999, 0), vec![]);
-        assert_eq!(ix.due(5_000, 0), vec![("k/t".into(), 9)]);
-        assert_eq!(ix.due(5_000, 1_001), vec![("k/d".into(), 10), ("k/t".into(), 9)]);
+        assert_eq!(ix.due(5_000, 0), vec![("k/t".into(), 9, false)]);
+        assert_eq!(ix.due(5_000, 1_001), vec![("k/d".into(), 10, true), ("k/t".into(), 9, false)]);
         assert_eq!(ix.stats(), Stats { records: 3, tombstones: 1, bytes: 30 });
         ix.remove("k/t", 11);
         ix.remove("k/d", 11);

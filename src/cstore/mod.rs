@@ -287,7 +287,7 @@ impl Cstore {
         record::check_name("hash", &hash).map_err(CstoreError::Invalid)?;
         let prefix = format!("{}{}", self.inner.cfg.prefix, Slot::hash_prefix(&hash));
         let mut out = BTreeMap::new();
-        self.scan(&prefix, |rec| {
+        scan(&self.inner, &prefix, |_, _, rec| {
             if let (Some(f), Some(rec)) = (rec.slot.field.clone(), live(rec)) {
                 out.insert(f, rec);
             }
@@ -338,14 +338,16 @@ impl Cstore {
 
     /// Deletes a key (a tombstone); returns whether it held a live value.
     pub async fn del(&self, key: &str) -> Result<bool, CstoreError> {
-        let existed = self.get(key).await?.is_some();
-        self.write(Slot::flat(&self.expand(key)?), None, None).await?;
-        Ok(existed)
+        self.delete(Slot::flat(&self.expand(key)?)).await
     }
 
     pub async fn hdel(&self, hash: &str, field: &str) -> Result<bool, CstoreError> {
-        let existed = self.hget(hash, field).await?.is_some();
-        self.write(Slot::field(&self.expand(hash)?, field), None, None).await?;
+        self.delete(Slot::field(&self.expand(hash)?, field)).await
+    }
+
+    async fn delete(&self, slot: Slot) -> Result<bool, CstoreError> {
+        let existed = self.read_slot(slot.clone()).await?.is_some();
+        self.write(slot, None, None).await?;
         Ok(existed)
     }
 
@@ -445,28 +447,6 @@ fn live(rec: Record) -> Option<Record> {
     (!rec.is_tombstone() && !rec.expired(now_ms())).then_some(rec)
 }
 
-impl Inner {
-    async fn scan_page(
-        &self,
-        from: Vec<u8>,
-        end: Vec<u8>,
-        revision: i64,
-    ) -> Result<etcd_client::GetResponse, etcd_client::Error> {
-        let mut opts = GetOptions::new().with_range(end).with_limit(2_000);
-        if revision > 0 {
-            opts = opts.with_revision(revision);
-        }
-        self.client.kv_client().get(from, Some(opts)).await
-    }
-}
-
-impl Cstore {
-    /// Calls `f` on every record under the etcd key `prefix`, page by page.
-    async fn scan(&self, prefix: &str, mut f: impl FnMut(Record)) -> Result<i64, CstoreError> {
-        scan(&self.inner, prefix, |_, _, rec| f(rec)).await
-    }
-}
-
 /// Pages through every record under `prefix` at one revision; `f` gets the
 /// stored key (without the root), the record's mod revision and the record.
 async fn scan(inner: &Inner, prefix: &str, mut f: impl FnMut(&str, i64, Record)) -> Result<i64, CstoreError> {
@@ -474,7 +454,11 @@ async fn scan(inner: &Inner, prefix: &str, mut f: impl FnMut(&str, i64, Record))
     let mut from = prefix.as_bytes().to_vec();
     let mut revision = 0;
     loop {
-        let resp = inner.scan_page(from.clone(), end.clone(), revision).await?;
+        let mut opts = GetOptions::new().with_range(end.clone()).with_limit(2_000);
+        if revision > 0 {
+            opts = opts.with_revision(revision);
+        }
+        let resp = inner.client.kv_client().get(from.clone(), Some(opts)).await?;
         if revision == 0 {
             revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         }
@@ -578,7 +562,7 @@ async fn load_and_watch(inner: &Arc<Inner>) -> Result<(), CstoreError> {
                         .expect("state lock")
                         .index
                         .upsert(stored, Entry::of(&rec, stored, kv.mod_revision(), kv.value().len()));
-                    if slot.key.starts_with(rules::REVOCATION_PREFIX) {
+                    if revocation {
                         revocations_changed |= note_revocation(&inner.trust, &rec, &mut revoked);
                     }
                     Change { slot, record: Some(rec) }
@@ -653,8 +637,7 @@ async fn sweep(inner: std::sync::Weak<Inner>) {
         let now = now_ms();
         let horizon = (now as u64).saturating_sub(i.cfg.tombstone_horizon.as_millis() as u64);
         let due = i.state.lock().expect("state lock").index.due(now, horizon);
-        for (stored, rev) in due {
-            let tomb = i.state.lock().expect("state lock").index.get(&stored).is_some_and(|e| e.tombstone);
+        for (stored, rev, tomb) in due {
             let key = format!("{}{stored}", i.cfg.prefix);
             let txn = Txn::new()
                 .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])

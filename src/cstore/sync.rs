@@ -13,7 +13,7 @@ use super::wire::{self, Batch, SyncRequest, SyncResponse};
 use super::{apply, now_ms, rules, Inner};
 use crate::p2p::envelope::Envelope;
 use crate::p2p::{protocol::RECORDS_KIND, ServiceEvent};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use libp2p::gossipsub::MessageAcceptance;
 use libp2p_identity::PeerId;
 use rand::seq::SliceRandom;
@@ -131,24 +131,19 @@ fn check_all<'a>(inner: &Inner, records: &'a [Record], author: Option<&PeerId>) 
 }
 
 /// Applies records, 64 at once at most (the committer shares their
-/// transactions).
+/// transactions); stops at the first failure.
 async fn apply_all(
     inner: &Inner,
     records: Vec<&Record>,
     origin: &'static m::OriginLabels,
 ) -> Result<usize, super::CstoreError> {
-    let mut running = futures::stream::FuturesUnordered::new();
-    let mut written = 0;
-    for r in records {
-        if running.len() >= 64 {
-            written += running.next().await.expect("not empty")? as usize;
-        }
-        running.push(apply(inner, r, origin));
-    }
-    while let Some(r) = running.next().await {
-        written += r? as usize;
-    }
-    Ok(written)
+    // The futures are made first: a stream holding the mapping closure
+    // across awaits trips a known limit of the compiler inside spawned tasks.
+    let writes: Vec<_> = records.into_iter().map(|r| apply(inner, r, origin)).collect();
+    futures::stream::iter(writes)
+        .buffer_unordered(64)
+        .try_fold(0, |n, written| async move { Ok(n + written as usize) })
+        .await
 }
 
 /// Reads stored records, 32 at a time; missing ones are skipped.
@@ -158,26 +153,16 @@ async fn read_all(inner: &Inner, stored: Vec<String>) -> Vec<Record> {
         let resp = inner.client.kv_client().get(key, None).await.ok()?;
         serde_json::from_slice::<Record>(resp.kvs().first()?.value()).ok()
     }
-    let mut running = futures::stream::FuturesUnordered::new();
-    let mut out = vec![];
-    for s in stored {
-        if running.len() >= 32 {
-            out.extend(running.next().await.flatten());
-        }
-        running.push(one(inner, s));
-    }
-    while let Some(r) = running.next().await {
-        out.extend(r);
-    }
-    out
+    let reads: Vec<_> = stored.into_iter().map(|s| one(inner, s)).collect();
+    futures::stream::iter(reads).buffer_unordered(32).filter_map(futures::future::ready).collect().await
 }
 
 /// Takes the network's CSTORE messages: gossip to check and apply, and
 /// anti-entropy requests to answer.
 pub(super) async fn serve(inner: Weak<Inner>, mut rx: mpsc::Receiver<ServiceEvent>) {
-    // Requests per peer: a token bucket (50/s, burst 200: a round over a
-    // large divergence lists many pages).
-    let mut buckets: HashMap<PeerId, (f64, Instant)> = HashMap::new();
+    // Requests per peer: 50/s, burst 200 (a round over a large divergence
+    // lists many pages); requests come from admitted peers only.
+    let mut limits = crate::p2p::gossip::RateLimit::new(50.0, 200.0, 4096);
     let gossip_slots = Arc::new(tokio::sync::Semaphore::new(8));
     while let Some(ev) = rx.recv().await {
         let Some(i) = inner.upgrade() else { return };
@@ -193,16 +178,7 @@ pub(super) async fn serve(inner: Weak<Inner>, mut rx: mpsc::Receiver<ServiceEven
                 });
             }
             ServiceEvent::Request { peer, id, body } => {
-                if buckets.len() > 4096 {
-                    buckets.clear();
-                }
-                let (tokens, at) = buckets.entry(peer).or_insert((200.0, Instant::now()));
-                *tokens = (*tokens + at.elapsed().as_secs_f64() * 50.0).min(200.0);
-                *at = Instant::now();
-                let limited = *tokens < 1.0;
-                if !limited {
-                    *tokens -= 1.0;
-                }
+                let limited = !limits.allow(peer, crate::p2p::now_us());
                 tokio::spawn(async move {
                     let resp = if limited {
                         SyncResponse::Refused { reason: "RateLimited".into() }

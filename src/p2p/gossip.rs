@@ -87,11 +87,10 @@ struct Bucket {
 /// The gate's memory: replay window, verified licenses, rate buckets.
 #[derive(Debug)]
 pub struct GossipGate {
-    cfg: GossipConfig,
     guard: ReplayGuard,
     licenses: HashMap<PeerId, (String, Claims)>,
-    buckets: HashMap<PeerId, Bucket>,
-    record_buckets: HashMap<PeerId, Bucket>,
+    heartbeats: RateLimit,
+    records: RateLimit,
 }
 
 const MAX_AUTHORS: usize = 65_536;
@@ -100,10 +99,9 @@ impl GossipGate {
     pub fn new(cfg: GossipConfig) -> Self {
         Self {
             guard: ReplayGuard::new(cfg.freshness_window_us),
-            cfg,
             licenses: HashMap::new(),
-            buckets: HashMap::new(),
-            record_buckets: HashMap::new(),
+            heartbeats: RateLimit::new(cfg.rate_per_sec, cfg.burst, MAX_AUTHORS),
+            records: RateLimit::new(cfg.records_rate_per_sec, cfg.records_burst, MAX_AUTHORS),
         }
     }
 
@@ -144,7 +142,9 @@ impl GossipGate {
                     }
                     None => self.remote_license(author, &hb.license, trust, unix)?,
                 };
-                self.spend(author, now_us)?;
+                if !self.heartbeats.allow(author, now_us) {
+                    return Err(("rate_limited", Reject));
+                }
                 (Payload::Heartbeat(hb), claims)
             }
             (Topic::Cstore, RECORDS_KIND) => {
@@ -156,8 +156,9 @@ impl GossipGate {
                     None => self.licenses.get(&author).map(|(_, c)| c.clone()).ok_or(("unknown_author", Ignore))?,
                 };
                 trust.still_valid(&claims, unix).map_err(|_| ("not_licensed", Reject))?;
-                let (rate, burst) = (self.cfg.records_rate_per_sec, self.cfg.records_burst);
-                spend(&mut self.record_buckets, rate, burst, author, now_us)?;
+                if !self.records.allow(author, now_us) {
+                    return Err(("rate_limited", Reject));
+                }
                 (Payload::Records, claims)
             }
             _ => return Err(("unknown_kind", Reject)),
@@ -192,38 +193,44 @@ impl GossipGate {
         Ok(c)
     }
 
-    /// Token bucket of heartbeats per author.
-    fn spend(&mut self, author: PeerId, now_us: i64) -> Result<(), Dropped> {
-        spend(&mut self.buckets, self.cfg.rate_per_sec, self.cfg.burst, author, now_us)
-    }
-
     /// Forgets an author's license (revoked or refused).
     pub fn forget(&mut self, author: &PeerId) {
         self.licenses.remove(author);
     }
 }
 
-/// Takes one token from `author`'s bucket.
-fn spend(
-    buckets: &mut HashMap<PeerId, Bucket>,
+/// A token bucket per peer: `rate` tokens a second, at most `burst`
+/// saved. Memory is bounded: past `max_peers`, full buckets (which say
+/// nothing) are forgotten.
+#[derive(Debug)]
+pub struct RateLimit {
     rate: f64,
     burst: f64,
-    author: PeerId,
-    now_us: i64,
-) -> Result<(), Dropped> {
-    if !buckets.contains_key(&author) && buckets.len() >= MAX_AUTHORS {
-        // Full buckets carry no information: forget them.
-        buckets.retain(|_, b| b.tokens + now_us.saturating_sub(b.at_us) as f64 / 1e6 * rate < burst);
+    max_peers: usize,
+    buckets: HashMap<PeerId, Bucket>,
+}
+
+impl RateLimit {
+    pub fn new(rate: f64, burst: f64, max_peers: usize) -> Self {
+        Self { rate, burst, max_peers, buckets: HashMap::new() }
     }
-    let b = buckets.entry(author).or_insert(Bucket { tokens: burst, at_us: now_us });
-    let elapsed = now_us.saturating_sub(b.at_us).max(0) as f64 / 1e6;
-    b.tokens = (b.tokens + elapsed * rate).min(burst);
-    b.at_us = now_us.max(b.at_us);
-    if b.tokens < 1.0 {
-        return Err(("rate_limited", Severity::Reject));
+
+    /// Takes one of `peer`'s tokens at `now_us`; false when it has none.
+    pub fn allow(&mut self, peer: PeerId, now_us: i64) -> bool {
+        let (rate, burst) = (self.rate, self.burst);
+        if !self.buckets.contains_key(&peer) && self.buckets.len() >= self.max_peers {
+            self.buckets.retain(|_, b| b.tokens + now_us.saturating_sub(b.at_us) as f64 / 1e6 * rate < burst);
+        }
+        let b = self.buckets.entry(peer).or_insert(Bucket { tokens: burst, at_us: now_us });
+        let elapsed = now_us.saturating_sub(b.at_us).max(0) as f64 / 1e6;
+        b.tokens = (b.tokens + elapsed * rate).min(burst);
+        b.at_us = now_us.max(b.at_us);
+        if b.tokens < 1.0 {
+            return false;
+        }
+        b.tokens -= 1.0;
+        true
     }
-    b.tokens -= 1.0;
-    Ok(())
 }
 
 #[cfg(test)]
