@@ -399,6 +399,12 @@ async fn network(cmd: NetworkCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One call of the CLI to an operator's local API (30 s at most: a write
+/// waits for its etcd).
+async fn call(method: http::Method, url: &str, body: Option<String>) -> anyhow::Result<serde_json::Value> {
+    ratio1::telemetry::request_json(method, url, body, Duration::from_secs(30)).await
+}
+
 /// Signs a revocation with the issuer's key and writes it to CSTORE.
 async fn revoke(issuer_key: PathBuf, id: String, endpoint: String) -> anyhow::Result<()> {
     use ratio1::dauth::license::{decode_secret, issue_revocation, key_id};
@@ -408,20 +414,15 @@ async fn revoke(issuer_key: PathBuf, id: String, endpoint: String) -> anyhow::Re
     ratio1::cstore::record::check_name("license id", &id).map_err(anyhow::Error::msg)?;
     let proof = issue_revocation(&kp, &id, unix_now());
     let key = ratio1::cstore::rules::revocation_key(&key_id(&kp.public()), &id);
-    let url = format!("{}/v1/cstore/set?key={}", endpoint.trim_end_matches('/'), query_escape(&key));
-    ratio1::cstore::api::call(http::Method::PUT, &url, Some(serde_json::json!({ "proof": proof }).to_string())).await?;
+    let url = format!("{}/v1/cstore/set?{}", endpoint.trim_end_matches('/'), query(&[("key", &key)]));
+    call(http::Method::PUT, &url, Some(serde_json::json!({ "proof": proof }).to_string())).await?;
     println!("revoked {id}: {key} written to CSTORE; every node disconnects its holder as the record reaches it");
     Ok(())
 }
 
-/// Percent-encodes a query value.
-fn query_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'/' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// A query string of `pairs`, percent-encoded.
+fn query(pairs: &[(&str, &str)]) -> String {
+    serde_urlencoded::to_string(pairs).expect("string pairs encode")
 }
 
 fn json_arg(value: &str) -> anyhow::Result<String> {
@@ -432,51 +433,49 @@ fn json_arg(value: &str) -> anyhow::Result<String> {
 
 async fn cstore(a: CstoreArgs) -> anyhow::Result<()> {
     use http::Method;
-    use ratio1::cstore::api::call;
     let base = format!("{}/v1/cstore", a.endpoint.trim_end_matches('/'));
-    let q = |pairs: &[(&str, &str)]| -> String {
-        pairs.iter().map(|(k, v)| format!("{k}={}", query_escape(v))).collect::<Vec<_>>().join("&")
-    };
     let ttl = |t: Option<f64>| t.map(|t| format!("&ttl={t}")).unwrap_or_default();
     let show = |v: &serde_json::Value| println!("{}", v["value"]);
     match a.cmd {
-        CstoreCmd::Get { key } => show(&call(Method::GET, &format!("{base}/get?{}", q(&[("key", &key)])), None).await?),
+        CstoreCmd::Get { key } => {
+            show(&call(Method::GET, &format!("{base}/get?{}", query(&[("key", &key)])), None).await?)
+        }
         CstoreCmd::Set { key, value, ttl: t } => {
-            let url = format!("{base}/set?{}{}", q(&[("key", &key)]), ttl(t));
+            let url = format!("{base}/set?{}{}", query(&[("key", &key)]), ttl(t));
             call(Method::PUT, &url, Some(json_arg(&value)?)).await?;
             println!("OK");
         }
         CstoreCmd::Del { key } => {
-            let v = call(Method::DELETE, &format!("{base}/del?{}", q(&[("key", &key)])), None).await?;
+            let v = call(Method::DELETE, &format!("{base}/del?{}", query(&[("key", &key)])), None).await?;
             println!("{}", if v["deleted"] == true { "deleted" } else { "not found (tombstone written anyway)" });
         }
         CstoreCmd::Hset { hash, field, value, ttl: t } => {
-            let url = format!("{base}/hset?{}{}", q(&[("hash", &hash), ("field", &field)]), ttl(t));
+            let url = format!("{base}/hset?{}{}", query(&[("hash", &hash), ("field", &field)]), ttl(t));
             call(Method::PUT, &url, Some(json_arg(&value)?)).await?;
             println!("OK");
         }
-        CstoreCmd::Hget { hash, field } => {
-            show(&call(Method::GET, &format!("{base}/hget?{}", q(&[("hash", &hash), ("field", &field)])), None).await?)
-        }
+        CstoreCmd::Hget { hash, field } => show(
+            &call(Method::GET, &format!("{base}/hget?{}", query(&[("hash", &hash), ("field", &field)])), None).await?,
+        ),
         CstoreCmd::Hgetall { hash } => {
-            let v = call(Method::GET, &format!("{base}/hgetall?{}", q(&[("hash", &hash)])), None).await?;
+            let v = call(Method::GET, &format!("{base}/hgetall?{}", query(&[("hash", &hash)])), None).await?;
             for (f, r) in v.as_object().into_iter().flatten() {
                 println!("{f}\t{}", r["value"]);
             }
         }
         CstoreCmd::Hdel { hash, field } => {
-            let url = format!("{base}/hdel?{}", q(&[("hash", &hash), ("field", &field)]));
+            let url = format!("{base}/hdel?{}", query(&[("hash", &hash), ("field", &field)]));
             let v = call(Method::DELETE, &url, None).await?;
             println!("{}", if v["deleted"] == true { "deleted" } else { "not found (tombstone written anyway)" });
         }
         CstoreCmd::Keys { prefix } => {
-            let v = call(Method::GET, &format!("{base}/keys?{}", q(&[("prefix", &prefix)])), None).await?;
+            let v = call(Method::GET, &format!("{base}/keys?{}", query(&[("prefix", &prefix)])), None).await?;
             for k in v.as_array().into_iter().flatten() {
                 println!("{}", k.as_str().unwrap_or_default());
             }
         }
         CstoreCmd::Watch { prefix, count } => {
-            let url = format!("{base}/watch?{}", q(&[("prefix", &prefix)]));
+            let url = format!("{base}/watch?{}", query(&[("prefix", &prefix)]));
             ratio1::cstore::api::follow(&url, count, |line| println!("{line}")).await?;
         }
         CstoreCmd::Status => {

@@ -144,17 +144,41 @@ async fn network(State(view): State<crate::p2p::SharedView>) -> impl IntoRespons
 /// GET of a JSON document over plain HTTP (the CLI reads an operator's
 /// endpoints with it).
 pub async fn get_json(url: &str) -> anyhow::Result<serde_json::Value> {
+    request_json(http::Method::GET, url, None, std::time::Duration::from_secs(10)).await
+}
+
+/// One request of the CLI to an operator's local API: the JSON answer, or
+/// the server's one-line error (its `error` field).
+pub async fn request_json(
+    method: http::Method,
+    url: &str,
+    body: Option<String>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<serde_json::Value> {
     use http_body_util::BodyExt;
     let uri: hyper::Uri = url.parse().map_err(|_| anyhow::anyhow!("{url:?} is not a URL"))?;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
-    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.get(uri))
+        .build_http::<http_body_util::Full<hyper::body::Bytes>>();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(body.unwrap_or_default())))?;
+    let resp = tokio::time::timeout(timeout, client.request(req))
         .await
-        .map_err(|_| anyhow::anyhow!("{url} did not answer within 10 s"))?
+        .map_err(|_| anyhow::anyhow!("{url} did not answer within {} s", timeout.as_secs()))?
         .map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
-    anyhow::ensure!(resp.status().is_success(), "{url} answered {}", resp.status());
-    let body = resp.into_body().collect().await.map_err(|e| anyhow::anyhow!("reading {url}: {e}"))?.to_bytes();
-    serde_json::from_slice(&body).map_err(|e| anyhow::anyhow!("{url} did not return JSON: {e}"))
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.map_err(|e| anyhow::anyhow!("reading {url}: {e}"))?.to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|_| anyhow::anyhow!("{url} answered {status}: {}", String::from_utf8_lossy(&bytes).trim()))?;
+    if !status.is_success() {
+        anyhow::bail!(
+            "{}",
+            v["error"].as_str().map(String::from).unwrap_or_else(|| format!("{url} answered {status}"))
+        );
+    }
+    Ok(v)
 }
 
 #[cfg(test)]

@@ -179,31 +179,6 @@ async fn watch(State(slot): State<Slot>, Query(p): Query<Params>) -> Answer {
     Ok(([("content-type", "application/x-ndjson")], Body::from_stream(lines)).into_response())
 }
 
-/// One request of the CLI: JSON back, or the server's one-line error.
-pub async fn call(method: http::Method, url: &str, body: Option<String>) -> anyhow::Result<serde_json::Value> {
-    use http_body_util::BodyExt;
-    let uri: hyper::Uri = url.parse().map_err(|_| anyhow::anyhow!("{url:?} is not a URL"))?;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<Bytes>>();
-    let req = http::Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(Bytes::from(body.unwrap_or_default())))?;
-    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
-        .await
-        .map_err(|_| anyhow::anyhow!("{url} did not answer within 30 s"))?
-        .map_err(|e| anyhow::anyhow!("cannot reach the operator at {url}: {e}"))?;
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.map_err(|e| anyhow::anyhow!("reading {url}: {e}"))?.to_bytes();
-    let v: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|_| anyhow::anyhow!("{url} answered {status}: {}", String::from_utf8_lossy(&bytes).trim()))?;
-    if !status.is_success() {
-        anyhow::bail!("{}", v["error"].as_str().unwrap_or(&v.to_string()));
-    }
-    Ok(v)
-}
-
 /// Streams a watch to `out`, one JSON line per change, `count` at most.
 pub async fn follow(url: &str, count: Option<usize>, mut out: impl FnMut(&str)) -> anyhow::Result<()> {
     use http_body_util::BodyExt;
