@@ -14,10 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-async fn counter(fed: &Federation, i: usize, name: &str, filter: &str) -> f64 {
-    metric(&fed.nodes[i].op().metrics().await, name, filter)
-}
-
 /// Waits until every node's replica is loaded.
 async fn all_up(fed: &Federation) {
     for n in &fed.nodes {
@@ -158,10 +154,7 @@ async fn cstore_api_replication_and_hostile_writers() {
         .collect();
     for _ in 0..3 {
         let path = format!("/v1/cstore/set?key={rkey}");
-        let (ra, rb) = tokio::join!(
-            cstore::http_send(a, "PUT", &path, &proofs[0]),
-            cstore::http_send(b, "PUT", &path, &proofs[1])
-        );
+        let (ra, rb) = tokio::join!(http_send(a, "PUT", &path, &proofs[0]), http_send(b, "PUT", &path, &proofs[1]));
         assert_eq!((ra.unwrap().0, rb.unwrap().0), (200, 200));
     }
     cstore::converged(&fed, 30, "replicas converge after concurrent writes").await;
@@ -231,7 +224,7 @@ async fn cstore_api_replication_and_hostile_writers() {
         tokio::spawn(async move {
             let mut i = 0u32;
             while !stop.load(Ordering::Relaxed) {
-                match cstore::http_send(a, "PUT", &format!("/v1/cstore/set?key=~/load/{i}"), &i.to_string()).await {
+                match http_send(a, "PUT", &format!("/v1/cstore/set?key=~/load/{i}"), &i.to_string()).await {
                     Some((200, _)) => acked.lock().unwrap().push(i),
                     _ => {
                         failed.fetch_add(1, Ordering::Relaxed);

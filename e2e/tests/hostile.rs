@@ -34,10 +34,6 @@ fn licensed_peer(fed: &Federation, id: &str, exp_in: i64) -> Licensed {
     Licensed { handle, peer, token, key }
 }
 
-async fn counter(fed: &Federation, i: usize, name: &str, filter: &str) -> f64 {
-    metric(&fed.nodes[i].op().metrics().await, name, filter)
-}
-
 async fn listed(fed: &Federation, i: usize, peer: &str) -> bool {
     fed.network_view(i).await["peers"].get(peer).is_some()
 }

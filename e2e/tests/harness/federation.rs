@@ -174,6 +174,11 @@ impl Federation {
     }
 }
 
+/// Node `i`'s metric `name`, summed over the samples whose line contains `filter`.
+pub async fn counter(fed: &Federation, i: usize, name: &str, filter: &str) -> f64 {
+    metric(&fed.nodes[i].op().metrics().await, name, filter)
+}
+
 /// Sum of a metric's samples whose line contains `filter`.
 pub fn metric(text: &str, name: &str, filter: &str) -> f64 {
     text.lines()

@@ -288,15 +288,27 @@ pub fn shared_operator() -> &'static Shared {
 
 /// GET of a path on 127.0.0.1:port; the body on HTTP 200.
 pub async fn http_get(port: u16, path: &str) -> Option<String> {
+    match http_send(port, "GET", path, "").await? {
+        (200, body) => Some(body),
+        _ => None,
+    }
+}
+
+/// A request with a JSON body on 127.0.0.1:port (HTTP/1.0, so the server
+/// closes when done); the status and the body.
+pub async fn http_send(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).await.ok()?;
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.ok()?;
     let (head, body) = buf.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.0 200")
-        .then(|| body.to_string())
-        .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
 }
 
 /// Reads a YAML file of the repository as JSON documents.
