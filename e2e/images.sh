@@ -96,6 +96,18 @@ passwd_group() {
   printf 'root:x:0:\nnonroot:x:65532:\n' >"$1/etc/group"
 }
 
+# binary_root ROOTFS BIN NAME: a root filesystem holding BIN as
+# /usr/local/bin/NAME, exactly the shared objects it needs, the nonroot
+# user and /tmp
+binary_root() {
+  local r="$1" bin="$2" name="$3"
+  mkdir -p "$r/usr/local/bin" "$r/etc" "$r/tmp"
+  chmod 1777 "$r/tmp"
+  install -m 0755 "$bin" "$r/usr/local/bin/$name"
+  rootfs_with_libs "$r" "$bin"
+  passwd_group "$r"
+}
+
 # rootfs_with_libs ROOTFS BIN: copy into ROOTFS exactly the shared objects
 # the dynamic loader resolves for BIN
 rootfs_with_libs() {
@@ -113,11 +125,8 @@ build_operator() {
   key="$(sha256sum "$OPERATOR_BIN" | cut -c1-16)-$(self_sum)"
   if fresh "$out" "$key"; then log "$OPERATOR_IMAGE up to date"; return; fi
   t="$(mktemp -d)"; r="$t/rootfs"
-  mkdir -p "$r/usr/local/bin" "$r/etc" "$r/tmp" "$r/home/nonroot"
-  chmod 1777 "$r/tmp"
-  install -m 0755 "$OPERATOR_BIN" "$r/usr/local/bin/ratio1"
-  rootfs_with_libs "$r" "$OPERATOR_BIN"
-  passwd_group "$r"
+  binary_root "$r" "$OPERATOR_BIN" ratio1
+  mkdir -p "$r/home/nonroot"
   chown -R 0:0 "$r"; chown 65532:65532 "$r/home/nonroot"
   # does it start in that root, with nothing else? (chroot: what the
   # container sees, minus the namespaces)
@@ -137,11 +146,8 @@ build_etcd() {
   key="$(sha256sum "$ETCD_BIN" | cut -c1-16)-$(self_sum)"
   if fresh "$out" "$key"; then log "$ref up to date"; return; fi
   t="$(mktemp -d)"; r="$t/rootfs"
-  mkdir -p "$r/usr/local/bin" "$r/etc" "$r/tmp" "$r/var/lib/etcd"
-  chmod 1777 "$r/tmp"
-  install -m 0755 "$ETCD_BIN" "$r/usr/local/bin/etcd"
-  rootfs_with_libs "$r" "$ETCD_BIN"
-  passwd_group "$r"
+  binary_root "$r" "$ETCD_BIN" etcd
+  mkdir -p "$r/var/lib/etcd"
   chown -R 0:0 "$r"; chown 65532:65532 "$r/var/lib/etcd"; chmod 0700 "$r/var/lib/etcd"
   chroot --userspec=65532:65532 "$r" /usr/local/bin/etcd --version >/dev/null \
     || die "etcd does not run in its minimal root filesystem"
