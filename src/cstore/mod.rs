@@ -249,9 +249,11 @@ impl Cstore {
 
     fn identity(&self) -> Result<Keypair, CstoreError> {
         if let Some(h) = (self.inner.network)() {
-            let mut id = self.inner.identity.write().expect("identity lock");
-            if id.as_ref().map(|k| k.public()) != Some(h.keypair.public()) {
-                *id = Some(h.keypair.clone());
+            // Remembered, to sign while the network restarts; the write
+            // lock only when the key changed (every write passes here).
+            let known = self.inner.identity.read().expect("identity lock").as_ref().map(|k| k.public());
+            if known != Some(h.keypair.public()) {
+                *self.inner.identity.write().expect("identity lock") = Some(h.keypair.clone());
             }
             return Ok(h.keypair);
         }
