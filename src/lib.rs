@@ -8,6 +8,7 @@ pub mod controller;
 pub mod crd;
 pub mod cstore;
 pub mod dauth;
+pub mod deeploy;
 pub mod identity;
 pub mod leader;
 pub mod metrics;

@@ -43,6 +43,8 @@ enum Command {
     /// Read and write CSTORE, the network's replicated state, through a
     /// running operator.
     Cstore(CstoreArgs),
+    /// Network placement of R1Pipelines: where one would go, where one runs.
+    Deeploy(DeeployArgs),
     /// Print the version.
     Version,
 }
@@ -104,6 +106,28 @@ struct CstoreArgs {
     endpoint: String,
     #[command(subcommand)]
     cmd: CstoreCmd,
+}
+
+#[derive(clap::Args)]
+struct DeeployArgs {
+    /// The operator's local API (`--api-addr`).
+    #[arg(long, global = true, default_value = "http://127.0.0.1:9090", env = "RATIO1_API")]
+    endpoint: String,
+    #[command(subcommand)]
+    cmd: DeeployCmd,
+}
+
+#[derive(Subcommand)]
+enum DeeployCmd {
+    /// Print where the R1Pipeline in FILE (YAML or JSON) would run if it
+    /// were applied on this operator's cluster, and why; applies nothing.
+    Plan { file: PathBuf },
+    /// Print where an R1Pipeline runs across the network.
+    Status {
+        name: String,
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
+    },
 }
 
 /// Keys are paths; `~/rest` names `node/<this node's PeerId>/rest`, the
@@ -250,6 +274,27 @@ struct OperatorArgs {
     /// Seconds a tombstone is kept before it is collected.
     #[arg(long, default_value_t = ratio1::cstore::CstoreConfig::default().tombstone_horizon.as_secs())]
     cstore_tombstone_horizon_secs: u64,
+    /// Seconds without a heartbeat after which a cluster loses the
+    /// pipelines placed on it (default: 3 heartbeat intervals).
+    #[arg(long)]
+    deeploy_failover_after_secs: Option<f64>,
+    /// Seconds between checks of the pipelines placed here against their
+    /// intents (changes are applied at once; this catches drift).
+    #[arg(long, default_value_t = ratio1::deeploy::DeeployConfig::default().resync.as_secs())]
+    deeploy_resync_secs: u64,
+}
+
+fn deeploy_config(a: &OperatorArgs) -> anyhow::Result<ratio1::deeploy::DeeployConfig> {
+    let failover = a.deeploy_failover_after_secs.unwrap_or(3.0 * a.heartbeat_interval_secs.max(1) as f64);
+    anyhow::ensure!(
+        failover.is_finite() && failover >= a.heartbeat_interval_secs.max(1) as f64,
+        "--deeploy-failover-after-secs must be at least one heartbeat interval ({} s)",
+        a.heartbeat_interval_secs.max(1)
+    );
+    Ok(ratio1::deeploy::DeeployConfig {
+        failover_after: Duration::from_secs_f64(failover),
+        resync: Duration::from_secs(a.deeploy_resync_secs.max(1)),
+    })
 }
 
 fn cstore_config(a: &OperatorArgs) -> anyhow::Result<Option<ratio1::cstore::CstoreConfig>> {
@@ -431,6 +476,91 @@ fn json_arg(value: &str) -> anyhow::Result<String> {
     Ok(v.to_string())
 }
 
+/// Reads one R1Pipeline from a YAML or JSON file, with a one-line cause.
+fn read_pipeline(file: &std::path::Path) -> anyhow::Result<ratio1::crd::R1Pipeline> {
+    let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(<serde_yaml::Value as serde::Deserialize>::deserialize)
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("{}: not YAML: {e}", file.display()))?;
+    let mut found = docs.into_iter().filter(|d| d.get("kind").and_then(|k| k.as_str()) == Some("R1Pipeline"));
+    let doc = found.next().ok_or_else(|| anyhow::anyhow!("{}: holds no R1Pipeline", file.display()))?;
+    anyhow::ensure!(found.next().is_none(), "{}: holds several R1Pipelines; give one", file.display());
+    serde_yaml::from_value(doc).map_err(|e| anyhow::anyhow!("{}: not a valid R1Pipeline: {e}", file.display()))
+}
+
+async fn deeploy(a: DeeployArgs) -> anyhow::Result<()> {
+    use http::Method;
+    let base = format!("{}/v1/deeploy", a.endpoint.trim_end_matches('/'));
+    match a.cmd {
+        DeeployCmd::Plan { file } => {
+            let p = read_pipeline(&file)?;
+            let v = call(Method::POST, &format!("{base}/plan"), Some(serde_json::to_string(&p)?)).await?;
+            let plan = &v["plan"];
+            println!("{:<20} {:<54} {:<8} WHY", "NODE", "PEER", "CHOSEN");
+            for x in plan["verdicts"].as_array().into_iter().flatten() {
+                let why = match (x["chosen"].as_bool(), x["reason"].as_str()) {
+                    (Some(true), _) if x["peer"] == v["origin"] => "fits (the origin)",
+                    (Some(true), _) => "fits",
+                    (_, Some(r)) => r,
+                    _ => "fits, not needed",
+                };
+                let chosen = if x["chosen"] == true { "yes" } else { "no" };
+                println!(
+                    "{:<20} {:<54} {:<8} {why}",
+                    x["node"].as_str().unwrap_or(""),
+                    x["peer"].as_str().unwrap_or(""),
+                    chosen
+                );
+            }
+            let placed = plan["targets"].as_array().map_or(0, |t| t.len());
+            println!("placed on {placed} of {} clusters", plan["wanted"]);
+            if let Some(msg) = plan["unmet"].get(1).and_then(|m| m.as_str()) {
+                println!("{}: {msg}", plan["unmet"][0].as_str().unwrap_or(""));
+            }
+        }
+        DeeployCmd::Status { name, namespace } => {
+            let url = format!("{base}/status?{}", query(&[("namespace", &namespace), ("name", &name)]));
+            let v = call(Method::GET, &url, None).await?;
+            let all = v["pipelines"].as_array().cloned().unwrap_or_default();
+            anyhow::ensure!(!all.is_empty(), "no placement of {namespace}/{name} is known to this node");
+            for p in all {
+                let i = &p["intent"];
+                println!(
+                    "{namespace}/{name} from {} ({}), generation {}, spec {}",
+                    i["originNode"].as_str().unwrap_or("?"),
+                    p["origin"].as_str().unwrap_or("?"),
+                    i["generation"],
+                    i["specHash"].as_str().unwrap_or("?")
+                );
+                println!("  {:<20} {:<54} {:>8} {:>6} {:<10} MESSAGE", "NODE", "PEER", "REPLICAS", "READY", "PHASE");
+                let reports = p["reports"].as_array().cloned().unwrap_or_default();
+                for (peer, replicas) in i["targets"].as_object().into_iter().flatten() {
+                    let r = reports.iter().find(|r| r["peer"] == *peer).map(|r| &r["report"]);
+                    let current = r.filter(|r| r["specHash"] == i["specHash"]);
+                    let (ready, phase, msg) = match current {
+                        Some(r) if r["refused"].is_string() => {
+                            (0, "Refused".to_string(), r["refused"].as_str().unwrap_or("").to_string())
+                        }
+                        Some(r) => (
+                            r["readyReplicas"].as_i64().unwrap_or(0),
+                            r["phase"].as_str().unwrap_or("?").to_string(),
+                            r["message"].as_str().unwrap_or("").to_string(),
+                        ),
+                        None if p["origin"] == *peer => {
+                            (0, "-".into(), "the origin (see kubectl get r1p there)".into())
+                        }
+                        None => (0, "Pending".into(), "no report for this spec yet".into()),
+                    };
+                    let node = r.and_then(|r| r["node"].as_str()).unwrap_or("");
+                    println!("  {node:<20} {peer:<54} {replicas:>8} {ready:>6} {phase:<10} {msg}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn cstore(a: CstoreArgs) -> anyhow::Result<()> {
     use http::Method;
     let base = format!("{}/v1/cstore", a.endpoint.trim_end_matches('/'));
@@ -574,9 +704,10 @@ async fn main() -> ExitCode {
         Command::License(cmd) => license(cmd).await,
         Command::Network(cmd) => network(cmd).await,
         Command::Cstore(a) => cstore(a).await,
-        Command::Operator(a) => match net_options(&a).and_then(|n| Ok((n, cstore_config(&a)?))) {
+        Command::Deeploy(a) => deeploy(a).await,
+        Command::Operator(a) => match net_options(&a).and_then(|n| Ok((n, cstore_config(&a)?, deeploy_config(&a)?))) {
             Err(e) => Err(e),
-            Ok((net, cstore)) => {
+            Ok((net, cstore, deeploy)) => {
                 let cfg = OperatorConfig {
                     namespace: a.namespace,
                     metrics_addr: a.metrics_addr,
@@ -593,6 +724,7 @@ async fn main() -> ExitCode {
                     revoked_licenses: a.revoked_licenses,
                     pod: std::env::var("POD_NAME").ok().filter(|p| !p.is_empty()),
                     cstore,
+                    deeploy,
                 };
                 // Checked before anything starts: such timing could let two
                 // replicas lead at once.

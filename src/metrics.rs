@@ -81,6 +81,7 @@ pub struct Metrics {
     pub p2p_connections_closed: Family<ReasonLabels, Counter>,
     pub kube_requests: Family<VerbLabels, Counter>,
     pub cstore: crate::cstore::metrics::CstoreMetrics,
+    pub deeploy: crate::deeploy::metrics::DeeployMetrics,
 }
 
 impl Default for Metrics {
@@ -148,6 +149,7 @@ impl Default for Metrics {
             kube_requests.clone(),
         );
         let cstore = crate::cstore::metrics::CstoreMetrics::register(&mut registry);
+        let deeploy = crate::deeploy::metrics::DeeployMetrics::register(&mut registry);
         Self {
             registry,
             reconciles,
@@ -169,6 +171,7 @@ impl Default for Metrics {
             p2p_connections_closed,
             kube_requests,
             cstore,
+            deeploy,
         }
     }
 }

@@ -103,9 +103,13 @@ pub async fn serve_api(
     listener: tokio::net::TcpListener,
     view: crate::p2p::SharedView,
     cstore: crate::cstore::api::Slot,
+    deeploy: crate::deeploy::api::Slot,
 ) -> std::io::Result<()> {
-    let app =
-        Router::new().route("/v1/network", get(network)).with_state(view).merge(crate::cstore::api::routes(cstore));
+    let app = Router::new()
+        .route("/v1/network", get(network))
+        .with_state(view)
+        .merge(crate::cstore::api::routes(cstore))
+        .merge(crate::deeploy::api::routes(deeploy));
     axum::serve(listener, app).await
 }
 

@@ -7,6 +7,7 @@
 mod harness;
 
 mod cstore;
+mod deeploy;
 mod docs;
 mod federation;
 mod hostile;

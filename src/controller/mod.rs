@@ -42,6 +42,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("object has no {0}")]
     MissingField(&'static str),
+    #[error("CSTORE: {0}")]
+    Cstore(#[from] crate::cstore::CstoreError),
 }
 
 impl Error {
@@ -51,6 +53,7 @@ impl Error {
             Error::Kube(kube::Error::Api(e)) => format!("api_{}", e.code),
             Error::Kube(_) => "kube".into(),
             Error::MissingField(_) => "missing_field".into(),
+            Error::Cstore(_) => "cstore".into(),
         }
     }
 }
@@ -110,6 +113,10 @@ impl Filled {
         let f = Self::default();
         f.0.store(true, std::sync::atomic::Ordering::Release);
         f
+    }
+
+    pub fn mark(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
     }
 
     pub fn is_set(&self) -> bool {
@@ -237,6 +244,11 @@ pub struct Context {
     /// The network runs under this supervisor; reconciles only say what
     /// they want of it.
     pub network: crate::p2p::supervisor::Supervisor,
+    /// Network placement (set once this replica leads, when CSTORE is on).
+    pub deeploy: crate::deeploy::api::Slot,
+    /// The Deeploy profile of this cluster's R1Node (the node reconciler
+    /// sets it; Deeploy publishes it).
+    pub deeploy_profile: tokio::sync::watch::Sender<Option<crate::deeploy::plan::Profile>>,
 }
 
 impl Context {
@@ -260,6 +272,8 @@ impl Context {
             view,
             net_changes,
             network,
+            deeploy: Default::default(),
+            deeploy_profile: tokio::sync::watch::channel(None).0,
         }
     }
 

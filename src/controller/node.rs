@@ -257,6 +257,17 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
     // Pipelines are placed by the primary node (whatever its network
     // state): a change of it wakes them.
     ctx.set_local_node(local_node(&all));
+    let profile = primary(&all).and_then(|p| {
+        let s = &p.spec;
+        crate::deeploy::plan::Profile::from_node(&p.name_any(), p.labels(), &s.roles, &s.offer, &s.policy)
+            .inspect_err(|e| tracing::warn!(node = %p.name_any(), error = %e, "R1Node offer/policy unusable: not offered to the network"))
+            .ok()
+    });
+    ctx.deeploy_profile.send_if_modified(|cur| {
+        let changed = *cur != profile;
+        *cur = profile;
+        changed
+    });
     if is_primary && outcome.is_err() {
         // It cannot be what it says: leave the network rather than go on
         // with an old identity or license.
@@ -366,6 +377,7 @@ mod tests {
                     roles: vec![],
                     p2p: Default::default(),
                     offer: Default::default(),
+                    policy: Default::default(),
                 },
             );
             n.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::from_second(t).unwrap()));

@@ -327,6 +327,7 @@ pub fn placement_status(
         replicas,
         ready_replicas: ready,
         phase,
+        message: None,
     }
 }
 
@@ -451,12 +452,13 @@ pub struct Schedule {
     pub unmet: Option<(&'static str, String)>,
 }
 
-/// Decides where the pipeline runs (pure). Until network placement
-/// (Deeploy) lands, only this cluster can run anything: a placement that
-/// asks for more, or excludes this cluster, is reported as not scheduled,
-/// and nothing runs where the placement excludes it.
+/// Decides where the pipeline runs without a network (pure): only this
+/// cluster can run anything, so a placement that asks for more, or
+/// excludes this cluster, is reported as not scheduled, and nothing runs
+/// where the placement excludes it. With Deeploy, `network::schedule`.
 pub fn schedule(p: &R1Pipeline, local: Option<&LocalNode>) -> Result<Schedule, Invalid> {
-    const LATER: &str = "placement across the network needs Deeploy, which is not available yet";
+    const LATER: &str =
+        "placement across the network needs Deeploy, which runs when this cluster has an R1Node and CSTORE (--cstore-endpoints)";
     let pl = &p.spec.placement;
     let this = match local {
         Some(n) => format!("this cluster (R1Node {:?})", n.name),
@@ -619,6 +621,32 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
     let node = super::node::local_node(&ctx.caches.nodes.state());
+    let mode = network::mode(&p, &ctx, node.is_some());
+    if p.metadata.deletion_timestamp.is_some() {
+        // Children go with their owner; only a network placement needs
+        // its intent withdrawn first.
+        return Ok(match network::release(&pipelines, &p, &mode).await? {
+            true => Action::await_change(),
+            false => Action::requeue(Duration::from_secs(2)),
+        });
+    }
+    if let network::Mode::Waiting(why) = &mode {
+        // Nothing is placed or removed until Deeploy can see the network:
+        // what runs keeps running.
+        tracing::debug!(%why, "network placement waits");
+        let msg = format!("network placement waits: {why}");
+        let status = R1PipelineStatus { conditions: vec![], ..old.clone() };
+        finish(
+            &ctx,
+            &pipelines,
+            p.as_ref(),
+            p.status.as_ref(),
+            status,
+            &conditions::progressing("WaitingForNetwork", &msg),
+        )
+        .await?;
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
 
     let inputs = read_inputs(&p, &ctx, node.as_ref()).await?;
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
@@ -627,22 +655,27 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
 
     // Pure decisions first: where it may run, whether the input is usable,
     // and what to write.
-    let checked = schedule(&p, node.as_ref()).and_then(|sched| {
+    let scheduled = match &mode {
+        network::Mode::Origin(d, me) => network::schedule(d, me, &p).map(|(s, placed)| (s, Some(placed))),
+        network::Mode::Copy(_) => Ok((Schedule { run_here: true, unmet: None }, None)),
+        _ => schedule(&p, node.as_ref()).map(|s| (s, None)),
+    };
+    let checked = scheduled.and_then(|(sched, placed)| {
         let waiting = validate(&p, &inputs)?;
         let desired = match sched.run_here {
             true => build(&p, &inputs).map_err(|e| Invalid::new("Internal", e.to_string()))?,
             false => Desired { deployment: None, service: None, job: None },
         };
-        Ok((sched, waiting, desired))
+        Ok((sched, placed, waiting, desired))
     });
-    let wants = |k: fn(&Desired) -> bool| checked.as_ref().is_ok_and(|(_, _, d)| k(d));
+    let wants = |k: fn(&Desired) -> bool| checked.as_ref().is_ok_and(|(_, _, _, d)| k(d));
     let c = &ctx.caches;
     let (cur_dep, cur_svc, cur_job) = tokio::try_join!(
         current(&c.deployments, &c.deployment_names, &deployments, &ns, &name, wants(|d| d.deployment.is_some())),
         current(&c.services, &c.service_names, &services, &ns, &name, wants(|d| d.service.is_some())),
         current(&c.jobs, &c.job_names, &jobs, &ns, &name, wants(|d| d.job.is_some())),
     )?;
-    let checked = checked.and_then(|(sched, waiting, desired)| {
+    let checked = checked.and_then(|(sched, placed, waiting, desired)| {
         for (kind, clash) in [
             ("Deployment", desired.deployment.is_some() && foreign(cur_dep.as_deref(), &p)),
             ("Service", desired.service.is_some() && foreign(cur_svc.as_deref(), &p)),
@@ -655,7 +688,7 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
                 ));
             }
         }
-        Ok((sched, waiting, desired))
+        Ok((sched, placed, waiting, desired))
     });
 
     let (wanted, placements, action) = match checked {
@@ -667,7 +700,10 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
             // retrying in a loop.
             (conditions::stalled(bad.reason, &bad.message), old.placements.clone(), Action::await_change())
         }
-        Ok((sched, waiting, desired)) => {
+        Ok((sched, placed, waiting, desired)) => {
+            if let (network::Mode::Origin(d, _), Some(placed)) = (&mode, &placed) {
+                network::commit(&pipelines, &p, d, placed).await?;
+            }
             let mut applied_dep = None;
             let mut applied_job = None;
             match &desired.deployment {
@@ -696,31 +732,54 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
                 }
                 None => remove_if_owned(&jobs, cur_job.as_ref(), &p).await?,
             }
-            match sched.unmet {
-                Some((reason, msg)) => {
-                    // Not what was asked for: say so, whatever runs here.
-                    let mut wanted = conditions::stalled(reason, &msg);
-                    wanted.push(Want::new(SCHEDULED, false, reason, msg));
-                    let placements = match sched.run_here {
-                        true => {
-                            vec![placement_status(&p, node.as_ref(), applied_dep.as_deref(), applied_job.as_deref())]
+            if let (network::Mode::Origin(d, me), Some(placed)) = (&mode, &placed) {
+                let local = placement_status(&p, node.as_ref(), applied_dep.as_deref(), applied_job.as_deref());
+                let problem = (sched.run_here
+                    && local.phase == PlacementPhase::Pending
+                    && waiting.is_none()
+                    && pods_pending(applied_dep.as_deref(), applied_job.as_deref()))
+                .then(|| container_problem(pods_of(&ctx, &ns, &name).iter().map(|p| p.as_ref())))
+                .flatten();
+                let placements = network::placements(d, me, placed, local);
+                let wanted =
+                    network::conditions(&p, &placements, sched.unmet.as_ref(), waiting.as_deref(), problem.as_ref());
+                (wanted, placements, Action::requeue(ctx.resync))
+            } else {
+                match sched.unmet {
+                    Some((reason, msg)) => {
+                        // Not what was asked for: say so, whatever runs here.
+                        let mut wanted = conditions::stalled(reason, &msg);
+                        wanted.push(Want::new(SCHEDULED, false, reason, msg));
+                        let placements = match sched.run_here {
+                            true => {
+                                vec![placement_status(
+                                    &p,
+                                    node.as_ref(),
+                                    applied_dep.as_deref(),
+                                    applied_job.as_deref(),
+                                )]
+                            }
+                            false => vec![],
+                        };
+                        (wanted, placements, Action::requeue(ctx.resync))
+                    }
+                    None => {
+                        let placement =
+                            placement_status(&p, node.as_ref(), applied_dep.as_deref(), applied_job.as_deref());
+                        // Pods that exist but are not ready: look for a container
+                        // the user must fix (the pod watch wakes the pipeline
+                        // when their state changes).
+                        let problem = (placement.phase == PlacementPhase::Pending
+                            && waiting.is_none()
+                            && pods_pending(applied_dep.as_deref(), applied_job.as_deref()))
+                        .then(|| container_problem(pods_of(&ctx, &ns, &name).iter().map(|p| p.as_ref())))
+                        .flatten();
+                        let wanted = placement_conditions_with(&p, &placement, waiting.as_deref(), problem.as_ref());
+                        if let network::Mode::Copy(d) = &mode {
+                            network::report(d, &p, placement.clone(), &wanted).await?;
                         }
-                        false => vec![],
-                    };
-                    (wanted, placements, Action::requeue(ctx.resync))
-                }
-                None => {
-                    let placement = placement_status(&p, node.as_ref(), applied_dep.as_deref(), applied_job.as_deref());
-                    // Pods that exist but are not ready: look for a container
-                    // the user must fix (the pod watch wakes the pipeline
-                    // when their state changes).
-                    let problem = (placement.phase == PlacementPhase::Pending
-                        && waiting.is_none()
-                        && pods_pending(applied_dep.as_deref(), applied_job.as_deref()))
-                    .then(|| container_problem(pods_of(&ctx, &ns, &name).iter().map(|p| p.as_ref())))
-                    .flatten();
-                    let wanted = placement_conditions_with(&p, &placement, waiting.as_deref(), problem.as_ref());
-                    (wanted, vec![placement], Action::requeue(ctx.resync))
+                        (wanted, vec![placement], Action::requeue(ctx.resync))
+                    }
                 }
             }
         }
@@ -750,6 +809,8 @@ pub fn mounting(
         .map(|p| kube::runtime::reflector::ObjectRef::from_obj(p.as_ref()))
         .collect()
 }
+
+mod network;
 
 #[cfg(test)]
 mod tests;

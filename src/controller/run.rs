@@ -49,6 +49,8 @@ pub struct OperatorConfig {
     pub pod: Option<String>,
     /// This cluster's CSTORE replica (none: CSTORE off).
     pub cstore: Option<crate::cstore::CstoreConfig>,
+    /// Network placement (runs when CSTORE is on).
+    pub deeploy: crate::deeploy::DeeployConfig,
 }
 
 /// Label on the leading replica's own Pod. The chart's p2p Service selects
@@ -317,6 +319,8 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
     let (svc_names, svc_names_writer) = reflector::store();
     let (job_names, job_names_writer) = reflector::store();
     let nodes_ready = super::Filled::default();
+    let (pipeline_store, pipelines_writer) = reflector::store();
+    let pipelines_ready = super::Filled::default();
     context.caches = Caches {
         nodes: nodes_cache.clone(),
         nodes_ready: nodes_ready.clone(),
@@ -344,8 +348,8 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
     let api_listener = tokio::net::TcpListener::bind(cfg.api_addr)
         .await
         .with_context(|| format!("cannot listen on {} for the local API", cfg.api_addr))?;
-    tracing::info!(addr = %api_listener.local_addr()?, "serving the local API (/v1/network, /v1/cstore)");
-    tokio::spawn(telemetry::serve_api(api_listener, ctx.view.clone(), cstore_slot));
+    tracing::info!(addr = %api_listener.local_addr()?, "serving the local API (/v1/network, /v1/cstore, /v1/deeploy)");
+    tokio::spawn(telemetry::serve_api(api_listener, ctx.view.clone(), cstore_slot.clone(), ctx.deeploy.clone()));
 
     check_crds(&client).await?;
     if let Some(pod) = &cfg.pod {
@@ -456,9 +460,39 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
             }
         });
     let models_seen = models_seen_rx.map(Ok::<_, watcher::Error>);
-    let (pipeline_store, pipelines_writer) = reflector::store();
     let pipeline_events =
-        cached("r1pipelines", Api::<R1Pipeline>::all(client.clone()), wc(), pipelines_writer, &watches, trim);
+        cached("r1pipelines", Api::<R1Pipeline>::all(client.clone()), wc(), pipelines_writer, &watches, trim)
+            .inspect(pipelines_ready.on_init_done());
+    // Deeploy runs on the leader only, over CSTORE: it wakes the origin's
+    // pipelines when a target reports, and all of them when a cluster
+    // comes, goes or changes what it offers.
+    let (deeploy_wakes, deeploy_replans) = match cstore_slot.get() {
+        Some(store) => {
+            let parts = crate::deeploy::Parts {
+                cstore: store.clone(),
+                view: ctx.view.clone(),
+                client: client.clone(),
+                metrics: metrics.clone(),
+                pipelines: pipeline_store.clone(),
+                pipelines_ready: pipelines_ready.clone(),
+                profile: ctx.deeploy_profile.clone(),
+            };
+            let (d, wakes) = crate::deeploy::Deeploy::start(cfg.deeploy.clone(), parts);
+            let _ = ctx.deeploy.set(d);
+            tracing::info!(failover_after = ?cfg.deeploy.failover_after, "Deeploy started");
+            let pipelines =
+                futures::stream::unfold(wakes.pipelines, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
+                    .boxed();
+            let replans =
+                futures::stream::unfold(
+                    wakes.replan,
+                    |mut rx| async move { rx.changed().await.ok().map(|_| ((), rx)) },
+                )
+                .boxed();
+            (pipelines, replans)
+        }
+        None => (futures::stream::pending().boxed(), futures::stream::pending().boxed()),
+    };
     // Only spec changes (generation) of a pipeline call for a reconcile: its
     // own status patches, which come back through this watch, do not.
     let pipeline_changes =
@@ -480,6 +514,8 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
         })
         // Placement depends on this cluster's R1Node (labels, offer).
         .reconcile_all_on(local_node_changes)
+        .reconcile_all_on(deeploy_replans)
+        .reconcile_on(deeploy_wakes)
         .graceful_shutdown_on(stop_rx())
         .run(pipeline::reconcile, error_policy::<R1Pipeline>, ctx.clone())
         .for_each(|_| futures::future::ready(()));

@@ -39,6 +39,59 @@ pub struct R1NodeSpec {
     /// Capacity this cluster offers to the network.
     #[serde(default)]
     pub offer: Offer,
+    /// Which pipelines from other clusters this cluster accepts (Deeploy).
+    #[serde(default)]
+    pub policy: DeeployPolicy,
+}
+
+/// What a cluster admin lets the network run here. Every intent addressed
+/// to this cluster is checked against it; one that breaks it is refused
+/// (the origin places the pipeline elsewhere and says why). Pipelines
+/// applied in this cluster itself are not subject to it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeeployPolicy {
+    /// Run pipelines placed here by other clusters at all.
+    #[serde(default = "default_true")]
+    #[schemars(extend("default" = true))]
+    pub accept_remote: bool,
+    /// Namespaces remote pipelines may run in (empty: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 63)))]
+    pub allowed_namespaces: Vec<String>,
+    /// Registries (`ghcr.io`, `docker.io`, `ratio1.local`, ...) whose
+    /// images remote pipelines may use (empty: any). An image without a
+    /// registry host is `docker.io`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
+    pub allowed_registries: Vec<String>,
+    /// Most replicas one remote pipeline may run here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub max_replicas: Option<i32>,
+    /// Most CPU one remote pipeline may request here (all its replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cpu: Option<Quantity>,
+    /// Most memory one remote pipeline may request here (all its replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<Quantity>,
+}
+
+impl Default for DeeployPolicy {
+    fn default() -> Self {
+        Self {
+            accept_remote: true,
+            allowed_namespaces: vec![],
+            allowed_registries: vec![],
+            max_replicas: None,
+            max_cpu: None,
+            max_memory: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_roles() -> Vec<NodeRole> {
@@ -110,16 +163,17 @@ pub struct P2pSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Offer {
-    /// CPU offered, as a Kubernetes quantity (e.g. `8`, `7500m`). Advertised
-    /// in heartbeats; not yet used for placement (Deeploy).
+    /// CPU offered, as a Kubernetes quantity (e.g. `8`, `7500m`): Deeploy
+    /// places no more CPU requests here (over all pipelines) than this.
+    /// Absent: not limited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<Quantity>,
-    /// Memory offered, as a Kubernetes quantity (e.g. `32Gi`). Advertised
-    /// in heartbeats; not yet used for placement (Deeploy).
+    /// Memory offered, as a Kubernetes quantity (e.g. `32Gi`): the bound
+    /// of memory requests Deeploy places here. Absent: not limited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<Quantity>,
-    /// Number of GPUs offered. Advertised in heartbeats; not yet used for
-    /// placement (Deeploy).
+    /// Number of GPUs offered (`nvidia.com/gpu` limits Deeploy places
+    /// here). Absent: not limited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1024))]
     pub gpus: Option<u32>,

@@ -36,9 +36,10 @@ pub struct R1PipelineSpec {
     pub replicas: i32,
     /// The pod to run: a Kubernetes PodTemplateSpec with at least one container.
     pub template: PodTemplateSpec,
-    /// Where in the network to run. Until network placement (Deeploy)
-    /// lands, only this cluster can run a pipeline: a placement it cannot
-    /// honour is reported as `Scheduled=False` with what is missing.
+    /// Where in the network to run. The cluster where the pipeline is
+    /// applied (its origin) chooses the clusters (Deeploy); without a
+    /// network (no R1Node, or CSTORE not configured) only this cluster can
+    /// run it, and a placement it cannot honour is `Scheduled=False`.
     #[serde(default)]
     pub placement: Placement,
     /// R1Models (same namespace) the pipeline uses. Their resolved CIDs are
@@ -81,19 +82,19 @@ impl std::fmt::Display for PipelineMode {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Placement {
-    /// How many clusters should run the pipeline. More than 1 runs here
-    /// only and reports `Scheduled=False, reason=NotEnoughClusters`.
+    /// How many clusters should run the pipeline (each runs `replicas`).
+    /// The origin picks them among the network's fresh, licensed worker
+    /// clusters whose labels, free offer and policy fit: first those
+    /// already running it, then itself, then the least loaded.
     #[serde(default = "default_clusters")]
     #[schemars(range(min = 1, max = 100), extend("default" = 1))]
     pub clusters: i32,
-    /// Only clusters whose R1Node labels match. A selector that does not
-    /// match this cluster runs nothing here (`Scheduled=False,
-    /// reason=ClusterNotSelected`).
+    /// Only clusters whose R1Node labels match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_selector: Option<LabelSelector>,
-    /// Explicit R1Node names (or PeerIds) to run on. This cluster runs the
-    /// pipeline only when named; any other node reports `Scheduled=False,
-    /// reason=NodesUnavailable`.
+    /// Explicit R1Node names (or PeerIds) to run on: each named cluster
+    /// runs the pipeline (`clusters` is then ignored); a named cluster
+    /// that is unavailable or refuses is reported in `Scheduled=False`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     pub nodes: Vec<String>,
@@ -174,6 +175,9 @@ pub struct PlacementStatus {
     pub ready_replicas: i32,
     /// `Pending`, `Running`, `Succeeded` or `Failed`.
     pub phase: PlacementPhase,
+    /// What the cluster reports when it is not running (yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Phase of a pipeline on one cluster.

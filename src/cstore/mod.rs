@@ -29,7 +29,7 @@ use crate::p2p::NetworkHandle;
 use commit::apply;
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
 use index::{Entry, Index};
-use libp2p_identity::Keypair;
+use libp2p_identity::{Keypair, PeerId};
 use record::{Clock, Invalid, Record, Slot};
 use serde::Serialize;
 use sha2::Digest as _;
@@ -258,6 +258,33 @@ impl Cstore {
             return Ok(h.keypair);
         }
         self.inner.identity.read().expect("identity lock").clone().ok_or(CstoreError::NoIdentity)
+    }
+
+    /// This node's PeerId (the key it signs with), once the network has
+    /// started at least once.
+    pub fn peer_id(&self) -> Option<PeerId> {
+        self.identity().ok().map(|k| k.public().to_peer_id())
+    }
+
+    /// Unix ms of the end of the last complete anti-entropy round with
+    /// `peer`: after it, this replica held every version `peer` listed.
+    pub fn in_sync_with(&self, peer: &str) -> Option<i64> {
+        self.inner.sync.lock().expect("sync lock").peers.get(peer).and_then(|p| p.in_sync_at)
+    }
+
+    /// Every live flat key under `prefix` with its record, read from etcd
+    /// in pages at one revision.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<Record>, CstoreError> {
+        let prefix = self.expand(prefix)?;
+        let root = format!("{}{}", self.inner.cfg.prefix, Slot::flat(&prefix).stored());
+        let mut out = vec![];
+        scan(&self.inner, &root, |_, _, rec| {
+            if rec.slot.field.is_none() {
+                out.extend(live(rec));
+            }
+        })
+        .await?;
+        Ok(out)
     }
 
     /// `~/rest` names `node/<this node's PeerId>/rest`.

@@ -3,7 +3,9 @@
 //! breaks them is dropped, counted and never relayed.
 //!
 //! - `node/<peerId>/…`: only `<peerId>` writes (its own namespace: its
-//!   state, its dAuth log, later its intents and reports).
+//!   state, its dAuth log).
+//! - `deeploy/<peerId>/…`: only `<peerId>` writes (its Deeploy profile,
+//!   the intents it places as an origin, its reports as a target).
 //! - `revocation/<issuer key id>/<license id>`: anyone may carry it, but
 //!   the value must hold `proof`, a revocation of exactly that license
 //!   signed by that issuer, one the receiver trusts; never deleted.
@@ -15,6 +17,8 @@ use libp2p_identity::PeerId;
 
 /// Prefix of every node's own namespace.
 pub const NODE_PREFIX: &str = "node/";
+/// Prefix of each node's Deeploy records (owned like `node/`).
+pub const DEEPLOY_PREFIX: &str = "deeploy/";
 /// Prefix of issuer-signed license revocations.
 pub const REVOCATION_PREFIX: &str = "revocation/";
 
@@ -32,7 +36,7 @@ pub fn revocation_key(iss: &str, id: &str) -> String {
 /// against the rules.
 pub fn check(rec: &Record, writer: &PeerId, trust: &TrustStore) -> Result<(), Invalid> {
     let key = rec.slot.key.as_str();
-    if let Some(rest) = key.strip_prefix(NODE_PREFIX) {
+    if let Some(rest) = key.strip_prefix(NODE_PREFIX).or_else(|| key.strip_prefix(DEEPLOY_PREFIX)) {
         let (owner, tail) = rest.split_once('/').ok_or(Invalid::NotOwner)?;
         if tail.is_empty() || owner != writer.to_string() {
             return Err(Invalid::NotOwner);
@@ -77,7 +81,15 @@ mod tests {
         };
         assert!(check(&rec(format!("node/{peer}/state"), None), &peer, &trust).is_ok());
         assert!(check(&rec(format!("node/{peer}/apps"), Some("x")), &peer, &trust).is_ok());
-        for key in [format!("node/{other}/state"), format!("node/{peer}/"), format!("node/{peer}"), "intent/x".into()] {
+        assert!(check(&rec(format!("deeploy/{peer}/intent/x"), None), &peer, &trust).is_ok());
+        for key in [
+            format!("node/{other}/state"),
+            format!("node/{peer}/"),
+            format!("node/{peer}"),
+            "intent/x".into(),
+            format!("deeploy/{other}/intent/x"),
+            format!("deeploy/{peer}"),
+        ] {
             assert_eq!(check(&rec(key.clone(), None), &peer, &trust), Err(Invalid::NotOwner), "{key}");
         }
     }

@@ -572,3 +572,50 @@ mod mocked_api {
         assert!(!matches!(more, Ok(Some(_))), "no other request");
     }
 }
+
+fn at(node: &str, replicas: i32, ready: i32, phase: PlacementPhase, message: Option<&str>) -> PlacementStatus {
+    PlacementStatus {
+        node: Some(node.into()),
+        peer_id: Some(format!("peer-{node}")),
+        replicas,
+        ready_replicas: ready,
+        phase,
+        message: message.map(String::from),
+    }
+}
+
+fn cond<'a>(w: &'a [Want], t: &str) -> &'a Want {
+    w.iter().find(|w| w.type_ == t).unwrap_or_else(|| panic!("no {t} in {w:?}"))
+}
+
+#[test]
+fn network_status_is_ready_only_when_every_cluster_is() {
+    let p = pipeline(PipelineMode::Service, vec![container("a", &[])]);
+    let all = [at("b", 2, 2, PlacementPhase::Running, None), at("c", 2, 2, PlacementPhase::Running, None)];
+    let w = network::conditions(&p, &all, None, None, None);
+    assert_eq!(cond(&w, conditions::READY).status, Some(true));
+    let s = cond(&w, SCHEDULED);
+    assert_eq!((s.status, s.reason.as_str(), s.message.as_str()), (Some(true), "Placed", "placed on b, c"));
+
+    let behind = [
+        at("b", 2, 2, PlacementPhase::Running, None),
+        at("c", 2, 0, PlacementPhase::Pending, Some("waiting for the cluster's first report")),
+    ];
+    let w = network::conditions(&p, &behind, None, None, None);
+    let r = cond(&w, conditions::READY);
+    assert_eq!(r.status, Some(false));
+    assert!(r.message.starts_with("2/4 replicas ready") && r.message.contains("c: waiting for"), "{}", r.message);
+
+    let failed = [at("b", 1, 0, PlacementPhase::Failed, None), at("c", 1, 1, PlacementPhase::Succeeded, None)];
+    let mut job = p.clone();
+    job.spec.mode = PipelineMode::Job;
+    let w = network::conditions(&job, &failed, None, None, None);
+    assert_eq!(cond(&w, conditions::STALLED).reason, "JobFailed");
+
+    let unmet = ("NoFittingNode", "placed on 1 of 2 clusters; c: no heartbeat for 9 s".to_string());
+    let w = network::conditions(&p, &all[..1], Some(&unmet), None, None);
+    assert_eq!(cond(&w, conditions::READY).status, Some(false), "fewer clusters than asked is not ready");
+    let s = cond(&w, SCHEDULED);
+    assert_eq!((s.status, s.reason.as_str()), (Some(false), "NoFittingNode"));
+    assert!(s.message.contains("no heartbeat"));
+}
