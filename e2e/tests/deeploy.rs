@@ -198,6 +198,35 @@ async fn deeploy_places_propagates_refuses_fails_over_and_cleans_up() {
     for name in ["forged", "huge", "bogus"] {
         assert!(gone_on(c, &ns, name).await, "C runs nothing from a lying intent ({name})");
     }
+    // A well-formed intent from B whose pod would mount C's root
+    // filesystem: C refuses it (whatever its policy), says why, runs nothing.
+    let mut escape = pipeline("escape", &ns, 1, json!({}));
+    escape["spec"]["template"]["spec"]["volumes"] = json!([{"name": "root", "hostPath": {"path": "/"}}]);
+    let spec: ratio1::crd::R1PipelineSpec = serde_json::from_value(escape["spec"].clone()).unwrap();
+    let i = ratio1::deeploy::intent::Intent {
+        namespace: ns.clone(),
+        name: "escape".into(),
+        origin: pb.clone(),
+        origin_node: "node-c5".into(),
+        uid: "u".into(),
+        generation: 1,
+        spec_hash: ratio1::deeploy::spec_hash(&spec),
+        spec: escape["spec"].clone(),
+        targets: [(pc.clone(), 1)].into(),
+        need: Default::default(),
+    };
+    let key = ratio1::deeploy::intent::intent_key(&pb, &ns, "escape");
+    cstore::ok(api_b, &["set", &key, &serde_json::to_string(&i).unwrap()]).await;
+    let report = ratio1::deeploy::intent::report_key(&pc, &pb, &ns, "escape");
+    let api_c = fed.nodes[2].op().api_port;
+    let refused = wait_for(30, "C refuses the hostPath intent", || async {
+        let v = cstore::value(api_c, &report).await?;
+        v["refused"].as_str().map(String::from)
+    })
+    .await;
+    assert!(refused.contains("hostPath"), "{refused}");
+    assert!(gone_on(c, &ns, "escape").await, "C runs nothing that reaches its hosts");
+    cstore::ok(api_b, &["del", &key]).await;
 
     // 3. An edit at the origin propagates.
     apply(a, &ns, &pipeline("web", &ns, 3, eu.clone())).await;
@@ -315,6 +344,201 @@ async fn deeploy_places_propagates_refuses_fails_over_and_cleans_up() {
     .await;
     let applied = counter(&fed, 2, "ratio1_deeploy_copies_applied_total", "").await;
     assert!(applied >= 3.0, "C counts the copies it applied: {applied}");
+    for k in [a, b, c] {
+        let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client(k).await)
+            .delete(&ns, &DeleteParams::default())
+            .await;
+    }
+}
+
+/// First time each (cluster, Deployment name) was seen on each cluster.
+type Seen = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(usize, String), Instant>>>;
+
+/// Watches every Deployment of `cluster`, recording when each first shows.
+fn watch_deployments(cluster: usize, seen: Seen) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+    tokio::spawn(async move {
+        let api: Api<Deployment> = Api::all(client(cluster).await);
+        let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
+        while let Some(ev) = events.next().await {
+            if let Ok(watcher::Event::Apply(d) | watcher::Event::InitApply(d)) = ev {
+                seen.lock().unwrap().entry((cluster, d.name_any())).or_insert_with(Instant::now);
+            }
+        }
+    })
+}
+
+async fn seen_on(seen: &Seen, clusters: &[usize], name: &str, secs: u64) -> (usize, Instant) {
+    wait_for(secs, &format!("Deployment {name} on one of {clusters:?}"), || async {
+        let s = seen.lock().unwrap();
+        clusters.iter().find_map(|c| s.get(&(*c, name.to_string())).map(|t| (*c, *t)))
+    })
+    .await
+}
+
+fn quantile(v: &mut [Duration], q: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * q).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+/// `e2e/bench-deeploy.sh` runs this on a control plane of its own: the
+/// time from applying an R1Pipeline on the origin A to its Deployment on a
+/// target (B or C), one at a time and 100 at once, against a plain
+/// Deployment created directly on B in the same run; and failover with
+/// the production heartbeat (5 s; failover after 3 intervals).
+#[tokio::test]
+#[ignore = "benchmark: run by e2e/bench-deeploy.sh"]
+async fn bench_deeploy() {
+    let clusters: Vec<usize> = std::env::var("R1_BENCH_CLUSTERS")
+        .unwrap_or_else(|_| "1,2,3".into())
+        .split(',')
+        .map(|c| c.parse().unwrap())
+        .collect();
+    let singles: usize = std::env::var("R1_BENCH_SINGLES").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let burst: usize = std::env::var("R1_BENCH_BURST").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let failovers: usize = std::env::var("R1_BENCH_FAILOVERS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let (mut fed, _etcds) = cstore::federation_each(&clusters, |_, opts| {
+        cstore::set_flag(opts, "--heartbeat-interval-secs", "5");
+        cstore::set_flag(opts, "--heartbeat-timeout-secs", "15");
+        opts.extra_args.push("--log-format=json".into());
+    })
+    .await;
+    let (a, b, c) = (clusters[0], clusters[1], clusters[2]);
+    label_node(a, &fed.nodes[0].name, json!({"region": "us"}), None).await;
+    label_node(b, &fed.nodes[1].name, json!({"region": "eu"}), None).await;
+    label_node(c, &fed.nodes[2].name, json!({"region": "eu"}), None).await;
+    for i in 0..3 {
+        fed.wait_peers(i, 2, 90).await;
+    }
+    let ns = format!("bench-deeploy-{}", std::process::id());
+    for k in [a, b, c] {
+        ensure_namespace(&client(k).await, &ns).await;
+    }
+    let seen: Seen = Default::default();
+    let watches: Vec<_> = [b, c].iter().map(|k| watch_deployments(*k, seen.clone())).collect();
+    let one = json!({"clusters": 1, "clusterSelector": {"matchLabels": {"region": "eu"}}});
+    let (ca, cb) = (client(a).await, client(b).await);
+    let deployments_b: Api<Deployment> = Api::namespaced(cb.clone(), &ns);
+    let plain = |name: &str| -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "main", "image": "ratio1.local/sample:1"}]}}}
+        }))
+        .unwrap()
+    };
+    // Warm-up: the first placement (profiles read, caches filled).
+    apply(a, &ns, &pipeline("warm", &ns, 1, one.clone())).await;
+    seen_on(&seen, &[b, c], "warm", 60).await;
+
+    // 1. One at a time, taking turns with the plain baseline.
+    let (mut dp, mut base) = (vec![], vec![]);
+    for i in 0..singles {
+        let t = Instant::now();
+        deployments_b.create(&Default::default(), &plain(&format!("plain-{i}"))).await.unwrap();
+        base.push(seen_on(&seen, &[b], &format!("plain-{i}"), 30).await.1 - t);
+        let name = format!("one-{i}");
+        let t = Instant::now();
+        apply(a, &ns, &pipeline(&name, &ns, 1, one.clone())).await;
+        dp.push(seen_on(&seen, &[b, c], &name, 30).await.1 - t);
+    }
+    let mut rows = vec![];
+    let mut row = |what: String, dp: &mut Vec<Duration>, base: &mut Vec<Duration>| {
+        let (d50, d99, b50, b99) = (quantile(dp, 0.5), quantile(dp, 0.99), quantile(base, 0.5), quantile(base, 0.99));
+        rows.push(format!(
+            "| {what} | {} | {} | {} | {} | {:.1} | {:.1} |",
+            ms(d50),
+            ms(d99),
+            ms(b50),
+            ms(b99),
+            d50.as_secs_f64() / b50.as_secs_f64(),
+            d99.as_secs_f64() / b99.as_secs_f64()
+        ));
+    };
+    row(format!("1 pipeline ({singles} runs, one at a time)"), &mut dp, &mut base);
+
+    // 2. A burst: every object applied at once (plain on B first, then the
+    // pipelines on A), each timed from its own request.
+    let t_plain: Vec<(String, Instant)> = futures::future::join_all((0..burst).map(|i| {
+        let api = deployments_b.clone();
+        let d = plain(&format!("bplain-{i}"));
+        async move {
+            let t = Instant::now();
+            api.create(&Default::default(), &d).await.unwrap();
+            (d.name_any(), t)
+        }
+    }))
+    .await;
+    let mut base = vec![];
+    for (name, t) in &t_plain {
+        base.push(seen_on(&seen, &[b], name, 60).await.1 - *t);
+    }
+    let pipes: Api<R1Pipeline> = Api::namespaced(ca.clone(), &ns);
+    let t_dp: Vec<(String, Instant)> = futures::future::join_all((0..burst).map(|i| {
+        let api = pipes.clone();
+        let name = format!("burst-{i}");
+        let obj = pipeline(&name, &ns, 1, one.clone());
+        async move {
+            let t = Instant::now();
+            api.patch(&name, &PatchParams::apply("e2e-deeploy").force(), &Patch::Apply(&obj)).await.unwrap();
+            (name, t)
+        }
+    }))
+    .await;
+    let mut dp = vec![];
+    let mut spread = std::collections::BTreeMap::new();
+    for (name, t) in &t_dp {
+        let (k, at) = seen_on(&seen, &[b, c], name, 120).await;
+        *spread.entry(k).or_insert(0) += 1;
+        dp.push(at - *t);
+    }
+    row(format!("{burst} pipelines applied at once"), &mut dp, &mut base);
+
+    // 3. Failover: kill the target's operator; time until the Deployment
+    // exists on the other cluster. Baseline: the configured detection
+    // window (3 heartbeats of 5 s).
+    let window = Duration::from_secs(15);
+    let mut fo = vec![];
+    for r in 0..failovers {
+        let name = format!("fo-{r}");
+        apply(a, &ns, &pipeline(&name, &ns, 1, one.clone())).await;
+        let (target, _) = seen_on(&seen, &[b, c], &name, 60).await;
+        let (dead, other) = if target == b { (1, c) } else { (2, b) };
+        let t = Instant::now();
+        fed.nodes[dead].op.as_mut().unwrap().kill().await;
+        let at = seen_on(&seen, &[other], &name, 60).await.1;
+        fo.push(at - t);
+        fed.nodes[dead].op = Some(Operator::start(fed.nodes[dead].opts.clone()).await);
+        fed.wait_peers(0, 2, 60).await;
+        wait_for(60, "the returned cluster fresh at the origin", || async {
+            let v = fed.network_view(0).await;
+            let peer = &fed.nodes[dead].peer_id;
+            v["peers"][peer]["lastHeartbeat"].as_i64().filter(|t| unix_now() * 1000 - t < 5_000).map(|_| ())
+        })
+        .await;
+    }
+    let mut fo_base = vec![window; fo.len()];
+    row(format!("failover ({failovers} runs; baseline: detection window 15 s)"), &mut fo, &mut fo_base);
+    for w in watches {
+        w.abort();
+    }
+    println!("\n## bench-deeploy: 3 clusters on loopback, each its own kube-apiserver and CSTORE etcd");
+    println!("Deeploy: R1Pipeline applied on A until its Deployment exists on B or C (a watch there sees it).");
+    println!("Baseline: the same Deployment created directly on B until B's watch sees it.\n");
+    println!(
+        "| measure | Deeploy p50 ms | Deeploy p99 ms | baseline p50 ms | baseline p99 ms | ratio p50 | ratio p99 |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
+    println!("\nburst spread over targets: {spread:?}");
     for k in [a, b, c] {
         let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client(k).await)
             .delete(&ns, &DeleteParams::default())

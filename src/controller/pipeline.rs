@@ -532,11 +532,18 @@ fn model_cid(m: &R1Model) -> Option<String> {
 }
 
 /// True when `obj` exists and is not controlled by `p`: the operator must not
-/// take over an object a user made.
+/// take over an object a user made. A child of an earlier R1Pipeline of the
+/// same name (deleted and made again, e.g. a Deeploy copy moved away and
+/// back) is not foreign: it is adopted, as the garbage collector would
+/// otherwise delete it only later.
 fn foreign<K: Resource>(obj: Option<&K>, p: &R1Pipeline) -> bool {
     let uid = p.uid();
     obj.is_some_and(|o| {
-        !o.owner_references().iter().any(|r| r.controller == Some(true) && Some(&r.uid) == uid.as_ref())
+        !o.owner_references().iter().any(|r| {
+            r.controller == Some(true)
+                && (Some(&r.uid) == uid.as_ref()
+                    || (r.kind == "R1Pipeline" && r.api_version.starts_with("ratio1.ai/") && r.name == p.name_any()))
+        })
     })
 }
 
@@ -625,7 +632,7 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
     if p.metadata.deletion_timestamp.is_some() {
         // Children go with their owner; only a network placement needs
         // its intent withdrawn first.
-        return Ok(match network::release(&pipelines, &p, &mode).await? {
+        return Ok(match network::release(&pipelines, &p, &ctx).await? {
             true => Action::await_change(),
             false => Action::requeue(Duration::from_secs(2)),
         });
@@ -694,6 +701,11 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
     let (wanted, placements, action) = match checked {
         Err(bad) => {
             tracing::info!(reason = bad.reason, message = %bad.message, "pipeline is stalled");
+            if let network::Mode::Copy(d) = &mode {
+                // Placed here but cannot run here: the origin must know,
+                // to place it elsewhere.
+                d.refuse_copy(&p, &format!("{}: {}", bad.reason, bad.message)).await?;
+            }
             // Invalid input waits for a change (of the pipeline, of a model
             // it names, of the R1Node; for a name conflict, the deletion of
             // the object in the way, seen by the names watch) instead of

@@ -476,6 +476,7 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
                 pipelines: pipeline_store.clone(),
                 pipelines_ready: pipelines_ready.clone(),
                 profile: ctx.deeploy_profile.clone(),
+                namespace: cfg.namespace.clone(),
             };
             let (d, wakes) = crate::deeploy::Deeploy::start(cfg.deeploy.clone(), parts);
             let _ = ctx.deeploy.set(d);

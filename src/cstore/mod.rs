@@ -134,6 +134,10 @@ struct Inner {
     writers: std::sync::atomic::AtomicUsize,
     network: NetworkSource,
     sync: Mutex<sync::SyncStatus>,
+    /// Times the index was (re)loaded from a full scan: changes between a
+    /// lost etcd watch and the rescan reach no watcher, so a watcher that
+    /// sees this move reads everything again.
+    loads: std::sync::atomic::AtomicU64,
 }
 
 /// A handle on this cluster's replica. Clones share it.
@@ -213,6 +217,7 @@ impl Cstore {
             writers: Default::default(),
             network,
             sync: Mutex::new(sync::SyncStatus::default()),
+            loads: Default::default(),
         });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(commit::committer(weak.clone(), commits_rx));
@@ -258,6 +263,12 @@ impl Cstore {
             return Ok(h.keypair);
         }
         self.inner.identity.read().expect("identity lock").clone().ok_or(CstoreError::NoIdentity)
+    }
+
+    /// How many times the replica was loaded from a full scan (see
+    /// [`Cstore::watch`]: a watcher re-reads when it changes).
+    pub fn loads(&self) -> u64 {
+        self.inner.loads.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// This node's PeerId (the key it signs with), once the network has
@@ -427,7 +438,8 @@ impl Cstore {
 
     /// Changes of keys (flat keys and hash names) starting with `prefix`,
     /// as they reach the replica. The stream ends if the watcher falls
-    /// more than 8,192 changes behind (read again, then watch again).
+    /// more than 8,192 changes behind (read again, then watch again); a
+    /// reload from etcd ([`Cstore::loads`] moves) also calls for a re-read.
     pub fn watch(&self, prefix: &str) -> Result<impl futures::Stream<Item = Change> + Send + 'static, CstoreError> {
         let prefix = self.expand(prefix)?;
         let rx = self.inner.changes.subscribe();
@@ -559,6 +571,7 @@ async fn load_and_watch(inner: &Arc<Inner>) -> Result<(), CstoreError> {
         st.clock.observe(newest);
         st.index = fresh;
         st.up = true;
+        inner.loads.fetch_add(1, std::sync::atomic::Ordering::Release);
         inner.metrics.cstore.records.set(st.index.stats().records as i64);
     }
     inner.trust.set_revoked_from(RevocationSource::Cstore, revoked.clone());

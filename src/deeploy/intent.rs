@@ -102,6 +102,12 @@ pub struct Report {
     /// The target will not run it: why (its policy, a name conflict).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// The kind of refusal (a short label: `policy`, `conflict`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+    /// Unix ms of the refusal (the target's clock; only it reads it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<i64>,
 }
 
 /// Bounds of records from the wire (CSTORE bounds the whole value at
@@ -129,11 +135,14 @@ impl Intent {
 
 impl Report {
     pub fn bounded(&self) -> bool {
-        self.namespace.len() <= 63
+        (0..=1000).contains(&self.replicas)
+            && (0..=self.replicas).contains(&self.ready_replicas)
+            && self.namespace.len() <= 63
             && self.name.len() <= MAX_NAME
             && self.node.len() <= MAX_NAME
             && self.message.as_ref().is_none_or(|m| m.len() <= MAX_MESSAGE)
             && self.refused.as_ref().is_none_or(|m| m.len() <= MAX_MESSAGE)
+            && self.refusal.as_ref().is_none_or(|m| m.len() <= 32)
     }
 }
 

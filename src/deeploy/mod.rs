@@ -22,7 +22,7 @@ use crate::metrics::{Metrics, ReasonLabels};
 use futures::StreamExt;
 use intent::{Intent, Kind, Report};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::ResourceExt;
 use plan::{Candidate, Need, Plan, Profile};
@@ -86,6 +86,11 @@ struct Inner {
     target_wake: Notify,
     pipelines: Store<R1Pipeline>,
     pipelines_ready: Filled,
+    namespace: String,
+    /// Namespaces this process made sure exist (no GET per copy).
+    namespaces: std::sync::Mutex<BTreeSet<String>>,
+    /// Copies whose intent this node no longer holds: since when (ms).
+    absent_since: std::sync::Mutex<BTreeMap<String, i64>>,
 }
 
 /// What Deeploy runs on: CSTORE, the network's view, the cluster's API
@@ -99,6 +104,8 @@ pub struct Parts {
     pub pipelines: Store<R1Pipeline>,
     pub pipelines_ready: Filled,
     pub profile: watch::Sender<Option<Profile>>,
+    /// The operator's own namespace (never open to other clusters).
+    pub namespace: String,
 }
 
 /// A handle on this node's Deeploy. Clones share it.
@@ -138,11 +145,22 @@ pub fn copy_origin(p: &R1Pipeline) -> Option<&str> {
     p.labels().get(ORIGIN_LABEL).map(String::as_str)
 }
 
+/// True when `p` is the copy this operator made for `origin`'s intent:
+/// the origin label, the managed-by label and the intent annotation all
+/// agree (a label alone, e.g. on a re-applied `kubectl get -o yaml`, is
+/// not enough for a target to overwrite or delete it).
+pub fn is_copy_of(p: &R1Pipeline, origin: &str) -> bool {
+    let key = intent::intent_key(origin, &p.namespace().unwrap_or_default(), &p.name_any());
+    copy_origin(p) == Some(origin)
+        && p.labels().get(crate::controller::MANAGED_BY.0).map(String::as_str) == Some(crate::controller::MANAGED_BY.1)
+        && p.annotations().get(INTENT_ANNOTATION) == Some(&key)
+}
+
 impl Deeploy {
     /// Starts the mirror, profile, freshness and target loops (the caller
     /// leads: a standby runs none of them).
     pub fn start(cfg: DeeployConfig, parts: Parts) -> (Self, Wakeups) {
-        let Parts { cstore, view, client, metrics, pipelines, pipelines_ready, profile } = parts;
+        let Parts { cstore, view, client, metrics, pipelines, pipelines_ready, profile, namespace } = parts;
         let (wake, wake_rx) = mpsc::unbounded_channel();
         let (replan, replan_rx) = watch::channel(0);
         let d = Self {
@@ -161,6 +179,9 @@ impl Deeploy {
                 target_wake: Notify::new(),
                 pipelines,
                 pipelines_ready,
+                namespace,
+                namespaces: Default::default(),
+                absent_since: Default::default(),
             }),
         };
         tokio::spawn(d.clone().mirror_loop());
@@ -269,7 +290,7 @@ impl Deeploy {
         };
         let images = plan::images(&spec.template);
         let remote_ok = match spec.models.is_empty() {
-            true => Ok(()),
+            true => plan::remote_safe(&spec.template, namespace, ""),
             false => Err("it mounts R1Models, which only its origin can resolve until R1FS delivers them".into()),
         };
         let candidates = self.candidates(me, &key);
@@ -343,11 +364,12 @@ impl Deeploy {
                 pending(format!("updating to the current spec ({}/{} ready before)", r.ready_replicas, r.replicas))
             }
             Some((_, r)) if r.refused.is_some() => pending(format!("refused: {}", r.refused.as_deref().unwrap_or(""))),
+            // What a target says is bounded by what was asked of it.
             Some((_, r)) => PlacementStatus {
                 node: Some(r.node.clone()),
                 peer_id: Some(target.to_string()),
-                replicas: r.replicas,
-                ready_replicas: r.ready_replicas.min(r.replicas),
+                replicas,
+                ready_replicas: r.ready_replicas.clamp(0, replicas),
                 phase: r.phase,
                 message: r.message.clone(),
             },
@@ -377,8 +399,22 @@ impl Deeploy {
             phase: placement.phase,
             message: placement.message.as_deref().map(intent::short),
             refused: None,
+            refusal: None,
+            at: None,
         };
         self.put_report(intent::report_key(&me, origin, &ns, &copy.name_any()), me, r).await
+    }
+
+    /// A copy this cluster cannot run (stalled here): refused, so that the
+    /// origin places it elsewhere.
+    pub async fn refuse_copy(&self, copy: &R1Pipeline, why: &str) -> Result<(), CstoreError> {
+        let (Some(origin), Some(me)) = (copy_origin(copy), self.me()) else { return Ok(()) };
+        let key = intent::intent_key(origin, &copy.namespace().unwrap_or_default(), &copy.name_any());
+        let held = self.inner.mirror.read().expect("mirror lock").intents.get(&key).cloned();
+        if let Some(i) = held {
+            self.refuse(&me, &i, ("stalled", why.to_string())).await;
+        }
+        Ok(())
     }
 
     async fn put_report(&self, key: String, me: String, r: Report) -> Result<(), CstoreError> {
@@ -444,8 +480,16 @@ impl Deeploy {
                 }
             }
             Kind::Intent => {
-                match value.map(serde_json::from_value::<Intent>) {
-                    Some(Ok(i)) if i.bounded(writer) && intent::intent_key(writer, &i.namespace, &i.name) == key => {
+                // What an intent needs is computed here from its spec, not
+                // taken from it: a lying `need` must not fill every cluster.
+                let parsed = value.map(|v| {
+                    let mut i = serde_json::from_value::<Intent>(v).ok()?;
+                    let spec: R1PipelineSpec = serde_json::from_value(i.spec.clone()).ok()?;
+                    i.need = Need::of(&spec.template).ok()?;
+                    Some(i)
+                });
+                match parsed {
+                    Some(Some(i)) if i.bounded(writer) && intent::intent_key(writer, &i.namespace, &i.name) == key => {
                         m.withdrawn.remove(key);
                         m.intents.insert(key.to_string(), i);
                     }
@@ -453,7 +497,10 @@ impl Deeploy {
                         metrics.rejected.get_or_create(&reason("malformed_intent")).inc();
                     }
                     None => {
-                        if m.intents.remove(key).is_some() || rec.is_some() {
+                        m.intents.remove(key);
+                        // Withdrawn only by the origin's signed tombstone;
+                        // a record merely absent proves nothing.
+                        if rec.is_some_and(|r| r.is_tombstone()) {
                             m.withdrawn.insert(key.to_string());
                         }
                     }
@@ -515,18 +562,29 @@ impl Deeploy {
                     self.absorb(&k, None, me.as_deref());
                 }
             }
-            for r in &records {
+            // Intents before reports: a report is kept only for a held intent.
+            let is_report = |r: &&crate::cstore::record::Record| {
+                intent::parse_key(&r.slot.key).is_some_and(|(_, k)| k == Kind::Report)
+            };
+            for r in records.iter().filter(|r| !is_report(r)).chain(records.iter().filter(is_report)) {
                 self.absorb(&r.slot.key, Some(r), me.as_deref());
             }
             self.inner.loaded.mark();
             self.inner.replan.send_modify(|n| *n += 1);
             self.inner.target_wake.notify_one();
-            while let Some(c) = changes.next().await {
-                if c.slot.field.is_none() {
-                    self.absorb(&c.slot.key, c.record.as_ref(), self.me().as_deref());
+            let loads = self.inner.cstore.loads();
+            let mut check = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    c = changes.next() => match c {
+                        Some(c) if c.slot.field.is_none() => self.absorb(&c.slot.key, c.record.as_ref(), self.me().as_deref()),
+                        Some(_) => {}
+                        None => break,
+                    },
+                    _ = check.tick() => if self.inner.cstore.loads() != loads { break },
                 }
             }
-            tracing::info!("Deeploy's CSTORE watch fell behind; reading every record again");
+            tracing::info!("Deeploy's view of CSTORE may have missed changes; reading every record again");
         }
     }
 
@@ -545,6 +603,9 @@ impl Deeploy {
                         match self.inner.cstore.set(&key, &value, None).await {
                             Ok(_) => {
                                 self.inner.mirror.write().expect("mirror lock").profiles.insert(me, p);
+                                // This cluster's own offer or labels changed:
+                                // its pipelines are placed again.
+                                self.inner.replan.send_modify(|n| *n += 1);
                             }
                             Err(e) => {
                                 tracing::debug!(error = %e, "cannot publish the Deeploy profile yet");
@@ -607,101 +668,215 @@ impl Deeploy {
     }
 
     async fn materialise(&self, me: &str) -> Result<(), kube::Error> {
-        let (mine, withdrawn): (Vec<Intent>, BTreeSet<String>) = {
+        let mut mine: Vec<Intent> = {
             let m = self.inner.mirror.read().expect("mirror lock");
-            let mine = m.intents.values().filter(|i| i.origin != me && i.targets.contains_key(me)).cloned().collect();
-            (mine, m.withdrawn.clone())
+            m.intents.values().filter(|i| i.origin != me && i.targets.contains_key(me)).cloned().collect()
         };
-        let policy = self.inner.profile.borrow().as_ref().map(|p| p.policy.clone()).unwrap_or_default();
+        // In a fixed order, so that when the offer runs out the same
+        // intents are refused on every pass.
+        mine.sort_by(|a, b| (&a.origin, &a.namespace, &a.name).cmp(&(&b.origin, &b.namespace, &b.name)));
+        let profile = self.inner.profile.borrow().clone();
+        let mut used = Need::default();
+        let mut work = vec![];
         for i in &mine {
             let existing = self.inner.pipelines.get(&ObjectRef::new(&i.name).within(&i.namespace));
-            let conflict = existing.as_ref().filter(|p| copy_origin(p) != Some(i.origin.as_str())).map(|_| {
-                format!(
-                    "an R1Pipeline {}/{} that this cluster did not get from the network exists here",
-                    i.namespace, i.name
-                )
-            });
-            let copy = copy_of(i, me);
-            let refusal = conflict.or_else(|| match &copy {
-                Err(e) => Some(e.clone()),
-                Ok(c) => plan::Need::of(&c.spec.template).err().or_else(|| {
-                    let images = plan::images(&c.spec.template);
-                    let need = plan::Need::of(&c.spec.template).unwrap_or_default();
-                    let ask = plan::Ask { namespace: &i.namespace, replicas: c.spec.replicas, need, images: &images };
-                    plan::admits(&policy, &ask).err()
-                }),
-            });
-            if let Some(why) = refusal {
-                self.refuse(me, i, &why).await;
-                if let Some(p) = existing.filter(|p| copy_origin(p) == Some(i.origin.as_str())) {
-                    self.delete_copy(&p).await?;
-                }
-                continue;
-            }
-            let copy = copy.expect("checked above");
-            let up_to_date = existing.as_ref().is_some_and(|p| {
-                p.annotations().get(SPEC_HASH_ANNOTATION) == Some(&i.spec_hash) && p.spec.replicas == copy.spec.replicas
-            });
-            if up_to_date {
-                continue;
-            }
-            if let Err(e) = self.apply_copy(&copy, existing.is_some()).await {
-                match e {
-                    // The API server refuses the copy (schema, admission):
-                    // it never will run here; say so.
-                    kube::Error::Api(s) if s.code == 422 || s.code == 403 || s.code == 409 => {
-                        self.refuse(me, i, &format!("this cluster's API server refused it: {}", s.message)).await;
+            let refusal = self.refusal_for(me, i, existing.as_deref(), profile.as_ref(), &mut used);
+            match refusal {
+                Some(refusal) => {
+                    self.refuse(me, i, refusal).await;
+                    if let Some(p) = existing.filter(|p| is_copy_of(p, &i.origin)) {
+                        self.delete_copy(&p).await?;
                     }
-                    e => return Err(e),
+                }
+                // The previous copy is still going (its children first):
+                // made again once it is gone.
+                None if existing.as_ref().is_some_and(|p| p.metadata.deletion_timestamp.is_some()) => {
+                    let wake = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        wake.inner.target_wake.notify_one();
+                    });
+                }
+                None => {
+                    let copy = copy_of(i, me).expect("checked above");
+                    let up_to_date = existing.as_ref().is_some_and(|p| {
+                        p.annotations().get(SPEC_HASH_ANNOTATION) == Some(&i.spec_hash) && p.spec == copy.spec
+                    });
+                    if !up_to_date {
+                        work.push((i.clone(), copy, existing));
+                    }
                 }
             }
         }
-        // Copies no intent wants: removed when the intent names other
-        // targets, was withdrawn, or is absent after a complete
-        // anti-entropy round with its origin (never on a guess).
+        // Copies are written concurrently (a burst of intents must not
+        // queue behind one another's round trips).
+        let results: Vec<(Intent, Result<(), kube::Error>)> = futures::stream::iter(work)
+            .map(|(i, copy, existing)| async move {
+                let r = self.apply_copy(&copy, existing.as_deref()).await;
+                (i, r)
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        for (i, r) in results {
+            match r {
+                Ok(()) => {}
+                // Created meanwhile (ours, not in the cache yet, or a
+                // user's): the next pass tells which.
+                Err(kube::Error::Api(s)) if s.code == 409 => self.inner.target_wake.notify_one(),
+                // The API server refuses the copy (schema, admission): it
+                // never will run here; say so.
+                Err(kube::Error::Api(s)) if s.code == 422 || s.code == 403 => {
+                    self.refuse(me, &i, ("api", format!("this cluster's API server refused it: {}", s.message))).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.remove_unwanted(me, &mine).await?;
+        self.drop_stale_reports(me, profile.as_ref(), used).await;
+        Ok(())
+    }
+
+    /// Why this cluster would not run intent `i` now (`None`: it would);
+    /// `used` holds the offer taken by the intents admitted before it.
+    fn refusal_for(
+        &self,
+        me: &str,
+        i: &Intent,
+        existing: Option<&R1Pipeline>,
+        profile: Option<&Profile>,
+        used: &mut Need,
+    ) -> Option<Refusal> {
+        match (existing, copy_of(i, me), profile) {
+            (Some(p), _, _) if !is_copy_of(p, &i.origin) => Some((
+                "conflict",
+                format!(
+                    "an R1Pipeline {}/{} that this cluster did not get from the network exists here",
+                    i.namespace, i.name
+                ),
+            )),
+            (_, Err(e), _) => Some(("malformed", e)),
+            // No usable R1Node offer/policy here: nothing is admitted.
+            (_, _, None) => Some((
+                "no_profile",
+                "this cluster offers nothing to the network (no usable R1Node offer and policy)".into(),
+            )),
+            (_, Ok(c), Some(profile)) => self.admit(profile, i, &c, used).err(),
+        }
+    }
+
+    /// Whether this cluster runs intent `i` (its copy `c`): the pod is
+    /// safe for a stranger to run, the policy admits it, and the offer
+    /// has room next to the intents admitted before it (`used`).
+    fn admit(&self, profile: &Profile, i: &Intent, c: &R1Pipeline, used: &mut Need) -> Result<(), Refusal> {
+        plan::remote_safe(&c.spec.template, &i.namespace, &self.inner.namespace).map_err(|e| ("unsafe", e))?;
+        if !c.spec.models.is_empty() {
+            return Err(("models", "it mounts R1Models, which this cluster cannot resolve".into()));
+        }
+        let images = plan::images(&c.spec.template);
+        let need = Need::of(&c.spec.template).map_err(|e| ("malformed", e))?;
+        let ask = plan::Ask { namespace: &i.namespace, replicas: c.spec.replicas, need, images: &images };
+        plan::admits(&profile.policy, &ask).map_err(|e| ("policy", e))?;
+        let total = used.plus(&need.times(c.spec.replicas));
+        let o = &profile.offer;
+        let over = |offer: Option<u64>, v: u64| offer.is_some_and(|x| v > x);
+        if over(o.cpu_milli, total.cpu_milli) || over(o.memory, total.memory) || over(o.gpus, total.gpus) {
+            return Err(("offer", "this cluster's offer is used up by other pipelines placed here".into()));
+        }
+        *used = total;
+        Ok(())
+    }
+
+    /// Removes the copies no intent wants: when the intent names other
+    /// targets, was withdrawn (the origin's tombstone), or has stayed
+    /// absent for 5 s after a complete anti-entropy round with its origin
+    /// since this process started. Never on a guess: an origin that is
+    /// gone for good leaves its copies running.
+    async fn remove_unwanted(&self, me: &str, mine: &[Intent]) -> Result<(), kube::Error> {
+        let wanted: BTreeSet<String> =
+            mine.iter().map(|i| intent::intent_key(&i.origin, &i.namespace, &i.name)).collect();
+        let now = now_ms();
         let mut copies = 0;
+        let mut seen_absent = BTreeSet::new();
         for p in self.inner.pipelines.state() {
-            let Some(origin) = copy_origin(&p).filter(|o| *o != me) else { continue };
+            let Some(origin) = copy_origin(&p).filter(|o| *o != me && is_copy_of(&p, o)) else { continue };
             copies += 1;
             let key = intent::intent_key(origin, &p.namespace().unwrap_or_default(), &p.name_any());
-            let wanted = match mine.iter().find(|i| intent::intent_key(&i.origin, &i.namespace, &i.name) == key) {
-                Some(_) => true,
-                None => {
-                    let held = self.inner.mirror.read().expect("mirror lock").intents.contains_key(&key);
-                    let synced = self.inner.cstore.in_sync_with(origin).is_some_and(|t| t > self.inner.started_at);
-                    !(held || withdrawn.contains(&key) || synced)
-                }
+            if wanted.contains(&key) {
+                continue;
+            }
+            let (held, withdrawn) = {
+                let m = self.inner.mirror.read().expect("mirror lock");
+                (m.intents.contains_key(&key), m.withdrawn.contains(&key))
             };
-            if !wanted {
+            let remove = if held || withdrawn {
+                true
+            } else {
+                seen_absent.insert(key.clone());
+                let since = *self.inner.absent_since.lock().expect("absent lock").entry(key.clone()).or_insert(now);
+                let synced =
+                    self.inner.cstore.in_sync_with(origin).is_some_and(|t| t > self.inner.started_at.max(since));
+                synced && now - since >= 5_000
+            };
+            if remove {
                 self.delete_copy(&p).await?;
                 copies -= 1;
             }
         }
+        self.inner.absent_since.lock().expect("absent lock").retain(|k, _| seen_absent.contains(k));
         self.inner.metrics.deeploy.copies.set(copies);
-        // Own reports about intents that no longer place anything here.
-        let stale: Vec<String> = {
+        Ok(())
+    }
+
+    /// Deletes this node's reports about intents that no longer place
+    /// anything here.
+    /// Deletes this node's reports about intents that no longer place
+    /// anything here, except a refusal it would still make (it is what
+    /// keeps the origin from placing the pipeline here again): a refusal
+    /// whose cause went (policy relaxed, conflicting object deleted) is
+    /// withdrawn, and the origin may place here again. A refusal of a copy
+    /// that stalled here stays until the spec changes.
+    async fn drop_stale_reports(&self, me: &str, profile: Option<&Profile>, used: Need) {
+        let candidates: Vec<(String, Report, Option<Intent>)> = {
             let m = self.inner.mirror.read().expect("mirror lock");
             m.reports
                 .iter()
-                .filter(|(_, (t, r))| {
-                    t == me
-                        && !m
-                            .intents
-                            .get(&intent::intent_key(&r.origin, &r.namespace, &r.name))
-                            .is_some_and(|i| i.targets.contains_key(me))
+                .filter(|(_, (t, _))| t == me)
+                .map(|(k, (_, r))| {
+                    (
+                        k.clone(),
+                        r.clone(),
+                        m.intents.get(&intent::intent_key(&r.origin, &r.namespace, &r.name)).cloned(),
+                    )
                 })
-                .map(|(k, _)| k.clone())
                 .collect()
         };
+        let mut stale = vec![];
+        for (k, r, i) in candidates {
+            let keep = match &i {
+                None => false,
+                Some(i) if i.targets.contains_key(me) => true,
+                Some(i) if r.refused.is_none() || r.spec_hash != i.spec_hash => false,
+                // A copy that stalled here is refused for a minute, then
+                // the origin may try again (the cause may have gone).
+                Some(_) if r.refusal.as_deref() == Some("stalled") => r.at.is_some_and(|t| now_ms() - t < 60_000),
+                Some(i) => {
+                    let existing = self.inner.pipelines.get(&ObjectRef::new(&i.name).within(&i.namespace));
+                    self.refusal_for(me, i, existing.as_deref(), profile, &mut used.clone()).is_some()
+                }
+            };
+            if !keep {
+                stale.push(k);
+            }
+        }
         for k in stale {
             if self.inner.cstore.del(&k).await.is_ok() {
                 self.inner.mirror.write().expect("mirror lock").reports.remove(&k);
             }
         }
-        Ok(())
     }
 
-    async fn refuse(&self, me: &str, i: &Intent, why: &str) {
+    async fn refuse(&self, me: &str, i: &Intent, (label, why): Refusal) {
         let key = intent::report_key(me, &i.origin, &i.namespace, &i.name);
         let r = Report {
             namespace: i.namespace.clone(),
@@ -713,62 +888,78 @@ impl Deeploy {
             ready_replicas: 0,
             phase: PlacementPhase::Pending,
             message: None,
-            refused: Some(intent::short(why)),
+            refused: Some(intent::short(&why)),
+            refusal: Some(label.to_string()),
+            at: None,
         };
-        let known = self.inner.mirror.read().expect("mirror lock").reports.get(&key).is_some_and(|(_, o)| o == &r);
+        let known = self.inner.mirror.read().expect("mirror lock").reports.get(&key).is_some_and(|(_, o)| {
+            let mut o = o.clone();
+            o.at = None;
+            o == r
+        });
         if known {
             return;
         }
+        let r = Report { at: Some(now_ms()), ..r };
         tracing::info!(namespace = %i.namespace, name = %i.name, origin = %i.origin, reason = %why, "refusing a Deeploy intent");
-        let label = if why.contains("policy") {
-            "policy"
-        } else if why.contains("API server") {
-            "api"
-        } else {
-            "conflict"
-        };
         self.inner.metrics.deeploy.refused.get_or_create(&reason(label)).inc();
         if let Err(e) = self.put_report(key, me.to_string(), r).await {
             tracing::warn!(error = %e, "cannot write a refusal report");
         }
     }
 
-    async fn apply_copy(&self, copy: &R1Pipeline, exists: bool) -> Result<(), kube::Error> {
-        let ns = copy.namespace().unwrap_or_default();
+    /// Makes sure the copy's namespace exists: created when missing,
+    /// labelled for Pod Security `baseline` (no host access, no privileged
+    /// pods), never deleted (it may come to hold other things).
+    async fn ensure_namespace(&self, ns: &str) -> Result<(), kube::Error> {
+        if self.inner.namespaces.lock().expect("namespaces lock").contains(ns) {
+            return Ok(());
+        }
         let namespaces: Api<Namespace> = Api::all(self.inner.client.clone());
-        if namespaces.get_opt(&ns).await?.is_none() {
+        if namespaces.get_opt(ns).await?.is_none() {
+            let labels = [
+                (crate::controller::MANAGED_BY.0.to_string(), crate::controller::MANAGED_BY.1.to_string()),
+                ("pod-security.kubernetes.io/enforce".to_string(), "baseline".to_string()),
+            ];
             let n = Namespace {
                 metadata: kube::api::ObjectMeta {
-                    name: Some(ns.clone()),
-                    labels: Some(
-                        [(crate::controller::MANAGED_BY.0.into(), crate::controller::MANAGED_BY.1.into())].into(),
-                    ),
+                    name: Some(ns.to_string()),
+                    labels: Some(labels.into()),
                     ..Default::default()
                 },
                 ..Default::default()
             };
             match namespaces.create(&PostParams::default(), &n).await {
-                Ok(_) => tracing::info!(namespace = %ns, "created namespace for a pipeline placed here"),
+                Ok(_) => tracing::info!(namespace = %ns, "created namespace for pipelines placed here"),
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
                 Err(e) => return Err(e),
             }
         }
+        self.inner.namespaces.lock().expect("namespaces lock").insert(ns.to_string());
+        Ok(())
+    }
+
+    /// Creates the copy, or replaces the one this loop saw (a PUT on its
+    /// resourceVersion: the whole spec is the intent's, nothing left over
+    /// from an earlier version or a local edit, and a conflict fails).
+    async fn apply_copy(&self, copy: &R1Pipeline, existing: Option<&R1Pipeline>) -> Result<(), kube::Error> {
+        let ns = copy.namespace().unwrap_or_default();
         let api: Api<R1Pipeline> = Api::namespaced(self.inner.client.clone(), &ns);
-        if exists {
-            api.patch(
-                &copy.name_any(),
-                &PatchParams::apply(crate::controller::FIELD_MANAGER).force(),
-                &Patch::Apply(copy),
-            )
-            .await?;
-        } else {
-            // A create, not an apply: a pipeline of the same name made here
-            // meanwhile is never taken over (409: refused above).
-            api.create(
-                &PostParams { field_manager: Some(crate::controller::FIELD_MANAGER.into()), ..Default::default() },
-                copy,
-            )
-            .await?;
+        let pp = PostParams { field_manager: Some(crate::controller::FIELD_MANAGER.into()), ..Default::default() };
+        match existing {
+            Some(cur) => {
+                let mut next = copy.clone();
+                next.metadata.resource_version = cur.resource_version();
+                next.metadata.uid = cur.uid();
+                next.metadata.finalizers = cur.metadata.finalizers.clone();
+                api.replace(&copy.name_any(), &pp, &next).await?;
+            }
+            None => {
+                self.ensure_namespace(&ns).await?;
+                // A create, not an apply: a pipeline of the same name made
+                // here meanwhile is never taken over (409).
+                api.create(&pp, copy).await?;
+            }
         }
         self.inner.metrics.deeploy.copies_applied.inc();
         tracing::info!(namespace = %ns, name = %copy.name_any(), origin = ?copy_origin(copy), "applied a pipeline placed here");
@@ -777,6 +968,9 @@ impl Deeploy {
 
     async fn delete_copy(&self, p: &R1Pipeline) -> Result<(), kube::Error> {
         let api: Api<R1Pipeline> = Api::namespaced(self.inner.client.clone(), &p.namespace().unwrap_or_default());
+        if p.metadata.deletion_timestamp.is_some() {
+            return Ok(());
+        }
         // Preconditioned on the UID: only the object this loop saw.
         let dp = DeleteParams {
             preconditions: Some(kube::api::Preconditions { uid: p.uid(), resource_version: None }),
@@ -793,6 +987,11 @@ impl Deeploy {
         }
     }
 }
+
+/// Why a target will not run an intent: a metric label from a fixed set
+/// (`conflict`, `malformed`, `no_profile`, `unsafe`, `models`, `policy`,
+/// `offer`, `api`, `stalled`) and the message the origin shows.
+type Refusal = (&'static str, String);
 
 /// The pipeline a target applies for intent `i`: the origin's spec, the
 /// replicas asked of this target, labelled with its origin.

@@ -265,6 +265,54 @@ pub fn images(template: &PodTemplateSpec) -> Vec<String> {
         .collect()
 }
 
+/// Namespaces no remote pipeline may use, whatever the policy says.
+pub const PROTECTED_NAMESPACES: &[&str] = &["kube-system", "kube-public", "kube-node-lease"];
+
+/// What a target checks of a remote pipeline's pod whatever its policy: a
+/// pipeline from another cluster must not reach this cluster's secrets,
+/// identities or hosts. `Err` names the first field that does.
+pub fn remote_safe(template: &PodTemplateSpec, namespace: &str, operator_namespace: &str) -> Result<(), String> {
+    if PROTECTED_NAMESPACES.contains(&namespace) || namespace == operator_namespace {
+        return Err(format!("namespace {namespace:?} is not open to other clusters"));
+    }
+    let Some(spec) = template.spec.as_ref() else { return Ok(()) };
+    let no = |what: &str| Err(format!("a pipeline from another cluster may not set {what}"));
+    if spec.service_account_name.as_deref().is_some_and(|s| s != "default")
+        || spec.service_account.as_deref().is_some_and(|s| s != "default")
+    {
+        return no("serviceAccountName");
+    }
+    if spec.host_network == Some(true) || spec.host_pid == Some(true) || spec.host_ipc == Some(true) {
+        return no("hostNetwork, hostPID or hostIPC");
+    }
+    for v in spec.volumes.iter().flatten() {
+        if v.host_path.is_some() {
+            return no(&format!("a hostPath volume ({})", v.name));
+        }
+        if v.secret.is_some() || v.config_map.is_some() || v.projected.is_some() || v.persistent_volume_claim.is_some()
+        {
+            return no(&format!("volume {:?} from this cluster's Secrets, ConfigMaps, tokens or claims", v.name));
+        }
+    }
+    for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+        if let Some(sc) = &c.security_context {
+            if sc.privileged == Some(true) || sc.allow_privilege_escalation == Some(true) {
+                return no(&format!("a privileged container ({})", c.name));
+            }
+            if sc.capabilities.as_ref().and_then(|k| k.add.as_ref()).is_some_and(|a| !a.is_empty()) {
+                return no(&format!("added capabilities ({})", c.name));
+            }
+        }
+        let refs = c.env.iter().flatten().any(|e| {
+            e.value_from.as_ref().is_some_and(|f| f.secret_key_ref.is_some() || f.config_map_key_ref.is_some())
+        }) || c.env_from.iter().flatten().any(|e| e.secret_ref.is_some() || e.config_map_ref.is_some());
+        if refs {
+            return no(&format!("environment from this cluster's Secrets or ConfigMaps ({})", c.name));
+        }
+    }
+    Ok(())
+}
+
 /// What a pipeline asks of a cluster other than its origin.
 #[derive(Clone, Debug)]
 pub struct Ask<'a> {
@@ -339,6 +387,10 @@ pub struct Verdict {
     /// Why it does not fit (absent: it fits).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// It does not fit for a while only (silent, or full): a placement
+    /// there is kept when nothing else fits.
+    #[serde(skip)]
+    pub transient: bool,
 }
 
 /// Where a pipeline goes.
@@ -373,28 +425,30 @@ pub fn plan(inp: &Inputs) -> Result<Plan, String> {
     };
     let named = |c: &Candidate| pl.nodes.iter().any(|n| n == &c.peer || n == &c.profile.node);
     let total = inp.ask.need.times(inp.ask.replicas);
-    let why_not = |c: &Candidate| -> Option<String> {
+    // (reason, transient)
+    let why_not = |c: &Candidate| -> Option<(String, bool)> {
         if let Err(e) = &c.fresh {
-            return Some(e.clone());
+            return Some((e.clone(), true));
         }
+        let excluded = |r: String| Some((r, false));
         if !c.profile.roles.contains(&NodeRole::Worker) {
-            return Some("not a worker".into());
+            return excluded("not a worker".into());
         }
         if !pl.nodes.is_empty() && !named(c) {
-            return Some("not named in placement.nodes".into());
+            return excluded("not named in placement.nodes".into());
         }
         if selector.as_ref().is_some_and(|s| !s.matches(&c.profile.labels)) {
-            return Some("its labels do not match placement.clusterSelector".into());
+            return excluded("its labels do not match placement.clusterSelector".into());
         }
         if c.peer != inp.origin {
             if let Err(e) = &inp.remote_ok {
-                return Some(e.clone());
+                return excluded(e.clone());
             }
             if let Err(e) = admits(&c.profile.policy, &inp.ask) {
-                return Some(e);
+                return excluded(e);
             }
             if let Some(r) = inp.refused.get(&c.peer) {
-                return Some(format!("refused: {r}"));
+                return excluded(format!("refused: {r}"));
             }
         }
         let room = |what: &str, unit: &str, offer: Option<u64>, used: u64, need: u64| {
@@ -406,6 +460,7 @@ pub fn plan(inp: &Inputs) -> Result<Plan, String> {
         room("CPU", "m", o.cpu_milli, u.cpu_milli, total.cpu_milli)
             .or_else(|| room("memory", " B", o.memory, u.memory, total.memory))
             .or_else(|| room("GPUs", "", o.gpus, u.gpus, total.gpus))
+            .map(|r| (r, true))
     };
     let wanted = if pl.nodes.is_empty() { pl.clusters.max(1) as usize } else { pl.nodes.len() };
     let mut fits = vec![];
@@ -413,11 +468,12 @@ pub fn plan(inp: &Inputs) -> Result<Plan, String> {
     for c in inp.candidates {
         match why_not(c) {
             None => fits.push(c),
-            Some(reason) => verdicts.push(Verdict {
+            Some((reason, transient)) => verdicts.push(Verdict {
                 peer: c.peer.clone(),
                 node: c.profile.node.clone(),
                 chosen: false,
                 reason: Some(reason),
+                transient,
             }),
         }
     }
@@ -430,6 +486,7 @@ pub fn plan(inp: &Inputs) -> Result<Plan, String> {
             node: c.profile.node.clone(),
             chosen: targets.contains(&c.peer),
             reason: None,
+            transient: false,
         })
         .collect();
     verdicts.sort_by(|a, b| a.node.cmp(&b.node).then(a.peer.cmp(&b.peer)));

@@ -93,6 +93,14 @@ impl Drop for Etcd {
 /// A federation whose every node runs CSTORE on its own etcd, with fast
 /// anti-entropy (1 s), and leases that outlast a 10 s freeze of a process.
 pub async fn federation(clusters: &[usize]) -> (Federation, Vec<Etcd>) {
+    federation_each(clusters, |_, _| {}).await
+}
+
+/// As [`federation`], each node's settings then adjusted by `configure`.
+pub async fn federation_each(
+    clusters: &[usize],
+    configure: impl Fn(usize, &mut OperatorOpts),
+) -> (Federation, Vec<Etcd>) {
     let mut etcds = vec![];
     for c in clusters {
         etcds.push(Etcd::start(&format!("cstore-c{c}")).await);
@@ -103,9 +111,16 @@ pub async fn federation(clusters: &[usize]) -> (Federation, Vec<Etcd>) {
     let fed = Federation::start_each(clusters, |k, opts| {
         opts.extra_args.extend([format!("--cstore-endpoints={}", endpoints[k]), "--cstore-anti-entropy-secs=1".into()]);
         (opts.lease_duration_secs, opts.lease_renew_deadline_secs) = (40, 30);
+        configure(k, opts);
     })
     .await;
     (fed, etcds)
+}
+
+/// Sets the value that follows `flag` in an operator's arguments.
+pub fn set_flag(opts: &mut OperatorOpts, flag: &str, value: &str) {
+    let i = opts.extra_args.iter().position(|a| a == flag).unwrap_or_else(|| panic!("{flag} is not set"));
+    opts.extra_args[i + 1] = value.to_string();
 }
 
 /// Runs `ratio1 cstore ARGS` against the operator's local API; returns the

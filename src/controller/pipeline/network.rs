@@ -54,7 +54,12 @@ pub fn schedule(d: &Deeploy, me: &str, p: &R1Pipeline) -> Result<(Schedule, Plac
     let (plan, need) = d.plan(me, &ns, &name, &p.spec).map_err(|e| Invalid::new("InvalidPlacement", e))?;
     let current = d.intent(me, &ns, &name);
     let targets: BTreeMap<String, i32> = if plan.targets.is_empty() {
-        current.map(|i| i.targets).unwrap_or_default()
+        // Nothing fits now: keep the current targets that are only silent
+        // or full for now (never one the spec itself now excludes).
+        let transient = |t: &String| plan.verdicts.iter().any(|v| &v.peer == t && v.transient);
+        current
+            .map(|i| i.targets.into_keys().filter(transient).map(|t| (t, p.spec.replicas)).collect())
+            .unwrap_or_default()
     } else {
         plan.targets.iter().map(|t| (t.clone(), p.spec.replicas)).collect()
     };
@@ -108,9 +113,13 @@ async fn set_finalizer(api: &Api<R1Pipeline>, p: &R1Pipeline, on: bool) -> Resul
     Ok(())
 }
 
-/// Before the first intent: the finalizer, so that a deletion withdraws it.
+/// Writes the intent (the finalizer first, so that a deletion withdraws
+/// it). An intent whose targets all went (the spec now excludes them) is
+/// written too, empty: its targets remove their copies.
 pub async fn commit(api: &Api<R1Pipeline>, p: &R1Pipeline, d: &Deeploy, placed: &Placed) -> Result<()> {
-    if placed.targets.is_empty() {
+    if placed.targets.is_empty()
+        && d.intent(&placed.intent.origin, &placed.intent.namespace, &placed.intent.name).is_none()
+    {
         return Ok(());
     }
     set_finalizer(api, p, true).await?;
@@ -120,22 +129,20 @@ pub async fn commit(api: &Api<R1Pipeline>, p: &R1Pipeline, d: &Deeploy, placed: 
     Ok(())
 }
 
-/// A deleted pipeline: the origin withdraws its intent, then lets go.
-/// Without a ready Deeploy the finalizer stays (retried), except when this
-/// operator runs without Deeploy at all.
-pub async fn release(api: &Api<R1Pipeline>, p: &R1Pipeline, mode: &Mode<'_>) -> Result<bool> {
+/// A deleted pipeline: its intent (if this node placed one) is withdrawn,
+/// then the finalizer goes. Without a ready Deeploy the finalizer stays
+/// (retried), except when this operator runs without Deeploy at all.
+pub async fn release(api: &Api<R1Pipeline>, p: &R1Pipeline, ctx: &Context) -> Result<bool> {
     if !has_finalizer(p) {
         return Ok(true);
     }
-    match mode {
-        Mode::Origin(d, me) => {
-            d.withdraw(me, &p.namespace().unwrap_or_default(), &p.name_any()).await?;
+    match ctx.deeploy.get().map(|d| (d, d.ready())) {
+        Some((d, Ok(me))) => {
+            d.withdraw(&me, &p.namespace().unwrap_or_default(), &p.name_any()).await?;
             tracing::info!("pipeline deleted: intent withdrawn");
         }
-        Mode::Waiting(_) => return Ok(false),
-        Mode::Local | Mode::Copy(_) => {
-            tracing::warn!("pipeline deleted while Deeploy is off: its intent, if any, stays in CSTORE");
-        }
+        Some((_, Err(_))) => return Ok(false),
+        None => tracing::warn!("pipeline deleted while Deeploy is off: its intent, if any, stays in CSTORE"),
     }
     set_finalizer(api, p, false).await?;
     Ok(true)

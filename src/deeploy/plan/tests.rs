@@ -299,3 +299,69 @@ fn profiles_come_from_the_r1node_and_are_bounded() {
     big.labels = (0..65).map(|i| (format!("k{i}"), "v".to_string())).collect();
     assert!(!big.bounded());
 }
+
+#[test]
+fn a_remote_pod_may_not_reach_the_targets_secrets_identity_or_hosts() {
+    use k8s_openapi::api::core::v1::{
+        Capabilities, EnvVar, EnvVarSource, HostPathVolumeSource, SecretKeySelector, SecurityContext, Volume,
+    };
+    let ok = template(vec![container("a", "nginx", None, None, false)], vec![]);
+    assert!(remote_safe(&ok, "team", "ratio1-system").is_ok());
+    for ns in ["kube-system", "ratio1-system"] {
+        assert!(remote_safe(&ok, ns, "ratio1-system").unwrap_err().contains("not open"), "{ns}");
+    }
+    let with = |f: &dyn Fn(&mut PodSpec)| {
+        let mut t = ok.clone();
+        f(t.spec.as_mut().unwrap());
+        remote_safe(&t, "team", "ratio1-system").unwrap_err()
+    };
+    assert!(with(&|s| s.service_account_name = Some("operator".into())).contains("serviceAccountName"));
+    assert!(with(&|s| s.host_network = Some(true)).contains("hostNetwork"));
+    assert!(with(&|s| s.volumes = Some(vec![Volume {
+        name: "root".into(),
+        host_path: Some(HostPathVolumeSource { path: "/".into(), ..Default::default() }),
+        ..Default::default()
+    }]))
+    .contains("hostPath"));
+    assert!(with(&|s| s.volumes =
+        Some(vec![Volume { name: "s".into(), secret: Some(Default::default()), ..Default::default() }]))
+    .contains("Secrets"));
+    assert!(with(
+        &|s| s.containers[0].security_context = Some(SecurityContext { privileged: Some(true), ..Default::default() })
+    )
+    .contains("privileged"));
+    assert!(with(&|s| s.containers[0].security_context = Some(SecurityContext {
+        capabilities: Some(Capabilities { add: Some(vec!["NET_ADMIN".into()]), drop: None }),
+        ..Default::default()
+    }))
+    .contains("capabilities"));
+    assert!(with(&|s| s.containers[0].env = Some(vec![EnvVar {
+        name: "T".into(),
+        value_from: Some(EnvVarSource { secret_key_ref: Some(SecretKeySelector::default()), ..Default::default() }),
+        ..Default::default()
+    }]))
+    .contains("Secrets"));
+}
+
+#[test]
+fn only_silence_and_full_offers_are_transient() {
+    let mut c = Case::new(1, vec![cand("A", &[("r", "x")], 0), cand("B", &[], 0), cand("C", &[], 0)]);
+    c.placement.cluster_selector =
+        Some(LabelSelector { match_labels: Some([("r".to_string(), "y".to_string())].into()), ..Default::default() });
+    c.candidates[1].fresh = Err("no heartbeat for 20 s".into());
+    c.candidates[2].profile.offer.cpu_milli = Some(1);
+    c.placement.cluster_selector = None;
+    c.placement.nodes = vec!["B".into()];
+    let p = c.run();
+    assert!(p.targets.is_empty());
+    let t = |peer: &str| p.verdicts.iter().find(|v| v.peer == peer).unwrap().transient;
+    assert!(t("B"), "silence is transient");
+    assert!(!t("A") && !t("C"), "not named is not");
+    c.placement.nodes = vec![];
+    c.candidates[0].profile.labels.clear();
+    c.candidates[0].profile.roles = vec![];
+    let p = c.run();
+    let t = |peer: &str| p.verdicts.iter().find(|v| v.peer == peer).unwrap().transient;
+    assert!(t("C"), "a full offer is transient");
+    assert!(!t("A"), "not a worker is not");
+}
