@@ -543,7 +543,7 @@ async fn deeploy(a: DeeployArgs) -> anyhow::Result<()> {
                             (0, "Refused".to_string(), r["refused"].as_str().unwrap_or("").to_string())
                         }
                         Some(r) => (
-                            r["readyReplicas"].as_i64().unwrap_or(0),
+                            r["readyReplicas"].as_i64().unwrap_or(0).clamp(0, replicas.as_i64().unwrap_or(0)),
                             r["phase"].as_str().unwrap_or("?").to_string(),
                             r["message"].as_str().unwrap_or("").to_string(),
                         ),

@@ -170,7 +170,7 @@ async fn deeploy_places_propagates_refuses_fails_over_and_cleans_up() {
     let p = wait_scheduled(a, &ns, "web", "True", "Placed", 30).await;
     assert_eq!(placed_nodes(&p), vec!["node-c5", "node-c6"]);
     assert_eq!(p.status.as_ref().unwrap().replicas, 4, "2 replicas on each of 2 clusters");
-    assert!(p.finalizers().contains(&"ratio1.ai/deeploy".to_string()), "the origin holds a finalizer");
+    assert!(p.finalizers().is_empty(), "no finalizer on the user's pipeline");
     assert!(Api::<Deployment>::namespaced(ca.clone(), &ns).get_opt("web").await.unwrap().is_none(), "not on A");
     let (ok, status, _) = deeploy_cli(api_a, &["status", "web", "-n", &ns]).await;
     assert!(ok && status.contains(&pb) && status.contains(&pc), "{status}");
@@ -342,8 +342,10 @@ async fn deeploy_places_propagates_refuses_fails_over_and_cleans_up() {
         Some(())
     })
     .await;
-    let applied = counter(&fed, 2, "ratio1_deeploy_copies_applied_total", "").await;
-    assert!(applied >= 3.0, "C counts the copies it applied: {applied}");
+    // The target that was never restarted counts every copy it applied.
+    let steady = if alive == c { 2 } else { 1 };
+    let applied = counter(&fed, steady, "ratio1_deeploy_copies_applied_total", "").await;
+    assert!(applied >= 3.0, "{} counts the copies it applied: {applied}", fed.nodes[steady].name);
     for k in [a, b, c] {
         let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client(k).await)
             .delete(&ns, &DeleteParams::default())

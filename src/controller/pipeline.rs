@@ -630,12 +630,9 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
     let node = super::node::local_node(&ctx.caches.nodes.state());
     let mode = network::mode(&p, &ctx, node.is_some());
     if p.metadata.deletion_timestamp.is_some() {
-        // Children go with their owner; only a network placement needs
-        // its intent withdrawn first.
-        return Ok(match network::release(&pipelines, &p, &ctx).await? {
-            true => Action::await_change(),
-            false => Action::requeue(Duration::from_secs(2)),
-        });
+        // Children go with their owner (garbage collection); Deeploy
+        // withdraws the intent once the pipeline is gone from the cache.
+        return Ok(Action::await_change());
     }
     if let network::Mode::Waiting(why) = &mode {
         // Nothing is placed or removed until Deeploy can see the network:
@@ -714,7 +711,7 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
         }
         Ok((sched, placed, waiting, desired)) => {
             if let (network::Mode::Origin(d, _), Some(placed)) = (&mode, &placed) {
-                network::commit(&pipelines, &p, d, placed).await?;
+                network::commit(d, placed).await?;
             }
             let mut applied_dep = None;
             let mut applied_job = None;

@@ -462,7 +462,15 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
     let models_seen = models_seen_rx.map(Ok::<_, watcher::Error>);
     let pipeline_events =
         cached("r1pipelines", Api::<R1Pipeline>::all(client.clone()), wc(), pipelines_writer, &watches, trim)
-            .inspect(pipelines_ready.on_init_done());
+            .inspect(pipelines_ready.on_init_done())
+            .inspect({
+                let ctx = ctx.clone();
+                move |ev| {
+                    if let (Ok(watcher::Event::Delete(_)), Some(d)) = (ev, ctx.deeploy.get()) {
+                        d.pipeline_gone();
+                    }
+                }
+            });
     // Deeploy runs on the leader only, over CSTORE: it wakes the origin's
     // pipelines when a target reports, and all of them when a cluster
     // comes, goes or changes what it offers.
@@ -484,12 +492,15 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
             let pipelines =
                 futures::stream::unfold(wakes.pipelines, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
                     .boxed();
-            let replans =
-                futures::stream::unfold(
-                    wakes.replan,
-                    |mut rx| async move { rx.changed().await.ok().map(|_| ((), rx)) },
-                )
-                .boxed();
+            // At most one plan of everything per second: a peer flapping its
+            // profile cannot keep every pipeline reconciling.
+            let replans = futures::stream::unfold((wakes.replan, None), |(mut rx, last)| async move {
+                if let Some(last) = last {
+                    tokio::time::sleep_until(last + Duration::from_secs(1)).await;
+                }
+                rx.changed().await.ok().map(|_| ((), (rx, Some(tokio::time::Instant::now()))))
+            })
+            .boxed();
             (pipelines, replans)
         }
         None => (futures::stream::pending().boxed(), futures::stream::pending().boxed()),

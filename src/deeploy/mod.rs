@@ -38,9 +38,6 @@ pub const ORIGIN_LABEL: &str = "ratio1.ai/deeploy-origin";
 pub const INTENT_ANNOTATION: &str = "ratio1.ai/deeploy-intent";
 pub const SPEC_HASH_ANNOTATION: &str = "ratio1.ai/deeploy-spec-hash";
 pub const ORIGIN_NODE_ANNOTATION: &str = "ratio1.ai/deeploy-origin-node";
-/// Finalizer of an origin pipeline with an intent: its deletion withdraws
-/// the intent first.
-pub const FINALIZER: &str = "ratio1.ai/deeploy";
 
 /// Settings of `ratio1 operator` for Deeploy.
 #[derive(Clone, Debug)]
@@ -511,6 +508,17 @@ impl Deeploy {
             }
             Kind::Report => match value.map(serde_json::from_value::<Report>) {
                 Some(Ok(r)) if r.bounded() && intent::report_key(writer, &r.origin, &r.namespace, &r.name) == key => {
+                    // Kept only from a target of an intent held here, or as a
+                    // refusal of its current spec: any peer may write
+                    // reports, few are worth memory or a wake-up.
+                    let ik = intent::intent_key(&r.origin, &r.namespace, &r.name);
+                    let wanted = m.intents.get(&ik).is_some_and(|i| {
+                        i.targets.contains_key(writer) || (r.refused.is_some() && r.spec_hash == i.spec_hash)
+                    });
+                    if !wanted {
+                        m.reports.remove(key);
+                        return;
+                    }
                     if Some(r.origin.as_str()) == me && Some(writer) != me {
                         let _ = self.inner.wake.send(ObjectRef::new(&r.name).within(&r.namespace));
                     }
@@ -553,10 +561,18 @@ impl Deeploy {
             let me = self.me();
             let keys: BTreeSet<String> = records.iter().map(|r| r.slot.key.clone()).collect();
             {
-                // Whatever the mirror held that is gone now was withdrawn.
+                // Whatever the mirror held that is gone now is dropped (not
+                // taken as withdrawn: only a tombstone says that).
                 let gone: Vec<String> = {
                     let m = self.inner.mirror.read().expect("mirror lock");
-                    m.intents.keys().chain(m.reports.keys()).filter(|k| !keys.contains(*k)).cloned().collect()
+                    let profiles = m.profiles.keys().map(|p| intent::profile_key(p));
+                    m.intents
+                        .keys()
+                        .chain(m.reports.keys())
+                        .cloned()
+                        .chain(profiles)
+                        .filter(|k| !keys.contains(k))
+                        .collect()
                 };
                 for k in gone {
                     self.absorb(&k, None, me.as_deref());
@@ -659,6 +675,9 @@ impl Deeploy {
             if !self.inner.pipelines_ready.is_set() {
                 continue;
             }
+            if let Err(e) = self.withdraw_gone(&me).await {
+                tracing::warn!(error = %e, "withdrawing the intents of deleted pipelines failed; retrying");
+            }
             if let Err(e) = self.materialise(&me).await {
                 tracing::warn!(error = %e, "applying Deeploy intents failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -667,16 +686,61 @@ impl Deeploy {
         }
     }
 
+    /// An R1Pipeline deleted here (the cache says so): Deeploy looks for
+    /// intents to withdraw at once.
+    pub fn pipeline_gone(&self) {
+        self.inner.target_wake.notify_one();
+    }
+
+    /// Withdraws this node's intents whose pipeline is gone from the
+    /// (filled) cache: deleted while this process ran, or while it was
+    /// down. An API server that cannot be reached leaves the cache as it
+    /// was, so a blip withdraws nothing.
+    async fn withdraw_gone(&self, me: &str) -> Result<(), CstoreError> {
+        let gone: Vec<(String, String)> = {
+            let m = self.inner.mirror.read().expect("mirror lock");
+            m.intents
+                .values()
+                .filter(|i| i.origin == me)
+                .filter(|i| {
+                    let live = self.inner.pipelines.get(&ObjectRef::new(&i.name).within(&i.namespace));
+                    live.is_none_or(|p| copy_origin(&p).is_some_and(|o| o != me))
+                })
+                .map(|i| (i.namespace.clone(), i.name.clone()))
+                .collect()
+        };
+        for (ns, name) in gone {
+            self.withdraw(me, &ns, &name).await?;
+            tracing::info!(namespace = %ns, %name, "pipeline deleted: intent withdrawn");
+        }
+        Ok(())
+    }
+
     async fn materialise(&self, me: &str) -> Result<(), kube::Error> {
         let mut mine: Vec<Intent> = {
             let m = self.inner.mirror.read().expect("mirror lock");
             m.intents.values().filter(|i| i.origin != me && i.targets.contains_key(me)).cloned().collect()
         };
-        // In a fixed order, so that when the offer runs out the same
-        // intents are refused on every pass.
-        mine.sort_by(|a, b| (&a.origin, &a.namespace, &a.name).cmp(&(&b.origin, &b.namespace, &b.name)));
+        // In a fixed order, copies already running first, so that when the
+        // offer runs out a newcomer is refused, never a running copy.
+        let running = |i: &Intent| {
+            self.inner
+                .pipelines
+                .get(&ObjectRef::new(&i.name).within(&i.namespace))
+                .is_some_and(|p| is_copy_of(&p, &i.origin))
+        };
+        mine.sort_by_cached_key(|i| (!running(i), i.origin.clone(), i.namespace.clone(), i.name.clone()));
         let profile = self.inner.profile.borrow().clone();
-        let mut used = Need::default();
+        // The offer is counted as origins count it: this cluster's own
+        // pipelines placed on itself take their share first.
+        let mut used = {
+            let m = self.inner.mirror.read().expect("mirror lock");
+            m.intents
+                .values()
+                .filter(|i| i.origin == me)
+                .filter_map(|i| Some(i.need.times(i.replicas_on(me)?)))
+                .fold(Need::default(), |a, b| a.plus(&b))
+        };
         let mut work = vec![];
         for i in &mine {
             let existing = self.inner.pipelines.get(&ObjectRef::new(&i.name).within(&i.namespace));
@@ -829,13 +893,11 @@ impl Deeploy {
     }
 
     /// Deletes this node's reports about intents that no longer place
-    /// anything here.
-    /// Deletes this node's reports about intents that no longer place
     /// anything here, except a refusal it would still make (it is what
     /// keeps the origin from placing the pipeline here again): a refusal
     /// whose cause went (policy relaxed, conflicting object deleted) is
     /// withdrawn, and the origin may place here again. A refusal of a copy
-    /// that stalled here stays until the spec changes.
+    /// that stalled here stays a minute (then the origin may try again).
     async fn drop_stale_reports(&self, me: &str, profile: Option<&Profile>, used: Need) {
         let candidates: Vec<(String, Report, Option<Intent>)> = {
             let m = self.inner.mirror.read().expect("mirror lock");
@@ -1002,6 +1064,10 @@ pub fn copy_of(i: &Intent, me: &str) -> Result<R1Pipeline, String> {
         return Err("its spec does not match the intent's specHash".into());
     }
     spec.replicas = i.replicas_on(me).unwrap_or(0);
+    // A stranger's pod gets no token of this cluster's API.
+    if let Some(pod) = spec.template.spec.as_mut() {
+        pod.automount_service_account_token = Some(false);
+    }
     spec.placement = crate::crd::Placement { clusters: 1, cluster_selector: None, nodes: vec![me.to_string()] };
     let mut p = R1Pipeline::new(&i.name, spec);
     p.metadata.namespace = Some(i.namespace.clone());
@@ -1060,7 +1126,9 @@ mod tests {
         assert_eq!(copy_origin(&c), Some("A"));
         assert_eq!(c.annotations().get(SPEC_HASH_ANNOTATION), Some(&i.spec_hash));
         assert_eq!((c.namespace().as_deref(), c.name_any().as_str()), (Some("team"), "web"));
-        assert_eq!(c.spec.template, spec().template, "the copy runs the origin's template");
+        let mut want = spec().template;
+        want.spec.as_mut().unwrap().automount_service_account_token = Some(false);
+        assert_eq!(c.spec.template, want, "the copy runs the origin's template, with no API token");
         let mut lying = i.clone();
         lying.spec["template"]["spec"]["containers"][0]["image"] = serde_json::json!("evil");
         assert!(copy_of(&lying, "B").unwrap_err().contains("specHash"));

@@ -285,11 +285,20 @@ pub fn remote_safe(template: &PodTemplateSpec, namespace: &str, operator_namespa
     if spec.host_network == Some(true) || spec.host_pid == Some(true) || spec.host_ipc == Some(true) {
         return no("hostNetwork, hostPID or hostIPC");
     }
+    if spec.image_pull_secrets.as_ref().is_some_and(|s| !s.is_empty()) {
+        return no("imagePullSecrets (this cluster's Secrets)");
+    }
     for v in spec.volumes.iter().flatten() {
         if v.host_path.is_some() {
             return no(&format!("a hostPath volume ({})", v.name));
         }
-        if v.secret.is_some() || v.config_map.is_some() || v.projected.is_some() || v.persistent_volume_claim.is_some()
+        if v.secret.is_some()
+            || v.config_map.is_some()
+            || v.projected.is_some()
+            || v.persistent_volume_claim.is_some()
+            || v.ephemeral.is_some()
+            || v.csi.is_some()
+            || v.flex_volume.is_some()
         {
             return no(&format!("volume {:?} from this cluster's Secrets, ConfigMaps, tokens or claims", v.name));
         }
@@ -302,6 +311,9 @@ pub fn remote_safe(template: &PodTemplateSpec, namespace: &str, operator_namespa
             if sc.capabilities.as_ref().and_then(|k| k.add.as_ref()).is_some_and(|a| !a.is_empty()) {
                 return no(&format!("added capabilities ({})", c.name));
             }
+        }
+        if c.ports.iter().flatten().any(|p| p.host_port.is_some_and(|h| h != 0)) {
+            return no(&format!("a hostPort ({})", c.name));
         }
         let refs = c.env.iter().flatten().any(|e| {
             e.value_from.as_ref().is_some_and(|f| f.secret_key_ref.is_some() || f.config_map_key_ref.is_some())

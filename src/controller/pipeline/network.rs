@@ -1,15 +1,14 @@
 //! The pipeline reconciler's part in Deeploy: at the origin, plan and
-//! write the intent, hold a finalizer that withdraws it, and fill status
-//! from the targets' reports; at a target, report the copy's state.
+//! write the intent and fill status from the targets' reports; at a
+//! target, report the copy's state (or refuse it when it cannot run).
 
 use super::{placement_conditions_with, Schedule, SCHEDULED};
 use crate::conditions::{self, Invalid, Want};
-use crate::controller::{Context, Error, Result, FIELD_MANAGER};
+use crate::controller::{Context, Error, Result};
 use crate::crd::{PlacementPhase, PlacementStatus, R1Pipeline};
 use crate::deeploy::intent::Intent;
 use crate::deeploy::{self, Deeploy};
-use kube::api::{Api, Patch, PatchParams};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use std::collections::BTreeMap;
 
 /// How this cluster takes part in a pipeline.
@@ -27,7 +26,7 @@ pub enum Mode<'a> {
 pub fn mode<'a>(p: &R1Pipeline, ctx: &'a Context, has_node: bool) -> Mode<'a> {
     let Some(d) = ctx.deeploy.get() else { return Mode::Local };
     let me = d.me();
-    if deeploy::copy_origin(p).is_some_and(|o| Some(o) != me.as_deref()) {
+    if deeploy::copy_origin(p).is_some_and(|o| Some(o) != me.as_deref() && deeploy::is_copy_of(p, o)) {
         return Mode::Copy(d);
     }
     if !has_node {
@@ -79,73 +78,31 @@ pub fn schedule(d: &Deeploy, me: &str, p: &R1Pipeline) -> Result<(Schedule, Plac
         targets: targets.clone(),
         need,
     };
-    let size = intent.spec.to_string().len();
-    if size > crate::cstore::record::MAX_VALUE_BYTES - 4096 {
+    let size = serde_json::to_string(&intent).expect("intent serializes").len();
+    let max = crate::cstore::record::MAX_VALUE_BYTES;
+    if size > max {
         return Err(Invalid::new(
             "SpecTooLarge",
-            format!(
-                "the spec is {size} bytes: network placement carries at most {} bytes",
-                crate::cstore::record::MAX_VALUE_BYTES - 4096
-            ),
+            format!("the spec and its targets take {size} bytes in CSTORE, over its {max}-byte limit: network placement cannot carry it"),
         ));
     }
     Ok((Schedule { run_here: targets.contains_key(me), unmet }, Placed { targets, intent }))
 }
 
-fn has_finalizer(p: &R1Pipeline) -> bool {
-    p.finalizers().iter().any(|f| f == deeploy::FINALIZER)
-}
-
-/// Sets or clears Deeploy's finalizer, owned by its own field manager so
-/// that nothing else of the user's object is touched.
-async fn set_finalizer(api: &Api<R1Pipeline>, p: &R1Pipeline, on: bool) -> Result<()> {
-    if has_finalizer(p) == on {
-        return Ok(());
-    }
-    let finalizers: Vec<&str> = if on { vec![deeploy::FINALIZER] } else { vec![] };
-    let body = serde_json::json!({
-        "apiVersion": R1Pipeline::api_version(&()),
-        "kind": R1Pipeline::kind(&()),
-        "metadata": {"name": p.name_any(), "finalizers": finalizers},
-    });
-    let pp = PatchParams::apply(&format!("{FIELD_MANAGER}-deeploy")).force();
-    api.patch(&p.name_any(), &pp, &Patch::Apply(&body)).await?;
-    Ok(())
-}
-
-/// Writes the intent (the finalizer first, so that a deletion withdraws
-/// it). An intent whose targets all went (the spec now excludes them) is
-/// written too, empty: its targets remove their copies.
-pub async fn commit(api: &Api<R1Pipeline>, p: &R1Pipeline, d: &Deeploy, placed: &Placed) -> Result<()> {
+/// Writes the intent. An intent whose targets all went (the spec now
+/// excludes them) is written too, empty: its targets remove their copies.
+/// (No finalizer: Deeploy withdraws the intent of a pipeline that is gone
+/// from the filled cache, whether it saw the deletion or not.)
+pub async fn commit(d: &Deeploy, placed: &Placed) -> Result<()> {
     if placed.targets.is_empty()
         && d.intent(&placed.intent.origin, &placed.intent.namespace, &placed.intent.name).is_none()
     {
         return Ok(());
     }
-    set_finalizer(api, p, true).await?;
     if d.write_intent(&placed.intent).await? {
         tracing::info!(targets = ?placed.targets.keys().collect::<Vec<_>>(), "intent written");
     }
     Ok(())
-}
-
-/// A deleted pipeline: its intent (if this node placed one) is withdrawn,
-/// then the finalizer goes. Without a ready Deeploy the finalizer stays
-/// (retried), except when this operator runs without Deeploy at all.
-pub async fn release(api: &Api<R1Pipeline>, p: &R1Pipeline, ctx: &Context) -> Result<bool> {
-    if !has_finalizer(p) {
-        return Ok(true);
-    }
-    match ctx.deeploy.get().map(|d| (d, d.ready())) {
-        Some((d, Ok(me))) => {
-            d.withdraw(&me, &p.namespace().unwrap_or_default(), &p.name_any()).await?;
-            tracing::info!("pipeline deleted: intent withdrawn");
-        }
-        Some((_, Err(_))) => return Ok(false),
-        None => tracing::warn!("pipeline deleted while Deeploy is off: its intent, if any, stays in CSTORE"),
-    }
-    set_finalizer(api, p, false).await?;
-    Ok(true)
 }
 
 /// Status of every target, this cluster's from its own children.

@@ -317,6 +317,16 @@ fn a_remote_pod_may_not_reach_the_targets_secrets_identity_or_hosts() {
     };
     assert!(with(&|s| s.service_account_name = Some("operator".into())).contains("serviceAccountName"));
     assert!(with(&|s| s.host_network = Some(true)).contains("hostNetwork"));
+    assert!(with(&|s| s.image_pull_secrets = Some(vec![Default::default()])).contains("imagePullSecrets"));
+    assert!(with(&|s| s.containers[0].ports = Some(vec![k8s_openapi::api::core::v1::ContainerPort {
+        container_port: 80,
+        host_port: Some(80),
+        ..Default::default()
+    }]))
+    .contains("hostPort"));
+    assert!(with(&|s| s.volumes =
+        Some(vec![Volume { name: "e".into(), ephemeral: Some(Default::default()), ..Default::default() }]))
+    .contains("claims"));
     assert!(with(&|s| s.volumes = Some(vec![Volume {
         name: "root".into(),
         host_path: Some(HostPathVolumeSource { path: "/".into(), ..Default::default() }),
