@@ -233,6 +233,17 @@ async fn deeploy_places_propagates_refuses_fails_over_and_cleans_up() {
     wait_copy(b, &ns, "web", &pa, 3, 30).await;
     wait_copy(c, &ns, "web", &pa, 3, 30).await;
 
+    // Named nodes: exactly those, by name; one nobody knows is reported.
+    apply(a, &ns, &pipeline("pin", &ns, 1, json!({"nodes": ["node-c6", "node-zz"]}))).await;
+    let p = wait_scheduled(a, &ns, "pin", "False", "NodesUnavailable", 30).await;
+    let msg = p.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Scheduled").unwrap().message.clone();
+    assert!(msg.contains("node-zz: not known in the network"), "{msg}");
+    wait_copy(c, &ns, "pin", &pa, 1, 30).await;
+    assert_eq!(placed_nodes(&p), vec!["node-c6"]);
+    assert!(gone_on(b, &ns, "pin").await, "B is not named");
+    Api::<R1Pipeline>::namespaced(ca.clone(), &ns).delete("pin", &DeleteParams::default()).await.unwrap();
+    wait_gone(c, &ns, "pin", 30).await;
+
     // 4. Refusal: a pipeline B's admin made under the same name is never
     // taken over; B refuses, and A says why nothing else fits.
     let cb = client(b).await;

@@ -586,6 +586,9 @@ impl Deeploy {
                 self.absorb(&r.slot.key, Some(r), me.as_deref());
             }
             self.inner.loaded.mark();
+            // This node's own profile may be among what a re-read found gone
+            // (CSTORE's etcd lost it): the profile loop checks again.
+            self.inner.profile.send_modify(|_| {});
             self.inner.replan.send_modify(|n| *n += 1);
             self.inner.target_wake.notify_one();
             let loads = self.inner.cstore.loads();
@@ -704,7 +707,7 @@ impl Deeploy {
                 .filter(|i| i.origin == me)
                 .filter(|i| {
                     let live = self.inner.pipelines.get(&ObjectRef::new(&i.name).within(&i.namespace));
-                    live.is_none_or(|p| copy_origin(&p).is_some_and(|o| o != me))
+                    live.is_none_or(|p| copy_origin(&p).is_some_and(|o| o != me && is_copy_of(&p, o)))
                 })
                 .map(|i| (i.namespace.clone(), i.name.clone()))
                 .collect()

@@ -288,19 +288,19 @@ pub fn remote_safe(template: &PodTemplateSpec, namespace: &str, operator_namespa
     if spec.image_pull_secrets.as_ref().is_some_and(|s| !s.is_empty()) {
         return no("imagePullSecrets (this cluster's Secrets)");
     }
+    // Volumes by allowlist: scratch space and the pod's own metadata. Every
+    // other kind reaches something of this cluster's (a host path, a Secret,
+    // a ConfigMap, a token, a claim, a storage backend's credentials).
     for v in spec.volumes.iter().flatten() {
         if v.host_path.is_some() {
             return no(&format!("a hostPath volume ({})", v.name));
         }
-        if v.secret.is_some()
-            || v.config_map.is_some()
-            || v.projected.is_some()
-            || v.persistent_volume_claim.is_some()
-            || v.ephemeral.is_some()
-            || v.csi.is_some()
-            || v.flex_volume.is_some()
-        {
-            return no(&format!("volume {:?} from this cluster's Secrets, ConfigMaps, tokens or claims", v.name));
+        let kinds = match serde_json::to_value(v) {
+            Ok(serde_json::Value::Object(m)) => m.keys().filter(|k| *k != "name").cloned().collect::<Vec<_>>(),
+            _ => vec!["unknown".into()],
+        };
+        if let Some(k) = kinds.iter().find(|k| *k != "emptyDir" && *k != "downwardAPI") {
+            return no(&format!("volume {:?} of kind {k} (only emptyDir and downwardAPI: anything else reaches this cluster's hosts, Secrets, ConfigMaps, tokens, claims or storage)", v.name));
         }
     }
     for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
