@@ -13,4 +13,5 @@ pub mod identity;
 pub mod leader;
 pub mod metrics;
 pub mod p2p;
+pub mod r1fs;
 pub mod telemetry;

@@ -45,6 +45,9 @@ enum Command {
     Cstore(CstoreArgs),
     /// Network placement of R1Pipelines: where one would go, where one runs.
     Deeploy(DeeployArgs),
+    /// R1FS, the network's content store.
+    #[command(subcommand)]
+    Fs(FsCmd),
     /// Print the version.
     Version,
 }
@@ -106,6 +109,24 @@ struct CstoreArgs {
     endpoint: String,
     #[command(subcommand)]
     cmd: CstoreCmd,
+}
+
+#[derive(Subcommand)]
+enum FsCmd {
+    /// Print the CID of a file or directory as `ipfs add --cid-version 1`
+    /// computes it (CIDv1, raw leaves, 256 KiB chunks, balanced layout),
+    /// without a running operator. Storing content (without --only-hash)
+    /// comes with R1FS's block store.
+    Add {
+        /// Compute the CID only; store nothing.
+        #[arg(long, required = true)]
+        only_hash: bool,
+        /// Include files and directories whose name starts with `.` (as
+        /// `ipfs add -r --hidden`).
+        #[arg(long)]
+        hidden: bool,
+        path: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -476,6 +497,38 @@ fn json_arg(value: &str) -> anyhow::Result<String> {
     Ok(v.to_string())
 }
 
+fn fs(cmd: FsCmd) -> anyhow::Result<()> {
+    match cmd {
+        FsCmd::Add { only_hash: _, hidden, path } => {
+            // A progress bar on a terminal for what takes a while (hidden
+            // when stderr is not a terminal).
+            let total = total_size(&path);
+            let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} {wide_bar} {bytes_per_sec} eta {eta}")
+                    .expect("a valid template"),
+            );
+            let added = ratio1::r1fs::add::only_hash(&path, hidden, &mut |n| bar.set_position(n))
+                .map_err(|e| anyhow::anyhow!("cannot add: {e}"))?;
+            bar.finish_and_clear();
+            println!("{}", added.cid);
+            Ok(())
+        }
+    }
+}
+
+/// Bytes of the files under `path` (for the progress bar; 0 on error).
+fn total_size(path: &std::path::Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
+    if meta.is_file() {
+        return meta.len();
+    }
+    if !meta.is_dir() {
+        return 0;
+    }
+    std::fs::read_dir(path).map(|it| it.flatten().map(|e| total_size(&e.path())).sum()).unwrap_or(0)
+}
+
 /// Reads one R1Pipeline from a YAML or JSON file, with a one-line cause.
 fn read_pipeline(file: &std::path::Path) -> anyhow::Result<ratio1::crd::R1Pipeline> {
     let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
@@ -705,6 +758,7 @@ async fn main() -> ExitCode {
         Command::Network(cmd) => network(cmd).await,
         Command::Cstore(a) => cstore(a).await,
         Command::Deeploy(a) => deeploy(a).await,
+        Command::Fs(cmd) => fs(cmd),
         Command::Operator(a) => match net_options(&a).and_then(|n| Ok((n, cstore_config(&a)?, deeploy_config(&a)?))) {
             Err(e) => Err(e),
             Ok((net, cstore, deeploy)) => {

@@ -16,5 +16,6 @@ mod leader;
 mod nodes;
 mod pipelines;
 mod placement;
+mod r1fs;
 mod running;
 mod validation;

@@ -19,9 +19,13 @@ pub fn evaluate(m: &R1Model) -> Result<(Vec<Want>, Option<String>), Invalid> {
             return Err(Invalid::new("InvalidSource", "source must set exactly one of cid or volume"));
         }
         ModelSource { cid: Some(cid), volume: None } => {
+            // Decoded for real: the schema's pattern checks only the alphabet.
+            let parsed =
+                crate::r1fs::cid::parse(cid).map_err(|e| Invalid::new("InvalidCid", format!("source.cid: {e}")))?;
+            let cid = crate::r1fs::cid::canonical(&parsed);
             let mut w = conditions::ready("ContentAddressed", &format!("artifact is {cid}"));
             w.push(Want::new("Available", true, "ContentAddressed", "content is addressed by its CID"));
-            (w, Some(cid.clone()))
+            (w, Some(cid))
         }
         ModelSource { cid: None, volume: Some(v) } => {
             let msg = format!("import of {}:{} waits for R1FS", v.claim_name, v.path);
@@ -66,6 +70,18 @@ mod tests {
         let (w, got) = evaluate(&model(ModelSource { cid: Some(cid.clone()), volume: None })).unwrap();
         assert_eq!(got, Some(cid));
         assert!(w.iter().any(|w| w.type_ == "Ready" && w.status == Some(true)));
+    }
+
+    #[test]
+    fn a_cid_is_decoded_and_reported_as_cidv1() {
+        let v0 = "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH".to_string();
+        let (_, got) = evaluate(&model(ModelSource { cid: Some(v0), volume: None })).unwrap();
+        assert!(got.unwrap().starts_with("bafybei"));
+        // The CRD pattern's alphabet, but no CID (a wrong character count).
+        let bad = format!("b{}", "a".repeat(58));
+        let err = evaluate(&model(ModelSource { cid: Some(bad), volume: None })).unwrap_err();
+        assert_eq!(err.reason, "InvalidCid");
+        assert!(err.message.starts_with("source.cid: "), "{}", err.message);
     }
 
     #[test]

@@ -103,6 +103,9 @@ pub fn validate(p: &R1Pipeline, inputs: &Inputs) -> Result<Option<String>, Inval
             format!("{name:?} declares ports but is not a valid Service name (a DNS-1035 label: lowercase letters, digits, '-', at most 63 characters, starting with a letter)"),
         ));
     }
+    for i in &spec.inputs {
+        crate::r1fs::cid::parse(&i.cid).map_err(|e| Invalid::new("InvalidCid", format!("inputs: {e}")))?;
+    }
     let mut paths = BTreeSet::new();
     for path in spec.models.iter().map(|m| &m.mount_path).chain(spec.inputs.iter().map(|i| &i.mount_path)) {
         if !paths.insert(path.as_str()) {

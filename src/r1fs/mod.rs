@@ -1,0 +1,12 @@
+//! R1FS: the network's content-addressed store. Content is addressed as
+//! IPFS addresses it (UnixFS DAGs, CIDv1, raw leaves, 256 KiB chunks,
+//! balanced layout, sha2-256: what `ipfs add --cid-version 1` gives), so a
+//! CID computed here names the same bytes anywhere in the IPFS world.
+//!
+//! This part is the pure core: parsing and checking the CIDs users give
+//! ([`cid`]), and turning files and directories into blocks ([`add`]).
+//! Storing blocks, exchanging them between clusters and delivering them
+//! to pods build on it (docs/protocols.md, "R1FS").
+
+pub mod add;
+pub mod cid;
