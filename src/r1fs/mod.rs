@@ -3,10 +3,12 @@
 //! balanced layout, sha2-256: what `ipfs add --cid-version 1` gives), so a
 //! CID computed here names the same bytes anywhere in the IPFS world.
 //!
-//! This part is the pure core: parsing and checking the CIDs users give
-//! ([`cid`]), and turning files and directories into blocks ([`add`]).
-//! Storing blocks, exchanging them between clusters and delivering them
-//! to pods build on it (docs/protocols.md, "R1FS").
+//! Built so far: parsing and checking the CIDs users give ([`cid`]),
+//! turning files and directories into blocks ([`add`]), and keeping
+//! verified blocks on disk and reading files back from them ([`store`]).
+//! Exchanging blocks between clusters and delivering them to pods build
+//! on these (docs/protocols.md, "R1FS").
 
 pub mod add;
 pub mod cid;
+pub mod store;
