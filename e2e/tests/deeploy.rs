@@ -98,16 +98,7 @@ async fn label_node(cluster: usize, name: &str, labels: serde_json::Value, polic
 
 /// `ratio1 deeploy ARGS` against an operator: exit status, stdout, stderr.
 async fn deeploy_cli(api_port: u16, args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ratio1"))
-        .arg("deeploy")
-        .arg("--endpoint")
-        .arg(format!("http://127.0.0.1:{api_port}"))
-        .args(args)
-        .output()
-        .await
-        .expect("ratio1 runs");
-    let s = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
-    (out.status.success(), s(&out.stdout), s(&out.stderr))
+    cstore::command("deeploy", api_port, args).await
 }
 
 /// Freezes a cluster's kube-apiserver (SIGSTOP) until dropped.

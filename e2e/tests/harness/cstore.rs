@@ -126,8 +126,14 @@ pub fn set_flag(opts: &mut OperatorOpts, flag: &str, value: &str) {
 /// Runs `ratio1 cstore ARGS` against the operator's local API; returns the
 /// exit status, stdout and stderr.
 pub async fn cli(api_port: u16, args: &[&str]) -> (bool, String, String) {
+    command("cstore", api_port, args).await
+}
+
+/// Runs `ratio1 SUBCOMMAND --endpoint <the operator's local API> ARGS`;
+/// returns the exit status, stdout and stderr.
+pub async fn command(subcommand: &str, api_port: u16, args: &[&str]) -> (bool, String, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ratio1"))
-        .arg("cstore")
+        .arg(subcommand)
         .arg("--endpoint")
         .arg(format!("http://127.0.0.1:{api_port}"))
         .args(args)
