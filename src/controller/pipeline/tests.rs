@@ -69,8 +69,11 @@ fn models_must_exist_and_be_ready() {
     assert!(validate(&p, &inputs).unwrap().unwrap().contains("waiting for R1Model(s) m"));
     inputs.models.insert("m".into(), ModelState::Ready { cid: "bafy".into() });
     assert_eq!(validate(&p, &inputs), Ok(None));
-    p.spec.inputs = vec![InputMount { cid: "bafy".into(), mount_path: "/m".into() }];
+    let cid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku";
+    p.spec.inputs = vec![InputMount { cid: cid.into(), mount_path: "/m".into() }];
     assert_eq!(reason(validate(&p, &inputs)), "InvalidMounts");
+    p.spec.inputs = vec![InputMount { cid: "bafy".into(), mount_path: "/in".into() }];
+    assert_eq!(reason(validate(&p, &inputs)), "InvalidCid", "a CID is decoded, not only matched");
 }
 
 #[test]
