@@ -12,6 +12,7 @@ pub mod deeploy;
 pub mod identity;
 pub mod leader;
 pub mod metrics;
+pub mod objects;
 pub mod p2p;
 pub mod r1fs;
 pub mod telemetry;

@@ -15,10 +15,10 @@ pub mod intent;
 pub mod metrics;
 pub mod plan;
 
-use crate::controller::Filled;
 use crate::crd::{PlacementPhase, PlacementStatus, R1Pipeline, R1PipelineSpec};
 use crate::cstore::{Cstore, CstoreError};
 use crate::metrics::{Metrics, ReasonLabels};
+use crate::objects::{Filled, FIELD_MANAGER, MANAGED_BY};
 use futures::StreamExt;
 use intent::{Intent, Kind, Report};
 use k8s_openapi::api::core::v1::Namespace;
@@ -149,7 +149,7 @@ pub fn copy_origin(p: &R1Pipeline) -> Option<&str> {
 pub fn is_copy_of(p: &R1Pipeline, origin: &str) -> bool {
     let key = intent::intent_key(origin, &p.namespace().unwrap_or_default(), &p.name_any());
     copy_origin(p) == Some(origin)
-        && p.labels().get(crate::controller::MANAGED_BY.0).map(String::as_str) == Some(crate::controller::MANAGED_BY.1)
+        && p.labels().get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1)
         && p.annotations().get(INTENT_ANNOTATION) == Some(&key)
 }
 
@@ -983,7 +983,7 @@ impl Deeploy {
         let namespaces: Api<Namespace> = Api::all(self.inner.client.clone());
         if namespaces.get_opt(ns).await?.is_none() {
             let labels = [
-                (crate::controller::MANAGED_BY.0.to_string(), crate::controller::MANAGED_BY.1.to_string()),
+                (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
                 ("pod-security.kubernetes.io/enforce".to_string(), "baseline".to_string()),
             ];
             let n = Namespace {
@@ -1010,7 +1010,7 @@ impl Deeploy {
     async fn apply_copy(&self, copy: &R1Pipeline, existing: Option<&R1Pipeline>) -> Result<(), kube::Error> {
         let ns = copy.namespace().unwrap_or_default();
         let api: Api<R1Pipeline> = Api::namespaced(self.inner.client.clone(), &ns);
-        let pp = PostParams { field_manager: Some(crate::controller::FIELD_MANAGER.into()), ..Default::default() };
+        let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
         match existing {
             Some(cur) => {
                 let mut next = copy.clone();
@@ -1075,11 +1075,7 @@ pub fn copy_of(i: &Intent, me: &str) -> Result<R1Pipeline, String> {
     let mut p = R1Pipeline::new(&i.name, spec);
     p.metadata.namespace = Some(i.namespace.clone());
     p.metadata.labels = Some(
-        [
-            (crate::controller::MANAGED_BY.0.to_string(), crate::controller::MANAGED_BY.1.to_string()),
-            (ORIGIN_LABEL.to_string(), i.origin.clone()),
-        ]
-        .into(),
+        [(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()), (ORIGIN_LABEL.to_string(), i.origin.clone())].into(),
     );
     p.metadata.annotations = Some(
         [
