@@ -139,6 +139,20 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
+/// An error answer of the local API: a status and one line, as the JSON
+/// `{"error": ...}` that [`request_json`] turns back into the CLI's message.
+pub struct ApiError(pub StatusCode, pub String);
+
+pub fn error(status: StatusCode, msg: impl std::fmt::Display) -> ApiError {
+    ApiError(status, msg.to_string())
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> axum::response::Response {
+        (self.0, axum::Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
 /// This node's view of the network as JSON (`ratio1 network peers` reads it).
 async fn network(State(view): State<crate::p2p::SharedView>) -> impl IntoResponse {
     let body = view.read().map(|v| serde_json::to_string(&*v).unwrap_or_default()).unwrap_or_default();

@@ -44,18 +44,7 @@ pub fn routes(slot: Slot) -> Router {
         .with_state(slot)
 }
 
-/// An error answer: status and one line.
-pub struct ApiError(StatusCode, String);
-
-fn error(status: StatusCode, msg: impl std::fmt::Display) -> ApiError {
-    ApiError(status, msg.to_string())
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
-    }
-}
+use crate::telemetry::{error, ApiError};
 
 impl From<CstoreError> for ApiError {
     fn from(e: CstoreError) -> Self {

@@ -4,6 +4,7 @@
 
 use super::Deeploy;
 use crate::crd::R1Pipeline;
+use crate::telemetry::{error, ApiError};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -20,35 +21,23 @@ pub fn routes(slot: Slot) -> Router {
     Router::new().route("/v1/deeploy/plan", post(plan)).route("/v1/deeploy/status", get(status)).with_state(slot)
 }
 
-fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
-    (status, Json(serde_json::json!({ "error": msg.to_string() }))).into_response()
-}
-
 /// Deeploy and this node's PeerId, or why the API cannot answer (503).
-fn ready(slot: &Slot) -> Result<(&Deeploy, String), String> {
-    let d = slot
-        .get()
-        .ok_or_else(|| "Deeploy is not running here: this replica does not lead, or CSTORE is off".to_string())?;
-    let me = d.ready().map_err(|why| format!("Deeploy is not ready: {why}"))?;
+fn ready(slot: &Slot) -> Result<(&Deeploy, String), ApiError> {
+    let unavailable = |msg: String| error(StatusCode::SERVICE_UNAVAILABLE, msg);
+    let d = slot.get().ok_or_else(|| {
+        unavailable("Deeploy is not running here: this replica does not lead, or CSTORE is off".into())
+    })?;
+    let me = d.ready().map_err(|why| unavailable(format!("Deeploy is not ready: {why}")))?;
     Ok((d, me))
 }
 
-async fn plan(State(slot): State<Slot>, body: axum::body::Bytes) -> Response {
-    let (d, me) = match ready(&slot) {
-        Ok(x) => x,
-        Err(why) => return error(StatusCode::SERVICE_UNAVAILABLE, why),
-    };
-    let p: R1Pipeline = match serde_json::from_slice(&body) {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("not an R1Pipeline: {e}")),
-    };
+async fn plan(State(slot): State<Slot>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let (d, me) = ready(&slot)?;
+    let p: R1Pipeline =
+        serde_json::from_slice(&body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("not an R1Pipeline: {e}")))?;
     let ns = p.namespace().unwrap_or_else(|| "default".into());
-    match d.plan(&me, &ns, &p.name_any(), &p.spec) {
-        Ok((plan, need)) => {
-            Json(serde_json::json!({"origin": me, "namespace": ns, "need": need, "plan": plan})).into_response()
-        }
-        Err(e) => error(StatusCode::BAD_REQUEST, e),
-    }
+    let (plan, need) = d.plan(&me, &ns, &p.name_any(), &p.spec).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+    Ok(Json(serde_json::json!({"origin": me, "namespace": ns, "need": need, "plan": plan})).into_response())
 }
 
 #[derive(Deserialize)]
@@ -57,11 +46,8 @@ struct Name {
     name: String,
 }
 
-async fn status(State(slot): State<Slot>, Query(q): Query<Name>) -> Response {
-    let (d, me) = match ready(&slot) {
-        Ok(x) => x,
-        Err(why) => return error(StatusCode::SERVICE_UNAVAILABLE, why),
-    };
+async fn status(State(slot): State<Slot>, Query(q): Query<Name>) -> Result<Response, ApiError> {
+    let (d, me) = ready(&slot)?;
     let mut origins = d.origins_of(&q.namespace, &q.name);
     if !origins.contains(&me) {
         origins.insert(0, me.clone());
@@ -75,5 +61,5 @@ async fn status(State(slot): State<Slot>, Query(q): Query<Name>) -> Response {
         })
         .filter(|v| !v["intent"].is_null() || v["reports"].as_array().is_some_and(|r| !r.is_empty()))
         .collect();
-    Json(serde_json::json!({"node": me, "pipelines": all})).into_response()
+    Ok(Json(serde_json::json!({"node": me, "pipelines": all})).into_response())
 }
