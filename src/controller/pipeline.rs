@@ -605,6 +605,23 @@ where
     Ok(Arc::new(out))
 }
 
+/// A container problem of this cluster's pods, looked for only while the
+/// placement here is pending for no other known reason and pods exist
+/// that are not ready (the pod watch wakes the pipeline when they change).
+fn local_problem(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    placement: &PlacementStatus,
+    waiting: Option<&str>,
+    dep: &Option<Arc<Deployment>>,
+    job: &Option<Arc<Job>>,
+) -> Option<(String, String)> {
+    (placement.phase == PlacementPhase::Pending && waiting.is_none() && pods_pending(dep.as_deref(), job.as_deref()))
+        .then(|| container_problem(pods_of(ctx, ns, name).iter().map(|p| p.as_ref())))
+        .flatten()
+}
+
 /// The pipeline's pods, from the pod cache.
 fn pods_of(ctx: &Context, ns: &str, name: &str) -> Vec<Arc<Pod>> {
     ctx.caches
@@ -746,12 +763,7 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
             }
             if let (network::Mode::Origin(d, me), Some(placed)) = (&mode, &placed) {
                 let local = placement_status(&p, node.as_ref(), applied_dep.as_deref(), applied_job.as_deref());
-                let problem = (sched.run_here
-                    && local.phase == PlacementPhase::Pending
-                    && waiting.is_none()
-                    && pods_pending(applied_dep.as_deref(), applied_job.as_deref()))
-                .then(|| container_problem(pods_of(&ctx, &ns, &name).iter().map(|p| p.as_ref())))
-                .flatten();
+                let problem = local_problem(&ctx, &ns, &name, &local, waiting.as_deref(), &applied_dep, &applied_job);
                 let placements = network::placements(d, me, placed, local);
                 let wanted =
                     network::conditions(&p, &placements, sched.unmet.as_ref(), waiting.as_deref(), problem.as_ref());
@@ -781,11 +793,8 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
                         // Pods that exist but are not ready: look for a container
                         // the user must fix (the pod watch wakes the pipeline
                         // when their state changes).
-                        let problem = (placement.phase == PlacementPhase::Pending
-                            && waiting.is_none()
-                            && pods_pending(applied_dep.as_deref(), applied_job.as_deref()))
-                        .then(|| container_problem(pods_of(&ctx, &ns, &name).iter().map(|p| p.as_ref())))
-                        .flatten();
+                        let problem =
+                            local_problem(&ctx, &ns, &name, &placement, waiting.as_deref(), &applied_dep, &applied_job);
                         let wanted = placement_conditions_with(&p, &placement, waiting.as_deref(), problem.as_ref());
                         if let network::Mode::Copy(d) = &mode {
                             network::report(d, &p, placement.clone(), &wanted).await?;
