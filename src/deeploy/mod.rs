@@ -672,8 +672,10 @@ impl Deeploy {
     /// As a target: applies a copy of every pipeline an intent places here
     /// and removes the copies no intent wants any more.
     async fn target_loop(self) {
+        let mut wait = self.inner.cfg.resync;
         loop {
-            let _ = tokio::time::timeout(self.inner.cfg.resync, self.inner.target_wake.notified()).await;
+            let _ = tokio::time::timeout(wait, self.inner.target_wake.notified()).await;
+            wait = self.inner.cfg.resync;
             let Ok(me) = self.ready() else { continue };
             if !self.inner.pipelines_ready.is_set() {
                 continue;
@@ -681,10 +683,13 @@ impl Deeploy {
             if let Err(e) = self.withdraw_gone(&me).await {
                 tracing::warn!(error = %e, "withdrawing the intents of deleted pipelines failed; retrying");
             }
-            if let Err(e) = self.materialise(&me).await {
-                tracing::warn!(error = %e, "applying Deeploy intents failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                self.inner.target_wake.notify_one();
+            match self.materialise(&me).await {
+                Ok(false) => {}
+                Ok(true) => wait = Duration::from_secs(1),
+                Err(e) => {
+                    tracing::warn!(error = %e, "applying Deeploy intents failed; retrying");
+                    wait = Duration::from_secs(1);
+                }
             }
         }
     }
@@ -719,7 +724,10 @@ impl Deeploy {
         Ok(())
     }
 
-    async fn materialise(&self, me: &str) -> Result<(), kube::Error> {
+    /// Returns whether to pass again soon (a previous copy is still being
+    /// deleted, to be made again once gone).
+    async fn materialise(&self, me: &str) -> Result<bool, kube::Error> {
+        let mut again_soon = false;
         let mut mine: Vec<Intent> = {
             let m = self.inner.mirror.read().expect("mirror lock");
             m.intents.values().filter(|i| i.origin != me && i.targets.contains_key(me)).cloned().collect()
@@ -747,9 +755,8 @@ impl Deeploy {
         let mut work = vec![];
         for i in &mine {
             let existing = self.inner.pipelines.get(&ObjectRef::new(&i.name).within(&i.namespace));
-            let refusal = self.refusal_for(me, i, existing.as_deref(), profile.as_ref(), &mut used);
-            match refusal {
-                Some(refusal) => {
+            match self.admission(me, i, existing.as_deref(), profile.as_ref(), &mut used) {
+                Err(refusal) => {
                     self.refuse(me, i, refusal).await;
                     if let Some(p) = existing.filter(|p| is_copy_of(p, &i.origin)) {
                         self.delete_copy(&p).await?;
@@ -757,15 +764,10 @@ impl Deeploy {
                 }
                 // The previous copy is still going (its children first):
                 // made again once it is gone.
-                None if existing.as_ref().is_some_and(|p| p.metadata.deletion_timestamp.is_some()) => {
-                    let wake = self.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        wake.inner.target_wake.notify_one();
-                    });
+                Ok(_) if existing.as_ref().is_some_and(|p| p.metadata.deletion_timestamp.is_some()) => {
+                    again_soon = true
                 }
-                None => {
-                    let copy = copy_of(i, me).expect("checked above");
+                Ok(copy) => {
                     let up_to_date = existing.as_ref().is_some_and(|p| {
                         p.annotations().get(SPEC_HASH_ANNOTATION) == Some(&i.spec_hash) && p.spec == copy.spec
                     });
@@ -801,34 +803,34 @@ impl Deeploy {
         }
         self.remove_unwanted(me, &mine).await?;
         self.drop_stale_reports(me, profile.as_ref(), used).await;
-        Ok(())
+        Ok(again_soon)
     }
 
-    /// Why this cluster would not run intent `i` now (`None`: it would);
+    /// The copy this cluster would run for intent `i` now, or why not;
     /// `used` holds the offer taken by the intents admitted before it.
-    fn refusal_for(
+    fn admission(
         &self,
         me: &str,
         i: &Intent,
         existing: Option<&R1Pipeline>,
         profile: Option<&Profile>,
         used: &mut Need,
-    ) -> Option<Refusal> {
+    ) -> Result<R1Pipeline, Refusal> {
         match (existing, copy_of(i, me), profile) {
-            (Some(p), _, _) if !is_copy_of(p, &i.origin) => Some((
+            (Some(p), _, _) if !is_copy_of(p, &i.origin) => Err((
                 "conflict",
                 format!(
                     "an R1Pipeline {}/{} that this cluster did not get from the network exists here",
                     i.namespace, i.name
                 ),
             )),
-            (_, Err(e), _) => Some(("malformed", e)),
+            (_, Err(e), _) => Err(("malformed", e)),
             // No usable R1Node offer/policy here: nothing is admitted.
-            (_, _, None) => Some((
+            (_, _, None) => Err((
                 "no_profile",
                 "this cluster offers nothing to the network (no usable R1Node offer and policy)".into(),
             )),
-            (_, Ok(c), Some(profile)) => self.admit(profile, i, &c, used).err(),
+            (_, Ok(c), Some(profile)) => self.admit(profile, i, &c, used).map(|()| c),
         }
     }
 
@@ -927,7 +929,7 @@ impl Deeploy {
                 Some(_) if r.refusal.as_deref() == Some("stalled") => r.at.is_some_and(|t| now_ms() - t < 60_000),
                 Some(i) => {
                     let existing = self.inner.pipelines.get(&ObjectRef::new(&i.name).within(&i.namespace));
-                    self.refusal_for(me, i, existing.as_deref(), profile, &mut used.clone()).is_some()
+                    self.admission(me, i, existing.as_deref(), profile, &mut used.clone()).is_err()
                 }
             };
             if !keep {
