@@ -369,6 +369,7 @@ fn net_options(a: &OperatorArgs) -> anyhow::Result<ratio1::controller::NetOption
         external: a.p2p_external.clone(),
         tuning,
         cstore: None,
+        r1fs: None,
     })
 }
 

@@ -177,6 +177,8 @@ pub struct NetOptions {
     pub tuning: crate::p2p::Tuning,
     /// CSTORE's end of the network, when CSTORE runs.
     pub cstore: Option<crate::p2p::ServiceLink>,
+    /// R1FS's end of the network, when R1FS runs.
+    pub r1fs: Option<crate::p2p::BlockLink>,
 }
 
 /// State shared by all controllers.

@@ -137,6 +137,7 @@ fn desired_network(
     cfg.offer = serde_json::to_value(&n.spec.offer).unwrap_or_default();
     cfg.tuning = net.tuning.clone();
     cfg.cstore = net.cstore.clone();
+    cfg.r1fs = net.r1fs.clone();
     Ok(Some(cfg))
 }
 

@@ -13,6 +13,7 @@ use super::{
 use crate::crd::NodeRole;
 use crate::dauth::license::{Claims, LicenseError};
 use crate::metrics::{Metrics, ReasonLabels};
+use crate::r1fs::bitswap;
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -51,6 +52,10 @@ pub(super) struct EventLoop {
     /// Our CSTORE requests in flight.
     outbound_requests:
         HashMap<request_response::OutboundRequestId, tokio::sync::oneshot::Sender<Result<Box<RawValue>, String>>>,
+    /// R1FS block requests handed to the service, and ours in flight.
+    block_requests: HashMap<u64, request_response::ResponseChannel<bitswap::Message>>,
+    block_wants:
+        HashMap<request_response::OutboundRequestId, tokio::sync::oneshot::Sender<Result<bitswap::Message, String>>>,
 }
 
 /// CSTORE requests a node holds for its service at once; more are refused.
@@ -127,6 +132,8 @@ impl EventLoop {
             inbound_requests: HashMap::new(),
             next_request: 0,
             outbound_requests: HashMap::new(),
+            block_requests: HashMap::new(),
+            block_wants: HashMap::new(),
         };
         ev.publish_license_state();
         for addr in ev.cfg.bootstrap.clone() {
@@ -259,6 +266,19 @@ impl EventLoop {
             Command::Respond { id, body } => {
                 if let Some(channel) = self.inbound_requests.remove(&id) {
                     let _ = self.swarm.behaviour_mut().cstore.send_response(channel, body);
+                }
+            }
+            Command::WantBlocks { peer, message, done } => {
+                if !self.admission.is_admitted(&peer) {
+                    let _ = done.send(Err(format!("peer {peer} is not admitted")));
+                    return;
+                }
+                let id = self.swarm.behaviour_mut().bitswap.send_request(&peer, message);
+                self.block_wants.insert(id, done);
+            }
+            Command::AnswerBlocks { id, message } => {
+                if let Some(channel) = self.block_requests.remove(&id) {
+                    let _ = self.swarm.behaviour_mut().bitswap.send_response(channel, message);
                 }
             }
             #[cfg(test)]
@@ -543,6 +563,7 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Cstore(ev)) => self.on_cstore(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Bitswap(ev)) => self.on_bitswap(ev),
             _ => {}
         }
     }
@@ -628,6 +649,53 @@ impl EventLoop {
             request_response::Event::InboundFailure { .. } => {
                 // The channel is gone (its peer closed, or we timed out).
                 self.inbound_requests.retain(|_, c| c.is_open());
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// R1FS block requests: only from admitted peers, only as many at once
+    /// as R1FS takes ([`MAX_INBOUND_REQUESTS`] here, its channel there); a
+    /// refused request is answered with nothing (the asker tries elsewhere).
+    fn on_bitswap(&mut self, ev: request_response::Event<bitswap::Message, bitswap::Message>) {
+        match ev {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let link = self.cfg.r1fs.clone();
+                    let admitted = self.admission.is_admitted(&peer);
+                    let room = self.block_requests.len() < MAX_INBOUND_REQUESTS;
+                    let (Some(link), true, true) = (link, admitted, room) else {
+                        let reason = if admitted { "r1fs_request_refused" } else { "r1fs_request_unadmitted" };
+                        self.metrics.p2p_dropped.get_or_create(&label(reason)).inc();
+                        let _ = self.swarm.behaviour_mut().bitswap.send_response(channel, bitswap::Message::default());
+                        return;
+                    };
+                    self.next_request += 1;
+                    let id = self.next_request;
+                    match link.inbound.try_send(super::BlockRequest { peer, id, message: request }) {
+                        Ok(()) => {
+                            self.block_requests.insert(id, channel);
+                        }
+                        Err(_) => {
+                            self.metrics.p2p_dropped.get_or_create(&label("r1fs_request_refused")).inc();
+                            let _ =
+                                self.swarm.behaviour_mut().bitswap.send_response(channel, bitswap::Message::default());
+                        }
+                    }
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(done) = self.block_wants.remove(&request_id) {
+                        let _ = done.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { request_id, error, .. } => {
+                if let Some(done) = self.block_wants.remove(&request_id) {
+                    let _ = done.send(Err(error.to_string()));
+                }
+            }
+            request_response::Event::InboundFailure { .. } => {
+                self.block_requests.retain(|_, c| c.is_open());
             }
             request_response::Event::ResponseSent { .. } => {}
         }

@@ -53,6 +53,8 @@ pub const DAUTH_PROTOCOL: &str = "/ratio1/dauth/1";
 pub const CSTORE_TOPIC: &str = "ratio1/cstore/1";
 /// Request-response protocol of CSTORE anti-entropy.
 pub const CSTORE_PROTOCOL: &str = "/ratio1/cstore/1";
+/// Request-response protocol of R1FS block exchange (Bitswap 1.2 messages).
+pub const R1FS_PROTOCOL: &str = crate::r1fs::bitswap::PROTOCOL;
 
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {
@@ -144,6 +146,32 @@ pub struct NetConfig {
     /// Where CSTORE's gossip and anti-entropy requests go (none: this node
     /// neither subscribes to the topic nor answers the protocol).
     pub cstore: Option<ServiceLink>,
+    /// Where R1FS's block requests go (none: this node serves no blocks,
+    /// but may still ask for them).
+    pub r1fs: Option<BlockLink>,
+}
+
+/// What the network hands R1FS: wantlists from admitted peers, to answer
+/// with [`NetworkHandle::answer_blocks`]. Bounded like [`ServiceLink`]: a
+/// request R1FS has no room for is refused (answered with nothing).
+#[derive(Clone, Debug)]
+pub struct BlockLink {
+    pub inbound: mpsc::Sender<BlockRequest>,
+}
+
+/// A wantlist from an admitted peer.
+#[derive(Debug)]
+pub struct BlockRequest {
+    pub peer: PeerId,
+    pub id: u64,
+    pub message: crate::r1fs::bitswap::Message,
+}
+
+impl BlockLink {
+    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<BlockRequest>) {
+        let (inbound, rx) = mpsc::channel(capacity);
+        (Self { inbound }, rx)
+    }
 }
 
 /// What the network hands a service (CSTORE): gossip that passed the
@@ -191,6 +219,7 @@ impl NetConfig {
             tuning: Tuning::default(),
             transport: TransportKind::Tcp,
             cstore: None,
+            r1fs: None,
         }
     }
 
@@ -322,6 +351,7 @@ pub struct Behaviour {
     gossipsub: gossipsub::Behaviour,
     dauth: request_response::json::Behaviour<Request, Response>,
     cstore: request_response::json::Behaviour<Box<RawValue>, Box<RawValue>>,
+    bitswap: request_response::Behaviour<crate::r1fs::bitswap::Codec>,
 }
 
 /// Application score of a peer until it is admitted: far below gossipsub's
@@ -361,7 +391,12 @@ fn score_params() -> gossipsub::PeerScoreParams {
     }
 }
 
-fn behaviour(key: &Keypair, t: &Tuning, cstore: bool) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+fn behaviour(
+    key: &Keypair,
+    t: &Tuning,
+    cstore: bool,
+    r1fs: bool,
+) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let peer = key.public().to_peer_id();
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established_incoming(Some(t.max_inbound))
@@ -391,8 +426,13 @@ fn behaviour(key: &Keypair, t: &Tuning, cstore: bool) -> Result<Behaviour, Box<d
         .set_request_size_maximum(protocol::MAX_SYNC_REQUEST_BYTES)
         .set_response_size_maximum(protocol::MAX_SYNC_RESPONSE_BYTES);
     // Without a CSTORE this node neither asks nor answers the protocol.
-    let sync_support =
-        if cstore { request_response::ProtocolSupport::Full } else { request_response::ProtocolSupport::Outbound };
+    let support = |serve: bool| {
+        if serve {
+            request_response::ProtocolSupport::Full
+        } else {
+            request_response::ProtocolSupport::Outbound
+        }
+    };
     Ok(Behaviour {
         blocked: Default::default(),
         limits: connection_limits::Behaviour::new(limits),
@@ -409,8 +449,16 @@ fn behaviour(key: &Keypair, t: &Tuning, cstore: bool) -> Result<Behaviour, Box<d
         ),
         cstore: request_response::Behaviour::with_codec(
             sync_codec,
-            [(StreamProtocol::new(CSTORE_PROTOCOL), sync_support)],
+            [(StreamProtocol::new(CSTORE_PROTOCOL), support(cstore))],
             request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+        ),
+        // An answer carries up to 4 MiB of blocks: 30 s is 140 KiB/s.
+        bitswap: request_response::Behaviour::with_codec(
+            crate::r1fs::bitswap::Codec,
+            [(StreamProtocol::new(R1FS_PROTOCOL), support(r1fs))],
+            request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(30))
+                .with_max_concurrent_streams(64),
         ),
     })
 }
@@ -418,12 +466,12 @@ fn behaviour(key: &Keypair, t: &Tuning, cstore: bool) -> Result<Behaviour, Box<d
 fn build_swarm(cfg: &NetConfig) -> Result<Swarm<Behaviour>, Box<dyn std::error::Error + Send + Sync>> {
     let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(3600));
     let t = cfg.tuning.clone();
-    let cstore = cfg.cstore.is_some();
+    let (cstore, r1fs) = (cfg.cstore.is_some(), cfg.r1fs.is_some());
     Ok(match cfg.transport {
         TransportKind::Tcp => libp2p::SwarmBuilder::with_existing_identity(cfg.keypair.clone())
             .with_tokio()
             .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
-            .with_behaviour(|k| behaviour(k, &t, cstore))?
+            .with_behaviour(|k| behaviour(k, &t, cstore, r1fs))?
             .with_swarm_config(idle)
             .build(),
         TransportKind::Memory => {
@@ -438,7 +486,7 @@ fn build_swarm(cfg: &NetConfig) -> Result<Swarm<Behaviour>, Box<dyn std::error::
                             .multiplex(yamux::Config::default()),
                     )
                 })?
-                .with_behaviour(|k| behaviour(k, &t, cstore))?
+                .with_behaviour(|k| behaviour(k, &t, cstore, r1fs))?
                 .with_swarm_config(idle)
                 .build()
         }
@@ -475,6 +523,17 @@ enum Command {
     Respond {
         id: u64,
         body: Box<RawValue>,
+    },
+    /// An R1FS wantlist to an admitted peer.
+    WantBlocks {
+        peer: PeerId,
+        message: crate::r1fs::bitswap::Message,
+        done: oneshot::Sender<Result<crate::r1fs::bitswap::Message, String>>,
+    },
+    /// R1FS's answer to block request `id`.
+    AnswerBlocks {
+        id: u64,
+        message: crate::r1fs::bitswap::Message,
     },
     #[cfg(test)]
     Panic,
@@ -535,6 +594,22 @@ impl NetworkHandle {
     /// Answers request `id` of a [`ServiceEvent::Request`].
     pub async fn respond(&self, id: u64, body: Box<RawValue>) {
         let _ = self.cmd.send(Command::Respond { id, body }).await;
+    }
+
+    /// Sends an R1FS wantlist to an admitted peer and waits for its answer.
+    pub async fn want_blocks(
+        &self,
+        peer: PeerId,
+        message: crate::r1fs::bitswap::Message,
+    ) -> Result<crate::r1fs::bitswap::Message, String> {
+        let (done, rx) = oneshot::channel();
+        self.cmd.send(Command::WantBlocks { peer, message, done }).await.map_err(|_| "network stopped")?;
+        rx.await.map_err(|_| "network stopped".to_string())?
+    }
+
+    /// Answers block request `id` of a [`BlockRequest`].
+    pub async fn answer_blocks(&self, id: u64, message: crate::r1fs::bitswap::Message) {
+        let _ = self.cmd.send(Command::AnswerBlocks { id, message }).await;
     }
 
     /// Admitted peers connected now.

@@ -10,5 +10,8 @@
 //! on these (docs/protocols.md, "R1FS").
 
 pub mod add;
+pub mod bitswap;
 pub mod cid;
+pub mod dagpb;
+pub mod pins;
 pub mod store;

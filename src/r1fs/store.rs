@@ -42,6 +42,22 @@ pub fn verifies(cid: &Cid, bytes: &[u8]) -> bool {
     cid.hash().code() == super::cid::SHA2_256 && cid.hash().digest() == Sha256::digest(bytes).as_slice()
 }
 
+/// What [`BlockStore::walk`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Walk {
+    pub blocks: u64,
+    pub dag_size: u64,
+    pub missing: Vec<Cid>,
+}
+
+/// What a GC did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Gc {
+    pub removed: u64,
+    pub freed: u64,
+    pub kept: u64,
+}
+
 /// The blocks of one operator. Clones share the directory.
 #[derive(Clone, Debug)]
 pub struct BlockStore {
@@ -165,6 +181,79 @@ impl BlockStore {
         Ok((n, bytes))
     }
 
+    /// Walks the DAG under `root` as far as this store holds it: the blocks
+    /// and bytes here, and the CIDs missing (a corrupt block counts as
+    /// missing: it was just quarantined). Leaves are checked for presence
+    /// only; inner nodes are read, verified, and followed.
+    pub fn walk(&self, root: &Cid) -> Result<Walk, StoreError> {
+        let mut w = Walk::default();
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![*root];
+        while let Some(c) = stack.pop() {
+            if !seen.insert(c) {
+                continue;
+            }
+            if c.codec() == RAW {
+                match std::fs::metadata(self.path(&c)) {
+                    Ok(m) => {
+                        w.blocks += 1;
+                        w.dag_size += m.len();
+                    }
+                    Err(_) => w.missing.push(c),
+                }
+                continue;
+            }
+            match self.get(&c) {
+                Ok(bytes) => {
+                    w.blocks += 1;
+                    w.dag_size += bytes.len() as u64;
+                    let links = super::dagpb::links(&c, &bytes).map_err(|e| StoreError::NotAFile(c.to_string(), e))?;
+                    stack.extend(links.into_iter().map(|l| l.cid));
+                }
+                Err(StoreError::NotFound(_) | StoreError::Corrupt { .. }) => w.missing.push(c),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(w)
+    }
+
+    /// Removes every block not reachable from `roots` and older than
+    /// `grace` (a block that young may belong to an add or a fetch whose pin
+    /// is not written yet).
+    pub fn gc(&self, roots: &[Cid], grace: std::time::Duration) -> Result<Gc, StoreError> {
+        let mut keep = std::collections::HashSet::new();
+        for root in roots {
+            let mut stack = vec![*root];
+            while let Some(c) = stack.pop() {
+                if !keep.insert(canonical(&c)) || c.codec() == RAW {
+                    continue;
+                }
+                if let Ok(bytes) = self.get(&c) {
+                    if let Ok(links) = super::dagpb::links(&c, &bytes) {
+                        stack.extend(links.into_iter().map(|l| l.cid));
+                    }
+                }
+            }
+        }
+        let cutoff = std::time::SystemTime::now() - grace;
+        let mut g = Gc::default();
+        for shard in std::fs::read_dir(self.root.join("blocks"))? {
+            for b in std::fs::read_dir(shard?.path())? {
+                let b = b?;
+                let meta = b.metadata()?;
+                let name = b.file_name().to_string_lossy().to_string();
+                if keep.contains(&name) || meta.modified().is_ok_and(|m| m > cutoff) {
+                    g.kept += 1;
+                    continue;
+                }
+                std::fs::remove_file(b.path())?;
+                g.removed += 1;
+                g.freed += meta.len();
+            }
+        }
+        Ok(g)
+    }
+
     /// Writes the content of file `cid` (a raw block or a UnixFS file DAG)
     /// to `out`, every block verified on the way; returns the bytes written.
     pub fn cat(&self, cid: &Cid, out: &mut dyn Write) -> Result<u64, StoreError> {
@@ -249,6 +338,30 @@ mod tests {
         let mut out = vec![];
         store.cat(&cid, &mut out).unwrap();
         assert!(out == data);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn walks_find_what_is_missing_and_gc_keeps_what_is_pinned() {
+        let dir = tmpdir("walk");
+        let store = BlockStore::open(&dir).unwrap();
+        let kept: Vec<u8> = (0..3 * add::CHUNK).map(|i| (i % 251) as u8).collect();
+        let dropped: Vec<u8> = (0..2 * add::CHUNK).map(|i| (i % 241) as u8).collect();
+        let (k, d) = (store_file(&store, &kept), store_file(&store, &dropped));
+        let whole = store.walk(&k).unwrap();
+        assert_eq!((whole.blocks, whole.missing.len()), (4, 0));
+        let leaf = add::add_reader(&kept[add::CHUNK..2 * add::CHUNK], &mut |_, _| Ok(()), &mut |_| {}).unwrap().cid;
+        store.remove(&leaf).unwrap();
+        assert_eq!(store.walk(&k).unwrap().missing, vec![leaf]);
+        store.put(&leaf, &kept[add::CHUNK..2 * add::CHUNK]).unwrap();
+        // Young blocks are spared whatever the roots say.
+        assert_eq!(store.gc(&[k], std::time::Duration::from_secs(600)).unwrap().removed, 0);
+        let g = store.gc(&[k], std::time::Duration::ZERO).unwrap();
+        assert_eq!((g.removed, g.kept), (3, 4), "the other file's 2 leaves and root go");
+        assert!(store.walk(&d).unwrap().missing.contains(&d));
+        let mut out = vec![];
+        store.cat(&k, &mut out).unwrap();
+        assert!(out == kept);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
