@@ -46,8 +46,7 @@ enum Command {
     /// Network placement of R1Pipelines: where one would go, where one runs.
     Deeploy(DeeployArgs),
     /// R1FS, the network's content store.
-    #[command(subcommand)]
-    Fs(FsCmd),
+    Fs(FsArgs),
     /// Print the version.
     Version,
 }
@@ -111,22 +110,57 @@ struct CstoreArgs {
     cmd: CstoreCmd,
 }
 
+#[derive(clap::Args)]
+struct FsArgs {
+    /// The operator's local API (`--api-addr`).
+    #[arg(long, global = true, default_value = "http://127.0.0.1:9090", env = "RATIO1_API")]
+    endpoint: String,
+    #[command(subcommand)]
+    cmd: FsCmd,
+}
+
 #[derive(Subcommand)]
 enum FsCmd {
-    /// Print the CID of a file or directory as `ipfs add --cid-version 1`
-    /// computes it (CIDv1, raw leaves, 256 KiB chunks, balanced layout),
-    /// without a running operator. Storing content (without --only-hash)
-    /// comes with R1FS's block store.
+    /// Add a file or directory to R1FS through a running operator and pin
+    /// it there; prints its CID, the one `ipfs add --cid-version 1` gives
+    /// (CIDv1, raw leaves, 256 KiB chunks, balanced layout). With
+    /// --only-hash, only prints the CID: no operator needed.
     Add {
         /// Compute the CID only; store nothing.
-        #[arg(long, required = true)]
+        #[arg(long)]
         only_hash: bool,
         /// Include files and directories whose name starts with `.` (as
         /// `ipfs add -r --hidden`).
         #[arg(long)]
         hidden: bool,
+        /// Owner of the pin (each owner releases its own pin).
+        #[arg(long, default_value = ratio1::r1fs::api::DEFAULT_OWNER)]
+        owner: String,
         path: PathBuf,
     },
+    /// Write a file or directory to OUT (default: ./CID), fetched from
+    /// peers by the operator if it does not hold it.
+    Get { cid: String, out: Option<PathBuf> },
+    /// Write a file's content to stdout.
+    Cat { cid: String },
+    /// Keep content on the operator's node (fetched from peers first).
+    Pin {
+        cid: String,
+        #[arg(long, default_value = ratio1::r1fs::api::DEFAULT_OWNER)]
+        owner: String,
+    },
+    /// Release a pin; unpinned blocks go at the next GC.
+    Unpin {
+        cid: String,
+        #[arg(long, default_value = ratio1::r1fs::api::DEFAULT_OWNER)]
+        owner: String,
+    },
+    /// List the pins of the operator's node.
+    Ls,
+    /// What the node holds of CID, who pins it, which nodes hold it.
+    Stat { cid: String },
+    /// Collect blocks no pin reaches.
+    Gc,
 }
 
 #[derive(clap::Args)]
@@ -303,6 +337,25 @@ struct OperatorArgs {
     /// intents (changes are applied at once; this catches drift).
     #[arg(long, default_value_t = ratio1::deeploy::DeeployConfig::default().resync.as_secs())]
     deeploy_resync_secs: u64,
+    /// Directory of the operator's data: R1FS blocks and pins under
+    /// `r1fs/` (the chart mounts a volume there). None: R1FS off (it also
+    /// needs CSTORE).
+    #[arg(long, env = "RATIO1_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Bytes of R1FS blocks above which unpinned blocks are collected.
+    #[arg(long)]
+    r1fs_quota_bytes: Option<u64>,
+    /// Address of R1FS's read-only gateway for pods (`GET /ipfs/<cid>`);
+    /// the local API serves it too.
+    #[arg(long)]
+    r1fs_gateway_addr: Option<std::net::SocketAddr>,
+}
+
+fn r1fs_config(a: &OperatorArgs) -> Option<ratio1::r1fs::service::R1fsConfig> {
+    let mut c = ratio1::r1fs::service::R1fsConfig::new(a.data_dir.as_ref()?.join("r1fs"));
+    c.quota_bytes = a.r1fs_quota_bytes;
+    c.gateway_addr = a.r1fs_gateway_addr;
+    Some(c)
 }
 
 fn deeploy_config(a: &OperatorArgs) -> anyhow::Result<ratio1::deeploy::DeeployConfig> {
@@ -498,24 +551,170 @@ fn json_arg(value: &str) -> anyhow::Result<String> {
     Ok(v.to_string())
 }
 
-fn fs(cmd: FsCmd) -> anyhow::Result<()> {
-    match cmd {
-        FsCmd::Add { only_hash: _, hidden, path } => {
-            // A progress bar on a terminal for what takes a while (hidden
-            // when stderr is not a terminal).
-            let total = total_size(&path);
-            let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} {wide_bar} {bytes_per_sec} eta {eta}")
-                    .expect("a valid template"),
-            );
+/// A progress bar on stderr for what takes a while (hidden when stderr is
+/// not a terminal).
+fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(total, indicatif::ProgressDrawTarget::stderr());
+    let template = if total.is_some() {
+        "{bytes}/{total_bytes} {wide_bar} {bytes_per_sec} eta {eta}"
+    } else {
+        "{bytes} {bytes_per_sec} {spinner}"
+    };
+    bar.set_style(indicatif::ProgressStyle::with_template(template).expect("a valid template"));
+    bar
+}
+
+/// Bytes of block stream per upload request.
+const UPLOAD_BATCH: usize = 8 * 1024 * 1024;
+
+async fn fs(a: FsArgs) -> anyhow::Result<()> {
+    let base = a.endpoint.trim_end_matches('/').to_string();
+    let long = Duration::from_secs(600);
+    let cid_arg =
+        |c: &str| ratio1::r1fs::cid::parse(c).map(|c| ratio1::r1fs::cid::canonical(&c)).map_err(anyhow::Error::msg);
+    match a.cmd {
+        FsCmd::Add { only_hash: true, hidden, path, .. } => {
+            let bar = progress_bar(Some(total_size(&path)));
             let added = ratio1::r1fs::add::only_hash(&path, hidden, &mut |n| bar.set_position(n))
                 .map_err(|e| anyhow::anyhow!("cannot add: {e}"))?;
             bar.finish_and_clear();
             println!("{}", added.cid);
-            Ok(())
+        }
+        FsCmd::Add { only_hash: false, hidden, owner, path } => {
+            // Blocks are made here and streamed to the operator in batches;
+            // it verifies each, then the pin checks the DAG is whole.
+            let bar = progress_bar(Some(total_size(&path)));
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<(ratio1::r1fs::cid::Cid, Vec<u8>)>(64);
+            let adder = {
+                let bar = bar.clone();
+                tokio::task::spawn_blocking(move || {
+                    ratio1::r1fs::add::add_path(
+                        &path,
+                        hidden,
+                        &mut |c, b| tx.blocking_send((c, b)).map_err(|_| std::io::Error::other("the upload stopped")),
+                        &mut |n| bar.set_position(n),
+                    )
+                })
+            };
+            let url = format!("{base}/v1/r1fs/blocks");
+            let mut batch = Vec::with_capacity(UPLOAD_BATCH + 1024 * 1024);
+            let post = |batch: Vec<u8>| {
+                let url = url.clone();
+                async move {
+                    ratio1::telemetry::request(http::Method::POST, &url, batch, "application/octet-stream", long).await
+                }
+            };
+            while let Some((c, b)) = rx.recv().await {
+                ratio1::r1fs::api::push_block(&mut batch, &c, &b);
+                if batch.len() >= UPLOAD_BATCH {
+                    post(std::mem::take(&mut batch)).await?;
+                }
+            }
+            if !batch.is_empty() {
+                post(batch).await?;
+            }
+            let added = adder.await?.map_err(|e| anyhow::anyhow!("cannot add: {e}"))?;
+            bar.finish_and_clear();
+            let cid = added.cid.to_string();
+            let q = query(&[("cid", &cid), ("owner", &owner)]);
+            call(http::Method::POST, &format!("{base}/v1/r1fs/pin?{q}"), None).await?;
+            println!("{cid}");
+        }
+        FsCmd::Get { cid, out } => {
+            let cid = cid_arg(&cid)?;
+            let out = out.unwrap_or_else(|| PathBuf::from(&cid));
+            let bar = progress_bar(None);
+            let n = fs_get(&base, &cid, &out, &bar, 0).await?;
+            bar.finish_and_clear();
+            eprintln!("{cid}: {n} bytes written to {}", out.display());
+        }
+        FsCmd::Cat { cid } => {
+            let url = format!("{base}/ipfs/{}", cid_arg(&cid)?);
+            ratio1::r1fs::api::download(
+                &url,
+                &mut std::io::BufWriter::with_capacity(1 << 20, std::io::stdout()),
+                &|_| {},
+            )
+            .await?;
+        }
+        FsCmd::Pin { cid, owner } => {
+            let q = query(&[("cid", &cid_arg(&cid)?), ("owner", &owner)]);
+            let v = ratio1::telemetry::request(
+                http::Method::POST,
+                &format!("{base}/v1/r1fs/pin?{q}"),
+                vec![],
+                "application/json",
+                long,
+            )
+            .await?;
+            println!("pinned {} ({} bytes, {} blocks)", v["cid"].as_str().unwrap_or("?"), v["dagSize"], v["blocks"]);
+        }
+        FsCmd::Unpin { cid, owner } => {
+            let q = query(&[("cid", &cid_arg(&cid)?), ("owner", &owner)]);
+            let v = call(http::Method::DELETE, &format!("{base}/v1/r1fs/pin?{q}"), None).await?;
+            println!("unpinned {} ({} owner(s) left)", v["cid"].as_str().unwrap_or("?"), v["owners"]);
+        }
+        FsCmd::Ls => {
+            let v = call(http::Method::GET, &format!("{base}/v1/r1fs/pins"), None).await?;
+            println!("{:<62} {:>12}  OWNERS", "CID", "BYTES");
+            for p in v["pins"].as_array().into_iter().flatten() {
+                let owners = p["owners"]
+                    .as_object()
+                    .map(|o| o.keys().cloned().collect::<Vec<_>>().join(","))
+                    .unwrap_or_default();
+                let size = p["owners"]
+                    .as_object()
+                    .and_then(|o| o.values().next())
+                    .map(|p| p["dagSize"].clone())
+                    .unwrap_or_default();
+                println!("{:<62} {:>12}  {owners}", p["cid"].as_str().unwrap_or("?"), size);
+            }
+        }
+        FsCmd::Stat { cid } => {
+            let q = query(&[("cid", &cid_arg(&cid)?)]);
+            let v = call(http::Method::GET, &format!("{base}/v1/r1fs/stat?{q}"), None).await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        FsCmd::Gc => {
+            let v = call(http::Method::POST, &format!("{base}/v1/r1fs/gc"), None).await?;
+            println!("removed {} blocks, freed {} bytes, kept {}", v["removed"], v["freed"], v["kept"]);
         }
     }
+    Ok(())
+}
+
+/// Writes `cid` to `out`: a file, or a directory with everything under it
+/// (the gateway says which in `x-r1fs-kind`); returns the bytes written.
+fn fs_get<'a>(
+    base: &'a str,
+    cid: &'a str,
+    out: &'a std::path::Path,
+    bar: &'a indicatif::ProgressBar,
+    done: u64,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<u64>> + Send + 'a>> {
+    Box::pin(async move {
+        let url = format!("{base}/ipfs/{cid}");
+        let listing = ratio1::r1fs::api::list_dir(base, cid).await?;
+        let Some(entries) = listing else {
+            let tmp = out.with_extension("r1fs-partial");
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(&tmp).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?,
+            );
+            let n = ratio1::r1fs::api::download(&url, &mut f, &|n| bar.set_position(done + n)).await?;
+            drop(f);
+            std::fs::rename(&tmp, out)?;
+            return Ok(n);
+        };
+        std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
+        let mut total = 0;
+        for (name, child) in entries {
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                anyhow::bail!("{cid} has an entry named {name:?}: refusing to write outside {}", out.display());
+            }
+            total += fs_get(base, &child, &out.join(&name), bar, done + total).await?;
+        }
+        Ok(total)
+    })
 }
 
 /// Bytes of the files under `path` (for the progress bar; 0 on error).
@@ -759,10 +958,11 @@ async fn main() -> ExitCode {
         Command::Network(cmd) => network(cmd).await,
         Command::Cstore(a) => cstore(a).await,
         Command::Deeploy(a) => deeploy(a).await,
-        Command::Fs(cmd) => fs(cmd),
+        Command::Fs(a) => fs(a).await,
         Command::Operator(a) => match net_options(&a).and_then(|n| Ok((n, cstore_config(&a)?, deeploy_config(&a)?))) {
             Err(e) => Err(e),
             Ok((net, cstore, deeploy)) => {
+                let r1fs = r1fs_config(&a);
                 let cfg = OperatorConfig {
                     namespace: a.namespace,
                     metrics_addr: a.metrics_addr,
@@ -780,6 +980,7 @@ async fn main() -> ExitCode {
                     pod: std::env::var("POD_NAME").ok().filter(|p| !p.is_empty()),
                     cstore,
                     deeploy,
+                    r1fs,
                 };
                 // Checked before anything starts: such timing could let two
                 // replicas lead at once.

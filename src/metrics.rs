@@ -82,6 +82,7 @@ pub struct Metrics {
     pub kube_requests: Family<VerbLabels, Counter>,
     pub cstore: crate::cstore::metrics::CstoreMetrics,
     pub deeploy: crate::deeploy::metrics::DeeployMetrics,
+    pub r1fs: crate::r1fs::metrics::R1fsMetrics,
 }
 
 impl Default for Metrics {
@@ -150,6 +151,7 @@ impl Default for Metrics {
         );
         let cstore = crate::cstore::metrics::CstoreMetrics::register(&mut registry);
         let deeploy = crate::deeploy::metrics::DeeployMetrics::register(&mut registry);
+        let r1fs = crate::r1fs::metrics::R1fsMetrics::register(&mut registry);
         Self {
             registry,
             reconciles,
@@ -172,6 +174,7 @@ impl Default for Metrics {
             kube_requests,
             cstore,
             deeploy,
+            r1fs,
         }
     }
 }

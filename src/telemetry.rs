@@ -104,12 +104,14 @@ pub async fn serve_api(
     view: crate::p2p::SharedView,
     cstore: crate::cstore::api::Slot,
     deeploy: crate::deeploy::api::Slot,
+    r1fs: crate::r1fs::api::Slot,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/v1/network", get(network))
         .with_state(view)
         .merge(crate::cstore::api::routes(cstore))
-        .merge(crate::deeploy::api::routes(deeploy));
+        .merge(crate::deeploy::api::routes(deeploy))
+        .merge(crate::r1fs::api::routes(r1fs));
     axum::serve(listener, app).await
 }
 
@@ -173,6 +175,18 @@ pub async fn request_json(
     body: Option<String>,
     timeout: std::time::Duration,
 ) -> anyhow::Result<serde_json::Value> {
+    request(method, url, body.unwrap_or_default().into_bytes(), "application/json", timeout).await
+}
+
+/// One request with a body of any type; the answer is JSON as in
+/// [`request_json`].
+pub async fn request(
+    method: http::Method,
+    url: &str,
+    body: Vec<u8>,
+    content_type: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<serde_json::Value> {
     use http_body_util::BodyExt;
     let uri: hyper::Uri = url.parse().map_err(|_| anyhow::anyhow!("{url:?} is not a URL"))?;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -180,8 +194,8 @@ pub async fn request_json(
     let req = http::Request::builder()
         .method(method)
         .uri(uri)
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(hyper::body::Bytes::from(body.unwrap_or_default())))?;
+        .header("content-type", content_type)
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))?;
     let resp = tokio::time::timeout(timeout, client.request(req))
         .await
         .map_err(|_| anyhow::anyhow!("{url} did not answer within {} s", timeout.as_secs()))?

@@ -54,7 +54,7 @@ async fn hostile_peers_get_nothing_and_cost_little() {
     //    the 3 s admission deadline) gets nothing for 30 s and is refused.
     let timeouts = counter(&fed, 0, "ratio1_p2p_refused_total", "AdmissionTimeout").await;
     let heard_before = counter(&fed, 1, "ratio1_p2p_heartbeats_received_total", "").await;
-    let plan = Plan { redial_every: Some(Duration::from_secs(2)), refuse_with: None, ask_with: None };
+    let plan = Plan { redial_every: Some(Duration::from_secs(2)), ..Default::default() };
     let seen = outsider::run(target.clone(), target_peer, plan, Duration::from_secs(30)).await;
     eprintln!("unlicensed outsider saw: {seen:?}");
     // Control: there was traffic to leak (the licensed worker heard it).
@@ -72,7 +72,7 @@ async fn hostile_peers_get_nothing_and_cost_little() {
     // 2. Refusals with 1 MiB reasons and dAuth asks with 1 MiB fields leave
     //    metrics, series and the dAuth log bounded.
     for _ in 0..20 {
-        let plan = Plan { redial_every: None, refuse_with: Some(1 << 20), ask_with: Some(1 << 20) };
+        let plan = Plan { refuse_with: Some(1 << 20), ask_with: Some(1 << 20), ..Default::default() };
         outsider::run(target.clone(), target_peer, plan, Duration::from_millis(400)).await;
     }
     let text = fed.nodes[0].op().metrics().await;

@@ -17,5 +17,6 @@ mod nodes;
 mod pipelines;
 mod placement;
 mod r1fs;
+mod r1fs_network;
 mod running;
 mod validation;

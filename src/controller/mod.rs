@@ -212,6 +212,9 @@ pub struct Context {
     pub network: crate::p2p::supervisor::Supervisor,
     /// Network placement (set once this replica leads, when CSTORE is on).
     pub deeploy: crate::deeploy::api::Slot,
+    /// R1FS (set once this replica leads, when it has a data directory and
+    /// CSTORE).
+    pub r1fs: crate::r1fs::api::Slot,
     /// The Deeploy profile of this cluster's R1Node (the node reconciler
     /// sets it; Deeploy publishes it).
     pub deeploy_profile: tokio::sync::watch::Sender<Option<crate::deeploy::plan::Profile>>,
@@ -239,6 +242,7 @@ impl Context {
             net_changes,
             network,
             deeploy: Default::default(),
+            r1fs: Default::default(),
             deeploy_profile: tokio::sync::watch::channel(None).0,
         }
     }

@@ -51,6 +51,8 @@ pub struct OperatorConfig {
     pub cstore: Option<crate::cstore::CstoreConfig>,
     /// Network placement (runs when CSTORE is on).
     pub deeploy: crate::deeploy::DeeployConfig,
+    /// R1FS (runs when set and CSTORE is on).
+    pub r1fs: Option<crate::r1fs::service::R1fsConfig>,
 }
 
 /// Label on the leading replica's own Pod. The chart's p2p Service selects
@@ -302,6 +304,20 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
         let _ = cstore_slot.set(store);
         net.cstore = Some(link);
     }
+    // R1FS answers peers' wantlists once it runs (with CSTORE only: its
+    // providers and replicas are CSTORE records).
+    let r1fs_requests = match (&cfg.r1fs, cstore_slot.get()) {
+        (Some(_), Some(_)) => {
+            let (link, rx) = crate::p2p::BlockLink::channel(64);
+            net.r1fs = Some(link);
+            Some(rx)
+        }
+        (Some(r), None) => {
+            tracing::warn!(root = %r.root.display(), "R1FS needs CSTORE (--cstore-endpoints): R1FS is off");
+            None
+        }
+        _ => None,
+    };
     let mut context =
         Context::new(client.clone(), Recorder::new(client.clone(), reporter), metrics.clone(), cfg.namespace.clone());
     context.resync = cfg.resync;
@@ -349,7 +365,20 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} for the local API", cfg.api_addr))?;
     tracing::info!(addr = %api_listener.local_addr()?, "serving the local API (/v1/network, /v1/cstore, /v1/deeploy)");
-    tokio::spawn(telemetry::serve_api(api_listener, ctx.view.clone(), cstore_slot.clone(), ctx.deeploy.clone()));
+    tokio::spawn(telemetry::serve_api(
+        api_listener,
+        ctx.view.clone(),
+        cstore_slot.clone(),
+        ctx.deeploy.clone(),
+        ctx.r1fs.clone(),
+    ));
+    if let Some(addr) = cfg.r1fs.as_ref().and_then(|r| r.gateway_addr) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for the R1FS gateway"))?;
+        let app = crate::r1fs::api::gateway(ctx.r1fs.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
 
     check_crds(&client).await?;
     if let Some(pod) = &cfg.pod {
@@ -452,8 +481,51 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
     // that mount a model hear of its change from that same watch, after the
     // cache has it (a watch of their own could run ahead of the cache, and
     // a reconcile would read the old model).
+    let models_ready = super::Filled::default();
+    // R1FS (leader only, like Deeploy): reads the models from their cache
+    // to know what to replicate, and wakes them when holders change.
+    let r1fs_changes = match (cfg.r1fs.clone(), cstore_slot.get(), r1fs_requests) {
+        (Some(rc), Some(store), Some(rx)) => {
+            let slot = network_slot.clone();
+            let parts = crate::r1fs::service::Parts {
+                cstore: store.clone(),
+                view: ctx.view.clone(),
+                network: Arc::new(move || slot.get().and_then(|s| s.handle())),
+                metrics: metrics.clone(),
+                models: models_cache.clone(),
+                models_ready: models_ready.clone(),
+                profile: ctx.deeploy_profile.subscribe(),
+            };
+            let root = rc.root.display().to_string();
+            let r = crate::r1fs::service::R1fs::start(rc, parts, rx)
+                .with_context(|| format!("cannot open the R1FS store at {root}"))?;
+            tracing::info!(%root, "R1FS started");
+            let changes = r.changes();
+            let _ = ctx.r1fs.set(r);
+            // At most one pass over the models per second.
+            futures::stream::unfold((changes, None), |(mut rx, last)| async move {
+                if let Some(last) = last {
+                    tokio::time::sleep_until(last + Duration::from_secs(1)).await;
+                }
+                rx.changed().await.ok().map(|_| ((), (rx, Some(tokio::time::Instant::now()))))
+            })
+            .boxed()
+        }
+        _ => futures::stream::pending().boxed(),
+    };
     let (models_seen_tx, models_seen_rx) = futures::channel::mpsc::unbounded::<R1Model>();
     let model_events = cached("r1models", Api::<R1Model>::all(client.clone()), wc(), models_writer, &watches, trim)
+        .inspect(models_ready.on_init_done())
+        .inspect({
+            let ctx = ctx.clone();
+            move |ev| {
+                if let (Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone), Some(r)) =
+                    (ev, ctx.r1fs.get())
+                {
+                    r.poke();
+                }
+            }
+        })
         .inspect(move |ev| {
             if let Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m) | watcher::Event::Delete(m)) = ev {
                 let _ = models_seen_tx.unbounded_send(m.clone());
@@ -534,6 +606,7 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
 
     let models = Controller::for_stream(model_events.applied_objects(), models_cache)
         .with_config(ctl_cfg)
+        .reconcile_all_on(r1fs_changes)
         .graceful_shutdown_on(stop_rx())
         .run(model::reconcile, error_policy::<R1Model>, ctx.clone())
         .for_each(|_| futures::future::ready(()));

@@ -28,8 +28,9 @@ pub struct R1ModelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-zA-Z0-9][-a-zA-Z0-9_.+]*$"))]
     pub format: Option<String>,
-    /// Number of network peers that should pin the artifact (honoured once
-    /// R1FS replication lands; not acted on yet).
+    /// Number of R1FS nodes of the network that should hold the artifact
+    /// pinned (a `cid` source; kept on that many nodes, restored when one
+    /// leaves).
     #[serde(default = "default_replication")]
     #[schemars(range(min = 1, max = 64), extend("default" = 3))]
     pub replication: i32,
@@ -110,13 +111,17 @@ pub struct R1ModelStatus {
     /// Content identifier of the artifact.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cid: Option<String>,
-    /// Size in bytes. Reserved for R1FS: not computed yet (absent, never 0).
+    /// Bytes of the artifact's blocks in R1FS, as its holders report them
+    /// (absent until a holder reports; and when R1FS is off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<i64>,
-    /// Peers holding a pinned copy. Reserved for R1FS replication: not
-    /// computed yet (absent, never 0).
+    /// How many R1FS nodes heard from hold the artifact pinned (absent when
+    /// R1FS is off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
+    /// R1Node names of those nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<String>,
     /// Last completed EDIL round. Reserved for EDIL: not computed yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub round: Option<i32>,

@@ -6,6 +6,8 @@
 //!   state, its dAuth log).
 //! - `deeploy/<peerId>/…`: only `<peerId>` writes (its Deeploy profile,
 //!   the intents it places as an origin, its reports as a target).
+//! - `r1fs/<peerId>/…`: only `<peerId>` writes (that it runs R1FS, the
+//!   roots it holds, the replication its R1Models ask for).
 //! - `revocation/<issuer key id>/<license id>`: anyone may carry it, but
 //!   the value must hold `proof`, a revocation of exactly that license
 //!   signed by that issuer, one the receiver trusts; never deleted.
@@ -19,6 +21,8 @@ use libp2p_identity::PeerId;
 pub const NODE_PREFIX: &str = "node/";
 /// Prefix of each node's Deeploy records (owned like `node/`).
 pub const DEEPLOY_PREFIX: &str = "deeploy/";
+/// Prefix of each node's R1FS records (owned like `node/`).
+pub const R1FS_PREFIX: &str = "r1fs/";
 /// Prefix of issuer-signed license revocations.
 pub const REVOCATION_PREFIX: &str = "revocation/";
 
@@ -36,7 +40,8 @@ pub fn revocation_key(iss: &str, id: &str) -> String {
 /// against the rules.
 pub fn check(rec: &Record, writer: &PeerId, trust: &TrustStore) -> Result<(), Invalid> {
     let key = rec.slot.key.as_str();
-    if let Some(rest) = key.strip_prefix(NODE_PREFIX).or_else(|| key.strip_prefix(DEEPLOY_PREFIX)) {
+    let owned = [NODE_PREFIX, DEEPLOY_PREFIX, R1FS_PREFIX].iter().find_map(|p| key.strip_prefix(p));
+    if let Some(rest) = owned {
         let (owner, tail) = rest.split_once('/').ok_or(Invalid::NotOwner)?;
         if tail.is_empty() || owner != writer.to_string() {
             return Err(Invalid::NotOwner);

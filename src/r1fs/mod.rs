@@ -10,8 +10,11 @@
 //! on these (docs/protocols.md, "R1FS").
 
 pub mod add;
+pub mod api;
 pub mod bitswap;
 pub mod cid;
 pub mod dagpb;
+pub mod metrics;
 pub mod pins;
+pub mod service;
 pub mod store;

@@ -257,8 +257,19 @@ impl BlockStore {
     /// Writes the content of file `cid` (a raw block or a UnixFS file DAG)
     /// to `out`, every block verified on the way; returns the bytes written.
     pub fn cat(&self, cid: &Cid, out: &mut dyn Write) -> Result<u64, StoreError> {
+        self.cat_with(cid, out, &mut |c| self.get(c))
+    }
+
+    /// As [`BlockStore::cat`], each block read through `get` (which may
+    /// fetch what is missing or corrupt here).
+    pub fn cat_with(
+        &self,
+        cid: &Cid,
+        out: &mut dyn Write,
+        get: &mut dyn FnMut(&Cid) -> Result<Vec<u8>, StoreError>,
+    ) -> Result<u64, StoreError> {
         use rust_unixfs::file::visit::IdleFileVisit;
-        let root = self.get(cid)?;
+        let root = get(cid)?;
         if cid.codec() == RAW {
             out.write_all(&root)?;
             return Ok(root.len() as u64);
@@ -269,7 +280,7 @@ impl BlockStore {
         let mut written = content.len() as u64;
         while let Some(visit) = step {
             let next = *visit.pending_links().0;
-            let block = self.get(&next)?;
+            let block = get(&next)?;
             let (content, rest) = visit.continue_walk(&block, &mut None).map_err(|e| not_file(&e))?;
             out.write_all(content)?;
             written += content.len() as u64;

@@ -1,6 +1,7 @@
 //! A hostile peer built from rust-libp2p directly: it speaks every protocol
 //! a node speaks (gossipsub on the heartbeat topic, the dAuth
-//! request-response protocol, and it tries kademlia and identify too), but
+//! request-response protocol, R1FS's block exchange, and it tries kademlia
+//! and identify too), but
 //! holds no license. It counts what it receives, so tests can prove that an
 //! unadmitted peer gets nothing.
 
@@ -16,10 +17,11 @@ pub struct Hostile {
     kad: kad::Behaviour<kad::store::MemoryStore>,
     identify: identify::Behaviour,
     dauth: request_response::json::Behaviour<serde_json::Value, serde_json::Value>,
+    bitswap: request_response::Behaviour<ratio1::r1fs::bitswap::Codec>,
 }
 
 /// How the outsider behaves.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Plan {
     /// Hang up and redial this often (never when `None`).
     pub redial_every: Option<Duration>,
@@ -27,6 +29,9 @@ pub struct Plan {
     pub refuse_with: Option<usize>,
     /// Send a dAuth ask with a field of this many bytes once connected.
     pub ask_with: Option<usize>,
+    /// Ask for these R1FS blocks (want-block and want-have) every 500 ms
+    /// while connected.
+    pub want: Vec<ratio1::r1fs::cid::Cid>,
 }
 
 /// What the outsider saw.
@@ -41,6 +46,10 @@ pub struct Seen {
     /// Listen addresses of the target learnt through identify.
     pub identify_addrs: u32,
     pub hellos_received: u32,
+    /// R1FS wantlists sent, blocks and presences (`Have`) received.
+    pub wants_sent: u32,
+    pub blocks_received: u32,
+    pub haves_received: u32,
 }
 
 pub fn build(key: Keypair) -> libp2p::Swarm<Hostile> {
@@ -69,6 +78,11 @@ pub fn build(key: Keypair) -> libp2p::Swarm<Hostile> {
                 identify: identify::Behaviour::new(identify::Config::new("/ratio1/id/1.0.0".into(), k.public())),
                 dauth: request_response::json::Behaviour::new(
                     [(StreamProtocol::new(ratio1::p2p::DAUTH_PROTOCOL), request_response::ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
+                ),
+                bitswap: request_response::Behaviour::with_codec(
+                    ratio1::r1fs::bitswap::Codec,
+                    [(StreamProtocol::new(ratio1::p2p::R1FS_PROTOCOL), request_response::ProtocolSupport::Full)],
                     request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
                 ),
             }
@@ -104,6 +118,14 @@ pub async fn run(target: Multiaddr, target_peer: PeerId, plan: Plan, duration: D
             _ = query.tick() => {
                 if swarm.is_connected(&target_peer) {
                     swarm.behaviour_mut().kad.get_closest_peers(PeerId::random());
+                    if !plan.want.is_empty() {
+                        let mut m = ratio1::r1fs::bitswap::want_blocks(&plan.want);
+                        let mut haves = ratio1::r1fs::bitswap::want_blocks(&plan.want).wantlist.unwrap().entries;
+                        haves.iter_mut().for_each(|e| e.want_type = ratio1::r1fs::bitswap::WantType::Have as i32);
+                        m.wantlist.as_mut().unwrap().entries.extend(haves);
+                        swarm.behaviour_mut().bitswap.send_request(&target_peer, m);
+                        seen.wants_sent += 1;
+                    }
                 }
             }
             ev = swarm.select_next_some() => match ev {
@@ -116,6 +138,13 @@ pub async fn run(target: Multiaddr, target_peer: PeerId, plan: Plan, duration: D
                     }
                 }
                 SwarmEvent::Behaviour(HostileEvent::Gossipsub(gossipsub::Event::Message { .. })) => seen.gossip += 1,
+                SwarmEvent::Behaviour(HostileEvent::Bitswap(request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. }, ..
+                })) => {
+                    seen.blocks_received += response.payload.len() as u32;
+                    seen.haves_received += response.block_presences.iter()
+                        .filter(|p| p.r#type == ratio1::r1fs::bitswap::PresenceType::Have as i32).count() as u32;
+                }
                 SwarmEvent::Behaviour(HostileEvent::Kad(kad::Event::OutboundQueryProgressed {
                     result: kad::QueryResult::GetClosestPeers(Ok(ok)), ..
                 })) => {

@@ -1,0 +1,814 @@
+//! R1FS as the operator runs it: the block store on its data directory,
+//! block exchange with admitted peers, pins, and replication across the
+//! network. docs/protocols.md, "R1FS", has the rules.
+//!
+//! - **Serving**: wantlists from admitted peers (the network refuses the
+//!   others) are answered from the store, at most [`SERVING`] at once.
+//! - **Fetching** ([`R1fs::fetch`]): the DAG is walked locally; what is
+//!   missing is asked of the providers (nodes whose `have` record names
+//!   the root, else every connected peer) in parallel, in batches, each
+//!   block verified against the CID that was asked for; a `DontHave` or a
+//!   failed peer moves the want to another provider. Walk again, until the
+//!   DAG is whole.
+//! - **Records** in CSTORE, each node under its own `r1fs/<PeerId>/`:
+//!   `node` (it runs R1FS), `have/<cid>` (a pinned root it holds whole),
+//!   `want/<cid>` (the replication an origin's R1Models ask for).
+//! - **Replication**: the holders of a wanted CID are the `r` members
+//!   ranked first by `sha256(cid ‖ PeerId)` (rendezvous hashing) among the
+//!   R1FS nodes heard from; each node computes the same list and fetches
+//!   and pins what it is chosen for. When a holder goes silent the ranking
+//!   moves on to the next member, which fetches (repair). A node that is no
+//!   longer chosen drops its replica only once every chosen node has it.
+
+use super::bitswap::{self, MAX_WANTS};
+use super::cid::{canonical, Cid};
+use super::pins::{Pin, Pins, REPLICA};
+use super::store::{BlockStore, Gc, StoreError, Walk};
+use crate::crd::{ModelSource, R1Model};
+use crate::cstore::{Cstore, NetworkSource};
+use crate::metrics::Metrics;
+use crate::objects::Filled;
+use crate::p2p::{BlockRequest, SharedView};
+use futures::StreamExt;
+use kube::runtime::reflector::Store;
+use kube::ResourceExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+
+/// Prefix of R1FS's CSTORE records.
+pub const PREFIX: &str = "r1fs/";
+/// Wantlists answered at once (disk reads in flight).
+const SERVING: usize = 8;
+/// Requests a fetch keeps in flight per provider, and in all.
+const PER_PROVIDER: usize = 2;
+const IN_FLIGHT: usize = 8;
+/// CIDs per request.
+const BATCH: usize = 16;
+
+/// Settings of `ratio1 operator` for R1FS.
+#[derive(Clone, Debug)]
+pub struct R1fsConfig {
+    /// The store's directory (the chart mounts a PersistentVolume above it).
+    pub root: PathBuf,
+    /// Unpinned blocks are collected when the store holds more than this.
+    pub quota_bytes: Option<u64>,
+    /// Blocks younger than this survive a GC (an add or fetch in progress).
+    pub gc_grace: Duration,
+    /// Replication is checked at least this often (and on every change).
+    pub resync: Duration,
+    /// Where the read-only gateway listens for pods (besides the local API).
+    pub gateway_addr: Option<std::net::SocketAddr>,
+}
+
+impl R1fsConfig {
+    pub fn new(root: PathBuf) -> Self {
+        Self {
+            root,
+            quota_bytes: None,
+            gc_grace: Duration::from_secs(600),
+            resync: Duration::from_secs(5),
+            gateway_addr: None,
+        }
+    }
+}
+
+/// Why an R1FS operation failed: one line for the API and the CLI.
+#[derive(Debug, thiserror::Error)]
+pub enum R1fsError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl From<std::io::Error> for R1fsError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+/// A `have` record: a root this node holds whole and pinned.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Have {
+    pub dag_size: u64,
+    pub blocks: u64,
+}
+
+/// A `want` record: replication asked by an origin's R1Models.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Want {
+    pub replication: u32,
+    /// `namespace/name` of the models that ask.
+    pub models: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeRecord {
+    node: String,
+}
+
+fn node_key(peer: &str) -> String {
+    format!("{PREFIX}{peer}/node")
+}
+fn have_key(peer: &str, cid: &str) -> String {
+    format!("{PREFIX}{peer}/have/{cid}")
+}
+fn want_key(peer: &str, cid: &str) -> String {
+    format!("{PREFIX}{peer}/want/{cid}")
+}
+
+/// A parsed `r1fs/` key: writer and what it holds.
+enum Key {
+    Node(String),
+    Have(String, String),
+    Want(String, String),
+}
+
+fn parse_key(key: &str) -> Option<Key> {
+    let rest = key.strip_prefix(PREFIX)?;
+    let (peer, tail) = rest.split_once('/')?;
+    match tail.split_once('/') {
+        None if tail == "node" => Some(Key::Node(peer.into())),
+        Some(("have", cid)) => Some(Key::Have(peer.into(), canonical(&super::cid::parse(cid).ok()?))),
+        Some(("want", cid)) => Some(Key::Want(peer.into(), canonical(&super::cid::parse(cid).ok()?))),
+        _ => None,
+    }
+}
+
+/// The `r` holders of `cid` among `members`: the first by
+/// `sha256(cid ‖ PeerId)` (every node computes the same list).
+pub fn holders_of(cid: &str, members: &BTreeSet<String>, r: usize) -> Vec<String> {
+    let mut ranked: Vec<([u8; 32], &String)> = members
+        .iter()
+        .map(|p| {
+            let mut h = Sha256::new();
+            h.update(cid.as_bytes());
+            h.update(b"/");
+            h.update(p.as_bytes());
+            (h.finalize().into(), p)
+        })
+        .collect();
+    ranked.sort();
+    ranked.into_iter().take(r).map(|(_, p)| p.clone()).collect()
+}
+
+/// What the last pass saw: read by the R1Model reconciler and the API.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    /// CID → holder PeerId → its record (fresh holders only).
+    pub holders: BTreeMap<String, BTreeMap<String, Have>>,
+    /// PeerId → R1Node name, of the R1FS nodes heard from.
+    pub members: BTreeMap<String, String>,
+    /// CID → replication asked (the largest of all origins').
+    pub wants: BTreeMap<String, u32>,
+}
+
+/// What the service needs from the rest of the operator.
+pub struct Parts {
+    pub cstore: Cstore,
+    pub view: SharedView,
+    pub network: NetworkSource,
+    pub metrics: Arc<Metrics>,
+    pub models: Store<R1Model>,
+    pub models_ready: Filled,
+    /// This cluster's R1Node name (its Deeploy profile carries it).
+    pub profile: watch::Receiver<Option<crate::deeploy::plan::Profile>>,
+}
+
+struct Inner {
+    cfg: R1fsConfig,
+    store: BlockStore,
+    pins: Pins,
+    parts: Parts,
+    snapshot: RwLock<Snapshot>,
+    /// Replicas being fetched now.
+    fetching: Mutex<HashSet<String>>,
+    /// Bumped when the snapshot changes (models' status follows it).
+    changed: watch::Sender<u64>,
+    wake: Notify,
+}
+
+/// The R1FS service. Clones share it.
+#[derive(Clone)]
+pub struct R1fs {
+    inner: Arc<Inner>,
+}
+
+impl R1fs {
+    /// Opens the store and starts serving `requests` and the replication
+    /// loop (tasks end when every handle is dropped... and the process ends).
+    pub fn start(cfg: R1fsConfig, parts: Parts, requests: mpsc::Receiver<BlockRequest>) -> std::io::Result<Self> {
+        let store = BlockStore::open(&cfg.root)?;
+        let pins = Pins::open(&cfg.root)?;
+        let r = Self {
+            inner: Arc::new(Inner {
+                cfg,
+                store,
+                pins,
+                parts,
+                snapshot: Default::default(),
+                fetching: Default::default(),
+                changed: watch::channel(0).0,
+                wake: Notify::new(),
+            }),
+        };
+        tokio::spawn(r.clone().serve(requests));
+        tokio::spawn(r.clone().replicate_loop());
+        tokio::spawn(r.clone().watch_records());
+        Ok(r)
+    }
+
+    pub fn store(&self) -> &BlockStore {
+        &self.inner.store
+    }
+
+    /// Bumped when holders, members or wants change.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changed.subscribe()
+    }
+
+    /// Asks for a replication pass soon (a model changed).
+    pub fn poke(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.inner.snapshot.read().expect("snapshot lock").clone()
+    }
+
+    /// R1Node names of the fresh holders of `cid`, and the DAG size they report.
+    pub fn holders(&self, cid: &str) -> (Vec<String>, Option<u64>) {
+        let s = self.inner.snapshot.read().expect("snapshot lock");
+        let Some(h) = s.holders.get(cid) else { return (vec![], None) };
+        let mut names: Vec<String> = h.keys().map(|p| s.members.get(p).cloned().unwrap_or_else(|| p.clone())).collect();
+        names.sort();
+        (names, h.values().map(|h| h.dag_size).max())
+    }
+
+    fn me(&self) -> Option<String> {
+        self.inner.parts.cstore.peer_id().map(|p| p.to_string())
+    }
+
+    fn network(&self) -> Result<crate::p2p::NetworkHandle, R1fsError> {
+        (self.inner.parts.network)().ok_or_else(|| {
+            R1fsError::Unavailable("the network is not running here (this replica does not lead)".into())
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&BlockStore) -> T + Send + 'static,
+    ) -> Result<T, R1fsError> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| R1fsError::Unavailable(format!("R1FS task failed: {e}")))
+    }
+
+    /// Answers wantlists from admitted peers.
+    async fn serve(self, mut requests: mpsc::Receiver<BlockRequest>) {
+        let permits = Arc::new(Semaphore::new(SERVING));
+        while let Some(req) = requests.recv().await {
+            let Ok(permit) = permits.clone().acquire_owned().await else { return };
+            let this = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let m = &this.inner.parts.metrics.r1fs;
+                let message = req.message;
+                let answered = this.blocking(move |s| bitswap::answer(&message, |c| s.get(c).ok())).await;
+                let Ok((answer, bad)) = answered else { return };
+                m.rejected.get_or_create(&crate::metrics::ReasonLabels { reason: "malformed_want" }).inc_by(bad as u64);
+                m.blocks_served.inc_by(answer.payload.len() as u64);
+                m.bytes_served.inc_by(answer.payload.iter().map(|b| b.data.len() as u64).sum());
+                if let Ok(net) = this.network() {
+                    net.answer_blocks(req.id, answer).await;
+                }
+            });
+        }
+    }
+
+    /// Providers of `root`: connected admitted peers whose `have` record
+    /// names it, else every connected admitted peer.
+    fn providers(&self, net: &crate::p2p::NetworkHandle, root: &str) -> Vec<libp2p::PeerId> {
+        let connected = net.connected_peers();
+        let s = self.inner.snapshot.read().expect("snapshot lock");
+        let named: Vec<libp2p::PeerId> = connected
+            .iter()
+            .filter(|p| s.holders.get(root).is_some_and(|h| h.contains_key(&p.to_string())))
+            .copied()
+            .collect();
+        if named.is_empty() {
+            connected
+        } else {
+            named
+        }
+    }
+
+    /// Makes the DAG under `root` whole here, from peers if need be; the
+    /// result is its local walk (nothing missing). `progress` gets the
+    /// bytes fetched so far.
+    pub async fn fetch(&self, root: Cid, progress: &(dyn Fn(u64) + Sync)) -> Result<Walk, R1fsError> {
+        let mut fetched = 0u64;
+        let mut last_missing = usize::MAX;
+        let mut stalls = 0;
+        loop {
+            let w = self.blocking(move |s| s.walk(&root)).await??;
+            if w.missing.is_empty() {
+                if fetched > 0 {
+                    self.blocking(|s| s.sync()).await??;
+                }
+                return Ok(w);
+            }
+            // A round that fetched nothing new is a stall; a few in a row end it.
+            if w.missing.len() >= last_missing {
+                stalls += 1;
+                if stalls >= 3 {
+                    return Err(R1fsError::NotFound(format!(
+                        "{} block(s) of {} cannot be fetched from any peer",
+                        w.missing.len(),
+                        canonical(&root)
+                    )));
+                }
+            }
+            last_missing = w.missing.len();
+            fetched += self.fetch_blocks(&canonical(&root), w.missing, &mut |n| progress(fetched + n)).await?;
+        }
+    }
+
+    /// Fetches `wanted` (blocks, not their children) from the providers of
+    /// `root`, in parallel; returns the bytes stored.
+    async fn fetch_blocks(
+        &self,
+        root: &str,
+        wanted: Vec<Cid>,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<u64, R1fsError> {
+        let net = self.network()?;
+        let mut providers = self.providers(&net, root);
+        if providers.is_empty() {
+            return Err(R1fsError::NotFound(format!("{root} is not here and no peer is connected to fetch it from")));
+        }
+        use rand::seq::SliceRandom;
+        providers.shuffle(&mut rand::thread_rng());
+        let m = &self.inner.parts.metrics.r1fs;
+        // Per CID: providers already asked.
+        let mut tried: HashMap<Cid, HashSet<libp2p::PeerId>> = HashMap::new();
+        let mut queue: VecDeque<Cid> = wanted.into_iter().collect();
+        let mut busy: HashMap<libp2p::PeerId, usize> = HashMap::new();
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        let mut stored = 0u64;
+        let mut next = 0usize;
+        loop {
+            // Hand out batches while there is room.
+            while in_flight.len() < IN_FLIGHT && !queue.is_empty() && !providers.is_empty() {
+                let Some(peer) = (0..providers.len())
+                    .map(|i| providers[(next + i) % providers.len()])
+                    .find(|p| busy.get(p).copied().unwrap_or(0) < PER_PROVIDER)
+                else {
+                    break;
+                };
+                next += 1;
+                let mut batch = vec![];
+                let mut skipped = vec![];
+                while batch.len() < BATCH.min(MAX_WANTS) {
+                    let Some(c) = queue.pop_front() else { break };
+                    if tried.get(&c).is_some_and(|t| t.contains(&peer)) {
+                        skipped.push(c);
+                    } else {
+                        batch.push(c);
+                    }
+                }
+                queue.extend(skipped);
+                if batch.is_empty() {
+                    break;
+                }
+                for c in &batch {
+                    tried.entry(*c).or_default().insert(peer);
+                }
+                *busy.entry(peer).or_default() += 1;
+                let net = net.clone();
+                in_flight.push(async move {
+                    let r = net.want_blocks(peer, bitswap::want_blocks(&batch)).await;
+                    (peer, batch, r)
+                });
+            }
+            let Some((peer, batch, answer)) = in_flight.next().await else {
+                if queue.is_empty() {
+                    return Ok(stored);
+                }
+                // Every provider has been asked for what is left.
+                let c = queue[0];
+                return Err(R1fsError::NotFound(format!(
+                    "no peer has block {} of {root} ({} asked)",
+                    canonical(&c),
+                    tried.get(&c).map(|t| t.len()).unwrap_or(0)
+                )));
+            };
+            *busy.entry(peer).or_default() -= 1;
+            let answer = match answer {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "R1FS provider failed; trying others");
+                    providers.retain(|p| *p != peer);
+                    for c in batch {
+                        tried.entry(c).or_default().remove(&peer);
+                        queue.push_back(c);
+                    }
+                    if providers.is_empty() && in_flight.is_empty() {
+                        return Err(R1fsError::Unavailable(format!("every provider of {root} failed (last: {e})")));
+                    }
+                    continue;
+                }
+            };
+            let got = bitswap::receive(&batch, answer);
+            if got.rejected > 0 {
+                m.rejected
+                    .get_or_create(&crate::metrics::ReasonLabels { reason: "block_not_asked" })
+                    .inc_by(got.rejected as u64);
+                tracing::warn!(%peer, rejected = got.rejected, "R1FS peer sent blocks that were not asked for or do not match");
+            }
+            let received: HashSet<Cid> = got.blocks.iter().map(|(c, _)| *c).collect();
+            let dont: HashSet<Cid> = got.dont_have.iter().copied().collect();
+            let n = got.blocks.len() as u64;
+            let bytes: u64 = got.blocks.iter().map(|(_, b)| b.len() as u64).sum();
+            let blocks = got.blocks;
+            // Each block's CID was computed from its bytes (`receive`).
+            self.blocking(move |s| blocks.iter().try_for_each(|(c, b)| s.put_own(c, b).map(|_| ()))).await??;
+            stored += bytes;
+            m.blocks_fetched.inc_by(n);
+            m.bytes_fetched.inc_by(bytes);
+            progress(stored);
+            for c in batch {
+                if received.contains(&c) {
+                    continue;
+                }
+                if !dont.contains(&c) {
+                    // Left out for room: the same peer may be asked again.
+                    tried.entry(c).or_default().remove(&peer);
+                }
+                queue.push_back(c);
+            }
+            // CIDs every provider said it lacks: nobody has them.
+            if let Some(c) =
+                queue.iter().find(|c| providers.iter().all(|p| tried.get(c).is_some_and(|t| t.contains(p))))
+            {
+                if in_flight.is_empty() {
+                    return Err(R1fsError::NotFound(format!("no connected peer has block {} of {root}", canonical(c))));
+                }
+            }
+        }
+    }
+
+    /// Fetches one block of `root` again (missing, or quarantined as corrupt
+    /// by the read that called this).
+    pub async fn heal(&self, root: &Cid, block: Cid) -> Result<(), R1fsError> {
+        tracing::info!(cid = %canonical(&block), root = %canonical(root), "R1FS block missing or corrupt here: fetching it again");
+        self.fetch_blocks(&canonical(root), vec![block], &mut |_| {}).await?;
+        self.inner.parts.metrics.r1fs.healed.inc();
+        Ok(())
+    }
+
+    /// Pins `cid` for `owner`, fetching what is missing first, and
+    /// announces this node as a holder.
+    pub async fn pin(&self, cid: Cid, owner: &str) -> Result<Pin, R1fsError> {
+        let w = self.fetch(cid, &|_| {}).await?;
+        let pin = Pin { dag_size: w.dag_size, blocks: w.blocks, at: crate::p2p::now_ms() };
+        let (pins, owner_s) = (self.inner.pins.clone(), owner.to_string());
+        let p = pin.clone();
+        tokio::task::spawn_blocking(move || pins.pin(&cid, &owner_s, &p))
+            .await
+            .map_err(|e| R1fsError::Unavailable(e.to_string()))??;
+        self.announce(&cid, &pin).await;
+        self.poke();
+        Ok(pin)
+    }
+
+    /// Releases `owner`'s pin; the `have` record goes with the last owner.
+    pub async fn unpin(&self, cid: Cid, owner: &str) -> Result<usize, R1fsError> {
+        let left = self.inner.pins.unpin(&cid, owner)?;
+        if left == 0 {
+            if let Some(me) = self.me() {
+                let _ = self.inner.parts.cstore.del(&have_key(&me, &canonical(&cid))).await;
+            }
+        }
+        self.poke();
+        Ok(left)
+    }
+
+    pub fn pins(&self) -> Result<BTreeMap<Cid, BTreeMap<String, Pin>>, R1fsError> {
+        Ok(self.inner.pins.all()?)
+    }
+
+    async fn announce(&self, cid: &Cid, pin: &Pin) {
+        let Some(me) = self.me() else { return };
+        let have = Have { dag_size: pin.dag_size, blocks: pin.blocks };
+        let v = serde_json::to_value(&have).expect("serializes");
+        if let Err(e) = self.inner.parts.cstore.set(&have_key(&me, &canonical(cid)), &v, None).await {
+            tracing::warn!(cid = %canonical(cid), error = %e, "cannot announce an R1FS pin; the next pass retries");
+        }
+    }
+
+    /// Collects unpinned blocks (older than the grace period).
+    pub async fn gc(&self) -> Result<Gc, R1fsError> {
+        let roots: Vec<Cid> = self.inner.pins.all()?.into_keys().collect();
+        let grace = self.inner.cfg.gc_grace;
+        let g = self.blocking(move |s| s.gc(&roots, grace)).await??;
+        self.inner.parts.metrics.r1fs.gc_freed.inc_by(g.freed);
+        Ok(g)
+    }
+
+    /// Passes on every change of `r1fs/` records (and at least every resync).
+    async fn watch_records(self) {
+        loop {
+            if !self.inner.parts.cstore.wait_up(Duration::from_secs(5)).await {
+                continue;
+            }
+            let Ok(changes) = self.inner.parts.cstore.watch(PREFIX) else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            let mut changes = std::pin::pin!(changes);
+            while changes.next().await.is_some() {
+                self.inner.wake.notify_one();
+            }
+        }
+    }
+
+    async fn replicate_loop(self) {
+        loop {
+            if let Err(e) = self.pass().await {
+                tracing::debug!(error = %e, "R1FS pass incomplete; retrying");
+            }
+            let _ = tokio::time::timeout(self.inner.cfg.resync, self.inner.wake.notified()).await;
+            // Let a burst of changes settle into one pass.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The CIDs this cluster's R1Models ask for, with their replication
+    /// (none until the models cache is filled: an empty cache must not
+    /// withdraw anything).
+    fn own_wants(&self) -> Option<BTreeMap<String, Want>> {
+        if !self.inner.parts.models_ready.is_set() {
+            return None;
+        }
+        let mut out: BTreeMap<String, Want> = BTreeMap::new();
+        for m in self.inner.parts.models.state() {
+            let ModelSource { cid: Some(c), .. } = &m.spec.source else { continue };
+            let Ok(cid) = super::cid::parse(c) else { continue };
+            let w = out.entry(canonical(&cid)).or_default();
+            w.replication = w.replication.max(m.spec.replication.clamp(1, 64) as u32);
+            w.models.push(format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any()));
+        }
+        for w in out.values_mut() {
+            w.models.sort();
+        }
+        Some(out)
+    }
+
+    /// One pass: read the records, publish this node's, take or drop
+    /// replicas, refresh the snapshot.
+    async fn pass(&self) -> Result<(), R1fsError> {
+        let cs = &self.inner.parts.cstore;
+        let Some(me) = self.me() else { return Ok(()) };
+        let err = |e: crate::cstore::CstoreError| R1fsError::Unavailable(e.to_string());
+        let records = cs.list(PREFIX).await.map_err(err)?;
+        let mut nodes: BTreeMap<String, String> = BTreeMap::new();
+        let mut haves: BTreeMap<String, BTreeMap<String, Have>> = BTreeMap::new();
+        let mut wants: BTreeMap<String, BTreeMap<String, Want>> = BTreeMap::new();
+        for r in &records {
+            let value = r.value_json();
+            match parse_key(&r.slot.key) {
+                Some(Key::Node(p)) => {
+                    let n: NodeRecord = serde_json::from_value(value).unwrap_or_default();
+                    nodes.insert(p, n.node);
+                }
+                Some(Key::Have(p, c)) => {
+                    if let Ok(h) = serde_json::from_value(value) {
+                        haves.entry(c).or_default().insert(p, h);
+                    }
+                }
+                Some(Key::Want(p, c)) => {
+                    if let Ok(w) = serde_json::from_value::<Want>(value) {
+                        if w.replication > 0 && w.replication <= 64 {
+                            wants.entry(c).or_default().insert(p, w);
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
+        // This node's own record.
+        let name = self.inner.parts.profile.borrow().as_ref().map(|p| p.node.clone()).unwrap_or_default();
+        if nodes.get(&me) != Some(&name) {
+            let v = serde_json::to_value(NodeRecord { node: name.clone() }).expect("serializes");
+            cs.set(&node_key(&me), &v, None).await.map_err(err)?;
+            nodes.insert(me.clone(), name);
+        }
+        // This origin's wants, from its models.
+        if let Some(own) = self.own_wants() {
+            for (cid, w) in &own {
+                if wants.get(cid).and_then(|ws| ws.get(&me)) != Some(w) {
+                    cs.set(&want_key(&me, cid), &serde_json::to_value(w).expect("serializes"), None)
+                        .await
+                        .map_err(err)?;
+                    wants.entry(cid.clone()).or_default().insert(me.clone(), w.clone());
+                }
+            }
+            let stale: Vec<String> = wants
+                .iter()
+                .filter(|(c, ws)| ws.contains_key(&me) && !own.contains_key(*c))
+                .map(|(c, _)| c.clone())
+                .collect();
+            for cid in stale {
+                cs.del(&want_key(&me, &cid)).await.map_err(err)?;
+                if let Some(ws) = wants.get_mut(&cid) {
+                    ws.remove(&me);
+                }
+            }
+            wants.retain(|_, ws| !ws.is_empty());
+        }
+        // Members: R1FS nodes heard from within the heartbeat timeout.
+        let fresh: BTreeSet<String> = {
+            let v = self.inner.parts.view.read().expect("view lock");
+            v.fresh_peers(crate::p2p::now_ms()).into_iter().map(|p| p.peer_id.clone()).collect()
+        };
+        let members: BTreeSet<String> = nodes.keys().filter(|p| **p == me || fresh.contains(*p)).cloned().collect();
+        let replication: BTreeMap<String, u32> =
+            wants.iter().map(|(c, ws)| (c.clone(), ws.values().map(|w| w.replication).max().unwrap_or(1))).collect();
+        // Replicas: take what this node is chosen for, drop what it is not
+        // once the chosen hold it.
+        let pinned = self.inner.pins.all()?;
+        for (cid_s, r) in &replication {
+            let Ok(cid) = super::cid::parse(cid_s) else { continue };
+            let chosen = holders_of(cid_s, &members, *r as usize);
+            let replica = pinned.get(&cid).is_some_and(|o| o.contains_key(REPLICA));
+            if chosen.contains(&me) && !replica {
+                self.take_replica(cid);
+            } else if !chosen.contains(&me) && replica {
+                let all_hold = chosen.iter().all(|p| haves.get(cid_s).is_some_and(|h| h.contains_key(p)));
+                if all_hold {
+                    tracing::info!(cid = %cid_s, "R1FS replica no longer needed here: the chosen holders have it");
+                    self.unpin(cid, REPLICA).await?;
+                }
+            }
+        }
+        for (cid, owners) in &pinned {
+            if owners.contains_key(REPLICA) && !replication.contains_key(&canonical(cid)) {
+                tracing::info!(cid = %canonical(cid), "R1FS replica no longer wanted by any model: unpinned");
+                self.unpin(*cid, REPLICA).await?;
+            }
+        }
+        // `have` records follow the pins; a pinned DAG that lost a block
+        // (quarantined by a read) is made whole again.
+        let pinned = self.inner.pins.all()?;
+        for cid in pinned.keys() {
+            let c = *cid;
+            if !self.inner.fetching.lock().expect("fetching lock").contains(&canonical(cid)) {
+                let w = self.blocking(move |s| s.walk(&c)).await??;
+                if !w.missing.is_empty() {
+                    self.repair(c, w.missing.len());
+                }
+            }
+        }
+        for (cid, owners) in &pinned {
+            let c = canonical(cid);
+            if !haves.get(&c).is_some_and(|h| h.contains_key(&me)) {
+                if let Some(p) = owners.values().max_by_key(|p| p.at) {
+                    self.announce(cid, p).await;
+                    haves.entry(c).or_default().insert(me.clone(), Have { dag_size: p.dag_size, blocks: p.blocks });
+                }
+            }
+        }
+        let mine: Vec<String> = haves
+            .iter()
+            .filter(|(c, h)| h.contains_key(&me) && !pinned.keys().any(|p| canonical(p) == **c))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for c in mine {
+            cs.del(&have_key(&me, &c)).await.map_err(err)?;
+            if let Some(h) = haves.get_mut(&c) {
+                h.remove(&me);
+            }
+        }
+        // The snapshot: fresh holders only.
+        for h in haves.values_mut() {
+            h.retain(|p, _| members.contains(p));
+        }
+        haves.retain(|_, h| !h.is_empty());
+        let snapshot = Snapshot {
+            holders: haves,
+            members: members.iter().map(|p| (p.clone(), nodes.get(p).cloned().unwrap_or_default())).collect(),
+            wants: replication,
+        };
+        let changed = {
+            let mut s = self.inner.snapshot.write().expect("snapshot lock");
+            let changed = *s != snapshot;
+            *s = snapshot;
+            changed
+        };
+        if changed {
+            self.inner.changed.send_modify(|n| *n += 1);
+        }
+        self.usage_and_quota().await;
+        Ok(())
+    }
+
+    /// Fetches and pins a replica in the background (once per CID at a time).
+    fn take_replica(&self, cid: Cid) {
+        let c = canonical(&cid);
+        if !self.inner.fetching.lock().expect("fetching lock").insert(c.clone()) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            tracing::info!(cid = %c, "R1FS: chosen as a holder; fetching");
+            match this.pin(cid, REPLICA).await {
+                Ok(p) => {
+                    this.inner.parts.metrics.r1fs.replicas_taken.inc();
+                    tracing::info!(cid = %c, bytes = p.dag_size, "R1FS replica pinned");
+                }
+                Err(e) => tracing::warn!(cid = %c, error = %e, "R1FS replica not fetched yet; the next pass retries"),
+            }
+            this.inner.fetching.lock().expect("fetching lock").remove(&c);
+        });
+    }
+
+    /// Fetches what a pinned DAG lost, in the background.
+    fn repair(&self, cid: Cid, missing: usize) {
+        let c = canonical(&cid);
+        if !self.inner.fetching.lock().expect("fetching lock").insert(c.clone()) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            tracing::warn!(cid = %c, missing, "R1FS pinned content lost blocks here: fetching them again");
+            match this.fetch(cid, &|_| {}).await {
+                Ok(_) => {
+                    this.inner.parts.metrics.r1fs.healed.inc();
+                }
+                Err(e) => tracing::warn!(cid = %c, error = %e, "R1FS repair incomplete; the next pass retries"),
+            }
+            this.inner.fetching.lock().expect("fetching lock").remove(&c);
+        });
+    }
+
+    async fn usage_and_quota(&self) {
+        let Ok(Ok((blocks, bytes))) = self.blocking(|s| s.usage()).await else { return };
+        let m = &self.inner.parts.metrics.r1fs;
+        m.store_blocks.set(blocks as i64);
+        m.store_bytes.set(bytes as i64);
+        if self.inner.cfg.quota_bytes.is_some_and(|q| bytes > q) {
+            match self.gc().await {
+                Ok(g) => tracing::info!(freed = g.freed, removed = g.removed, "R1FS store above its quota: collected"),
+                Err(e) => tracing::warn!(error = %e, "R1FS GC failed"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holders_are_the_same_list_everywhere_and_move_little_when_a_member_leaves() {
+        let members: BTreeSet<String> = (0..10).map(|i| format!("peer-{i}")).collect();
+        let cid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku";
+        let three = holders_of(cid, &members, 3);
+        assert_eq!(three.len(), 3);
+        assert_eq!(holders_of(cid, &members, 3), three, "deterministic");
+        assert_eq!(holders_of(cid, &members, 20).len(), 10, "at most every member");
+        // The first holder leaves: the other two stay, one more joins.
+        let mut fewer = members.clone();
+        fewer.remove(&three[0]);
+        let next = holders_of(cid, &fewer, 3);
+        assert_eq!(&next[..2], &three[1..]);
+        assert!(!next.contains(&three[0]));
+        // Another CID spreads elsewhere (not always the same three).
+        let spread: BTreeSet<String> = (0..20).flat_map(|i| holders_of(&format!("cid-{i}"), &members, 3)).collect();
+        assert!(spread.len() >= 8, "{spread:?}");
+    }
+
+    #[test]
+    fn keys_parse_only_in_their_shapes() {
+        let c = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku";
+        assert!(matches!(parse_key(&node_key("p")), Some(Key::Node(p)) if p == "p"));
+        assert!(matches!(parse_key(&have_key("p", c)), Some(Key::Have(p, x)) if p == "p" && x == c));
+        assert!(matches!(parse_key(&want_key("p", c)), Some(Key::Want(_, _))));
+        assert!(parse_key("r1fs/p/have/not-a-cid").is_none());
+        assert!(parse_key("r1fs/p/other").is_none());
+        assert!(parse_key("node/p/have/x").is_none());
+    }
+}
