@@ -121,8 +121,9 @@ up() {
   step "building ratio1 (first time: ~8 min on 2 cores)"
   cargo build --locked --bin ratio1 2>&1 | grep -E '^(error|warning: unused)|Finished' | sed 's/^/        /' >&2
   [ -x "$BIN" ] || die "build failed: run cargo build --bin ratio1 to see why"
-  step "building the sample workloads' images (offline, cached)"
+  step "building the sample workloads' images and the operator's (R1FS delivers content with it; offline, cached)"
   bash e2e/images.sh build samples
+  R1_OPERATOR_BIN="$BIN" bash e2e/images.sh build operator
   step "starting etcd and $n Kubernetes control planes on 127.0.0.1"
   bash e2e/kube/up.sh "$n" >"$DEVNET/kubeconfigs"
   mapfile -t kcs <"$DEVNET/kubeconfigs"
@@ -131,6 +132,7 @@ up() {
     step "cluster c$i: worker node $node Ready ($(grep -o 'Ready in [0-9]*ms' "$DEVNET/node-up-c$i.log" || echo 'already running'))"
   done
   bash e2e/images.sh import samples
+  R1_OPERATOR_BIN="$BIN" bash e2e/images.sh import operator
   if [ ! -f "$DEVNET/issuer.key" ]; then
     step "creating the network's license issuer key ($DEVNET/issuer.key)"
     "$BIN" license keygen --out "$DEVNET/issuer.key" | awk '/public key/{print $3}' >"$DEVNET/issuer.pub"
@@ -151,7 +153,9 @@ up() {
     if ! pid_alive "$d/operator.pid"; then
       step "cluster c$i: starting ratio1 operator (p2p 127.0.0.1:$port, metrics 127.0.0.1:$((9090 + i - 1)), local API 127.0.0.1:$((9190 + i - 1)), CSTORE $(cstore_url "$i"), log $d/operator.log)"
       args=(operator --namespace ratio1-system --metrics-addr "127.0.0.1:$((9090 + i - 1))" --api-addr "127.0.0.1:$((9190 + i - 1))" --identity "devnet-c$i"
-            --p2p-listen "/ip4/127.0.0.1/tcp/$port" --trusted-issuer="$issuer_pub" --cstore-endpoints "$(cstore_url "$i")")
+            --p2p-listen "/ip4/127.0.0.1/tcp/$port" --trusted-issuer="$issuer_pub" --cstore-endpoints "$(cstore_url "$i")"
+            --data-dir "$d/data" --r1fs-gateway-addr "0.0.0.0:$((9290 + i - 1))"
+            --r1fs-pod-endpoint "http://\$(HOST_IP):$((9290 + i - 1))" --r1fs-fetch-image ratio1.local/ratio1-operator:dev)
       [ -n "$bootstrap" ] && args+=(--p2p-bootstrap "$bootstrap")
       KUBECONFIG="$kc" setsid "$BIN" "${args[@]}" >"$d/operator.log" 2>&1 </dev/null &
       echo $! >"$d/operator.pid"
@@ -170,6 +174,12 @@ up() {
       k -n ratio1-system create secret generic r1node-license --from-literal=license="$token" >/dev/null
     fi
     [ "$i" = 1 ] && bootstrap="/ip4/127.0.0.1/tcp/$port/p2p/$peer"
+    if [ "$i" = 1 ]; then
+      step "cluster c1: adding the samples' content to R1FS (the lexicon model and the corpus)"
+      for f in manifests/samples/r1fs/sentiment-lexicon.tsv manifests/samples/r1fs/corpus; do
+        wait_until 60 "c1: R1FS takes $f (see $d/operator.log)" quiet "$BIN" fs --endpoint http://127.0.0.1:9190 add "$f"
+      done
+    fi
     step "cluster c$i: applying manifests/samples"
     for f in manifests/samples/r1model-*.yaml manifests/samples/r1pipeline-*.yaml; do k apply --server-side -f "$f" >/dev/null; done
   done
@@ -182,7 +192,7 @@ up() {
       kubectl --kubeconfig "$kc" wait --for=jsonpath='{.status.peers}'="$((n - 1))" --timeout=90s "r1n/node-c$i" >/dev/null \
         || die "c$i: node-c$i does not see its $((n - 1)) peers (see $DEVNET/c$i/operator.log)"
     fi
-    for r in r1p/sentiment-api r1p/embed-corpus r1m/sentiment-onnx r1m/llm-weights; do
+    for r in r1p/sentiment-api r1p/embed-corpus r1m/sentiment-lexicon r1m/llm-weights; do
       kubectl --kubeconfig "$kc" wait --for=jsonpath='{.status.observedGeneration}'=1 --timeout=60s -n default "$r" >/dev/null \
         || die "c$i: $r has no status (see $DEVNET/c$i/operator.log)"
     done
@@ -221,6 +231,9 @@ Try next:
   $BIN network peers --endpoint http://127.0.0.1:9190   # the network as c1 sees it
   $BIN cstore --endpoint http://127.0.0.1:9190 set '~/hello' '"world"'   # CSTORE: write on c1 ...
   $BIN cstore --endpoint http://127.0.0.1:9191 keys node/   # ... read on c2 (replicated); then: status
+  kubectl get r1m sentiment-lexicon -n default -o jsonpath='{.status.holders}'   # the R1FS nodes holding the model
+  $BIN fs --endpoint http://127.0.0.1:9192 cat $(kubectl get r1m sentiment-lexicon -n default -o jsonpath='{.status.cid}') | head -3
+  $BIN fs --endpoint http://127.0.0.1:9190 add ./some-file   # R1FS: add on c1; ratio1 fs get|cat on any cluster
   curl -s 127.0.0.1:9090/metrics | grep ratio1_p2p
   curl -s $(cstore_url 1)/version           # c1's CSTORE etcd (its own; data in $DEVNET/c1/cstore-etcd)
   e2e/devnet.sh status                        # these tables again

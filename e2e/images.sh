@@ -173,16 +173,28 @@ HTML
 #!/bin/sh
 # A tiny lexicon model: +1 per positive word, -1 per negative word.
 text=$(printf '%s' "${QUERY_STRING#*text=}" | sed 's/&.*//; s/+/ /g; s/%20/ /g' | tr 'A-Z' 'a-z')
+# The lexicon R1FS delivers (word<TAB>score per line) when mounted, else
+# the built-in one.
+lexicon="${LEXICON:-/models/sentiment}"
 score=0
-for w in $text; do
-  case "$w" in
-    good|great|love|excellent|happy|fast|nice|wonderful|best|like) score=$((score + 1)) ;;
-    bad|awful|hate|terrible|sad|slow|poor|worst|broken|dislike) score=$((score - 1)) ;;
-  esac
-done
+if [ -f "$lexicon" ]; then
+  source=r1fs
+  for w in $text; do
+    s=$(awk -F '\t' -v w="$w" '$1 == w { print $2; exit }' "$lexicon")
+    score=$((score + ${s:-0}))
+  done
+else
+  source=builtin
+  for w in $text; do
+    case "$w" in
+      good|great|love|excellent|happy|fast|nice|wonderful|best|like) score=$((score + 1)) ;;
+      bad|awful|hate|terrible|sad|slow|poor|worst|broken|dislike) score=$((score - 1)) ;;
+    esac
+  done
+fi
 if [ "$score" -gt 0 ]; then label=positive; elif [ "$score" -lt 0 ]; then label=negative; else label=neutral; fi
 printf 'Content-Type: application/json\r\n\r\n'
-printf '{"label":"%s","score":%d,"served_by":"%s","model":"%s"}\n' "$label" "$score" "$(hostname)" "${MODEL_NAME:-sentiment-lexicon}"
+printf '{"label":"%s","score":%d,"served_by":"%s","model":"%s","lexicon":"%s"}\n' "$label" "$score" "$(hostname)" "${MODEL_NAME:-sentiment-lexicon}" "$source"
 CGI
   chmod 0755 "$r/www/cgi-bin/predict"
   cat >"$r/bin/serve" <<'SH'

@@ -338,8 +338,8 @@ struct OperatorArgs {
     #[arg(long, default_value_t = ratio1::deeploy::DeeployConfig::default().resync.as_secs())]
     deeploy_resync_secs: u64,
     /// Directory of the operator's data: R1FS blocks and pins under
-    /// `r1fs/` (the chart mounts a volume there). None: R1FS off (it also
-    /// needs CSTORE).
+    /// `r1fs/`. None: R1FS off. Without CSTORE, R1FS holds, serves and
+    /// fetches content but replicates nothing.
     #[arg(long, env = "RATIO1_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Bytes of R1FS blocks above which unpinned blocks are collected.
@@ -349,12 +349,24 @@ struct OperatorArgs {
     /// the local API serves it too.
     #[arg(long)]
     r1fs_gateway_addr: Option<std::net::SocketAddr>,
+    /// URL of the R1FS gateway as pods reach it (`$(HOST_IP)` stands for
+    /// the node's IP), for the init containers that deliver R1Pipelines'
+    /// models and inputs; with --r1fs-fetch-image.
+    #[arg(long, requires = "r1fs_fetch_image")]
+    r1fs_pod_endpoint: Option<String>,
+    /// Image with `ratio1` on its PATH (the operator's own) for those init
+    /// containers; with --r1fs-pod-endpoint.
+    #[arg(long, requires = "r1fs_pod_endpoint")]
+    r1fs_fetch_image: Option<String>,
 }
 
 fn r1fs_config(a: &OperatorArgs) -> Option<ratio1::r1fs::service::R1fsConfig> {
     let mut c = ratio1::r1fs::service::R1fsConfig::new(a.data_dir.as_ref()?.join("r1fs"));
     c.quota_bytes = a.r1fs_quota_bytes;
     c.gateway_addr = a.r1fs_gateway_addr;
+    if let (Some(endpoint), Some(image)) = (&a.r1fs_pod_endpoint, &a.r1fs_fetch_image) {
+        c.delivery = Some(ratio1::r1fs::service::Delivery { endpoint: endpoint.clone(), image: image.clone() });
+    }
     Some(c)
 }
 
@@ -684,7 +696,7 @@ async fn fs(a: FsArgs) -> anyhow::Result<()> {
 }
 
 /// Writes `cid` to `out`: a file, or a directory with everything under it
-/// (the gateway says which in `x-r1fs-kind`); returns the bytes written.
+/// (`/v1/r1fs/ls` says which); returns the bytes written.
 fn fs_get<'a>(
     base: &'a str,
     cid: &'a str,

@@ -11,6 +11,9 @@ use ratio1::crd::{R1Model, R1Pipeline};
 use serde_json::json;
 
 const CID: &str = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi";
+/// CIDs of manifests/samples/r1fs/sentiment-lexicon.tsv and corpus/.
+const SAMPLE_MODEL_CID: &str = "bafkreiehpogvqdmmhe66o3h3mty6knmznicafxuarxiqbl4zdbm636zwrm";
+const SAMPLE_CORPUS_CID: &str = "bafybeiapnaxf6ntfvwmirvu5a5b7bndck2ywvwji6je6gqgeu4d7a5grcm";
 
 async fn apply<K>(api: &Api<K>, name: &str, body: serde_json::Value) -> K
 where
@@ -142,6 +145,18 @@ async fn job_template_change_replaces_the_job() {
 async fn samples_reconcile() {
     let (c, ns) = setup("samples").await;
     let client = c.clone();
+    // The samples' content is in the repository: their CIDs are those of
+    // its files, and it goes into R1FS before they are applied.
+    let api = format!("http://127.0.0.1:{}", shared_operator().api_port);
+    for (file, cid) in [("sentiment-lexicon.tsv", SAMPLE_MODEL_CID), ("corpus", SAMPLE_CORPUS_CID)] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ratio1"))
+            .args(["fs", "--endpoint", &api, "add"])
+            .arg(format!("{}/manifests/samples/r1fs/{file}", env!("CARGO_MANIFEST_DIR")))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ratio1 fs add {file}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), cid, "the samples name the CID of {file}");
+    }
     for file in ["r1model-cid.yaml", "r1model-volume.yaml", "r1pipeline-service.yaml", "r1pipeline-job.yaml"] {
         for mut doc in yaml_docs(&format!("manifests/samples/{file}")) {
             doc["metadata"]["namespace"] = json!(ns.name);
@@ -158,12 +173,17 @@ async fn samples_reconcile() {
         }
     }
     let models: Api<R1Model> = Api::namespaced(c.clone(), &ns.name);
-    let m = wait_for(30, "sentiment-onnx ready", || async {
-        let m = models.get("sentiment-onnx").await.ok()?;
-        ratio1::conditions::is_true(&m.status.clone()?.conditions, "Ready").then_some(m)
+    // Held here, the only R1FS node of this cluster: available, and not
+    // Ready, since the sample asks for 3 replicas.
+    let m = wait_for(30, "sentiment-lexicon available", || async {
+        let m = models.get("sentiment-lexicon").await.ok()?;
+        ratio1::conditions::is_true(&m.status.clone()?.conditions, "Available").then_some(m)
     })
     .await;
-    assert_eq!(m.status.unwrap().cid.as_deref(), Some(CID));
+    let st = m.status.unwrap();
+    assert_eq!(st.cid.as_deref(), Some(SAMPLE_MODEL_CID));
+    let (ready, why) = reason(&st.conditions, "Ready");
+    assert_eq!((ready.as_str(), st.replicas), ("False", Some(1)), "{why}");
     let v = wait_for(30, "llm-weights status", || async {
         let m = models.get("llm-weights").await.ok()?;
         (m.status.as_ref()?.observed_generation == m.metadata.generation).then_some(m)
@@ -178,7 +198,7 @@ async fn samples_reconcile() {
     wait_for(30, "the model CID in sentiment-api's pod template", || async {
         let dep = deps.get_opt("sentiment-api").await.ok().flatten()?;
         let ann = dep.spec?.template.metadata?.annotations?;
-        ann.get("ratio1.ai/models")?.contains(CID).then_some(())
+        ann.get("ratio1.ai/models")?.contains(SAMPLE_MODEL_CID).then_some(())
     })
     .await;
     let st = caught_up(&pipes, "sentiment-api").await.status.unwrap();
@@ -199,6 +219,22 @@ async fn samples_reconcile() {
         })
         .await;
     }
+
+    // The Job read the corpus R1FS delivered (6 lines; its built-in one has 3).
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(c.clone(), &ns.name);
+    let lp = kube::api::ListParams::default().labels("ratio1.ai/pipeline=embed-corpus");
+    let msgs: Vec<String> = pods
+        .list(&lp)
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|p| {
+            let s = p.status.as_ref()?.container_statuses.as_ref()?.first()?.state.as_ref()?.terminated.as_ref()?;
+            s.message.clone()
+        })
+        .collect();
+    assert!(!msgs.is_empty() && msgs.iter().all(|m| m.starts_with("embedded=6 ")), "{msgs:?}");
 
     // GitOps: applying the same manifests again changes nothing.
     let before = pipes.get("sentiment-api").await.unwrap();

@@ -572,3 +572,87 @@ async fn chart_installed_operator_runs_as_a_pod_and_reconciles() {
     pipes.delete("served", &DeleteParams::default()).await.unwrap();
     run(Command::new(helm()).args(["uninstall", "ratio1", "--namespace", NS, "--wait"]).env("KUBECONFIG", &kc));
 }
+
+/// `ratio1 fs add PATH` against the shared operator; the CID.
+fn fs_add(path: &std::path::Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ratio1"))
+        .args(["fs", "--endpoint", &format!("http://127.0.0.1:{}", shared_operator().api_port), "add"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ratio1 fs add: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn r1fs_delivers_models_and_inputs_into_running_containers() {
+    let (c, ns) = setup("run-r1fs").await;
+    let pipes: Api<R1Pipeline> = Api::namespaced(c.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(c.clone(), &ns.name);
+    let models: Api<ratio1::crd::R1Model> = Api::namespaced(c.clone(), &ns.name);
+    let work = log_dir().join(format!("r1fs-run-{}", std::process::id()));
+    std::fs::create_dir_all(work.join("corpus/sub")).unwrap();
+    // A model of 3 chunks (a file DAG) and an input directory.
+    let model: Vec<u8> = (0..700 * 1024).map(|i| (i % 253) as u8).collect();
+    std::fs::write(work.join("model.bin"), &model).unwrap();
+    std::fs::write(work.join("corpus/a.txt"), b"alpha\n").unwrap();
+    std::fs::write(work.join("corpus/sub/b.txt"), b"beta\n").unwrap();
+    let model_cid = fs_add(&work.join("model.bin"));
+    let corpus_cid = fs_add(&work.join("corpus"));
+
+    models
+        .patch(
+            "m",
+            &PatchParams::apply("e2e-user"),
+            &Patch::Apply(json!({"apiVersion": "ratio1.ai/v1alpha1", "kind": "R1Model", "metadata": {"name": "m"},
+                "spec": {"source": {"cid": model_cid}, "replication": 1}})),
+        )
+        .await
+        .unwrap();
+    wait_for(60, "model m Ready (held here)", || async {
+        let m = models.get("m").await.ok()?;
+        let ready = m.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?.status == "True";
+        ready.then_some(())
+    })
+    .await;
+
+    // The container reads what was delivered and reports its digests; the
+    // mounts are read-only.
+    let script = "sha256sum /models/m /data/a.txt /data/sub/b.txt | cut -c1-64 | tr '\\n' ' ' > /dev/termination-log; \
+                  if touch /data/new 2>/dev/null; then echo WRITABLE >> /dev/termination-log; fi";
+    apply(
+        &pipes,
+        "reader",
+        json!({
+            "apiVersion": "ratio1.ai/v1alpha1", "kind": "R1Pipeline",
+            "metadata": {"name": "reader"},
+            "spec": {"mode": "Job", "replicas": 1,
+                "models": [{"name": "m", "mountPath": "/models/m"}],
+                "inputs": [{"cid": corpus_cid, "mountPath": "/data"}],
+                "template": {"spec": {"containers": [{"name": "reader", "image": BUSYBOX_IMAGE,
+                    "imagePullPolicy": "Never", "command": ["sh", "-c", script]}]}}}
+        }),
+    )
+    .await;
+    let st = status_until(&pipes, "reader", 120, "reader Succeeded", |st| is(&st.conditions, "Ready", "True")).await;
+    assert_eq!(cond(&st.conditions, "Ready").unwrap().reason, "Succeeded");
+    let done = live_pods(&pods, "reader").await;
+    let pod = done.iter().find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded")).unwrap();
+    let inits: Vec<String> =
+        pod.spec.as_ref().unwrap().init_containers.iter().flatten().map(|c| c.name.clone()).collect();
+    assert_eq!(inits, ["r1fs-fetch-0", "r1fs-fetch-1"]);
+    let term = pod.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0]
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.clone())
+        .expect("terminated");
+    let want = format!("{} {} {} ", sha256_hex(&model), sha256_hex(b"alpha\n"), sha256_hex(b"beta\n"));
+    assert_eq!(term.message.unwrap_or_default(), want, "the container read the bytes added, through read-only mounts");
+    ns.cleanup().await;
+    let _ = std::fs::remove_dir_all(&work);
+}

@@ -1,8 +1,8 @@
 //! R1Model: validate the source and record status. A `cid` source is kept
 //! on `spec.replication` R1FS nodes by R1FS (which reads the models from
 //! the same cache); this reconciler reports who holds it and is `Ready`
-//! when enough do. Without R1FS (no data directory or no CSTORE) a `cid`
-//! source is only addressed. Import from a volume is not built yet: a
+//! when enough do. Without R1FS (no data directory) a `cid` source is only
+//! addressed. Import from a volume is not built yet: a
 //! `volume` source waits with `Ready=False, reason=AwaitingR1FS`.
 
 use super::{finish, Context, Error, Result};

@@ -47,6 +47,102 @@ pub struct Inputs {
     pub models: BTreeMap<String, ModelState>,
     /// This cluster's `offer.nodeSelector`, added to every pod.
     pub node_selector: BTreeMap<String, String>,
+    /// How pods get R1FS content (R1FS runs here with delivery set up).
+    pub delivery: Option<crate::r1fs::service::Delivery>,
+}
+
+/// Prefix of the volumes and init containers that deliver R1FS content.
+pub const DELIVERY_PREFIX: &str = "r1fs-";
+/// Name of the delivered content inside its volume (mounted by subPath, so
+/// a file CID appears as a file at `mountPath`, a directory as a directory).
+const DELIVERED: &str = "content";
+
+/// (CID, mountPath) of every mount of the pipeline whose CID is known:
+/// models first, then inputs, in spec order.
+pub fn mounts(p: &R1Pipeline, inputs: &Inputs) -> Vec<(String, String)> {
+    let models = p.spec.models.iter().filter_map(|m| match inputs.models.get(&m.name) {
+        Some(ModelState::Ready { cid }) => Some((cid.clone(), m.mount_path.clone())),
+        _ => None,
+    });
+    let ins = p.spec.inputs.iter().filter_map(|i| {
+        let cid = crate::r1fs::cid::parse(&i.cid).ok()?;
+        Some((crate::r1fs::cid::canonical(&cid), i.mount_path.clone()))
+    });
+    models.chain(ins).collect()
+}
+
+/// Adds to `spec` an `emptyDir` and an init container per mount that
+/// fetches the content into it (`ratio1 fs get`), and mounts it read-only
+/// at its `mountPath` in every container.
+fn deliver(
+    spec: &mut k8s_openapi::api::core::v1::PodSpec,
+    mounts: &[(String, String)],
+    d: &crate::r1fs::service::Delivery,
+) {
+    use k8s_openapi::api::core::v1::{
+        Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, ResourceRequirements,
+        SecurityContext, Volume, VolumeMount,
+    };
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    let mut fetchers = vec![];
+    for (i, (cid, path)) in mounts.iter().enumerate() {
+        let vol = format!("{DELIVERY_PREFIX}{i}");
+        spec.volumes.get_or_insert_with(Vec::new).push(Volume {
+            name: vol.clone(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        });
+        let q = |s: &str| Quantity(s.to_string());
+        fetchers.push(Container {
+            name: format!("{DELIVERY_PREFIX}fetch-{i}"),
+            image: Some(d.image.clone()),
+            command: Some(
+                ["ratio1", "fs", "--endpoint", &d.endpoint, "get", cid, &format!("/r1fs/{DELIVERED}")]
+                    .map(String::from)
+                    .to_vec(),
+            ),
+            env: Some(vec![EnvVar {
+                name: "HOST_IP".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector { field_path: "status.hostIP".into(), ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            volume_mounts: Some(vec![VolumeMount {
+                name: vol.clone(),
+                mount_path: "/r1fs".into(),
+                ..Default::default()
+            }]),
+            resources: Some(ResourceRequirements {
+                requests: Some(BTreeMap::from([("cpu".into(), q("10m")), ("memory".into(), q("32Mi"))])),
+                limits: Some(BTreeMap::from([("memory".into(), q("128Mi"))])),
+                ..Default::default()
+            }),
+            security_context: Some(SecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(65532),
+                allow_privilege_escalation: Some(false),
+                read_only_root_filesystem: Some(true),
+                capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        for c in spec.containers.iter_mut() {
+            c.volume_mounts.get_or_insert_with(Vec::new).push(VolumeMount {
+                name: vol.clone(),
+                mount_path: path.clone(),
+                sub_path: Some(DELIVERED.into()),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+    }
+    // Before the user's own init containers.
+    let user = spec.init_containers.take().unwrap_or_default();
+    fetchers.extend(user);
+    spec.init_containers = Some(fetchers);
 }
 
 /// Everything to write for one pipeline on this cluster.
@@ -110,6 +206,16 @@ pub fn validate(p: &R1Pipeline, inputs: &Inputs) -> Result<Option<String>, Inval
     for path in spec.models.iter().map(|m| &m.mount_path).chain(spec.inputs.iter().map(|i| &i.mount_path)) {
         if !paths.insert(path.as_str()) {
             return Err(Invalid::new("InvalidMounts", format!("mountPath {path:?} is used twice in models/inputs")));
+        }
+    }
+    if !spec.models.is_empty() || !spec.inputs.is_empty() {
+        let volumes = pod.volumes.iter().flatten().map(|v| &v.name);
+        let inits = pod.init_containers.iter().flatten().map(|c| &c.name);
+        if let Some(n) = volumes.chain(inits).find(|n| n.starts_with(DELIVERY_PREFIX)) {
+            return Err(Invalid::new(
+                "InvalidMounts",
+                format!("{n:?}: names starting with {DELIVERY_PREFIX:?} are R1FS delivery's (rename the volume or init container)"),
+            ));
         }
     }
     for (k, v) in &inputs.node_selector {
@@ -194,6 +300,12 @@ fn pod_template(p: &R1Pipeline, inputs: &Inputs) -> PodTemplateSpec {
             .insert(INPUTS_ANNOTATION.into(), serde_json::to_string(&p.spec.inputs).expect("inputs serialize"));
     }
     let spec = t.spec.get_or_insert_with(Default::default);
+    if let Some(d) = &inputs.delivery {
+        let m = mounts(p, inputs);
+        if !m.is_empty() {
+            deliver(spec, &m, d);
+        }
+    }
     if p.spec.mode == PipelineMode::Job {
         spec.restart_policy.get_or_insert_with(|| "Never".into());
     }
@@ -519,13 +631,19 @@ async fn read_inputs(p: &R1Pipeline, ctx: &Context, node: Option<&LocalNode>) ->
         };
         models.insert(m.name.clone(), state);
     }
-    Ok(Inputs { models, node_selector: node.map(|n| n.node_selector.clone()).unwrap_or_default() })
+    Ok(Inputs {
+        models,
+        node_selector: node.map(|n| n.node_selector.clone()).unwrap_or_default(),
+        delivery: ctx.r1fs.get().and_then(|r| r.delivery()),
+    })
 }
 
 /// The CID a model currently resolves to, when it is ready.
 fn model_cid(m: &R1Model) -> Option<String> {
     let status = m.status.as_ref()?;
-    if !conditions::is_true(&status.conditions, conditions::READY) {
+    // Available, not Ready: content held by one node can be delivered
+    // while the others still fetch their replicas.
+    if !conditions::is_true(&status.conditions, "Available") {
         return None;
     }
     status.cid.clone().or_else(|| match &m.spec.source {

@@ -306,18 +306,14 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
     }
     // R1FS answers peers' wantlists once it runs (with CSTORE only: its
     // providers and replicas are CSTORE records).
-    let r1fs_requests = match (&cfg.r1fs, cstore_slot.get()) {
-        (Some(_), Some(_)) => {
-            let (link, rx) = crate::p2p::BlockLink::channel(64);
-            net.r1fs = Some(link);
-            Some(rx)
+    let r1fs_requests = cfg.r1fs.as_ref().map(|r| {
+        if cstore_slot.get().is_none() {
+            tracing::warn!(root = %r.root.display(), "R1FS without CSTORE: content is held and served here and fetched from connected peers, but not replicated across the network");
         }
-        (Some(r), None) => {
-            tracing::warn!(root = %r.root.display(), "R1FS needs CSTORE (--cstore-endpoints): R1FS is off");
-            None
-        }
-        _ => None,
-    };
+        let (link, rx) = crate::p2p::BlockLink::channel(64);
+        net.r1fs = Some(link);
+        rx
+    });
     let mut context =
         Context::new(client.clone(), Recorder::new(client.clone(), reporter), metrics.clone(), cfg.namespace.clone());
     context.resync = cfg.resync;
@@ -484,11 +480,11 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
     let models_ready = super::Filled::default();
     // R1FS (leader only, like Deeploy): reads the models from their cache
     // to know what to replicate, and wakes them when holders change.
-    let r1fs_changes = match (cfg.r1fs.clone(), cstore_slot.get(), r1fs_requests) {
-        (Some(rc), Some(store), Some(rx)) => {
+    let r1fs_changes = match (cfg.r1fs.clone(), r1fs_requests) {
+        (Some(rc), Some(rx)) => {
             let slot = network_slot.clone();
             let parts = crate::r1fs::service::Parts {
-                cstore: store.clone(),
+                cstore: cstore_slot.get().cloned(),
                 view: ctx.view.clone(),
                 network: Arc::new(move || slot.get().and_then(|s| s.handle())),
                 metrics: metrics.clone(),

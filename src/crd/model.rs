@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
     namespaced,
     status = "R1ModelStatus",
     printcolumn = r#"{"name":"CID","type":"string","jsonPath":".status.cid"}"#,
+    printcolumn = r#"{"name":"Size","type":"integer","jsonPath":".status.size"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.replicas"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]

@@ -56,7 +56,7 @@ fn ready(slot: &Slot) -> Result<&R1fs, ApiError> {
     slot.get().ok_or_else(|| {
         error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "R1FS is not running here: this replica does not lead, or it has no --data-dir or no CSTORE",
+            "R1FS is not running here: this replica does not lead, or it has no --data-dir",
         )
     })
 }

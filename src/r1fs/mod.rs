@@ -3,11 +3,12 @@
 //! balanced layout, sha2-256: what `ipfs add --cid-version 1` gives), so a
 //! CID computed here names the same bytes anywhere in the IPFS world.
 //!
-//! Built so far: parsing and checking the CIDs users give ([`cid`]),
-//! turning files and directories into blocks ([`add`]), and keeping
-//! verified blocks on disk and reading files back from them ([`store`]).
-//! Exchanging blocks between clusters and delivering them to pods build
-//! on these (docs/protocols.md, "R1FS").
+//! Parts: parsing and checking the CIDs users give ([`cid`]), turning files
+//! and directories into blocks ([`add`]), verified blocks on disk
+//! ([`store`]) and pins ([`pins`]), dag-pb links ([`dagpb`]), Bitswap 1.2
+//! messages between admitted peers ([`bitswap`]), the service the operator
+//! runs (fetch, replication, repair: [`service`]) and its HTTP side (local
+//! API, gateway, CLI client: [`api`]). docs/protocols.md, "R1FS".
 
 pub mod add;
 pub mod api;

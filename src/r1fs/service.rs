@@ -14,7 +14,7 @@
 //!   `node` (it runs R1FS), `have/<cid>` (a pinned root it holds whole),
 //!   `want/<cid>` (the replication an origin's R1Models ask for).
 //! - **Replication**: the holders of a wanted CID are the `r` members
-//!   ranked first by `sha256(cid ‖ PeerId)` (rendezvous hashing) among the
+//!   ranked first by `sha256(cid ‖ "/" ‖ PeerId)` (rendezvous hashing) among the
 //!   R1FS nodes heard from; each node computes the same list and fetches
 //!   and pins what it is chosen for. When a holder goes silent the ranking
 //!   moves on to the next member, which fetches (repair). A node that is no
@@ -53,7 +53,7 @@ const BATCH: usize = 16;
 /// Settings of `ratio1 operator` for R1FS.
 #[derive(Clone, Debug)]
 pub struct R1fsConfig {
-    /// The store's directory (the chart mounts a PersistentVolume above it).
+    /// The store's directory (`<--data-dir>/r1fs`).
     pub root: PathBuf,
     /// Unpinned blocks are collected when the store holds more than this.
     pub quota_bytes: Option<u64>,
@@ -63,6 +63,18 @@ pub struct R1fsConfig {
     pub resync: Duration,
     /// Where the read-only gateway listens for pods (besides the local API).
     pub gateway_addr: Option<std::net::SocketAddr>,
+    /// How pods deliver R1FS content: the gateway URL they use and the
+    /// image with `ratio1` on its PATH (both needed; else no delivery).
+    pub delivery: Option<Delivery>,
+}
+
+/// How an R1Pipeline's pods get their models and inputs: an init
+/// container per mount running `ratio1 fs get` against `endpoint` (which
+/// may name `$(HOST_IP)`, the node's IP, set in the container's env).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub endpoint: String,
+    pub image: String,
 }
 
 impl R1fsConfig {
@@ -73,6 +85,7 @@ impl R1fsConfig {
             gc_grace: Duration::from_secs(600),
             resync: Duration::from_secs(5),
             gateway_addr: None,
+            delivery: None,
         }
     }
 }
@@ -176,7 +189,10 @@ pub struct Snapshot {
 
 /// What the service needs from the rest of the operator.
 pub struct Parts {
-    pub cstore: Cstore,
+    /// None: R1FS holds and serves content here and fetches it from
+    /// connected peers, but publishes and reads no records (no providers,
+    /// no replication across the network).
+    pub cstore: Option<Cstore>,
     pub view: SharedView,
     pub network: NetworkSource,
     pub metrics: Arc<Metrics>,
@@ -229,6 +245,10 @@ impl R1fs {
         Ok(r)
     }
 
+    pub fn delivery(&self) -> Option<Delivery> {
+        self.inner.cfg.delivery.clone()
+    }
+
     pub fn store(&self) -> &BlockStore {
         &self.inner.store
     }
@@ -251,13 +271,33 @@ impl R1fs {
     pub fn holders(&self, cid: &str) -> (Vec<String>, Option<u64>) {
         let s = self.inner.snapshot.read().expect("snapshot lock");
         let Some(h) = s.holders.get(cid) else { return (vec![], None) };
-        let mut names: Vec<String> = h.keys().map(|p| s.members.get(p).cloned().unwrap_or_else(|| p.clone())).collect();
+        // A node without an R1Node name is shown by its PeerId.
+        let name = |p: &String| s.members.get(p).filter(|n| !n.is_empty()).cloned().unwrap_or_else(|| p.clone());
+        let mut names: Vec<String> = h.keys().map(name).collect();
         names.sort();
         (names, h.values().map(|h| h.dag_size).max())
     }
 
-    fn me(&self) -> Option<String> {
-        self.inner.parts.cstore.peer_id().map(|p| p.to_string())
+    /// This node's PeerId ("local" before it has an identity and no network).
+    fn me(&self) -> String {
+        let cs = self.inner.parts.cstore.as_ref().and_then(|c| c.peer_id());
+        cs.or_else(|| (self.inner.parts.network)().map(|n| n.peer_id))
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "local".into())
+    }
+
+    async fn put_record(&self, key: &str, value: &serde_json::Value) -> Result<(), R1fsError> {
+        if let Some(cs) = &self.inner.parts.cstore {
+            cs.set(key, value, None).await.map_err(|e| R1fsError::Unavailable(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    async fn del_record(&self, key: &str) -> Result<(), R1fsError> {
+        if let Some(cs) = &self.inner.parts.cstore {
+            cs.del(key).await.map_err(|e| R1fsError::Unavailable(e.to_string()))?;
+        }
+        Ok(())
     }
 
     fn network(&self) -> Result<crate::p2p::NetworkHandle, R1fsError> {
@@ -449,11 +489,16 @@ impl R1fs {
             m.blocks_fetched.inc_by(n);
             m.bytes_fetched.inc_by(bytes);
             progress(stored);
+            // An answer with nothing in it (no block, no presence) is a peer
+            // that lacks them all or refuses (busy, or it does not admit
+            // us): taken as a `DontHave` for each, so it is not asked again
+            // at once for the same blocks.
+            let empty = received.is_empty() && dont.is_empty();
             for c in batch {
                 if received.contains(&c) {
                     continue;
                 }
-                if !dont.contains(&c) {
+                if !dont.contains(&c) && !empty {
                     // Left out for room: the same peer may be asked again.
                     tried.entry(c).or_default().remove(&peer);
                 }
@@ -498,9 +543,7 @@ impl R1fs {
     pub async fn unpin(&self, cid: Cid, owner: &str) -> Result<usize, R1fsError> {
         let left = self.inner.pins.unpin(&cid, owner)?;
         if left == 0 {
-            if let Some(me) = self.me() {
-                let _ = self.inner.parts.cstore.del(&have_key(&me, &canonical(&cid))).await;
-            }
+            let _ = self.del_record(&have_key(&self.me(), &canonical(&cid))).await;
         }
         self.poke();
         Ok(left)
@@ -511,10 +554,9 @@ impl R1fs {
     }
 
     async fn announce(&self, cid: &Cid, pin: &Pin) {
-        let Some(me) = self.me() else { return };
         let have = Have { dag_size: pin.dag_size, blocks: pin.blocks };
         let v = serde_json::to_value(&have).expect("serializes");
-        if let Err(e) = self.inner.parts.cstore.set(&have_key(&me, &canonical(cid)), &v, None).await {
+        if let Err(e) = self.put_record(&have_key(&self.me(), &canonical(cid)), &v).await {
             tracing::warn!(cid = %canonical(cid), error = %e, "cannot announce an R1FS pin; the next pass retries");
         }
     }
@@ -530,11 +572,12 @@ impl R1fs {
 
     /// Passes on every change of `r1fs/` records (and at least every resync).
     async fn watch_records(self) {
+        let Some(cs) = self.inner.parts.cstore.clone() else { return };
         loop {
-            if !self.inner.parts.cstore.wait_up(Duration::from_secs(5)).await {
+            if !cs.wait_up(Duration::from_secs(5)).await {
                 continue;
             }
-            let Ok(changes) = self.inner.parts.cstore.watch(PREFIX) else {
+            let Ok(changes) = cs.watch(PREFIX) else {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             };
@@ -580,10 +623,11 @@ impl R1fs {
     /// One pass: read the records, publish this node's, take or drop
     /// replicas, refresh the snapshot.
     async fn pass(&self) -> Result<(), R1fsError> {
-        let cs = &self.inner.parts.cstore;
-        let Some(me) = self.me() else { return Ok(()) };
-        let err = |e: crate::cstore::CstoreError| R1fsError::Unavailable(e.to_string());
-        let records = cs.list(PREFIX).await.map_err(err)?;
+        let me = self.me();
+        let records = match &self.inner.parts.cstore {
+            Some(cs) => cs.list(PREFIX).await.map_err(|e| R1fsError::Unavailable(e.to_string()))?,
+            None => vec![],
+        };
         let mut nodes: BTreeMap<String, String> = BTreeMap::new();
         let mut haves: BTreeMap<String, BTreeMap<String, Have>> = BTreeMap::new();
         let mut wants: BTreeMap<String, BTreeMap<String, Want>> = BTreeMap::new();
@@ -613,16 +657,14 @@ impl R1fs {
         let name = self.inner.parts.profile.borrow().as_ref().map(|p| p.node.clone()).unwrap_or_default();
         if nodes.get(&me) != Some(&name) {
             let v = serde_json::to_value(NodeRecord { node: name.clone() }).expect("serializes");
-            cs.set(&node_key(&me), &v, None).await.map_err(err)?;
+            self.put_record(&node_key(&me), &v).await?;
             nodes.insert(me.clone(), name);
         }
         // This origin's wants, from its models.
         if let Some(own) = self.own_wants() {
             for (cid, w) in &own {
                 if wants.get(cid).and_then(|ws| ws.get(&me)) != Some(w) {
-                    cs.set(&want_key(&me, cid), &serde_json::to_value(w).expect("serializes"), None)
-                        .await
-                        .map_err(err)?;
+                    self.put_record(&want_key(&me, cid), &serde_json::to_value(w).expect("serializes")).await?;
                     wants.entry(cid.clone()).or_default().insert(me.clone(), w.clone());
                 }
             }
@@ -632,7 +674,7 @@ impl R1fs {
                 .map(|(c, _)| c.clone())
                 .collect();
             for cid in stale {
-                cs.del(&want_key(&me, &cid)).await.map_err(err)?;
+                self.del_record(&want_key(&me, &cid)).await?;
                 if let Some(ws) = wants.get_mut(&cid) {
                     ws.remove(&me);
                 }
@@ -697,7 +739,7 @@ impl R1fs {
             .map(|(c, _)| c.clone())
             .collect();
         for c in mine {
-            cs.del(&have_key(&me, &c)).await.map_err(err)?;
+            self.del_record(&have_key(&me, &c)).await?;
             if let Some(h) = haves.get_mut(&c) {
                 h.remove(&me);
             }

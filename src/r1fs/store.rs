@@ -1,5 +1,5 @@
-//! R1FS blocks on disk, in the operator's data directory (the chart mounts
-//! a PersistentVolume there). Layout under the root:
+//! R1FS blocks on disk, in the operator's data directory (`--data-dir`;
+//! in a cluster, a volume mounted there). Layout under the root:
 //!
 //! - `blocks/<last two characters of the CID>/<CID>`: one file per block,
 //!   named by its CIDv1 in base32;

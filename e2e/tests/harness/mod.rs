@@ -250,6 +250,8 @@ impl Operator {
 /// thread that lives as long as the binary).
 pub struct Shared {
     pub metrics_port: u16,
+    /// Its local API (R1FS's CLI talks to it).
+    pub api_port: u16,
 }
 
 pub fn shared_operator() -> &'static Shared {
@@ -260,13 +262,25 @@ pub fn shared_operator() -> &'static Shared {
         // child's PDEATHSIG fires when the thread that forked it ends.
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            let port = free_port();
+            let (port, api_port, gateway_port) = (free_port(), free_port(), free_port());
             rt.block_on(async {
                 let c = client(1).await;
                 install_crds(&c).await;
                 ensure_namespace(&c, OPERATOR_NS).await;
             });
-            let mut cmd = OperatorOpts::new(1, "shared").command(port, free_port());
+            // R1FS on (without CSTORE: this cluster has no federation), its
+            // gateway on every address so that pods reach it at their
+            // node's IP, and delivery by the operator's own image.
+            let data = log_dir().join(format!("r1fs-c1-shared-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&data);
+            let mut opts = OperatorOpts::new(1, "shared");
+            opts.extra_args = vec![
+                format!("--data-dir={}", data.display()),
+                format!("--r1fs-gateway-addr=0.0.0.0:{gateway_port}"),
+                format!("--r1fs-pod-endpoint=http://$(HOST_IP):{gateway_port}"),
+                "--r1fs-fetch-image=ratio1.local/ratio1-operator:dev".into(),
+            ];
+            let mut cmd = opts.command(port, api_port);
             use std::os::unix::process::CommandExt;
             // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
             unsafe {
@@ -279,10 +293,11 @@ pub fn shared_operator() -> &'static Shared {
             rt.block_on(wait_for(30, "shared operator /readyz", || async {
                 (http_get(port, "/readyz").await.as_deref() == Some("ok")).then_some(())
             }));
-            tx.send(port).unwrap();
+            tx.send((port, api_port)).unwrap();
             let _ = child.wait();
         });
-        Shared { metrics_port: rx.recv().expect("shared operator started (see target/e2e-logs/c1-shared.log)") }
+        let (metrics_port, api_port) = rx.recv().expect("shared operator started (see target/e2e-logs/c1-shared.log)");
+        Shared { metrics_port, api_port }
     })
 }
 

@@ -622,3 +622,53 @@ fn network_status_is_ready_only_when_every_cluster_is() {
     assert_eq!((s.status, s.reason.as_str()), (Some(false), "NoFittingNode"));
     assert!(s.message.contains("no heartbeat"));
 }
+
+#[test]
+fn models_and_inputs_are_delivered_by_init_containers_into_read_only_mounts() {
+    let mut p = pipeline(PipelineMode::Job, vec![container("a", &[]), container("b", &[])]);
+    p.spec.models = vec![ModelMount { name: "m".into(), mount_path: "/models/m".into() }];
+    let v0 = "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH";
+    p.spec.inputs = vec![InputMount { cid: v0.into(), mount_path: "/data".into() }];
+    p.spec.template.spec.as_mut().unwrap().init_containers = Some(vec![container("user-init", &[])]);
+    let model_cid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku".to_string();
+    let mut inputs = Inputs {
+        models: BTreeMap::from([("m".to_string(), ModelState::Ready { cid: model_cid.clone() })]),
+        ..Default::default()
+    };
+    // Without delivery (R1FS off here): annotations only.
+    let plain = build(&p, &inputs).unwrap().job.unwrap().spec.unwrap().template.spec.unwrap();
+    assert_eq!(plain.init_containers.unwrap().len(), 1);
+    assert!(plain.volumes.is_none());
+    inputs.delivery = Some(crate::r1fs::service::Delivery {
+        endpoint: "http://$(HOST_IP):8090".into(),
+        image: "ratio1.local/ratio1-operator:dev".into(),
+    });
+    let spec = build(&p, &inputs).unwrap().job.unwrap().spec.unwrap().template.spec.unwrap();
+    let init = spec.init_containers.unwrap();
+    let names: Vec<&str> = init.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["r1fs-fetch-0", "r1fs-fetch-1", "user-init"], "fetchers first, the user's after");
+    let cmd = init[1].command.clone().unwrap();
+    let v1 = crate::r1fs::cid::canonical(&crate::r1fs::cid::parse(v0).unwrap());
+    assert_eq!(cmd, ["ratio1", "fs", "--endpoint", "http://$(HOST_IP):8090", "get", &v1, "/r1fs/content"]);
+    assert_eq!(init[0].command.as_ref().unwrap()[5], model_cid);
+    assert_eq!(init[0].env.as_ref().unwrap()[0].name, "HOST_IP");
+    let sc = init[0].security_context.clone().unwrap();
+    assert_eq!((sc.run_as_non_root, sc.read_only_root_filesystem), (Some(true), Some(true)));
+    let vols: Vec<String> = spec.volumes.unwrap().iter().map(|v| v.name.clone()).collect();
+    assert_eq!(vols, ["r1fs-0", "r1fs-1"]);
+    for c in &spec.containers {
+        let m = c.volume_mounts.clone().unwrap();
+        let got: Vec<(&str, &str, Option<&str>, Option<bool>)> =
+            m.iter().map(|m| (m.name.as_str(), m.mount_path.as_str(), m.sub_path.as_deref(), m.read_only)).collect();
+        assert_eq!(
+            got,
+            [("r1fs-0", "/models/m", Some("content"), Some(true)), ("r1fs-1", "/data", Some("content"), Some(true))],
+            "container {}",
+            c.name
+        );
+    }
+    // A user volume with the reserved prefix is refused.
+    p.spec.template.spec.as_mut().unwrap().volumes =
+        Some(vec![k8s_openapi::api::core::v1::Volume { name: "r1fs-0".into(), ..Default::default() }]);
+    assert_eq!(reason(validate(&p, &inputs)), "InvalidMounts");
+}
