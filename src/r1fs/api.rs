@@ -117,11 +117,16 @@ async fn put_blocks(State(slot): State<Slot>, body: Bytes) -> Result<Response, A
         for (cid, data) in blocks {
             super::cid::parse(&cid.to_string()).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
             // Verified here: a client is no more trusted than a peer.
-            if r.store().put(&cid, data).map_err(|e| error(StatusCode::BAD_REQUEST, e))? {
+            if !super::store::verifies(&cid, data) {
+                return Err(error(StatusCode::BAD_REQUEST, StoreError::Mismatch(cid.to_string())));
+            }
+            if r.store().put_own(&cid, data).map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))? {
                 n += 1;
                 bytes += data.len() as u64;
             }
         }
+        // Durable before the answer: one sync for the whole request.
+        r.store().sync().map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
         Ok((n, bytes))
     })
     .await
