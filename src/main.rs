@@ -136,13 +136,33 @@ enum FsCmd {
         /// Owner of the pin (each owner releases its own pin).
         #[arg(long, default_value = ratio1::r1fs::api::DEFAULT_OWNER)]
         owner: String,
+        /// Seal the file with AES-256-GCM before adding it (the CID is of
+        /// the ciphertext: the nodes that hold it cannot read it); needs
+        /// --key-file.
+        #[arg(long, requires = "key_file", conflicts_with = "only_hash")]
+        encrypt: bool,
+        /// The key (base64 of 32 bytes), made (mode 0600) if the file does
+        /// not exist: keep it, nothing else can open the content.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
         path: PathBuf,
     },
     /// Write a file or directory to OUT (default: ./CID), fetched from
     /// peers by the operator if it does not hold it.
-    Get { cid: String, out: Option<PathBuf> },
+    Get {
+        cid: String,
+        out: Option<PathBuf>,
+        /// Open content added with --encrypt (a file) with this key.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
     /// Write a file's content to stdout.
-    Cat { cid: String },
+    Cat {
+        cid: String,
+        /// Open content added with --encrypt with this key.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
     /// Keep content on the operator's node (fetched from peers first).
     Pin {
         cid: String,
@@ -592,7 +612,22 @@ async fn fs(a: FsArgs) -> anyhow::Result<()> {
             bar.finish_and_clear();
             println!("{}", added.cid);
         }
-        FsCmd::Add { only_hash: false, hidden, owner, path } => {
+        FsCmd::Add { only_hash: false, hidden, owner, encrypt, key_file, path } => {
+            let key = match (encrypt, key_file) {
+                (true, Some(k)) => {
+                    anyhow::ensure!(
+                        std::fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false),
+                        "--encrypt seals one file: {} is not a readable file",
+                        path.display()
+                    );
+                    let (key, new) = ratio1::r1fs::seal::key_file(&k, true)?;
+                    if new {
+                        eprintln!("new key written to {}: keep it, nothing else can open this content", k.display());
+                    }
+                    Some(key)
+                }
+                _ => None,
+            };
             // Blocks are made here and streamed to the operator in batches;
             // it verifies each, then the pin checks the DAG is whole.
             let bar = progress_bar(Some(total_size(&path)));
@@ -600,12 +635,16 @@ async fn fs(a: FsArgs) -> anyhow::Result<()> {
             let adder = {
                 let bar = bar.clone();
                 tokio::task::spawn_blocking(move || {
-                    ratio1::r1fs::add::add_path(
-                        &path,
-                        hidden,
-                        &mut |c, b| tx.blocking_send((c, b)).map_err(|_| std::io::Error::other("the upload stopped")),
-                        &mut |n| bar.set_position(n),
-                    )
+                    let mut sink =
+                        |c, b| tx.blocking_send((c, b)).map_err(|_| std::io::Error::other("the upload stopped"));
+                    match key {
+                        Some(key) => {
+                            let f = std::fs::File::open(&path)?;
+                            let sealed = ratio1::r1fs::seal::Sealer::new(std::io::BufReader::new(f), &key);
+                            ratio1::r1fs::add::add_reader(sealed, &mut sink, &mut |n| bar.set_position(n))
+                        }
+                        None => ratio1::r1fs::add::add_path(&path, hidden, &mut sink, &mut |n| bar.set_position(n)),
+                    }
                 })
             };
             let url = format!("{base}/v1/r1fs/blocks");
@@ -632,22 +671,29 @@ async fn fs(a: FsArgs) -> anyhow::Result<()> {
             call(http::Method::POST, &format!("{base}/v1/r1fs/pin?{q}"), None).await?;
             println!("{cid}");
         }
-        FsCmd::Get { cid, out } => {
+        FsCmd::Get { cid, out, key_file } => {
             let cid = cid_arg(&cid)?;
             let out = out.unwrap_or_else(|| PathBuf::from(&cid));
+            let key = key_file.map(|k| ratio1::r1fs::seal::key_file(&k, false).map(|(k, _)| k)).transpose()?;
             let bar = progress_bar(None);
-            let n = fs_get(&base, &cid, &out, &bar, 0).await?;
+            let n = fs_get(&base, &cid, &out, &bar, 0, key.as_ref()).await?;
             bar.finish_and_clear();
             eprintln!("{cid}: {n} bytes written to {}", out.display());
         }
-        FsCmd::Cat { cid } => {
+        FsCmd::Cat { cid, key_file } => {
             let url = format!("{base}/ipfs/{}", cid_arg(&cid)?);
-            ratio1::r1fs::api::download(
-                &url,
-                &mut std::io::BufWriter::with_capacity(1 << 20, std::io::stdout()),
-                &|_| {},
-            )
-            .await?;
+            let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+            match key_file {
+                Some(k) => {
+                    let (key, _) = ratio1::r1fs::seal::key_file(&k, false)?;
+                    let mut opener = ratio1::r1fs::seal::Opener::new(out, &key);
+                    ratio1::r1fs::api::download(&url, &mut opener, &|_| {}).await?;
+                    opener.finish()?;
+                }
+                None => {
+                    ratio1::r1fs::api::download(&url, &mut { out }, &|_| {}).await?;
+                }
+            }
         }
         FsCmd::Pin { cid, owner } => {
             let q = query(&[("cid", &cid_arg(&cid)?), ("owner", &owner)]);
@@ -703,6 +749,7 @@ fn fs_get<'a>(
     out: &'a std::path::Path,
     bar: &'a indicatif::ProgressBar,
     done: u64,
+    key: Option<&'a ratio1::r1fs::seal::Key>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<u64>> + Send + 'a>> {
     Box::pin(async move {
         let url = format!("{base}/ipfs/{cid}");
@@ -712,18 +759,34 @@ fn fs_get<'a>(
             let mut f = std::io::BufWriter::new(
                 std::fs::File::create(&tmp).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?,
             );
-            let n = ratio1::r1fs::api::download(&url, &mut f, &|n| bar.set_position(done + n)).await?;
-            drop(f);
+            let n = match key {
+                Some(key) => {
+                    let mut opener = ratio1::r1fs::seal::Opener::new(f, key);
+                    let got = ratio1::r1fs::api::download(&url, &mut opener, &|n| bar.set_position(done + n)).await;
+                    // Nothing of content that does not open is left behind.
+                    if let Err(e) = got.and_then(|_| opener.finish().map(drop).map_err(anyhow::Error::from)) {
+                        let _ = std::fs::remove_file(&tmp);
+                        return Err(e);
+                    }
+                    std::fs::metadata(&tmp)?.len()
+                }
+                None => {
+                    let n = ratio1::r1fs::api::download(&url, &mut f, &|n| bar.set_position(done + n)).await?;
+                    drop(f);
+                    n
+                }
+            };
             std::fs::rename(&tmp, out)?;
             return Ok(n);
         };
+        anyhow::ensure!(key.is_none(), "{cid} is a directory: content added with --encrypt is one file");
         std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
         let mut total = 0;
         for (name, child) in entries {
             if name.is_empty() || name.contains('/') || name == "." || name == ".." {
                 anyhow::bail!("{cid} has an entry named {name:?}: refusing to write outside {}", out.display());
             }
-            total += fs_get(base, &child, &out.join(&name), bar, done + total).await?;
+            total += fs_get(base, &child, &out.join(&name), bar, done + total, None).await?;
         }
         Ok(total)
     })

@@ -116,6 +116,31 @@ async fn r1fs_moves_verified_blocks_between_admitted_clusters_and_keeps_replicas
     fs_ok(api[2], &["get", &tree, out.to_str().unwrap()]).await;
     same_tree(&work.join("tree"), &out);
 
+    // 3b. Sealed content: added on A with a key, its blocks held and served
+    // as ciphertext; C opens it with the key only.
+    let secret = work.join("secret.txt");
+    let plain: Vec<u8> = b"model weights, confidential\n".repeat(20_000);
+    std::fs::write(&secret, &plain).unwrap();
+    let key = work.join("content.key");
+    let (ok, out, err) =
+        fs(api[0], &["add", "--encrypt", "--key-file", key.to_str().unwrap(), secret.to_str().unwrap()]).await;
+    assert!(ok && err.contains("new key written"), "{err}");
+    let sealed = String::from_utf8(out).unwrap().trim().to_string();
+    assert_ne!(sealed, only_hash(&secret), "the CID is of the ciphertext");
+    let (ok, raw, _) = fs(api[2], &["cat", &sealed]).await;
+    assert!(ok && raw.len() > plain.len(), "C serves the ciphertext");
+    assert!(!raw.windows(27).any(|w| w == b"model weights, confidential"), "no plaintext in what nodes hold");
+    let (ok, opened, err) = fs(api[2], &["cat", "--key-file", key.to_str().unwrap(), &sealed]).await;
+    assert!(ok, "{err}");
+    assert!(opened == plain, "the key opens it");
+    let wrong = work.join("wrong.key");
+    std::fs::write(&wrong, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n").unwrap();
+    let out_file = work.join("opened.txt");
+    let (ok, _, err) =
+        fs(api[2], &["get", "--key-file", wrong.to_str().unwrap(), &sealed, out_file.to_str().unwrap()]).await;
+    assert!(!ok && err.contains("wrong key") && err.lines().count() == 1, "{err}");
+    assert!(!out_file.exists() && !work.join("opened.r1fs-partial").exists(), "nothing left of what did not open");
+
     // 4. A leaf rots on C's disk: the next read detects it, quarantines it,
     // fetches it again and serves the right bytes.
     let leaf =

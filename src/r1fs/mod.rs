@@ -17,5 +17,6 @@ pub mod cid;
 pub mod dagpb;
 pub mod metrics;
 pub mod pins;
+pub mod seal;
 pub mod service;
 pub mod store;
