@@ -145,6 +145,12 @@ enum FsCmd {
         /// not exist: keep it, nothing else can open the content.
         #[arg(long)]
         key_file: Option<PathBuf>,
+        /// (The operator's import Jobs) pin for this `import/…` owner
+        /// through the gateway's import routes, with RATIO1_IMPORT_TOKEN.
+        #[arg(long, hide = true, env = "RATIO1_IMPORT_OWNER", requires = "import_token")]
+        import_owner: Option<String>,
+        #[arg(long, hide = true, env = "RATIO1_IMPORT_TOKEN")]
+        import_token: Option<String>,
         path: PathBuf,
     },
     /// Write a file or directory to OUT (default: ./CID), fetched from
@@ -612,7 +618,15 @@ async fn fs(a: FsArgs) -> anyhow::Result<()> {
             bar.finish_and_clear();
             println!("{}", added.cid);
         }
-        FsCmd::Add { only_hash: false, hidden, owner, encrypt, key_file, path } => {
+        FsCmd::Add { only_hash: false, hidden, owner, encrypt, key_file, import_owner, import_token, path } => {
+            // An import Job writes through the gateway's import routes, with its token.
+            let (blocks_url, pin_url) = match (&import_owner, &import_token) {
+                (Some(o), Some(t)) => {
+                    let q = query(&[("owner", o), ("token", t)]);
+                    (format!("{base}/v1/r1fs/import/blocks?{q}"), format!("{base}/v1/r1fs/import/pin?{q}"))
+                }
+                _ => (format!("{base}/v1/r1fs/blocks"), format!("{base}/v1/r1fs/pin?{}", query(&[("owner", &owner)]))),
+            };
             let key = match (encrypt, key_file) {
                 (true, Some(k)) => {
                     anyhow::ensure!(
@@ -647,7 +661,7 @@ async fn fs(a: FsArgs) -> anyhow::Result<()> {
                     }
                 })
             };
-            let url = format!("{base}/v1/r1fs/blocks");
+            let url = blocks_url;
             let mut batch = Vec::with_capacity(UPLOAD_BATCH + 1024 * 1024);
             let post = |batch: Vec<u8>| {
                 let url = url.clone();
@@ -667,8 +681,7 @@ async fn fs(a: FsArgs) -> anyhow::Result<()> {
             let added = adder.await?.map_err(|e| anyhow::anyhow!("cannot add: {e}"))?;
             bar.finish_and_clear();
             let cid = added.cid.to_string();
-            let q = query(&[("cid", &cid), ("owner", &owner)]);
-            call(http::Method::POST, &format!("{base}/v1/r1fs/pin?{q}"), None).await?;
+            call(http::Method::POST, &format!("{pin_url}&{}", query(&[("cid", &cid)])), None).await?;
             println!("{cid}");
         }
         FsCmd::Get { cid, out, key_file } => {

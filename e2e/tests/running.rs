@@ -656,3 +656,96 @@ async fn r1fs_delivers_models_and_inputs_into_running_containers() {
     ns.cleanup().await;
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// A hostPath PersistentVolume and its claim in `ns`, bound by hand (the
+/// test control planes run no PV binder): the claim's content is `dir`.
+async fn hostpath_claim(c: &Client, ns: &str, claim: &str, dir: &std::path::Path) -> String {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let pv_name = format!("{ns}-{claim}");
+    let pvs: Api<PersistentVolume> = Api::all(c.clone());
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), ns);
+    let ssa = PatchParams::apply("e2e-user").force();
+    // The annotation is what the scheduler reads as "bound" (the binder sets it).
+    let pvc = pvcs
+        .patch(
+            claim,
+            &ssa,
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "annotations": {"pv.kubernetes.io/bind-completed": "yes"}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": pv_name,
+                "resources": {"requests": {"storage": "1Gi"}}}})),
+        )
+        .await
+        .unwrap();
+    // The kubelet checks that the volume names this very claim (its UID).
+    pvs.patch(
+        &pv_name,
+        &ssa,
+        &Patch::Apply(json!({"apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": pv_name},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+            "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": dir.to_str().unwrap(), "type": "Directory"},
+            "claimRef": {"namespace": ns, "name": claim, "uid": pvc.metadata.uid}}})),
+    )
+    .await
+    .unwrap();
+    let bound = json!({"status": {"phase": "Bound"}});
+    pvs.patch_status(&pv_name, &PatchParams::default(), &Patch::Merge(&bound)).await.unwrap();
+    let claimed =
+        json!({"status": {"phase": "Bound", "accessModes": ["ReadWriteOnce"], "capacity": {"storage": "1Gi"}}});
+    pvcs.patch_status(claim, &PatchParams::default(), &Patch::Merge(&claimed)).await.unwrap();
+    pv_name
+}
+
+#[tokio::test]
+async fn r1fs_imports_a_model_from_a_volume_and_says_why_when_it_cannot() {
+    let (c, ns) = setup("run-import").await;
+    let models: Api<ratio1::crd::R1Model> = Api::namespaced(c.clone(), &ns.name);
+    // The claim's content: a model file, readable by the import Job's user.
+    let dir = std::env::temp_dir().join(format!("r1fs-pv-{}-{}", std::process::id(), rand::random::<u32>()));
+    std::fs::create_dir_all(dir.join("weights")).unwrap();
+    let model: Vec<u8> = (0..600 * 1024).map(|i| (i % 241) as u8).collect();
+    std::fs::write(dir.join("weights/model.bin"), &model).unwrap();
+    Command::new("chmod").args(["-R", "a+rX"]).arg(&dir).status().unwrap();
+    let pv = hostpath_claim(&c, &ns.name, "models", &dir).await;
+    let want =
+        ratio1::r1fs::add::only_hash(&dir.join("weights/model.bin"), false, &mut |_| {}).unwrap().cid.to_string();
+
+    let apply_model = |name: &str, path: &str| {
+        let models = models.clone();
+        let body = json!({"apiVersion": "ratio1.ai/v1alpha1", "kind": "R1Model", "metadata": {"name": name},
+            "spec": {"source": {"volume": {"claimName": "models", "path": path}}, "replication": 1}});
+        let name = name.to_string();
+        async move { models.patch(&name, &PatchParams::apply("e2e-user"), &Patch::Apply(body)).await.unwrap() }
+    };
+    apply_model("imported", "weights/model.bin").await;
+    apply_model("missing", "weights/absent.bin").await;
+    let st = wait_for(120, "model imported Ready with the file's CID", || async {
+        let m = models.get("imported").await.ok()?;
+        let st = m.status?;
+        let ready = cond(&st.conditions, "Ready")?;
+        (ready.status == "True").then_some(st)
+    })
+    .await;
+    assert_eq!(st.cid.as_deref(), Some(want.as_str()), "the CID of the file in the claim");
+    assert_eq!(st.replicas, Some(1));
+    // What it imported reads back, byte for byte.
+    let out = Command::new(env!("CARGO_BIN_EXE_ratio1"))
+        .args(["fs", "--endpoint", &format!("http://127.0.0.1:{}", shared_operator().api_port), "cat", &want])
+        .output()
+        .unwrap();
+    assert!(out.stdout == model, "{}", String::from_utf8_lossy(&out.stderr));
+    // A path that is not in the claim: Stalled, with the Job to look at.
+    let st = wait_for(150, "model missing Stalled with ImportFailed", || async {
+        let m = models.get("missing").await.ok()?;
+        let st = m.status?;
+        let stalled = cond(&st.conditions, "Stalled")?;
+        (stalled.status == "True" && stalled.reason == "ImportFailed").then_some(stalled.message.clone())
+    })
+    .await;
+    assert!(st.contains("kubectl logs") && st.contains("r1fs-import-"), "{st}");
+    ns.cleanup().await;
+    let _ =
+        Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(c.clone()).delete(&pv, &DeleteParams::default()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

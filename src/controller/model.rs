@@ -2,14 +2,23 @@
 //! on `spec.replication` R1FS nodes by R1FS (which reads the models from
 //! the same cache); this reconciler reports who holds it and is `Ready`
 //! when enough do. Without R1FS (no data directory) a `cid` source is only
-//! addressed. Import from a volume is not built yet: a
-//! `volume` source waits with `Ready=False, reason=AwaitingR1FS`.
+//! addressed. A `volume` source is imported by a Job in the model's
+//! namespace (the operator's image runs `ratio1 fs add` on the claim,
+//! through the gateway's import routes with a token for this model's
+//! generation); its CID is the root the Job pinned, then it is replicated
+//! like a `cid` source. Without R1FS delivery set up it waits with
+//! `Ready=False, reason=AwaitingR1FS`.
 
-use super::{finish, Context, Error, Result};
+use super::{apply, finish, Context, Error, Result};
 use crate::conditions::{self, Invalid, Want};
-use crate::crd::{ModelSource, R1Model, R1ModelStatus};
+use crate::crd::{ModelSource, R1Model, R1ModelStatus, VolumeSource};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    EnvVar, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Volume, VolumeMount,
+};
 use kube::api::Api;
 use kube::runtime::controller::Action;
+use kube::Resource;
 use kube::ResourceExt;
 use std::sync::Arc;
 
@@ -46,11 +55,21 @@ fn replicated(cid: &str, replication: usize, h: &Holders) -> Vec<Want> {
     w
 }
 
+/// Where the import of a `volume` source stands (R1FS with delivery on).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Import {
+    Running { job: String },
+    Failed { message: String },
+    Done { cid: String },
+}
+
 /// Conditions and CID for a model's spec (pure); `holders` is R1FS's view
-/// of the CID when R1FS runs.
+/// of the CID when R1FS runs, `import` the state of a `volume` source's
+/// import when R1FS can import.
 pub fn evaluate(
     m: &R1Model,
     holders: Option<&dyn Fn(&str) -> Holders>,
+    import: Option<&Import>,
 ) -> Result<(Vec<Want>, Option<String>), Invalid> {
     let mut wanted = match &m.spec.source {
         ModelSource { cid: Some(_), volume: Some(_) } | ModelSource { cid: None, volume: None } => {
@@ -74,10 +93,34 @@ pub fn evaluate(
             (w, Some(cid))
         }
         ModelSource { cid: None, volume: Some(v) } => {
-            let msg = format!("import of {}:{} waits for R1FS", v.claim_name, v.path);
-            let mut w = conditions::progressing("AwaitingR1FS", &msg);
-            w.push(Want::new("Available", false, "AwaitingR1FS", msg));
-            (w, None)
+            if v.path.split('/').any(|s| s == "..") {
+                return Err(Invalid::new("InvalidSource", "source.volume.path must stay inside the claim (no `..`)"));
+            }
+            let from = format!("{}:{}", v.claim_name, v.path);
+            match import {
+                None => {
+                    let msg = format!(
+                        "import of {from} waits for R1FS with delivery (--data-dir, --r1fs-pod-endpoint, --r1fs-fetch-image)"
+                    );
+                    let mut w = conditions::progressing("AwaitingR1FS", &msg);
+                    w.push(Want::new("Available", false, "AwaitingR1FS", msg));
+                    (w, None)
+                }
+                Some(Import::Running { job }) => {
+                    let msg = format!("Job {job} imports {from} into R1FS");
+                    let mut w = conditions::progressing("Importing", &msg);
+                    w.push(Want::new("Available", false, "Importing", msg));
+                    (w, None)
+                }
+                Some(Import::Failed { message }) => return Err(Invalid::new("ImportFailed", message.clone())),
+                Some(Import::Done { cid }) => {
+                    let w = match holders {
+                        Some(h) => replicated(cid, m.spec.replication.clamp(1, 64) as usize, &h(cid)),
+                        None => conditions::ready("Imported", &format!("{from} is {cid}")),
+                    };
+                    (w, Some(cid.clone()))
+                }
+            }
         }
     };
     if m.spec.training.is_some() {
@@ -92,15 +135,32 @@ pub async fn reconcile(m: Arc<R1Model>, ctx: Arc<Context>) -> Result<Action> {
     let ns = m.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<R1Model> = Api::namespaced(ctx.client.clone(), &ns);
     let r1fs = ctx.r1fs.get();
+    let import = match (&m.spec.source, r1fs) {
+        (ModelSource { volume: Some(v), cid: None }, Some(r)) if !v.path.split('/').any(|s| s == "..") => {
+            match r.delivery() {
+                Some(d) => Some(import(&m, v, r, &d, &ctx, &ns).await?),
+                None => None,
+            }
+        }
+        _ => None,
+    };
     let lookup = |cid: &str| {
         let r = r1fs.expect("only called when R1FS runs");
         let (nodes, size) = r.holders(cid);
         Holders { nodes, size, members: r.snapshot().members.len() }
     };
     let holders = r1fs.map(|_| &lookup as &dyn Fn(&str) -> Holders);
-    let (wanted, cid, action) = match evaluate(&m, holders) {
-        // R1FS wakes models when holders change; the resync is a backstop.
+    let (wanted, cid, action) = match evaluate(&m, holders, import.as_ref()) {
+        // An import in progress is looked at again soon; otherwise R1FS
+        // wakes models when holders change, and the resync is a backstop.
+        Ok((wanted, cid)) if matches!(import, Some(Import::Running { .. })) => {
+            (wanted, cid, Action::requeue(std::time::Duration::from_secs(3)))
+        }
         Ok((wanted, cid)) => (wanted, cid, Action::requeue(ctx.resync)),
+        // A failed import is retried once its Job is deleted: checked at resync.
+        Err(bad) if bad.reason == "ImportFailed" => {
+            (conditions::stalled(bad.reason, &bad.message), None, Action::requeue(ctx.resync))
+        }
         Err(bad) => (conditions::stalled(bad.reason, &bad.message), None, Action::await_change()),
     };
     let (replicas, size, holders) = match (r1fs, &cid) {
@@ -123,13 +183,125 @@ pub async fn reconcile(m: Arc<R1Model>, ctx: Arc<Context>) -> Result<Action> {
     Ok(action)
 }
 
+/// Name of the import Job of `m` at its generation (≤ 63 characters).
+pub fn import_job_name(m: &R1Model) -> String {
+    let uid = m.uid().unwrap_or_default();
+    format!("r1fs-import-{}-{}", &uid[..uid.len().min(8)], m.metadata.generation.unwrap_or(0))
+}
+
+/// The import of `v` for `m`: done when its pin exists, else its Job
+/// (applied if missing) running or failed.
+async fn import(
+    m: &R1Model,
+    v: &VolumeSource,
+    r: &crate::r1fs::service::R1fs,
+    d: &crate::r1fs::service::Delivery,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Import> {
+    let owner = crate::r1fs::service::import_owner(&m.uid().unwrap_or_default(), m.metadata.generation.unwrap_or(0));
+    if let Some(cid) = r.pinned_by(&owner) {
+        return Ok(Import::Done { cid: crate::r1fs::cid::canonical(&cid) });
+    }
+    let name = import_job_name(m);
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    if let Some(job) = jobs.get_opt(&name).await? {
+        let st = job.status.unwrap_or_default();
+        if let Some(c) = st.conditions.iter().flatten().find(|c| c.type_ == "Failed" && c.status == "True") {
+            let why = c.message.clone().unwrap_or_default();
+            return Ok(Import::Failed {
+                message: format!(
+                    "Job {name} could not import {}:{} ({why}); see kubectl logs -n {ns} job/{name}, fix the claim, then delete the Job to retry",
+                    v.claim_name, v.path
+                ),
+            });
+        }
+        if st.succeeded.unwrap_or(0) > 0 {
+            return Ok(Import::Failed { message: format!("Job {name} finished but pinned nothing for this model") });
+        }
+        return Ok(Import::Running { job: name });
+    }
+    let env = vec![
+        EnvVar { name: "RATIO1_IMPORT_OWNER".into(), value: Some(owner.clone()), ..Default::default() },
+        EnvVar { name: "RATIO1_IMPORT_TOKEN".into(), value: Some(r.import_token(&owner)), ..Default::default() },
+    ];
+    let path = format!("/import/{}", v.path.trim_end_matches('/'));
+    let mount = VolumeMount {
+        name: "source".into(),
+        mount_path: "/import".into(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    let container = super::pipeline::r1fs_container("import".into(), d, &["add", "--hidden", &path], env, vec![mount]);
+    let job = Job {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.to_string()),
+            labels: Some([(crate::objects::MANAGED_BY.0.to_string(), crate::objects::MANAGED_BY.1.to_string())].into()),
+            owner_references: m.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(2),
+            ttl_seconds_after_finished: Some(3600),
+            template: PodTemplateSpec {
+                metadata: None,
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    containers: vec![container],
+                    volumes: Some(vec![Volume {
+                        name: "source".into(),
+                        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                            claim_name: v.claim_name.clone(),
+                            read_only: Some(true),
+                        }),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    };
+    apply(&jobs, &name, &job).await?;
+    tracing::info!(job = %name, claim = %v.claim_name, path = %v.path, "R1FS import Job applied");
+    Ok(Import::Running { job: name })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::crd::{R1ModelSpec, VolumeSource};
 
     fn evaluate_off(m: &R1Model) -> Result<(Vec<Want>, Option<String>), Invalid> {
-        evaluate(m, None)
+        evaluate(m, None, None)
+    }
+
+    #[test]
+    fn a_volume_source_is_imported_then_replicated_and_a_failed_import_stalls() {
+        let m = model(ModelSource {
+            cid: None,
+            volume: Some(VolumeSource { claim_name: "data".into(), path: "m.onnx".into() }),
+        });
+        let cond = |w: &[Want], t: &str| w.iter().find(|w| w.type_ == t).map(|w| (w.status, w.reason.clone())).unwrap();
+        let (w, cid) = evaluate(&m, None, Some(&Import::Running { job: "j".into() })).unwrap();
+        assert_eq!((cond(&w, "Ready"), cid), ((Some(false), "Importing".into()), None));
+        let err = evaluate(&m, None, Some(&Import::Failed { message: "no such file".into() })).unwrap_err();
+        assert_eq!(err.reason, "ImportFailed");
+        let done = Import::Done { cid: "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku".into() };
+        let one = |_: &str| Holders { nodes: vec!["n0".into()], size: Some(1), members: 1 };
+        let mut m1 = m.clone();
+        m1.spec.replication = 1;
+        let (w, cid) = evaluate(&m1, Some(&one), Some(&done)).unwrap();
+        assert_eq!((cond(&w, "Ready"), cid.is_some()), ((Some(true), "Replicated".into()), true));
+        let mut up = m.clone();
+        up.spec.source.volume.as_mut().unwrap().path = "a/../../etc".into();
+        assert_eq!(evaluate(&up, None, None).unwrap_err().reason, "InvalidSource");
+        let mut named = m.clone();
+        named.metadata.uid = Some("0123456789abcdef".into());
+        named.metadata.generation = Some(12);
+        assert_eq!(import_job_name(&named), "r1fs-import-01234567-12");
     }
 
     #[test]
@@ -138,7 +310,7 @@ mod tests {
         let m = model(ModelSource { cid: Some(cid.clone()), volume: None });
         let status = |h: Holders| {
             let f = move |_: &str| h.clone();
-            let (w, _) = evaluate(&m, Some(&f)).unwrap();
+            let (w, _) = evaluate(&m, Some(&f), None).unwrap();
             let get =
                 |t: &str| w.iter().find(|w| w.type_ == t).map(|w| (w.status, w.reason.clone(), w.message.clone()));
             (get("Ready").unwrap(), get("Available").unwrap())

@@ -71,6 +71,58 @@ pub fn mounts(p: &R1Pipeline, inputs: &Inputs) -> Vec<(String, String)> {
     models.chain(ins).collect()
 }
 
+/// A container running `ratio1 fs --endpoint <gateway> ARGS` in the
+/// operator's image, as R1FS's delivery and import use it: `HOST_IP` set
+/// (the endpoint may name it), non-root, read-only root filesystem, no
+/// capabilities, small requests.
+pub fn r1fs_container(
+    name: String,
+    d: &crate::r1fs::service::Delivery,
+    args: &[&str],
+    mut env: Vec<k8s_openapi::api::core::v1::EnvVar>,
+    mounts: Vec<k8s_openapi::api::core::v1::VolumeMount>,
+) -> k8s_openapi::api::core::v1::Container {
+    use k8s_openapi::api::core::v1::{
+        Capabilities, Container, EnvVar, EnvVarSource, ObjectFieldSelector, ResourceRequirements, SecurityContext,
+    };
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    let q = |s: &str| Quantity(s.to_string());
+    env.insert(
+        0,
+        EnvVar {
+            name: "HOST_IP".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector { field_path: "status.hostIP".into(), ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    );
+    let mut command: Vec<String> = ["ratio1", "fs", "--endpoint", &d.endpoint].map(String::from).to_vec();
+    command.extend(args.iter().map(|a| a.to_string()));
+    Container {
+        name,
+        image: Some(d.image.clone()),
+        command: Some(command),
+        env: Some(env),
+        volume_mounts: Some(mounts),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([("cpu".into(), q("10m")), ("memory".into(), q("32Mi"))])),
+            limits: Some(BTreeMap::from([("memory".into(), q("256Mi"))])),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// Adds to `spec` an `emptyDir` and an init container per mount that
 /// fetches the content into it (`ratio1 fs get`), and mounts it read-only
 /// at its `mountPath` in every container.
@@ -79,11 +131,7 @@ fn deliver(
     mounts: &[(String, String)],
     d: &crate::r1fs::service::Delivery,
 ) {
-    use k8s_openapi::api::core::v1::{
-        Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, ResourceRequirements,
-        SecurityContext, Volume, VolumeMount,
-    };
-    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use k8s_openapi::api::core::v1::{EmptyDirVolumeSource, Volume, VolumeMount};
     let mut fetchers = vec![];
     for (i, (cid, path)) in mounts.iter().enumerate() {
         let vol = format!("{DELIVERY_PREFIX}{i}");
@@ -92,43 +140,14 @@ fn deliver(
             empty_dir: Some(EmptyDirVolumeSource::default()),
             ..Default::default()
         });
-        let q = |s: &str| Quantity(s.to_string());
-        fetchers.push(Container {
-            name: format!("{DELIVERY_PREFIX}fetch-{i}"),
-            image: Some(d.image.clone()),
-            command: Some(
-                ["ratio1", "fs", "--endpoint", &d.endpoint, "get", cid, &format!("/r1fs/{DELIVERED}")]
-                    .map(String::from)
-                    .to_vec(),
-            ),
-            env: Some(vec![EnvVar {
-                name: "HOST_IP".into(),
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector { field_path: "status.hostIP".into(), ..Default::default() }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }]),
-            volume_mounts: Some(vec![VolumeMount {
-                name: vol.clone(),
-                mount_path: "/r1fs".into(),
-                ..Default::default()
-            }]),
-            resources: Some(ResourceRequirements {
-                requests: Some(BTreeMap::from([("cpu".into(), q("10m")), ("memory".into(), q("32Mi"))])),
-                limits: Some(BTreeMap::from([("memory".into(), q("128Mi"))])),
-                ..Default::default()
-            }),
-            security_context: Some(SecurityContext {
-                run_as_non_root: Some(true),
-                run_as_user: Some(65532),
-                allow_privilege_escalation: Some(false),
-                read_only_root_filesystem: Some(true),
-                capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        let into = format!("/r1fs/{DELIVERED}");
+        fetchers.push(r1fs_container(
+            format!("{DELIVERY_PREFIX}fetch-{i}"),
+            d,
+            &["get", cid, &into],
+            vec![],
+            vec![VolumeMount { name: vol.clone(), mount_path: "/r1fs".into(), ..Default::default() }],
+        ));
         for c in spec.containers.iter_mut() {
             c.volume_mounts.get_or_insert_with(Vec::new).push(VolumeMount {
                 name: vol.clone(),

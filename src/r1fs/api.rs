@@ -49,6 +49,8 @@ pub fn gateway(slot: Slot) -> Router {
         .route("/ipfs/{cid}", get(gateway_root))
         .route("/ipfs/{cid}/{*path}", get(gateway_path))
         .route("/v1/r1fs/ls", get(ls))
+        .route("/v1/r1fs/import/blocks", post(import_blocks).layer(DefaultBodyLimit::max(MAX_UPLOAD)))
+        .route("/v1/r1fs/import/pin", post(import_pin))
         .with_state(slot)
 }
 
@@ -110,7 +112,47 @@ pub fn push_block(out: &mut Vec<u8>, cid: &Cid, data: &[u8]) {
 }
 
 async fn put_blocks(State(slot): State<Slot>, body: Bytes) -> Result<Response, ApiError> {
+    store_blocks(ready(&slot)?.clone(), body).await
+}
+
+/// Import Jobs' writes, on the gateway: only with the token of an
+/// `import/…` owner (the operator gives each Job its own).
+#[derive(Deserialize)]
+struct ImportParams {
+    owner: String,
+    token: String,
+    cid: Option<String>,
+}
+
+fn import_allowed(r: &R1fs, p: &ImportParams) -> Result<(), ApiError> {
+    if !p.owner.starts_with(super::service::IMPORT_PREFIX) || !r.import_token_ok(&p.owner, &p.token) {
+        return Err(error(StatusCode::FORBIDDEN, "writes on the gateway are for the operator's import Jobs only"));
+    }
+    Ok(())
+}
+
+async fn import_blocks(
+    State(slot): State<Slot>,
+    Query(p): Query<ImportParams>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let r = ready(&slot)?.clone();
+    import_allowed(&r, &p)?;
+    store_blocks(r, body).await
+}
+
+async fn import_pin(State(slot): State<Slot>, Query(p): Query<ImportParams>) -> Result<Response, ApiError> {
+    let r = ready(&slot)?;
+    import_allowed(r, &p)?;
+    let cid = parse_cid(p.cid.as_deref().unwrap_or(""))?;
+    let pin = r.pin(cid, &p.owner).await.map_err(failed)?;
+    Ok(Json(
+        serde_json::json!({"cid": canonical(&cid), "owner": p.owner, "dagSize": pin.dag_size, "blocks": pin.blocks}),
+    )
+    .into_response())
+}
+
+async fn store_blocks(r: R1fs, body: Bytes) -> Result<Response, ApiError> {
     let stored = tokio::task::spawn_blocking(move || -> Result<(usize, u64), ApiError> {
         let blocks = split_blocks(&body).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
         let (mut n, mut bytes) = (0, 0);

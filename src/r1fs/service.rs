@@ -158,6 +158,34 @@ fn parse_key(key: &str) -> Option<Key> {
     }
 }
 
+/// Reads the import key, making it (32 random bytes, mode 0600) once.
+fn import_key(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::read(path) {
+        Ok(b) if b.len() == 32 => Ok(b.try_into().expect("32 bytes")),
+        Ok(_) => {
+            Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} is not 32 bytes", path.display())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key: [u8; 32] = rand::random();
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+            f.write_all(&key)?;
+            f.sync_all()?;
+            Ok(key)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Pin owner of the import of R1Model `uid` at `generation`.
+pub fn import_owner(uid: &str, generation: i64) -> String {
+    format!("{IMPORT_PREFIX}{uid}/{generation}")
+}
+
+/// Prefix of import pins' owners.
+pub const IMPORT_PREFIX: &str = "import/";
+
 /// The `r` holders of `cid` among `members`: the first by
 /// `sha256(cid ‖ PeerId)` (every node computes the same list).
 pub fn holders_of(cid: &str, members: &BTreeSet<String>, r: usize) -> Vec<String> {
@@ -203,6 +231,8 @@ pub struct Parts {
 }
 
 struct Inner {
+    /// Key of the import Jobs' tokens (`<root>/import.key`, made once).
+    import_key: [u8; 32],
     cfg: R1fsConfig,
     store: BlockStore,
     pins: Pins,
@@ -227,8 +257,10 @@ impl R1fs {
     pub fn start(cfg: R1fsConfig, parts: Parts, requests: mpsc::Receiver<BlockRequest>) -> std::io::Result<Self> {
         let store = BlockStore::open(&cfg.root)?;
         let pins = Pins::open(&cfg.root)?;
+        let import_key = import_key(&cfg.root.join("import.key"))?;
         let r = Self {
             inner: Arc::new(Inner {
+                import_key,
                 cfg,
                 store,
                 pins,
@@ -243,6 +275,35 @@ impl R1fs {
         tokio::spawn(r.clone().replicate_loop());
         tokio::spawn(r.clone().watch_records());
         Ok(r)
+    }
+
+    /// The token an import Job presents to pin for `owner`
+    /// (HMAC-SHA256 under this node's import key, hex).
+    pub fn import_token(&self, owner: &str) -> String {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.inner.import_key).expect("any key length");
+        mac.update(owner.as_bytes());
+        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Whether `token` is `owner`'s (compared in constant time).
+    pub fn import_token_ok(&self, owner: &str, token: &str) -> bool {
+        use hmac::Mac;
+        let Some(bytes) = (0..token.len())
+            .step_by(2)
+            .map(|i| token.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect::<Option<Vec<u8>>>()
+        else {
+            return false;
+        };
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.inner.import_key).expect("any key length");
+        mac.update(owner.as_bytes());
+        mac.verify_slice(&bytes).is_ok()
+    }
+
+    /// The root pinned by `owner`, if any (an import's result).
+    pub fn pinned_by(&self, owner: &str) -> Option<Cid> {
+        self.inner.pins.all().ok()?.into_iter().find(|(_, o)| o.contains_key(owner)).map(|(c, _)| c)
     }
 
     pub fn delivery(&self) -> Option<Delivery> {
@@ -602,14 +663,36 @@ impl R1fs {
     /// The CIDs this cluster's R1Models ask for, with their replication
     /// (none until the models cache is filled: an empty cache must not
     /// withdraw anything).
-    fn own_wants(&self) -> Option<BTreeMap<String, Want>> {
+    /// Also the pin owners of the imports these models have now (a `volume`
+    /// source's CID is the root its import pinned).
+    fn own_wants(&self) -> Option<(BTreeMap<String, Want>, BTreeSet<String>)> {
         if !self.inner.parts.models_ready.is_set() {
             return None;
         }
+        let mut imported: BTreeMap<String, Cid> = BTreeMap::new();
+        for (cid, owners) in self.inner.pins.all().ok()? {
+            for o in owners.keys().filter(|o| o.starts_with(IMPORT_PREFIX)) {
+                imported.insert(o.clone(), cid);
+            }
+        }
         let mut out: BTreeMap<String, Want> = BTreeMap::new();
+        let mut imports = BTreeSet::new();
         for m in self.inner.parts.models.state() {
-            let ModelSource { cid: Some(c), .. } = &m.spec.source else { continue };
-            let Ok(cid) = super::cid::parse(c) else { continue };
+            let cid = match &m.spec.source {
+                ModelSource { cid: Some(c), .. } => match super::cid::parse(c) {
+                    Ok(cid) => cid,
+                    Err(_) => continue,
+                },
+                ModelSource { volume: Some(_), .. } => {
+                    let owner = import_owner(&m.uid().unwrap_or_default(), m.metadata.generation.unwrap_or(0));
+                    imports.insert(owner.clone());
+                    match imported.get(&owner) {
+                        Some(cid) => *cid,
+                        None => continue,
+                    }
+                }
+                _ => continue,
+            };
             let w = out.entry(canonical(&cid)).or_default();
             w.replication = w.replication.max(m.spec.replication.clamp(1, 64) as u32);
             w.models.push(format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any()));
@@ -617,7 +700,7 @@ impl R1fs {
         for w in out.values_mut() {
             w.models.sort();
         }
-        Some(out)
+        Some((out, imports))
     }
 
     /// One pass: read the records, publish this node's, take or drop
@@ -660,8 +743,15 @@ impl R1fs {
             self.put_record(&node_key(&me), &v).await?;
             nodes.insert(me.clone(), name);
         }
-        // This origin's wants, from its models.
-        if let Some(own) = self.own_wants() {
+        // This origin's wants, from its models; imports of models gone or
+        // changed are released.
+        if let Some((own, imports)) = self.own_wants() {
+            for (cid, owners) in self.inner.pins.all()? {
+                for o in owners.keys().filter(|o| o.starts_with(IMPORT_PREFIX) && !imports.contains(*o)) {
+                    tracing::info!(cid = %canonical(&cid), owner = %o, "R1FS import of a model deleted or changed: unpinned");
+                    self.unpin(cid, o).await?;
+                }
+            }
             for (cid, w) in &own {
                 if wants.get(cid).and_then(|ws| ws.get(&me)) != Some(w) {
                     self.put_record(&want_key(&me, cid), &serde_json::to_value(w).expect("serializes")).await?;
