@@ -184,12 +184,14 @@ async fn samples_reconcile() {
     assert_eq!(st.cid.as_deref(), Some(SAMPLE_MODEL_CID));
     let (ready, why) = reason(&st.conditions, "Ready");
     assert_eq!((ready.as_str(), st.replicas), ("False", Some(1)), "{why}");
-    let v = wait_for(30, "llm-weights status", || async {
+    // Its claim is not there: it says so (R1FS would import it by a Job).
+    let v = wait_for(30, "llm-weights ClaimNotFound", || async {
         let m = models.get("llm-weights").await.ok()?;
-        (m.status.as_ref()?.observed_generation == m.metadata.generation).then_some(m)
+        let st = m.status?;
+        (reason(&st.conditions, "Stalled") == ("True".into(), "ClaimNotFound".into())).then_some(st)
     })
     .await;
-    assert_eq!(reason(&v.status.unwrap().conditions, "Ready"), ("False".into(), "AwaitingR1FS".into()));
+    assert_eq!(reason(&v.conditions, "Ready").0, "False");
 
     let pipes: Api<R1Pipeline> = Api::namespaced(c.clone(), &ns.name);
     let deps: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);

@@ -58,9 +58,17 @@ fn replicated(cid: &str, replication: usize, h: &Holders) -> Vec<Want> {
 /// Where the import of a `volume` source stands (R1FS with delivery on).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Import {
-    Running { job: String },
-    Failed { message: String },
-    Done { cid: String },
+    Running {
+        job: String,
+    },
+    /// `reason` is `ImportFailed` or `ClaimNotFound`.
+    Failed {
+        reason: &'static str,
+        message: String,
+    },
+    Done {
+        cid: String,
+    },
 }
 
 /// Conditions and CID for a model's spec (pure); `holders` is R1FS's view
@@ -112,7 +120,7 @@ pub fn evaluate(
                     w.push(Want::new("Available", false, "Importing", msg));
                     (w, None)
                 }
-                Some(Import::Failed { message }) => return Err(Invalid::new("ImportFailed", message.clone())),
+                Some(Import::Failed { reason, message }) => return Err(Invalid::new(reason, message.clone())),
                 Some(Import::Done { cid }) => {
                     let w = match holders {
                         Some(h) => replicated(cid, m.spec.replication.clamp(1, 64) as usize, &h(cid)),
@@ -135,6 +143,11 @@ pub async fn reconcile(m: Arc<R1Model>, ctx: Arc<Context>) -> Result<Action> {
     let ns = m.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<R1Model> = Api::namespaced(ctx.client.clone(), &ns);
     let r1fs = ctx.r1fs.get();
+    // Until R1FS's first pass, holders are unknown: say nothing rather
+    // than `NoHolder` (R1FS wakes every model after that pass).
+    if r1fs.is_some_and(|r| !r.loaded()) {
+        return Ok(Action::requeue(std::time::Duration::from_secs(2)));
+    }
     let import = match (&m.spec.source, r1fs) {
         (ModelSource { volume: Some(v), cid: None }, Some(r)) if !v.path.split('/').any(|s| s == "..") => {
             match r.delivery() {
@@ -160,6 +173,10 @@ pub async fn reconcile(m: Arc<R1Model>, ctx: Arc<Context>) -> Result<Action> {
         // A failed import is retried once its Job is deleted: checked at resync.
         Err(bad) if bad.reason == "ImportFailed" => {
             (conditions::stalled(bad.reason, &bad.message), None, Action::requeue(ctx.resync))
+        }
+        // Nothing watches claims: looked for again soon.
+        Err(bad) if bad.reason == "ClaimNotFound" => {
+            (conditions::stalled(bad.reason, &bad.message), None, Action::requeue(std::time::Duration::from_secs(10)))
         }
         Err(bad) => (conditions::stalled(bad.reason, &bad.message), None, Action::await_change()),
     };
@@ -204,12 +221,24 @@ async fn import(
         return Ok(Import::Done { cid: crate::r1fs::cid::canonical(&cid) });
     }
     let name = import_job_name(m);
+    // A Job for a claim that does not exist would wait unscheduled: say so.
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    if claims.get_opt(&v.claim_name).await?.is_none() {
+        return Ok(Import::Failed {
+            reason: "ClaimNotFound",
+            message: format!(
+                "PersistentVolumeClaim {ns}/{} does not exist: create it to import {}",
+                v.claim_name, v.path
+            ),
+        });
+    }
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
     if let Some(job) = jobs.get_opt(&name).await? {
         let st = job.status.unwrap_or_default();
         if let Some(c) = st.conditions.iter().flatten().find(|c| c.type_ == "Failed" && c.status == "True") {
             let why = c.message.clone().unwrap_or_default();
             return Ok(Import::Failed {
+                reason: "ImportFailed",
                 message: format!(
                     "Job {name} could not import {}:{} ({why}); see kubectl logs -n {ns} job/{name}, fix the claim, then delete the Job to retry",
                     v.claim_name, v.path
@@ -217,7 +246,10 @@ async fn import(
             });
         }
         if st.succeeded.unwrap_or(0) > 0 {
-            return Ok(Import::Failed { message: format!("Job {name} finished but pinned nothing for this model") });
+            return Ok(Import::Failed {
+                reason: "ImportFailed",
+                message: format!("Job {name} finished but pinned nothing for this model"),
+            });
         }
         return Ok(Import::Running { job: name });
     }
@@ -287,7 +319,8 @@ mod tests {
         let cond = |w: &[Want], t: &str| w.iter().find(|w| w.type_ == t).map(|w| (w.status, w.reason.clone())).unwrap();
         let (w, cid) = evaluate(&m, None, Some(&Import::Running { job: "j".into() })).unwrap();
         assert_eq!((cond(&w, "Ready"), cid), ((Some(false), "Importing".into()), None));
-        let err = evaluate(&m, None, Some(&Import::Failed { message: "no such file".into() })).unwrap_err();
+        let failed = Import::Failed { reason: "ImportFailed", message: "no such file".into() };
+        let err = evaluate(&m, None, Some(&failed)).unwrap_err();
         assert_eq!(err.reason, "ImportFailed");
         let done = Import::Done { cid: "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku".into() };
         let one = |_: &str| Holders { nodes: vec!["n0".into()], size: Some(1), members: 1 };

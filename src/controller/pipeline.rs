@@ -117,6 +117,11 @@ pub fn r1fs_container(
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
             capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+            // Admitted by Pod Security `restricted` namespaces too.
+            seccomp_profile: Some(k8s_openapi::api::core::v1::SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -229,11 +234,11 @@ pub fn validate(p: &R1Pipeline, inputs: &Inputs) -> Result<Option<String>, Inval
     }
     if !spec.models.is_empty() || !spec.inputs.is_empty() {
         let volumes = pod.volumes.iter().flatten().map(|v| &v.name);
-        let inits = pod.init_containers.iter().flatten().map(|c| &c.name);
+        let inits = pod.init_containers.iter().flatten().chain(pod.containers.iter()).map(|c| &c.name);
         if let Some(n) = volumes.chain(inits).find(|n| n.starts_with(DELIVERY_PREFIX)) {
             return Err(Invalid::new(
                 "InvalidMounts",
-                format!("{n:?}: names starting with {DELIVERY_PREFIX:?} are R1FS delivery's (rename the volume or init container)"),
+                format!("{n:?}: names starting with {DELIVERY_PREFIX:?} are R1FS delivery's (rename the volume or container)"),
             ));
         }
     }
@@ -658,17 +663,18 @@ async fn read_inputs(p: &R1Pipeline, ctx: &Context, node: Option<&LocalNode>) ->
 }
 
 /// The CID a model currently resolves to, when it is ready.
+/// Known from the spec for a `cid` source, from the status (of the current
+/// generation) for an imported one. Availability is not asked: delivery
+/// waits in the pod until the content can be fetched, so holders that
+/// come and go (a restart, a lost heartbeat) do not change the pods.
 fn model_cid(m: &R1Model) -> Option<String> {
-    let status = m.status.as_ref()?;
-    // Available, not Ready: content held by one node can be delivered
-    // while the others still fetch their replicas.
-    if !conditions::is_true(&status.conditions, "Available") {
-        return None;
+    match &m.spec.source {
+        ModelSource { cid: Some(c), .. } => crate::r1fs::cid::parse(c).ok().map(|c| crate::r1fs::cid::canonical(&c)),
+        _ => {
+            let status = m.status.as_ref()?;
+            (status.observed_generation == m.metadata.generation).then(|| status.cid.clone())?
+        }
     }
-    status.cid.clone().or_else(|| match &m.spec.source {
-        ModelSource { cid: Some(c), .. } => Some(c.clone()),
-        _ => None,
-    })
 }
 
 /// True when `obj` exists and is not controlled by `p`: the operator must not

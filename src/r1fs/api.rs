@@ -28,6 +28,11 @@ pub type Slot = Arc<OnceLock<R1fs>>;
 
 /// Largest block-stream body the API takes in one request.
 pub const MAX_UPLOAD: usize = 64 * 1024 * 1024;
+/// Files streamed at once by this process's gateway: each holds a blocking
+/// thread while its client reads, so slow clients must not take them all.
+pub const MAX_STREAMS: usize = 16;
+static STREAMS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_STREAMS);
+
 /// Owner of pins made through the API without `owner`.
 pub const DEFAULT_OWNER: &str = "user";
 
@@ -184,7 +189,8 @@ struct PinParams {
 
 fn owner_of(p: &PinParams) -> Result<String, ApiError> {
     let o = p.owner.clone().unwrap_or_else(|| DEFAULT_OWNER.into());
-    if o.is_empty() || o.len() > 200 || o == super::pins::REPLICA {
+    // ≤ 150 bytes: its base64url file name stays within 255.
+    if o.is_empty() || o.len() > 150 || o == super::pins::REPLICA || o.starts_with(super::service::IMPORT_PREFIX) {
         return Err(error(StatusCode::BAD_REQUEST, format!("owner {o:?} is not a valid pin owner")));
     }
     Ok(o)
@@ -396,9 +402,13 @@ async fn serve_path(slot: Slot, cid: String, path: String, f: Format) -> Result<
             Ok(Json(serde_json::json!({"entries": entries})).into_response())
         }
         Target::File(c) => {
+            let permit = STREAMS.try_acquire().map_err(|_| {
+                error(StatusCode::SERVICE_UNAVAILABLE, format!("{MAX_STREAMS} downloads are running here: try again"))
+            })?;
             let (tx, rx) = tokio::sync::mpsc::channel(8);
             let handle = tokio::runtime::Handle::current();
             tokio::task::spawn_blocking(move || {
+                let _permit = permit;
                 let mut w = io::BufWriter::with_capacity(256 * 1024, ChannelWriter(tx.clone()));
                 // A block lost or corrupt here since the fetch is fetched
                 // again from a peer, and the read goes on.

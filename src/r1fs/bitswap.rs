@@ -158,7 +158,11 @@ pub fn cid_of(prefix: &[u8], data: &[u8]) -> Result<Cid, &'static str> {
 /// the block is not here; want-have entries get `Have` or `DontHave`;
 /// cancels and malformed entries are skipped. Returns the answer and the
 /// number of entries that were malformed.
-pub fn answer(request: &Message, mut read: impl FnMut(&Cid) -> Option<Vec<u8>>) -> (Message, usize) {
+pub fn answer(
+    request: &Message,
+    mut has: impl FnMut(&Cid) -> bool,
+    mut read: impl FnMut(&Cid) -> Option<Vec<u8>>,
+) -> (Message, usize) {
     let mut out = Message::default();
     let mut bytes = 0;
     let mut bad = 0;
@@ -170,7 +174,8 @@ pub fn answer(request: &Message, mut read: impl FnMut(&Cid) -> Option<Vec<u8>>) 
         };
         let presence = |t: PresenceType| BlockPresence { cid: e.block.clone(), r#type: t as i32 };
         if e.want_type == WantType::Have as i32 {
-            let have = read(&cid).is_some();
+            // Presence only: a want-have costs no read of the block.
+            let have = has(&cid);
             if have || e.send_dont_have {
                 out.block_presences.push(presence(if have { PresenceType::Have } else { PresenceType::DontHave }));
             }
@@ -223,6 +228,72 @@ pub fn receive(asked: &[Cid], answer: Message) -> Received {
     r
 }
 
+/// Items a message may carry: wantlist entries, and blocks plus presences.
+/// Checked on the wire before decoding (a 2-byte empty item decodes into a
+/// struct of tens of bytes: a message of 6 MiB could cost hundreds of MB).
+const MAX_ITEMS: usize = 2 * MAX_WANTS;
+
+fn varint(buf: &mut &[u8]) -> Option<u64> {
+    let (n, rest) = unsigned_varint::decode::u64(buf).ok()?;
+    *buf = rest;
+    Some(n)
+}
+
+/// Counts the repeated fields of an encoded [`Message`] without decoding
+/// it: at most [`MAX_WANTS`] wantlist entries and [`MAX_ITEMS`] blocks and
+/// presences, or the message is refused.
+fn check_shape(mut buf: &[u8]) -> Result<(), &'static str> {
+    let (mut entries, mut items) = (0usize, 0usize);
+    while !buf.is_empty() {
+        let key = varint(&mut buf).ok_or("bad key")?;
+        let (field, wire) = (key >> 3, key & 7);
+        let body = match wire {
+            0 => {
+                varint(&mut buf).ok_or("bad varint")?;
+                continue;
+            }
+            1 | 5 => {
+                let n = if wire == 1 { 8 } else { 4 };
+                buf = buf.get(n..).ok_or("truncated")?;
+                continue;
+            }
+            2 => {
+                let len = varint(&mut buf).ok_or("bad length")? as usize;
+                let body = buf.get(..len).ok_or("truncated")?;
+                buf = &buf[len..];
+                body
+            }
+            _ => return Err("bad wire type"),
+        };
+        match field {
+            1 => {
+                // The wantlist: count its entries (field 1).
+                let mut w = body;
+                while !w.is_empty() {
+                    let key = varint(&mut w).ok_or("bad key")?;
+                    match key & 7 {
+                        0 => {
+                            varint(&mut w).ok_or("bad varint")?;
+                        }
+                        2 => {
+                            let len = varint(&mut w).ok_or("bad length")? as usize;
+                            w = w.get(len..).ok_or("truncated")?;
+                            entries += usize::from(key >> 3 == 1);
+                        }
+                        _ => return Err("bad wire type"),
+                    }
+                }
+            }
+            2..=4 => items += 1,
+            _ => {}
+        }
+        if entries > MAX_WANTS || items > MAX_ITEMS {
+            return Err("too many items");
+        }
+    }
+    Ok(())
+}
+
 /// The request-response codec: one varint-length-prefixed protobuf
 /// message each way, refused above its size limit before it is read.
 #[derive(Clone, Default)]
@@ -246,6 +317,7 @@ async fn read_message<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io
     }
     let mut buf = vec![0u8; len as usize];
     io.read_exact(&mut buf).await?;
+    check_shape(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     Message::decode(buf.as_slice()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
@@ -327,7 +399,8 @@ mod tests {
         ask.insert(0, missing);
         let mut req = want_blocks(&ask);
         req.wantlist.as_mut().unwrap().entries.push(Entry { block: vec![1, 2, 3], ..Default::default() });
-        let (ans, bad) = answer(&req, |c| cids.iter().position(|x| x == c).map(|i| blocks[i].clone()));
+        let (ans, bad) =
+            answer(&req, |c| cids.contains(c), |c| cids.iter().position(|x| x == c).map(|i| blocks[i].clone()));
         assert_eq!(bad, 1, "the malformed entry");
         assert_eq!(ans.payload.len(), MAX_ANSWER_BYTES / (256 * 1024), "stops at the byte budget");
         let got = receive(&ask, ans);
@@ -372,6 +445,21 @@ mod tests {
             assert!(err.to_string().contains("exceeds"), "{err}");
             let endless = [0xffu8; 8];
             assert!(read_message(&mut endless.as_slice(), MAX_REQUEST_BYTES).await.is_err());
+            // Many tiny items in a small frame: refused before decoding.
+            let swarm =
+                Message { block_presences: vec![BlockPresence::default(); MAX_ITEMS + 1], ..Default::default() };
+            let mut wire = futures::io::Cursor::new(vec![]);
+            write_message(&mut wire, &swarm).await.unwrap();
+            let err = read_message(&mut wire.into_inner().as_slice(), MAX_RESPONSE_BYTES).await.unwrap_err();
+            assert!(err.to_string().contains("too many items"), "{err}");
+            let wants: Vec<Cid> = (0..MAX_WANTS as u32 + 1).map(|i| raw_cid(&i.to_le_bytes())).collect();
+            let mut wire = futures::io::Cursor::new(vec![]);
+            write_message(&mut wire, &want_blocks(&wants)).await.unwrap();
+            assert!(read_message(&mut wire.into_inner().as_slice(), MAX_REQUEST_BYTES).await.is_err());
+            let ok = want_blocks(&wants[..MAX_WANTS]);
+            let mut wire = futures::io::Cursor::new(vec![]);
+            write_message(&mut wire, &ok).await.unwrap();
+            assert_eq!(read_message(&mut wire.into_inner().as_slice(), MAX_REQUEST_BYTES).await.unwrap(), ok);
         }
     }
 }

@@ -50,9 +50,12 @@ impl Pins {
     pub fn pin(&self, cid: &Cid, owner: &str, pin: &Pin) -> io::Result<()> {
         let dir = self.dir.join(canonical(cid));
         std::fs::create_dir_all(&dir)?;
-        let tmp = dir.join(format!(".{}.tmp", std::process::id()));
+        // One temporary name per owner: two owners pin one CID at once.
+        let tmp = dir.join(format!(".{}.{}.tmp", encode(owner), std::process::id()));
         std::fs::write(&tmp, serde_json::to_vec(pin).map_err(io::Error::other)?)?;
-        std::fs::rename(&tmp, dir.join(encode(owner)))
+        std::fs::rename(&tmp, dir.join(encode(owner)))?;
+        // The pin survives a crash once this returns.
+        std::fs::File::open(&dir)?.sync_all()
     }
 
     /// Releases `owner`'s pin; returns the owners left.
@@ -82,7 +85,8 @@ impl Pins {
         for e in entries {
             let e = e?;
             let name = e.file_name().to_string_lossy().to_string();
-            let Some(owner) = decode(&name) else { continue };
+            // Temporary files start with '.', which base64url never does.
+            let Some(owner) = decode(&name).filter(|_| !name.starts_with('.')) else { continue };
             let pin = std::fs::read(e.path()).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
             out.insert(owner, pin);
         }

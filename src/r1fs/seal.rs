@@ -218,7 +218,8 @@ mod tests {
                 assert!(open(&sealed, &key, step).unwrap() == data, "{len} bytes in writes of {step}");
             }
             assert!(open(&sealed, &[8; 32], 4096).is_err(), "a wrong key opens nothing");
-            if len > 0 {
+            // (Runs of 16 bytes or more: a shorter one may occur by chance.)
+            if len >= 16 {
                 assert!(!sealed.windows(len.min(64)).any(|w| w == &data[..len.min(64)]), "no plaintext shows");
             }
         }

@@ -49,6 +49,10 @@ const PER_PROVIDER: usize = 2;
 const IN_FLIGHT: usize = 8;
 /// CIDs per request.
 const BATCH: usize = 16;
+/// Passes between two walks of every pinned DAG (a scrub: about a minute).
+const SCRUB_EVERY: u64 = 12;
+/// Levels of a DAG a fetch walks down at most.
+const MAX_ROUNDS: usize = 64;
 
 /// Settings of `ratio1 operator` for R1FS.
 #[derive(Clone, Debug)]
@@ -243,6 +247,11 @@ struct Inner {
     /// Bumped when the snapshot changes (models' status follows it).
     changed: watch::Sender<u64>,
     wake: Notify,
+    /// Set once a pass has filled the snapshot (before, holders are unknown,
+    /// not absent).
+    loaded: std::sync::atomic::AtomicBool,
+    /// Passes so far (pinned DAGs are scrubbed every [`SCRUB_EVERY`]th).
+    passes: std::sync::atomic::AtomicU64,
 }
 
 /// The R1FS service. Clones share it.
@@ -269,6 +278,8 @@ impl R1fs {
                 fetching: Default::default(),
                 changed: watch::channel(0).0,
                 wake: Notify::new(),
+                loaded: Default::default(),
+                passes: Default::default(),
             }),
         };
         tokio::spawn(r.clone().serve(requests));
@@ -322,6 +333,11 @@ impl R1fs {
     /// Asks for a replication pass soon (a model changed).
     pub fn poke(&self) {
         self.inner.wake.notify_one();
+    }
+
+    /// Whether the holders are known (a pass has run since the start).
+    pub fn loaded(&self) -> bool {
+        self.inner.loaded.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -387,7 +403,7 @@ impl R1fs {
                 let _permit = permit;
                 let m = &this.inner.parts.metrics.r1fs;
                 let message = req.message;
-                let answered = this.blocking(move |s| bitswap::answer(&message, |c| s.get(c).ok())).await;
+                let answered = this.blocking(move |s| bitswap::answer(&message, |c| s.has(c), |c| s.get(c).ok())).await;
                 let Ok((answer, bad)) = answered else { return };
                 m.rejected.get_or_create(&crate::metrics::ReasonLabels { reason: "malformed_want" }).inc_by(bad as u64);
                 m.blocks_served.inc_by(answer.payload.len() as u64);
@@ -421,9 +437,10 @@ impl R1fs {
     /// bytes fetched so far.
     pub async fn fetch(&self, root: Cid, progress: &(dyn Fn(u64) + Sync)) -> Result<Walk, R1fsError> {
         let mut fetched = 0u64;
-        let mut last_missing = usize::MAX;
-        let mut stalls = 0;
-        loop {
+        let mut last: Vec<Cid> = vec![];
+        // Each round fetches every block the walk found missing (one level
+        // of the DAG, or an error), so a round count bounds the depth.
+        for _ in 0..MAX_ROUNDS {
             let w = self.blocking(move |s| s.walk(&root)).await??;
             if w.missing.is_empty() {
                 if fetched > 0 {
@@ -431,20 +448,19 @@ impl R1fs {
                 }
                 return Ok(w);
             }
-            // A round that fetched nothing new is a stall; a few in a row end it.
-            if w.missing.len() >= last_missing {
-                stalls += 1;
-                if stalls >= 3 {
-                    return Err(R1fsError::NotFound(format!(
-                        "{} block(s) of {} cannot be fetched from any peer",
-                        w.missing.len(),
-                        canonical(&root)
-                    )));
-                }
+            // The same blocks missing after a round that stored them: the
+            // store does not keep them (a disk that drops writes).
+            if w.missing == last {
+                return Err(R1fsError::Unavailable(format!(
+                    "{} block(s) of {} were fetched but are not readable here",
+                    w.missing.len(),
+                    canonical(&root)
+                )));
             }
-            last_missing = w.missing.len();
+            last = w.missing.clone();
             fetched += self.fetch_blocks(&canonical(&root), w.missing, &mut |n| progress(fetched + n)).await?;
         }
+        Err(R1fsError::NotFound(format!("{} is more than {MAX_ROUNDS} levels deep: not fetched", canonical(&root))))
     }
 
     /// Fetches `wanted` (blocks, not their children) from the providers of
@@ -472,28 +488,32 @@ impl R1fs {
         let mut next = 0usize;
         loop {
             // Hand out batches while there is room.
+            // Each provider in turn with room gets the queued CIDs it was not
+            // asked for yet; none left to give to anyone ends the round.
             while in_flight.len() < IN_FLIGHT && !queue.is_empty() && !providers.is_empty() {
-                let Some(peer) = (0..providers.len())
-                    .map(|i| providers[(next + i) % providers.len()])
-                    .find(|p| busy.get(p).copied().unwrap_or(0) < PER_PROVIDER)
-                else {
-                    break;
-                };
-                next += 1;
-                let mut batch = vec![];
-                let mut skipped = vec![];
-                while batch.len() < BATCH.min(MAX_WANTS) {
-                    let Some(c) = queue.pop_front() else { break };
-                    if tried.get(&c).is_some_and(|t| t.contains(&peer)) {
-                        skipped.push(c);
-                    } else {
-                        batch.push(c);
+                let mut chosen = None;
+                for i in 0..providers.len() {
+                    let peer = providers[(next + i) % providers.len()];
+                    if busy.get(&peer).copied().unwrap_or(0) >= PER_PROVIDER {
+                        continue;
+                    }
+                    let (mut batch, mut skipped) = (vec![], vec![]);
+                    while batch.len() < BATCH.min(MAX_WANTS) {
+                        let Some(c) = queue.pop_front() else { break };
+                        if tried.get(&c).is_some_and(|t| t.contains(&peer)) {
+                            skipped.push(c);
+                        } else {
+                            batch.push(c);
+                        }
+                    }
+                    queue.extend(skipped);
+                    if !batch.is_empty() {
+                        next += i + 1;
+                        chosen = Some((peer, batch));
+                        break;
                     }
                 }
-                queue.extend(skipped);
-                if batch.is_empty() {
-                    break;
-                }
+                let Some((peer, batch)) = chosen else { break };
                 for c in &batch {
                     tried.entry(*c).or_default().insert(peer);
                 }
@@ -624,7 +644,10 @@ impl R1fs {
 
     /// Collects unpinned blocks (older than the grace period).
     pub async fn gc(&self) -> Result<Gc, R1fsError> {
-        let roots: Vec<Cid> = self.inner.pins.all()?.into_keys().collect();
+        // Pinned roots, and those being fetched (not pinned yet).
+        let mut roots: Vec<Cid> = self.inner.pins.all()?.into_keys().collect();
+        let fetching: Vec<String> = self.inner.fetching.lock().expect("fetching lock").iter().cloned().collect();
+        roots.extend(fetching.iter().filter_map(|c| super::cid::parse(c).ok()));
         let grace = self.inner.cfg.gc_grace;
         let g = self.blocking(move |s| s.gc(&roots, grace)).await??;
         self.inner.parts.metrics.r1fs.gc_freed.inc_by(g.freed);
@@ -805,7 +828,8 @@ impl R1fs {
         // `have` records follow the pins; a pinned DAG that lost a block
         // (quarantined by a read) is made whole again.
         let pinned = self.inner.pins.all()?;
-        for cid in pinned.keys() {
+        let scrub = self.inner.passes.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(SCRUB_EVERY);
+        for cid in pinned.keys().filter(|_| scrub) {
             let c = *cid;
             if !self.inner.fetching.lock().expect("fetching lock").contains(&canonical(cid)) {
                 let w = self.blocking(move |s| s.walk(&c)).await??;
@@ -850,7 +874,8 @@ impl R1fs {
             *s = snapshot;
             changed
         };
-        if changed {
+        let first = !self.inner.loaded.swap(true, std::sync::atomic::Ordering::AcqRel);
+        if changed || first {
             self.inner.changed.send_modify(|n| *n += 1);
         }
         self.usage_and_quota().await;

@@ -117,6 +117,12 @@ impl BlockStore {
     fn write(&self, cid: &Cid, bytes: &[u8], durable: bool) -> io::Result<bool> {
         let path = self.path(cid);
         if path.is_file() {
+            // Young again: a GC spares it until the add or fetch that
+            // found it here has pinned it.
+            let _ = std::fs::File::options()
+                .append(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
             return Ok(false);
         }
         let dir = path.parent().expect("a block path has a parent");
@@ -188,16 +194,23 @@ impl BlockStore {
     pub fn walk(&self, root: &Cid) -> Result<Walk, StoreError> {
         let mut w = Walk::default();
         let mut seen = std::collections::HashSet::new();
-        let mut stack = vec![*root];
-        while let Some(c) = stack.pop() {
+        // A leaf's expected size is its link's: a leaf of another size (a
+        // write a crash cut short) counts as missing and is removed.
+        let mut stack: Vec<(Cid, Option<u64>)> = vec![(*root, None)];
+        while let Some((c, size)) = stack.pop() {
             if !seen.insert(c) {
                 continue;
             }
             if c.codec() == RAW {
                 match std::fs::metadata(self.path(&c)) {
-                    Ok(m) => {
+                    Ok(m) if size.is_none_or(|s| s == m.len()) => {
                         w.blocks += 1;
                         w.dag_size += m.len();
+                    }
+                    Ok(_) => {
+                        tracing::warn!(cid = %c, "R1FS leaf of the wrong size on disk: removed, to be fetched again");
+                        self.remove(&c)?;
+                        w.missing.push(c);
                     }
                     Err(_) => w.missing.push(c),
                 }
@@ -208,7 +221,7 @@ impl BlockStore {
                     w.blocks += 1;
                     w.dag_size += bytes.len() as u64;
                     let links = super::dagpb::links(&c, &bytes).map_err(|e| StoreError::NotAFile(c.to_string(), e))?;
-                    stack.extend(links.into_iter().map(|l| l.cid));
+                    stack.extend(links.into_iter().map(|l| (l.cid, Some(l.tsize).filter(|t| *t > 0))));
                 }
                 Err(StoreError::NotFound(_) | StoreError::Corrupt { .. }) => w.missing.push(c),
                 Err(e) => return Err(e),
@@ -364,6 +377,11 @@ mod tests {
         let leaf = add::add_reader(&kept[add::CHUNK..2 * add::CHUNK], &mut |_, _| Ok(()), &mut |_| {}).unwrap().cid;
         store.remove(&leaf).unwrap();
         assert_eq!(store.walk(&k).unwrap().missing, vec![leaf]);
+        store.put(&leaf, &kept[add::CHUNK..2 * add::CHUNK]).unwrap();
+        // A leaf a crash cut short is missing (and removed), not present.
+        std::fs::write(store.path(&leaf), &kept[add::CHUNK..add::CHUNK + 10]).unwrap();
+        assert_eq!(store.walk(&k).unwrap().missing, vec![leaf]);
+        assert!(!store.has(&leaf));
         store.put(&leaf, &kept[add::CHUNK..2 * add::CHUNK]).unwrap();
         // Young blocks are spared whatever the roots say.
         assert_eq!(store.gc(&[k], std::time::Duration::from_secs(600)).unwrap().removed, 0);
