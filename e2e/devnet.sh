@@ -232,7 +232,7 @@ Try next:
   $BIN cstore --endpoint http://127.0.0.1:9190 set '~/hello' '"world"'   # CSTORE: write on c1 ...
   $BIN cstore --endpoint http://127.0.0.1:9191 keys node/   # ... read on c2 (replicated); then: status
   kubectl get r1m sentiment-lexicon -n default -o jsonpath='{.status.holders}'   # the R1FS nodes holding the model
-  $BIN fs --endpoint http://127.0.0.1:9192 cat $(kubectl get r1m sentiment-lexicon -n default -o jsonpath='{.status.cid}') | head -3
+  $BIN fs --endpoint http://127.0.0.1:9192 cat \$(kubectl get r1m sentiment-lexicon -n default -o jsonpath='{.status.cid}') | head -3
   $BIN fs --endpoint http://127.0.0.1:9190 add ./some-file   # R1FS: add on c1; ratio1 fs get|cat on any cluster
   curl -s 127.0.0.1:9090/metrics | grep ratio1_p2p
   curl -s $(cstore_url 1)/version           # c1's CSTORE etcd (its own; data in $DEVNET/c1/cstore-etcd)
