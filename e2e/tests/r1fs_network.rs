@@ -22,15 +22,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 /// `ratio1 fs ARGS --endpoint <node's API>`: success, raw stdout, stderr.
 async fn fs(api_port: u16, args: &[&str]) -> (bool, Vec<u8>, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ratio1"))
-        .arg("fs")
-        .arg("--endpoint")
-        .arg(format!("http://127.0.0.1:{api_port}"))
-        .args(args)
-        .output()
-        .await
-        .expect("ratio1 runs");
-    (out.status.success(), out.stdout, String::from_utf8_lossy(&out.stderr).trim().to_string())
+    cstore::command_bytes("fs", api_port, args).await
 }
 
 async fn fs_ok(api_port: u16, args: &[&str]) -> String {

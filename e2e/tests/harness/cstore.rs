@@ -132,6 +132,12 @@ pub async fn cli(api_port: u16, args: &[&str]) -> (bool, String, String) {
 /// Runs `ratio1 SUBCOMMAND --endpoint <the operator's local API> ARGS`;
 /// returns the exit status, stdout and stderr.
 pub async fn command(subcommand: &str, api_port: u16, args: &[&str]) -> (bool, String, String) {
+    let (ok, out, err) = command_bytes(subcommand, api_port, args).await;
+    (ok, String::from_utf8_lossy(&out).trim().to_string(), err)
+}
+
+/// As [`command`], stdout as the bytes written (R1FS content).
+pub async fn command_bytes(subcommand: &str, api_port: u16, args: &[&str]) -> (bool, Vec<u8>, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ratio1"))
         .arg(subcommand)
         .arg("--endpoint")
@@ -140,11 +146,7 @@ pub async fn command(subcommand: &str, api_port: u16, args: &[&str]) -> (bool, S
         .output()
         .await
         .expect("ratio1 runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    )
+    (out.status.success(), out.stdout, String::from_utf8_lossy(&out.stderr).trim().to_string())
 }
 
 /// `ratio1 cstore ARGS`, which must succeed; its stdout.
