@@ -532,7 +532,7 @@ async fn license(cmd: LicenseCmd) -> anyhow::Result<()> {
 async fn network(cmd: NetworkCmd) -> anyhow::Result<()> {
     let NetworkCmd::Peers { endpoint } = cmd;
     let url = format!("{}/v1/network", endpoint.trim_end_matches('/'));
-    let view: serde_json::Value = ratio1::telemetry::get_json(&url).await?;
+    let view: serde_json::Value = ratio1::http::get_json(&url).await?;
     let now = ratio1::p2p::now_ms();
     println!("{:<54} {:<12} {:<14} {:<5} {:<16} {:>9}", "PEER", "NODE", "LICENSE", "CLASS", "ROLES", "LAST-HB");
     for p in view["peers"].as_object().into_iter().flat_map(|m| m.values()) {
@@ -560,7 +560,7 @@ async fn network(cmd: NetworkCmd) -> anyhow::Result<()> {
 /// One call of the CLI to an operator's local API (30 s at most: a write
 /// waits for its etcd).
 async fn call(method: http::Method, url: &str, body: Option<String>) -> anyhow::Result<serde_json::Value> {
-    ratio1::telemetry::request_json(method, url, body, Duration::from_secs(30)).await
+    ratio1::http::request_json(method, url, body, Duration::from_secs(30)).await
 }
 
 /// Signs a revocation with the issuer's key and writes it to CSTORE.
@@ -665,9 +665,7 @@ async fn fs(a: FsArgs) -> anyhow::Result<()> {
             let mut batch = Vec::with_capacity(UPLOAD_BATCH + 1024 * 1024);
             let post = |batch: Vec<u8>| {
                 let url = url.clone();
-                async move {
-                    ratio1::telemetry::request(http::Method::POST, &url, batch, "application/octet-stream", long).await
-                }
+                async move { ratio1::http::request(http::Method::POST, &url, batch, "application/octet-stream", long).await }
             };
             while let Some((c, b)) = rx.recv().await {
                 ratio1::r1fs::api::push_block(&mut batch, &c, &b);
@@ -710,7 +708,7 @@ async fn fs(a: FsArgs) -> anyhow::Result<()> {
         }
         FsCmd::Pin { cid, owner } => {
             let q = query(&[("cid", &cid_arg(&cid)?), ("owner", &owner)]);
-            let v = ratio1::telemetry::request(
+            let v = ratio1::http::request(
                 http::Method::POST,
                 &format!("{base}/v1/r1fs/pin?{q}"),
                 vec![],

@@ -44,7 +44,7 @@ pub fn routes(slot: Slot) -> Router {
         .with_state(slot)
 }
 
-use crate::telemetry::{error, ApiError};
+use crate::http::{error, ApiError};
 
 impl From<CstoreError> for ApiError {
     fn from(e: CstoreError) -> Self {

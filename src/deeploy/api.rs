@@ -4,7 +4,7 @@
 
 use super::Deeploy;
 use crate::crd::R1Pipeline;
-use crate::telemetry::{error, ApiError};
+use crate::http::{error, ApiError};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -12,7 +12,7 @@
 use super::cid::{canonical, Cid, RAW};
 use super::service::{R1fs, R1fsError};
 use super::store::StoreError;
-use crate::telemetry::{error, ApiError};
+use crate::http::{error, ApiError};
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
@@ -445,7 +445,7 @@ fn tokio_stream_from<T: Send + 'static>(
 /// `None` for a file.
 pub async fn list_dir(base: &str, cid: &str) -> anyhow::Result<Option<Vec<(String, String)>>> {
     let q = serde_urlencoded::to_string([("cid", cid)]).expect("encodes");
-    let v = crate::telemetry::request_json(
+    let v = crate::http::request_json(
         http::Method::GET,
         &format!("{base}/v1/r1fs/ls?{q}"),
         None,
