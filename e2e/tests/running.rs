@@ -653,6 +653,13 @@ async fn r1fs_delivers_models_and_inputs_into_running_containers() {
         .expect("terminated");
     let want = format!("{} {} {} ", sha256_hex(&model), sha256_hex(b"alpha\n"), sha256_hex(b"beta\n"));
     assert_eq!(term.message.unwrap_or_default(), want, "the container read the bytes added, through read-only mounts");
+    // The status says what was delivered, and where.
+    let st = status_until(&pipes, "reader", 30, "reader's content delivered", |st| {
+        st.content.len() == 2 && st.content.iter().all(|c| c.delivered_pods == 1)
+    })
+    .await;
+    let got: Vec<(&str, &str)> = st.content.iter().map(|c| (c.mount_path.as_str(), c.cid.as_str())).collect();
+    assert_eq!(got, [("/models/m", model_cid.as_str()), ("/data", corpus_cid.as_str())]);
     ns.cleanup().await;
     let _ = std::fs::remove_dir_all(&work);
 }

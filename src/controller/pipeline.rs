@@ -51,6 +51,10 @@ pub struct Inputs {
     pub delivery: Option<crate::r1fs::service::Delivery>,
 }
 
+/// Pod annotation of delivered content: the CIDs of the mounts, in the
+/// order of the `r1fs-fetch-<i>` init containers (kept in the pod cache).
+pub const DELIVERED_ANNOTATION: &str = "ratio1.ai/r1fs-mounts";
+
 /// Prefix of the volumes and init containers that deliver R1FS content.
 pub const DELIVERY_PREFIX: &str = "r1fs-";
 /// Name of the delivered content inside its volume (mounted by subPath, so
@@ -328,6 +332,13 @@ fn pod_template(p: &R1Pipeline, inputs: &Inputs) -> PodTemplateSpec {
         let m = mounts(p, inputs);
         if !m.is_empty() {
             deliver(spec, &m, d);
+            let cids: Vec<&str> = m.iter().map(|(c, _)| c.as_str()).collect();
+            let ann = serde_json::to_string(&cids).expect("strings serialize");
+            t.metadata
+                .get_or_insert_with(Default::default)
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(DELIVERED_ANNOTATION.into(), ann);
         }
     }
     if p.spec.mode == PipelineMode::Job {
@@ -765,6 +776,40 @@ fn local_problem(
         .flatten()
 }
 
+/// Each mount with the number of `pods` whose fetch of its current CID
+/// completed (their annotation names that CID at that index, and the init
+/// container of that index exited 0).
+pub fn delivered(mounts: &[(String, String)], pods: &[Arc<Pod>]) -> Vec<crate::crd::ContentStatus> {
+    mounts
+        .iter()
+        .enumerate()
+        .map(|(i, (cid, path))| {
+            let fetcher = format!("{DELIVERY_PREFIX}fetch-{i}");
+            let n = pods
+                .iter()
+                .filter(|pod| {
+                    let ann: Vec<String> = pod
+                        .annotations()
+                        .get(DELIVERED_ANNOTATION)
+                        .and_then(|a| serde_json::from_str(a).ok())
+                        .unwrap_or_default();
+                    let done = pod.status.as_ref().and_then(|s| s.init_container_statuses.as_ref()).is_some_and(|st| {
+                        st.iter().any(|c| {
+                            c.name == fetcher
+                                && c.state
+                                    .as_ref()
+                                    .and_then(|s| s.terminated.as_ref())
+                                    .is_some_and(|t| t.exit_code == 0)
+                        })
+                    });
+                    ann.get(i) == Some(cid) && done
+                })
+                .count();
+            crate::crd::ContentStatus { mount_path: path.clone(), cid: cid.clone(), delivered_pods: n as i32 }
+        })
+        .collect()
+}
+
 /// The pipeline's pods, from the pod cache.
 fn pods_of(ctx: &Context, ns: &str, name: &str) -> Vec<Arc<Pod>> {
     ctx.caches
@@ -949,12 +994,18 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
         }
     };
 
+    // What R1FS delivered into this cluster's pods (where it delivers).
+    let content = match (&inputs.delivery, mounts(&p, &inputs)) {
+        (Some(_), m) if !m.is_empty() => delivered(&m, &pods_of(&ctx, &ns, &name)),
+        _ => vec![],
+    };
     let status = R1PipelineStatus {
         observed_generation: p.metadata.generation,
         replicas: placements.iter().map(|x| x.replicas).sum(),
         ready_replicas: placements.iter().map(|x| x.ready_replicas).sum(),
         clusters: placements.len() as i32,
         placements,
+        content,
         conditions: vec![],
     };
     finish(&ctx, &pipelines, p.as_ref(), p.status.as_ref(), status, &wanted).await?;

@@ -231,7 +231,10 @@ fn trim<K: kube::Resource>(o: &mut K) {
 /// Of a pod, the reconciler reads only its labels and container states.
 fn trim_pod(p: &mut k8s_openapi::api::core::v1::Pod) {
     p.metadata.managed_fields = None;
-    p.metadata.annotations = None;
+    // Only the CIDs R1FS delivered into it are read.
+    if let Some(a) = p.metadata.annotations.as_mut() {
+        a.retain(|k, _| k == pipeline::DELIVERED_ANNOTATION);
+    }
     p.spec = None;
 }
 

@@ -153,10 +153,25 @@ pub struct R1PipelineStatus {
     /// Per-cluster placement.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub placements: Vec<PlacementStatus>,
+    /// R1FS content delivered into this cluster's pods: each model and
+    /// input with its CID and how many pods hold it (where the operator
+    /// delivers content).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub content: Vec<ContentStatus>,
     /// `Ready`, `Scheduled`, `Reconciling`, `Stalled`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::crd::schema::conditions")]
     pub conditions: Vec<Condition>,
+}
+
+/// One model or input of the pipeline, as delivered here.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContentStatus {
+    pub mount_path: String,
+    pub cid: String,
+    /// Pods of this cluster whose fetch of it completed.
+    pub delivered_pods: i32,
 }
 
 /// The pipeline on one cluster.

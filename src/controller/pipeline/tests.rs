@@ -672,3 +672,41 @@ fn models_and_inputs_are_delivered_by_init_containers_into_read_only_mounts() {
         Some(vec![k8s_openapi::api::core::v1::Volume { name: "r1fs-0".into(), ..Default::default() }]);
     assert_eq!(reason(validate(&p, &inputs)), "InvalidMounts");
 }
+
+#[test]
+fn delivered_content_counts_pods_whose_fetch_of_the_current_cid_completed() {
+    use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, PodStatus};
+    let pod = |cids: &[&str], exits: &[(usize, i32)]| {
+        let mut p = Pod::default();
+        p.metadata.annotations =
+            Some(BTreeMap::from([(DELIVERED_ANNOTATION.to_string(), serde_json::to_string(cids).unwrap())]));
+        p.status = Some(PodStatus {
+            init_container_statuses: Some(
+                exits
+                    .iter()
+                    .map(|(i, code)| ContainerStatus {
+                        name: format!("r1fs-fetch-{i}"),
+                        state: Some(ContainerState {
+                            terminated: Some(ContainerStateTerminated { exit_code: *code, ..Default::default() }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        });
+        Arc::new(p)
+    };
+    let mounts = vec![("cid-a".to_string(), "/a".to_string()), ("cid-b".to_string(), "/b".to_string())];
+    let pods = vec![
+        pod(&["cid-a", "cid-b"], &[(0, 0), (1, 0)]),
+        pod(&["cid-a", "cid-b"], &[(0, 0), (1, 1)]),
+        // An older pod, from when the first mount named another CID.
+        pod(&["cid-old", "cid-b"], &[(0, 0), (1, 0)]),
+    ];
+    let got = delivered(&mounts, &pods);
+    let counts: Vec<(&str, i32)> = got.iter().map(|c| (c.cid.as_str(), c.delivered_pods)).collect();
+    assert_eq!(counts, [("cid-a", 2), ("cid-b", 2)]);
+    assert_eq!(got[1].mount_path, "/b");
+}
