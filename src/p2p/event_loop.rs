@@ -53,10 +53,14 @@ pub(super) struct EventLoop {
     outbound_requests:
         HashMap<request_response::OutboundRequestId, tokio::sync::oneshot::Sender<Result<Box<RawValue>, String>>>,
     /// R1FS block requests handed to the service, and ours in flight.
-    block_requests: HashMap<u64, request_response::ResponseChannel<bitswap::Message>>,
+    block_requests: HashMap<u64, (PeerId, request_response::ResponseChannel<bitswap::Message>)>,
     block_wants:
         HashMap<request_response::OutboundRequestId, tokio::sync::oneshot::Sender<Result<bitswap::Message, String>>>,
 }
+
+/// R1FS block requests one peer may have waiting here at once (a fetch
+/// keeps at most 2 in flight per provider).
+const MAX_BLOCK_REQUESTS_PER_PEER: usize = 16;
 
 /// CSTORE requests a node holds for its service at once; more are refused.
 const MAX_INBOUND_REQUESTS: usize = 256;
@@ -277,7 +281,7 @@ impl EventLoop {
                 self.block_wants.insert(id, done);
             }
             Command::AnswerBlocks { id, message } => {
-                if let Some(channel) = self.block_requests.remove(&id) {
+                if let Some((_, channel)) = self.block_requests.remove(&id) {
                     let _ = self.swarm.behaviour_mut().bitswap.send_response(channel, message);
                 }
             }
@@ -663,7 +667,11 @@ impl EventLoop {
                 request_response::Message::Request { request, channel, .. } => {
                     let link = self.cfg.r1fs.clone();
                     let admitted = self.admission.is_admitted(&peer);
-                    let room = self.block_requests.len() < MAX_INBOUND_REQUESTS;
+                    // Room in all, and for this peer: one peer cannot take
+                    // every slot from the others.
+                    let room = self.block_requests.len() < MAX_INBOUND_REQUESTS
+                        && self.block_requests.values().filter(|(p, _)| *p == peer).count()
+                            < MAX_BLOCK_REQUESTS_PER_PEER;
                     let (Some(link), true, true) = (link, admitted, room) else {
                         let reason = if admitted { "r1fs_request_refused" } else { "r1fs_request_unadmitted" };
                         self.metrics.p2p_dropped.get_or_create(&label(reason)).inc();
@@ -674,7 +682,7 @@ impl EventLoop {
                     let id = self.next_request;
                     match link.inbound.try_send(super::BlockRequest { peer, id, message: request }) {
                         Ok(()) => {
-                            self.block_requests.insert(id, channel);
+                            self.block_requests.insert(id, (peer, channel));
                         }
                         Err(_) => {
                             self.metrics.p2p_dropped.get_or_create(&label("r1fs_request_refused")).inc();
@@ -695,7 +703,7 @@ impl EventLoop {
                 }
             }
             request_response::Event::InboundFailure { .. } => {
-                self.block_requests.retain(|_, c| c.is_open());
+                self.block_requests.retain(|_, (_, c)| c.is_open());
             }
             request_response::Event::ResponseSent { .. } => {}
         }

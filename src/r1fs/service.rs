@@ -51,6 +51,8 @@ const IN_FLIGHT: usize = 8;
 const BATCH: usize = 16;
 /// Passes between two walks of every pinned DAG (a scrub: about a minute).
 const SCRUB_EVERY: u64 = 12;
+/// CIDs one origin's `want` records may ask the network to replicate.
+pub const MAX_WANTS_PER_ORIGIN: usize = 1024;
 /// Levels of a DAG a fetch walks down at most.
 const MAX_ROUNDS: usize = 64;
 
@@ -737,6 +739,7 @@ impl R1fs {
         let mut nodes: BTreeMap<String, String> = BTreeMap::new();
         let mut haves: BTreeMap<String, BTreeMap<String, Have>> = BTreeMap::new();
         let mut wants: BTreeMap<String, BTreeMap<String, Want>> = BTreeMap::new();
+        let mut per_origin: HashMap<String, usize> = HashMap::new();
         for r in &records {
             let value = r.value_json();
             match parse_key(&r.slot.key) {
@@ -751,7 +754,16 @@ impl R1fs {
                 }
                 Some(Key::Want(p, c)) => {
                     if let Ok(w) = serde_json::from_value::<Want>(value) {
-                        if w.replication > 0 && w.replication <= 64 {
+                        // At most MAX_WANTS_PER_ORIGIN CIDs per origin: a
+                        // licensed peer cannot make the network pin without
+                        // bound (records come in key order: the same ones
+                        // are kept everywhere).
+                        let n = per_origin.entry(p.clone()).or_default();
+                        *n += 1;
+                        if *n > MAX_WANTS_PER_ORIGIN {
+                            let m = &self.inner.parts.metrics.r1fs;
+                            m.rejected.get_or_create(&crate::metrics::ReasonLabels { reason: "want_over_quota" }).inc();
+                        } else if w.replication > 0 && w.replication <= 64 {
                             wants.entry(c).or_default().insert(p, w);
                         }
                     }
