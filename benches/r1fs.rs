@@ -29,6 +29,14 @@ fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// One row of the table: the median rounds of R1FS and of its baseline,
+/// as MiB/s and their ratio.
+fn row(what: &str, bytes: u64, ours: Vec<Duration>, base: Vec<Duration>) {
+    let rate = |d: Duration| bytes as f64 / d.as_secs_f64() / (1 << 20) as f64;
+    let (o, b) = (rate(median(ours)), rate(median(base)));
+    println!("| {what} | {o:.0} | {b:.0} | {:.2} |", o / b);
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -108,23 +116,11 @@ fn main() {
         std::fs::remove_file(&copy).unwrap();
         std::fs::remove_dir_all(dir.join(format!("store-{r}"))).unwrap();
     }
-    let rate = |d: Duration| bytes as f64 / d.as_secs_f64() / (1 << 20) as f64;
-    let (b, o, pr, c) = (median(base), median(ours), median(plain_read), median(cat));
     println!("\n## bench r1fs: {mib} MiB, median of {rounds} rounds, on {}", root.display());
     println!("| measure | R1FS MiB/s | baseline MiB/s | ratio (R1FS / baseline) |");
     println!("|---|---|---|---|");
-    println!(
-        "| add into the block store vs read + sha256 + write + fsync | {:.0} | {:.0} | {:.2} |",
-        rate(o),
-        rate(b),
-        rate(o) / rate(b)
-    );
-    println!(
-        "| cat (every block verified) vs plain read | {:.0} | {:.0} | {:.2} |",
-        rate(c),
-        rate(pr),
-        rate(c) / rate(pr)
-    );
+    row("add into the block store vs read + sha256 + write + fsync", bytes, ours, base);
+    row("cat (every block verified) vs plain read", bytes, cat, plain_read);
     network(&src, &dir, bytes, rounds);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -261,20 +257,9 @@ fn network(src: &std::path::Path, dir: &std::path::Path, bytes: u64, rounds: u64
             let g = b.store().gc(&[], Duration::ZERO).unwrap();
             assert!(g.removed > 0);
         }
-        let rate = |d: Duration| bytes as f64 / d.as_secs_f64() / (1 << 20) as f64;
-        let (g, t, gw, d) = (median(get), median(tcp), median(gateway), median(disk));
-        println!(
-            "| get from a peer (loopback libp2p, verified, stored) vs raw TCP copy to a file | {:.0} | {:.0} | {:.2} |",
-            rate(g),
-            rate(t),
-            rate(g) / rate(t)
-        );
-        println!(
-            "| gateway GET /ipfs/<cid> (every block verified) vs reading the file | {:.0} | {:.0} | {:.2} |",
-            rate(gw),
-            rate(d),
-            rate(gw) / rate(d)
-        );
+        let g = median(get.clone());
+        row("get from a peer (loopback libp2p, verified, stored) vs raw TCP copy to a file", bytes, get, tcp);
+        row("gateway GET /ipfs/<cid> (every block verified) vs reading the file", bytes, gateway, disk);
         println!("\nget of {} MiB from a peer: {:.2} s", bytes >> 20, g.as_secs_f64());
     });
 }

@@ -106,6 +106,15 @@ async fn status_until(
     }
 }
 
+/// How the pod's first container ended (it must have).
+fn terminated(pod: &Pod) -> k8s_openapi::api::core::v1::ContainerStateTerminated {
+    pod.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0]
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.clone())
+        .expect("terminated")
+}
+
 /// The pipeline's pods that are not being deleted.
 async fn live_pods(pods: &Api<Pod>, name: &str) -> Vec<Pod> {
     let lp = ListParams::default().labels(&format!("ratio1.ai/pipeline={name}"));
@@ -248,11 +257,7 @@ async fn job_pipeline_runs_to_completion_and_reports_it() {
         done.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded")).collect();
     assert_eq!(succeeded.len(), 2, "{done:#?}");
     for p in succeeded {
-        let term = p.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0]
-            .state
-            .as_ref()
-            .and_then(|s| s.terminated.clone())
-            .expect("terminated");
+        let term = terminated(p);
         assert_eq!(term.exit_code, 0);
         let msg = term.message.unwrap_or_default();
         assert!(msg.starts_with("embedded=3 digest=") && msg.ends_with("result=/tmp/out/result.json"), "{msg}");
@@ -646,11 +651,7 @@ async fn r1fs_delivers_models_and_inputs_into_running_containers() {
     let inits: Vec<String> =
         pod.spec.as_ref().unwrap().init_containers.iter().flatten().map(|c| c.name.clone()).collect();
     assert_eq!(inits, ["r1fs-fetch-0", "r1fs-fetch-1"]);
-    let term = pod.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0]
-        .state
-        .as_ref()
-        .and_then(|s| s.terminated.clone())
-        .expect("terminated");
+    let term = terminated(pod);
     let want = format!("{} {} {} ", sha256_hex(&model), sha256_hex(b"alpha\n"), sha256_hex(b"beta\n"));
     assert_eq!(term.message.unwrap_or_default(), want, "the container read the bytes added, through read-only mounts");
     // The status says what was delivered, and where.

@@ -22,15 +22,7 @@ use kube::Resource;
 use kube::ResourceExt;
 use std::sync::Arc;
 
-/// Who holds a CID, as R1FS last saw it.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Holders {
-    /// R1Node names of the fresh holders.
-    pub nodes: Vec<String>,
-    pub size: Option<u64>,
-    /// R1FS nodes heard from (the most replicas there can be).
-    pub members: usize,
-}
+pub use crate::r1fs::service::Holders;
 
 /// Conditions for a CID held by `h` of `replication` wanted.
 fn replicated(cid: &str, replication: usize, h: &Holders) -> Vec<Want> {
@@ -101,7 +93,7 @@ pub fn evaluate(
             (w, Some(cid))
         }
         ModelSource { cid: None, volume: Some(v) } => {
-            if v.path.split('/').any(|s| s == "..") {
+            if escapes(v) {
                 return Err(Invalid::new("InvalidSource", "source.volume.path must stay inside the claim (no `..`)"));
             }
             let from = format!("{}:{}", v.claim_name, v.path);
@@ -149,19 +141,13 @@ pub async fn reconcile(m: Arc<R1Model>, ctx: Arc<Context>) -> Result<Action> {
         return Ok(Action::requeue(std::time::Duration::from_secs(2)));
     }
     let import = match (&m.spec.source, r1fs) {
-        (ModelSource { volume: Some(v), cid: None }, Some(r)) if !v.path.split('/').any(|s| s == "..") => {
-            match r.delivery() {
-                Some(d) => Some(import(&m, v, r, &d, &ctx, &ns).await?),
-                None => None,
-            }
-        }
+        (ModelSource { volume: Some(v), cid: None }, Some(r)) if !escapes(v) => match r.delivery() {
+            Some(d) => Some(import(&m, v, r, &d, &ctx, &ns).await?),
+            None => None,
+        },
         _ => None,
     };
-    let lookup = |cid: &str| {
-        let r = r1fs.expect("only called when R1FS runs");
-        let (nodes, size) = r.holders(cid);
-        Holders { nodes, size, members: r.snapshot().members.len() }
-    };
+    let lookup = |cid: &str| r1fs.expect("only called when R1FS runs").holders(cid);
     let holders = r1fs.map(|_| &lookup as &dyn Fn(&str) -> Holders);
     let (wanted, cid, action) = match evaluate(&m, holders, import.as_ref()) {
         // An import in progress is looked at again soon; otherwise R1FS
@@ -182,8 +168,8 @@ pub async fn reconcile(m: Arc<R1Model>, ctx: Arc<Context>) -> Result<Action> {
     };
     let (replicas, size, holders) = match (r1fs, &cid) {
         (Some(r), Some(c)) => {
-            let (nodes, size) = r.holders(c);
-            (Some(nodes.len() as i32), size.map(|s| s as i64), nodes)
+            let h = r.holders(c);
+            (Some(h.nodes.len() as i32), h.size.map(|s| s as i64), h.nodes)
         }
         _ => (None, None, vec![]),
     };
@@ -198,6 +184,11 @@ pub async fn reconcile(m: Arc<R1Model>, ctx: Arc<Context>) -> Result<Action> {
     };
     finish(&ctx, &api, m.as_ref(), m.status.as_ref(), status, &wanted).await?;
     Ok(action)
+}
+
+/// Whether a volume source's path leaves its claim (`..`).
+fn escapes(v: &VolumeSource) -> bool {
+    v.path.split('/').any(|s| s == "..")
 }
 
 /// Name of the import Job of `m` at its generation (≤ 63 characters).

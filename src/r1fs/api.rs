@@ -162,7 +162,7 @@ async fn store_blocks(r: R1fs, body: Bytes) -> Result<Response, ApiError> {
         let blocks = split_blocks(&body).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
         let (mut n, mut bytes) = (0, 0);
         for (cid, data) in blocks {
-            super::cid::parse(&cid.to_string()).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+            super::cid::check(cid, &cid.to_string()).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
             // Verified here: a client is no more trusted than a peer.
             if !super::store::verifies(&cid, data) {
                 return Err(error(StatusCode::BAD_REQUEST, StoreError::Mismatch(cid.to_string())));
@@ -264,22 +264,28 @@ async fn gc(State(slot): State<Slot>) -> Result<Response, ApiError> {
 /// Whether `cid` is a file or a directory, and a directory's entries
 /// (fetched from peers first if need be).
 async fn ls(State(slot): State<Slot>, Query(p): Query<CidParam>) -> Result<Response, ApiError> {
-    let r = ready(&slot)?.clone();
+    let r = ready(&slot)?;
     let root = parse_cid(&p.cid)?;
     r.fetch(root, &|_| {}).await.map_err(failed)?;
-    let store = r.store().clone();
-    let target = tokio::task::spawn_blocking(move || resolve(&store, root, ""))
-        .await
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?
-        .map_err(failed)?;
-    Ok(Json(match target {
+    Ok(Json(match resolved(r, root, String::new()).await? {
         Target::File(_) => serde_json::json!({"kind": "file"}),
-        Target::Directory(links) => serde_json::json!({"kind": "directory", "entries": links
-            .iter()
-            .map(|l| serde_json::json!({"name": l.name, "cid": canonical(&l.cid), "size": l.tsize}))
-            .collect::<Vec<_>>()}),
+        Target::Directory(links) => serde_json::json!({"kind": "directory", "entries": entries(&links)}),
     })
     .into_response())
+}
+
+/// `path` under `root`, resolved off the async threads (`root` is here).
+async fn resolved(r: &R1fs, root: Cid, path: String) -> Result<Target, ApiError> {
+    let store = r.store().clone();
+    tokio::task::spawn_blocking(move || resolve(&store, root, &path))
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?
+        .map_err(failed)
+}
+
+/// A directory's entries as the gateway and `/v1/r1fs/ls` list them.
+fn entries(links: &[super::dagpb::Link]) -> Vec<serde_json::Value> {
+    links.iter().map(|l| serde_json::json!({"name": l.name, "cid": canonical(&l.cid), "size": l.tsize})).collect()
 }
 
 #[derive(Deserialize, Default)]
@@ -363,44 +369,29 @@ async fn serve_path(slot: Slot, cid: String, path: String, f: Format) -> Result<
     // Whole here first (fetched from peers if need be); not pinned, so GC
     // may collect it later.
     r.fetch(root, &|_| {}).await.map_err(failed)?;
+    let raw = match f.format.as_deref() {
+        None => false,
+        Some("raw") => true,
+        Some(other) => {
+            return Err(error(StatusCode::BAD_REQUEST, format!("format {other:?} is not served (raw only)")))
+        }
+    };
+    let inside = !path.is_empty();
+    let target = resolved(&r, root, path).await?;
     let store = r.store().clone();
-    if f.format.as_deref() == Some("raw") {
-        let inside = !path.is_empty();
-        let target = match tokio::task::spawn_blocking({
-            let store = store.clone();
-            move || resolve(&store, root, &path)
-        })
-        .await
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?
-        .map_err(failed)?
-        {
+    if raw {
+        let block = match target {
             Target::File(c) => c,
             Target::Directory(_) if inside => {
                 return Err(error(StatusCode::BAD_REQUEST, "?format=raw of a path inside a directory is not served"))
             }
             Target::Directory(_) => root,
         };
-        let block = store.get(&target).map_err(|e| failed(e.into()))?;
+        let block = store.get(&block).map_err(|e| failed(e.into()))?;
         return Ok(([("content-type", "application/vnd.ipld.raw")], block).into_response());
     }
-    if let Some(other) = f.format {
-        return Err(error(StatusCode::BAD_REQUEST, format!("format {other:?} is not served (raw only)")));
-    }
-    let target = tokio::task::spawn_blocking({
-        let store = store.clone();
-        move || resolve(&store, root, &path)
-    })
-    .await
-    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?
-    .map_err(failed)?;
     match target {
-        Target::Directory(links) => {
-            let entries: Vec<serde_json::Value> = links
-                .iter()
-                .map(|l| serde_json::json!({"name": l.name, "cid": canonical(&l.cid), "size": l.tsize}))
-                .collect();
-            Ok(Json(serde_json::json!({"entries": entries})).into_response())
-        }
+        Target::Directory(links) => Ok(Json(serde_json::json!({"entries": entries(&links)})).into_response()),
         Target::File(c) => {
             let permit = STREAMS.try_acquire().map_err(|_| {
                 error(StatusCode::SERVICE_UNAVAILABLE, format!("{MAX_STREAMS} downloads are running here: try again"))

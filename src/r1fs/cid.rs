@@ -16,6 +16,12 @@ pub const SHA2_256: u64 = 0x12;
 pub fn parse(s: &str) -> Result<Cid, String> {
     let s = s.trim();
     let cid = Cid::try_from(s).map_err(|e| format!("{s:?} is not a CID: {e}"))?;
+    check(cid, s)
+}
+
+/// The checks of [`parse`] for a CID already decoded (from bytes), named
+/// `s` in the error.
+pub fn check(cid: Cid, s: &str) -> Result<Cid, String> {
     let mh = cid.hash();
     if mh.code() != SHA2_256 {
         return Err(format!(

@@ -40,6 +40,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
+/// Pinned roots and their owners, as [`Pins::all`] reads them.
+type Pinned = BTreeMap<Cid, BTreeMap<String, Pin>>;
+
 /// Prefix of R1FS's CSTORE records.
 pub const PREFIX: &str = "r1fs/";
 /// Wantlists answered at once (disk reads in flight).
@@ -193,7 +196,7 @@ pub fn import_owner(uid: &str, generation: i64) -> String {
 pub const IMPORT_PREFIX: &str = "import/";
 
 /// The `r` holders of `cid` among `members`: the first by
-/// `sha256(cid ‖ PeerId)` (every node computes the same list).
+/// `sha256(cid ‖ "/" ‖ PeerId)` (every node computes the same list).
 pub fn holders_of(cid: &str, members: &BTreeSet<String>, r: usize) -> Vec<String> {
     let mut ranked: Vec<([u8; 32], &String)> = members
         .iter()
@@ -207,6 +210,16 @@ pub fn holders_of(cid: &str, members: &BTreeSet<String>, r: usize) -> Vec<String
         .collect();
     ranked.sort();
     ranked.into_iter().take(r).map(|(_, p)| p.clone()).collect()
+}
+
+/// Who holds a CID, as R1FS last saw it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Holders {
+    /// R1Node names of the fresh holders.
+    pub nodes: Vec<String>,
+    pub size: Option<u64>,
+    /// R1FS nodes heard from (the most replicas there can be).
+    pub members: usize,
 }
 
 /// What the last pass saw: read by the R1Model reconciler and the API.
@@ -346,15 +359,17 @@ impl R1fs {
         self.inner.snapshot.read().expect("snapshot lock").clone()
     }
 
-    /// R1Node names of the fresh holders of `cid`, and the DAG size they report.
-    pub fn holders(&self, cid: &str) -> (Vec<String>, Option<u64>) {
+    /// R1Node names of the fresh holders of `cid`, the DAG size they report,
+    /// and how many R1FS nodes there are.
+    pub fn holders(&self, cid: &str) -> Holders {
         let s = self.inner.snapshot.read().expect("snapshot lock");
-        let Some(h) = s.holders.get(cid) else { return (vec![], None) };
+        let members = s.members.len();
+        let Some(h) = s.holders.get(cid) else { return Holders { members, ..Default::default() } };
         // A node without an R1Node name is shown by its PeerId.
         let name = |p: &String| s.members.get(p).filter(|n| !n.is_empty()).cloned().unwrap_or_else(|| p.clone());
-        let mut names: Vec<String> = h.keys().map(name).collect();
-        names.sort();
-        (names, h.values().map(|h| h.dag_size).max())
+        let mut nodes: Vec<String> = h.keys().map(name).collect();
+        nodes.sort();
+        Holders { nodes, size: h.values().map(|h| h.dag_size).max(), members }
     }
 
     /// This node's PeerId ("local" before it has an identity and no network).
@@ -690,14 +705,14 @@ impl R1fs {
     /// withdraw anything).
     /// Also the pin owners of the imports these models have now (a `volume`
     /// source's CID is the root its import pinned).
-    fn own_wants(&self) -> Option<(BTreeMap<String, Want>, BTreeSet<String>)> {
+    fn own_wants(&self, pinned: &Pinned) -> Option<(BTreeMap<String, Want>, BTreeSet<String>)> {
         if !self.inner.parts.models_ready.is_set() {
             return None;
         }
         let mut imported: BTreeMap<String, Cid> = BTreeMap::new();
-        for (cid, owners) in self.inner.pins.all().ok()? {
+        for (cid, owners) in pinned {
             for o in owners.keys().filter(|o| o.starts_with(IMPORT_PREFIX)) {
-                imported.insert(o.clone(), cid);
+                imported.insert(o.clone(), *cid);
             }
         }
         let mut out: BTreeMap<String, Want> = BTreeMap::new();
@@ -780,11 +795,12 @@ impl R1fs {
         }
         // This origin's wants, from its models; imports of models gone or
         // changed are released.
-        if let Some((own, imports)) = self.own_wants() {
-            for (cid, owners) in self.inner.pins.all()? {
+        let pinned = self.inner.pins.all()?;
+        if let Some((own, imports)) = self.own_wants(&pinned) {
+            for (cid, owners) in &pinned {
                 for o in owners.keys().filter(|o| o.starts_with(IMPORT_PREFIX) && !imports.contains(*o)) {
-                    tracing::info!(cid = %canonical(&cid), owner = %o, "R1FS import of a model deleted or changed: unpinned");
-                    self.unpin(cid, o).await?;
+                    tracing::info!(cid = %canonical(cid), owner = %o, "R1FS import of a model deleted or changed: unpinned");
+                    self.unpin(*cid, o).await?;
                 }
             }
             for (cid, w) in &own {
@@ -896,12 +912,7 @@ impl R1fs {
 
     /// Fetches and pins a replica in the background (once per CID at a time).
     fn take_replica(&self, cid: Cid) {
-        let c = canonical(&cid);
-        if !self.inner.fetching.lock().expect("fetching lock").insert(c.clone()) {
-            return;
-        }
-        let this = self.clone();
-        tokio::spawn(async move {
+        self.in_background(cid, |this, c| async move {
             tracing::info!(cid = %c, "R1FS: chosen as a holder; fetching");
             match this.pin(cid, REPLICA).await {
                 Ok(p) => {
@@ -910,18 +921,12 @@ impl R1fs {
                 }
                 Err(e) => tracing::warn!(cid = %c, error = %e, "R1FS replica not fetched yet; the next pass retries"),
             }
-            this.inner.fetching.lock().expect("fetching lock").remove(&c);
         });
     }
 
     /// Fetches what a pinned DAG lost, in the background.
     fn repair(&self, cid: Cid, missing: usize) {
-        let c = canonical(&cid);
-        if !self.inner.fetching.lock().expect("fetching lock").insert(c.clone()) {
-            return;
-        }
-        let this = self.clone();
-        tokio::spawn(async move {
+        self.in_background(cid, |this, c| async move {
             tracing::warn!(cid = %c, missing, "R1FS pinned content lost blocks here: fetching them again");
             match this.fetch(cid, &|_| {}).await {
                 Ok(_) => {
@@ -929,6 +934,24 @@ impl R1fs {
                 }
                 Err(e) => tracing::warn!(cid = %c, error = %e, "R1FS repair incomplete; the next pass retries"),
             }
+        });
+    }
+
+    /// Runs `work` (given the service and the CID as text) in a task, at
+    /// most one per CID at a time; meanwhile the CID is in `fetching`, so
+    /// GC spares its blocks and passes start nothing more for it.
+    fn in_background<F>(&self, cid: Cid, work: impl FnOnce(Self, String) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let c = canonical(&cid);
+        if !self.inner.fetching.lock().expect("fetching lock").insert(c.clone()) {
+            return;
+        }
+        let this = self.clone();
+        let run = work(this.clone(), c.clone());
+        tokio::spawn(async move {
+            run.await;
             this.inner.fetching.lock().expect("fetching lock").remove(&c);
         });
     }
