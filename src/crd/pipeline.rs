@@ -42,14 +42,16 @@ pub struct R1PipelineSpec {
     /// run it, and a placement it cannot honour is `Scheduled=False`.
     #[serde(default)]
     pub placement: Placement,
-    /// R1Models (same namespace) the pipeline uses. Their resolved CIDs are
-    /// written to the pods' `ratio1.ai/models` annotation (a new CID rolls
-    /// the pods); mounting the content into the containers waits for R1FS.
+    /// R1Models (same namespace) the pipeline uses. Where the operator
+    /// delivers R1FS content, each is fetched into the pods by an init
+    /// container and mounted read-only at `mountPath` in every container;
+    /// the CIDs are also written to the pods' `ratio1.ai/models`
+    /// annotation (a new CID rolls the pods).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub models: Vec<ModelMount>,
-    /// R1FS content the pipeline uses, written to the pods'
-    /// `ratio1.ai/inputs` annotation; mounting it waits for R1FS.
+    /// R1FS content the pipeline uses: delivered and mounted like `models`,
+    /// and written to the pods' `ratio1.ai/inputs` annotation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub inputs: Vec<InputMount>,
