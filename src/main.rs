@@ -119,6 +119,42 @@ struct FsArgs {
     cmd: FsCmd,
 }
 
+/// The key of sealed content: a file, or the key itself in the
+/// environment (as pods get it from a Secret).
+#[derive(clap::Args)]
+struct KeyArgs {
+    /// Key file: base64 of 32 bytes (`add --encrypt` makes it, mode 0600,
+    /// if it does not exist: keep it, nothing else can open the content).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// The key itself (base64), read from this variable only, never from
+    /// a flag (a flag's value shows in `ps`); a Secret's key in pods.
+    #[arg(
+        long = "key-from-env",
+        hide = true,
+        env = "RATIO1_R1FS_KEY",
+        hide_env_values = true,
+        conflicts_with = "key_file"
+    )]
+    key_env: Option<String>,
+}
+
+impl KeyArgs {
+    /// The key, if one is given; with `create`, a key file that does not
+    /// exist is made (and said so on stderr).
+    fn key(&self, create: bool) -> anyhow::Result<Option<ratio1::r1fs::seal::Key>> {
+        if let Some(text) = &self.key_env {
+            return Ok(Some(ratio1::r1fs::seal::parse_key(text, "RATIO1_R1FS_KEY")?));
+        }
+        let Some(path) = &self.key_file else { return Ok(None) };
+        let (key, new) = ratio1::r1fs::seal::key_file(path, create)?;
+        if new {
+            eprintln!("new key written to {}: keep it, nothing else can open this content", path.display());
+        }
+        Ok(Some(key))
+    }
+}
+
 #[derive(Subcommand)]
 enum FsCmd {
     /// Add a file or directory to R1FS through a running operator and pin
@@ -138,13 +174,11 @@ enum FsCmd {
         owner: String,
         /// Seal the file with AES-256-GCM before adding it (the CID is of
         /// the ciphertext: the nodes that hold it cannot read it); needs
-        /// --key-file.
-        #[arg(long, requires = "key_file", conflicts_with = "only_hash")]
+        /// --key-file (made if it does not exist) or RATIO1_R1FS_KEY.
+        #[arg(long, conflicts_with = "only_hash")]
         encrypt: bool,
-        /// The key (base64 of 32 bytes), made (mode 0600) if the file does
-        /// not exist: keep it, nothing else can open the content.
-        #[arg(long)]
-        key_file: Option<PathBuf>,
+        #[command(flatten)]
+        key: KeyArgs,
         /// (The operator's import Jobs) pin for this `import/…` owner
         /// through the gateway's import routes, with RATIO1_IMPORT_TOKEN.
         #[arg(long, hide = true, env = "RATIO1_IMPORT_OWNER", requires = "import_token")]
@@ -158,16 +192,14 @@ enum FsCmd {
     Get {
         cid: String,
         out: Option<PathBuf>,
-        /// Open content added with --encrypt (a file) with this key.
-        #[arg(long)]
-        key_file: Option<PathBuf>,
+        #[command(flatten)]
+        key: KeyArgs,
     },
     /// Write a file's content to stdout.
     Cat {
         cid: String,
-        /// Open content added with --encrypt with this key.
-        #[arg(long)]
-        key_file: Option<PathBuf>,
+        #[command(flatten)]
+        key: KeyArgs,
     },
     /// Keep content on the operator's node (fetched from peers first).
     Pin {
@@ -618,7 +650,7 @@ async fn fs(a: FsArgs) -> anyhow::Result<()> {
             bar.finish_and_clear();
             println!("{}", added.cid);
         }
-        FsCmd::Add { only_hash: false, hidden, owner, encrypt, key_file, import_owner, import_token, path } => {
+        FsCmd::Add { only_hash: false, hidden, owner, encrypt, key, import_owner, import_token, path } => {
             // An import Job writes through the gateway's import routes, with its token.
             let (blocks_url, pin_url) = match (&import_owner, &import_token) {
                 (Some(o), Some(t)) => {
@@ -627,20 +659,19 @@ async fn fs(a: FsArgs) -> anyhow::Result<()> {
                 }
                 _ => (format!("{base}/v1/r1fs/blocks"), format!("{base}/v1/r1fs/pin?{}", query(&[("owner", &owner)]))),
             };
-            let key = match (encrypt, key_file) {
-                (true, Some(k)) => {
+            let key = match encrypt {
+                true => {
                     anyhow::ensure!(
                         std::fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false),
                         "--encrypt seals one file: {} is not a readable file",
                         path.display()
                     );
-                    let (key, new) = ratio1::r1fs::seal::key_file(&k, true)?;
-                    if new {
-                        eprintln!("new key written to {}: keep it, nothing else can open this content", k.display());
-                    }
-                    Some(key)
+                    Some(
+                        key.key(true)?
+                            .ok_or_else(|| anyhow::anyhow!("--encrypt needs --key-file or RATIO1_R1FS_KEY"))?,
+                    )
                 }
-                _ => None,
+                false => None,
             };
             // Blocks are made here and streamed to the operator in batches;
             // it verifies each, then the pin checks the DAG is whole.
@@ -682,21 +713,20 @@ async fn fs(a: FsArgs) -> anyhow::Result<()> {
             call(http::Method::POST, &format!("{pin_url}&{}", query(&[("cid", &cid)])), None).await?;
             println!("{cid}");
         }
-        FsCmd::Get { cid, out, key_file } => {
+        FsCmd::Get { cid, out, key } => {
             let cid = cid_arg(&cid)?;
             let out = out.unwrap_or_else(|| PathBuf::from(&cid));
-            let key = key_file.map(|k| ratio1::r1fs::seal::key_file(&k, false).map(|(k, _)| k)).transpose()?;
+            let key = key.key(false)?;
             let bar = progress_bar(None);
             let n = fs_get(&base, &cid, &out, &bar, 0, key.as_ref()).await?;
             bar.finish_and_clear();
             eprintln!("{cid}: {n} bytes written to {}", out.display());
         }
-        FsCmd::Cat { cid, key_file } => {
+        FsCmd::Cat { cid, key } => {
             let url = format!("{base}/ipfs/{}", cid_arg(&cid)?);
             let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
-            match key_file {
-                Some(k) => {
-                    let (key, _) = ratio1::r1fs::seal::key_file(&k, false)?;
+            match key.key(false)? {
+                Some(key) => {
                     let mut opener = ratio1::r1fs::seal::Opener::new(out, &key);
                     ratio1::r1fs::api::download(&url, &mut opener, &|_| {}).await?;
                     opener.finish()?;

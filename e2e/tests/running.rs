@@ -665,6 +665,121 @@ async fn r1fs_delivers_models_and_inputs_into_running_containers() {
     let _ = std::fs::remove_dir_all(&work);
 }
 
+#[tokio::test]
+async fn r1fs_opens_a_sealed_model_in_pods_only_with_the_key_in_its_secret() {
+    use k8s_openapi::api::core::v1::Secret;
+    let (c, ns) = setup("run-sealed").await;
+    let pipes: Api<R1Pipeline> = Api::namespaced(c.clone(), &ns.name);
+    let models: Api<ratio1::crd::R1Model> = Api::namespaced(c.clone(), &ns.name);
+    let secrets: Api<Secret> = Api::namespaced(c.clone(), &ns.name);
+    let work = log_dir().join(format!("r1fs-sealed-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let model: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();
+    std::fs::write(work.join("model.bin"), &model).unwrap();
+    let key_file = work.join("model.key");
+    let out = Command::new(env!("CARGO_BIN_EXE_ratio1"))
+        .args(["fs", "--endpoint", &format!("http://127.0.0.1:{}", shared_operator().api_port), "add", "--encrypt"])
+        .arg("--key-file")
+        .arg(&key_file)
+        .arg(work.join("model.bin"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ratio1 fs add --encrypt: {}", String::from_utf8_lossy(&out.stderr));
+    let sealed = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let key = std::fs::read_to_string(&key_file).unwrap();
+
+    let sealed_model = |name: &str, secret: &str| {
+        json!({"apiVersion": "ratio1.ai/v1alpha1", "kind": "R1Model", "metadata": {"name": name},
+            "spec": {"source": {"cid": sealed}, "replication": 1, "encryption": {"keySecretRef": {"name": secret}}}})
+    };
+    for (name, secret) in [("sealed", "sealed-key"), ("sealed-wrong", "wrong-key")] {
+        models.patch(name, &PatchParams::apply("e2e-user"), &Patch::Apply(sealed_model(name, secret))).await.unwrap();
+    }
+    let script = "sha256sum /models/s | cut -c1-64 > /dev/termination-log";
+    apply(
+        &pipes,
+        "opener",
+        json!({
+            "apiVersion": "ratio1.ai/v1alpha1", "kind": "R1Pipeline",
+            "metadata": {"name": "opener"},
+            "spec": {"mode": "Job", "replicas": 1,
+                "models": [{"name": "sealed", "mountPath": "/models/s"}],
+                "template": {"spec": {"containers": [{"name": "reader", "image": BUSYBOX_IMAGE,
+                    "imagePullPolicy": "Never", "command": ["sh", "-c", script]}]}}}
+        }),
+    )
+    .await;
+    // No Secret yet: Stalled, saying which Secret to make, and an Event.
+    let st = status_until(&pipes, "opener", 120, "opener Stalled with KeySecretNotFound", |st| {
+        is(&st.conditions, "Stalled", "True") && cond(&st.conditions, "Stalled").unwrap().reason == "KeySecretNotFound"
+    })
+    .await;
+    let msg = &cond(&st.conditions, "Stalled").unwrap().message;
+    assert!(msg.contains(&format!("{}/sealed-key", ns.name)) && msg.contains("kubectl create secret"), "{msg}");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.clone(), &ns.name);
+    wait_for(20, "a KeySecretNotFound event about opener", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("opener")
+                    && e.reason.as_deref() == Some("KeySecretNotFound")
+            })
+            .then_some(())
+    })
+    .await;
+
+    // The owner makes the Secret: the kubelet starts the fetcher, which
+    // opens the content; the container reads the plaintext.
+    let secret = |name: &str, value: &str| {
+        serde_json::from_value::<Secret>(json!({"metadata": {"name": name}, "stringData": {"key": value}})).unwrap()
+    };
+    secrets.create(&Default::default(), &secret("sealed-key", &key)).await.unwrap();
+    let st = status_until(&pipes, "opener", 120, "opener Succeeded", |st| is(&st.conditions, "Ready", "True")).await;
+    assert_eq!(cond(&st.conditions, "Ready").unwrap().reason, "Succeeded");
+    let pods: Api<Pod> = Api::namespaced(c.clone(), &ns.name);
+    let done = live_pods(&pods, "opener").await;
+    let pod = done.iter().find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded")).unwrap();
+    assert_eq!(
+        terminated(pod).message.unwrap_or_default().trim(),
+        sha256_hex(&model),
+        "the plaintext, opened in the pod"
+    );
+    // What the nodes hold is ciphertext.
+    let out = Command::new(env!("CARGO_BIN_EXE_ratio1"))
+        .args(["fs", "--endpoint", &format!("http://127.0.0.1:{}", shared_operator().api_port), "cat", &sealed])
+        .output()
+        .unwrap();
+    assert!(out.status.success() && out.stdout.len() > model.len() && out.stdout != model);
+
+    // A Secret with another key: the fetcher cannot open the content.
+    let other = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+    };
+    secrets.create(&Default::default(), &secret("wrong-key", &other)).await.unwrap();
+    apply(
+        &pipes,
+        "wrong",
+        json!({
+            "apiVersion": "ratio1.ai/v1alpha1", "kind": "R1Pipeline",
+            "metadata": {"name": "wrong"},
+            "spec": {"replicas": 1,
+                "models": [{"name": "sealed-wrong", "mountPath": "/models/s"}],
+                "template": {"spec": {"containers": [{"name": "server", "image": BUSYBOX_IMAGE,
+                    "imagePullPolicy": "Never", "command": ["sleep", "3600"]}]}}}
+        }),
+    )
+    .await;
+    let st = status_until(&pipes, "wrong", 120, "wrong Stalled with WrongKey", |st| {
+        is(&st.conditions, "Stalled", "True") && cond(&st.conditions, "Stalled").unwrap().reason == "WrongKey"
+    })
+    .await;
+    assert!(cond(&st.conditions, "Stalled").unwrap().message.contains("wrong-key"));
+    ns.cleanup().await;
+    let _ = std::fs::remove_dir_all(&work);
+}
+
 /// A hostPath PersistentVolume and its claim in `ns`, bound by hand (the
 /// test control planes run no PV binder): the claim's content is `dir`.
 async fn hostpath_claim(c: &Client, ns: &str, claim: &str, dir: &std::path::Path) -> String {
@@ -752,6 +867,42 @@ async fn r1fs_imports_a_model_from_a_volume_and_says_why_when_it_cannot() {
     })
     .await;
     assert!(st.contains("kubectl logs") && st.contains("r1fs-import-"), "{st}");
+
+    // Sealed on import, under the key of a Secret that does not exist yet.
+    let body = json!({"apiVersion": "ratio1.ai/v1alpha1", "kind": "R1Model", "metadata": {"name": "sealed"},
+        "spec": {"source": {"volume": {"claimName": "models", "path": "weights/model.bin"}}, "replication": 1,
+            "encryption": {"keySecretRef": {"name": "import-key", "key": "k"}}}});
+    models.patch("sealed", &PatchParams::apply("e2e-user"), &Patch::Apply(body)).await.unwrap();
+    let msg = wait_for(120, "model sealed Stalled with KeySecretNotFound", || async {
+        let st = models.get("sealed").await.ok()?.status?;
+        let stalled = cond(&st.conditions, "Stalled")?;
+        (stalled.status == "True" && stalled.reason == "KeySecretNotFound").then_some(stalled.message.clone())
+    })
+    .await;
+    assert!(msg.contains(&format!("{}/import-key", ns.name)), "{msg}");
+    let key_file = dir.join("import.key");
+    let key = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+    };
+    std::fs::write(&key_file, &key).unwrap();
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(json!({"metadata": {"name": "import-key"}, "stringData": {"k": key}})).unwrap();
+    Api::namespaced(c.clone(), &ns.name).create(&Default::default(), &secret).await.unwrap();
+    let st = wait_for(120, "model sealed Ready", || async {
+        let st = models.get("sealed").await.ok()?.status?;
+        (cond(&st.conditions, "Ready")?.status == "True").then_some(st)
+    })
+    .await;
+    let cid = st.cid.unwrap();
+    assert_ne!(cid, want, "sealed content has the CID of its ciphertext");
+    let out = Command::new(env!("CARGO_BIN_EXE_ratio1"))
+        .args(["fs", "--endpoint", &format!("http://127.0.0.1:{}", shared_operator().api_port), "cat", &cid])
+        .arg("--key-file")
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert!(out.stdout == model, "opened with the Secret's key: {}", String::from_utf8_lossy(&out.stderr));
     ns.cleanup().await;
     let _ =
         Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(c.clone()).delete(&pv, &DeleteParams::default()).await;

@@ -160,8 +160,8 @@ pub async fn reconcile(m: Arc<R1Model>, ctx: Arc<Context>) -> Result<Action> {
         Err(bad) if bad.reason == "ImportFailed" => {
             (conditions::stalled(bad.reason, &bad.message), None, Action::requeue(ctx.resync))
         }
-        // Nothing watches claims: looked for again soon.
-        Err(bad) if bad.reason == "ClaimNotFound" => {
+        // Nothing watches claims or Secrets: looked for again soon.
+        Err(bad) if bad.reason == "ClaimNotFound" || bad.reason == "KeySecretNotFound" => {
             (conditions::stalled(bad.reason, &bad.message), None, Action::requeue(std::time::Duration::from_secs(10)))
         }
         Err(bad) => (conditions::stalled(bad.reason, &bad.message), None, Action::await_change()),
@@ -242,9 +242,42 @@ async fn import(
                 message: format!("Job {name} finished but pinned nothing for this model"),
             });
         }
+        // A sealing import whose key cannot be read waits at its pod's
+        // start, not in the Job: its pods (labelled, so cached) tell.
+        if let Some(k) = m.spec.encryption.as_ref().map(|e| &e.key_secret_ref) {
+            let pods = ctx.caches.pods.state();
+            let config_error = pods.iter().filter(|p| p.metadata.namespace.as_deref() == Some(ns)).find_map(|p| {
+                (p.labels().get("job-name") == Some(&name))
+                    .then(|| {
+                        p.status
+                            .as_ref()?
+                            .container_statuses
+                            .as_ref()?
+                            .iter()
+                            .find_map(|c| c.state.as_ref()?.waiting.clone())
+                    })
+                    .flatten()
+                    .filter(|w| w.reason.as_deref() == Some("CreateContainerConfigError"))
+            });
+            if let Some(w) = config_error {
+                return Ok(Import::Failed {
+                    reason: "KeySecretNotFound",
+                    message: format!(
+                        "Job {name} seals {}:{} with the key in Secret {ns}/{} (data key {:?}), which it cannot read ({}); create it: kubectl create secret generic {} -n {ns} --from-file={}=KEY_FILE",
+                        v.claim_name,
+                        v.path,
+                        k.name,
+                        k.key,
+                        w.message.unwrap_or_default(),
+                        k.name,
+                        k.key
+                    ),
+                });
+            }
+        }
         return Ok(Import::Running { job: name });
     }
-    let env = vec![
+    let mut env = vec![
         EnvVar { name: "RATIO1_IMPORT_OWNER".into(), value: Some(owner.clone()), ..Default::default() },
         EnvVar { name: "RATIO1_IMPORT_TOKEN".into(), value: Some(r.import_token(&owner)), ..Default::default() },
     ];
@@ -255,12 +288,20 @@ async fn import(
         read_only: Some(true),
         ..Default::default()
     };
-    let container = super::pipeline::r1fs_container("import".into(), d, &["add", "--hidden", &path], env, vec![mount]);
+    let mut args = vec!["add", "--hidden"];
+    if let Some(e) = &m.spec.encryption {
+        env.push(super::pipeline::key_env(&e.key_secret_ref));
+        args.push("--encrypt");
+    }
+    args.push(&path);
+    let container = super::pipeline::r1fs_container("import".into(), d, &args, env, vec![mount]);
+    let managed: std::collections::BTreeMap<String, String> =
+        [(crate::objects::MANAGED_BY.0.to_string(), crate::objects::MANAGED_BY.1.to_string())].into();
     let job = Job {
         metadata: kube::api::ObjectMeta {
             name: Some(name.clone()),
             namespace: Some(ns.to_string()),
-            labels: Some([(crate::objects::MANAGED_BY.0.to_string(), crate::objects::MANAGED_BY.1.to_string())].into()),
+            labels: Some(managed.clone()),
             owner_references: m.controller_owner_ref(&()).map(|o| vec![o]),
             ..Default::default()
         },
@@ -268,7 +309,8 @@ async fn import(
             backoff_limit: Some(2),
             ttl_seconds_after_finished: Some(3600),
             template: PodTemplateSpec {
-                metadata: None,
+                // Labelled so the operator's pod cache holds its pods.
+                metadata: Some(kube::api::ObjectMeta { labels: Some(managed), ..Default::default() }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
                     containers: vec![container],
@@ -351,7 +393,7 @@ mod tests {
     }
 
     fn model(source: ModelSource) -> R1Model {
-        R1Model::new("m", R1ModelSpec { source, format: None, replication: 3, training: None })
+        R1Model::new("m", R1ModelSpec { source, format: None, replication: 3, training: None, encryption: None })
     }
 
     #[test]

@@ -38,7 +38,18 @@ pub enum ModelState {
     NotReady,
     Ready {
         cid: String,
+        /// The key's Secret, for a sealed model.
+        key: Option<crate::crd::KeySecretRef>,
     },
+}
+
+/// One piece of R1FS content delivered into the pipeline's pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub cid: String,
+    pub path: String,
+    /// Opened with this Secret's key in the pod (a sealed model).
+    pub key: Option<crate::crd::KeySecretRef>,
 }
 
 /// What the pipeline needs from other objects, read before validation.
@@ -61,16 +72,18 @@ pub const DELIVERY_PREFIX: &str = "r1fs-";
 /// a file CID appears as a file at `mountPath`, a directory as a directory).
 const DELIVERED: &str = "content";
 
-/// (CID, mountPath) of every mount of the pipeline whose CID is known:
-/// models first, then inputs, in spec order.
-pub fn mounts(p: &R1Pipeline, inputs: &Inputs) -> Vec<(String, String)> {
+/// Every mount of the pipeline whose CID is known: models first, then
+/// inputs, in spec order.
+pub fn mounts(p: &R1Pipeline, inputs: &Inputs) -> Vec<Mount> {
     let models = p.spec.models.iter().filter_map(|m| match inputs.models.get(&m.name) {
-        Some(ModelState::Ready { cid }) => Some((cid.clone(), m.mount_path.clone())),
+        Some(ModelState::Ready { cid, key }) => {
+            Some(Mount { cid: cid.clone(), path: m.mount_path.clone(), key: key.clone() })
+        }
         _ => None,
     });
     let ins = p.spec.inputs.iter().filter_map(|i| {
         let cid = crate::r1fs::cid::parse(&i.cid).ok()?;
-        Some((crate::r1fs::cid::canonical(&cid), i.mount_path.clone()))
+        Some(Mount { cid: crate::r1fs::cid::canonical(&cid), path: i.mount_path.clone(), key: None })
     });
     models.chain(ins).collect()
 }
@@ -115,6 +128,9 @@ pub fn r1fs_container(
             limits: Some(BTreeMap::from([("memory".into(), q("256Mi"))])),
             ..Default::default()
         }),
+        // Its error (e.g. a key that does not open the content) in the
+        // pod's status, where the controller reads it.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(65532),
@@ -132,17 +148,76 @@ pub fn r1fs_container(
     }
 }
 
+/// The fetcher's key: the Secret's value in `RATIO1_R1FS_KEY` (an env var
+/// rather than a volume: a missing Secret then shows in the pod's status,
+/// where [`key_problem`] finds it, instead of only in events).
+pub fn key_env(k: &crate::crd::KeySecretRef) -> k8s_openapi::api::core::v1::EnvVar {
+    use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, SecretKeySelector};
+    EnvVar {
+        name: "RATIO1_R1FS_KEY".into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector { name: k.name.clone(), key: k.key.clone(), optional: Some(false) }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A sealed mount the pods cannot open, which only its owner can fix: the
+/// key's Secret (or its data key) is missing (`KeySecretNotFound`), or the
+/// key does not open the content (`WrongKey`).
+pub fn key_problem<'a>(mounts: &[Mount], pods: impl IntoIterator<Item = &'a Pod>) -> Option<(String, String)> {
+    for pod in pods.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+        let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+        let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+        let statuses = pod.status.as_ref().and_then(|s| s.init_container_statuses.as_ref());
+        for cs in statuses.into_iter().flatten() {
+            let Some(i) =
+                cs.name.strip_prefix(&format!("{DELIVERY_PREFIX}fetch-")).and_then(|i| i.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            let Some(Mount { cid, path, key: Some(k) }) = mounts.get(i) else { continue };
+            let sealed = format!(
+                "{cid} (mounted at {path}) is sealed with the key in Secret {ns}/{} (data key {:?})",
+                k.name, k.key
+            );
+            let waiting = cs.state.as_ref().and_then(|s| s.waiting.as_ref());
+            if waiting.and_then(|w| w.reason.as_deref()) == Some("CreateContainerConfigError") {
+                let why = waiting.and_then(|w| w.message.as_deref()).unwrap_or("the Secret cannot be read");
+                return Some((
+                    "KeySecretNotFound".into(),
+                    format!(
+                        "{sealed}, which pod {pod_name} cannot read ({why}); create it: kubectl create secret generic {} -n {ns} --from-file={}=KEY_FILE",
+                        k.name, k.key
+                    ),
+                ));
+            }
+            let failed = [cs.state.as_ref(), cs.last_state.as_ref()]
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.terminated.as_ref())
+                .find(|t| {
+                    t.exit_code != 0 && t.message.as_deref().is_some_and(|m| m.contains(crate::r1fs::seal::WRONG_KEY))
+                });
+            if failed.is_some() {
+                return Some((
+                    "WrongKey".into(),
+                    format!("{sealed}, and that key does not open it in pod {pod_name}: put the key the content was added with in the Secret"),
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// Adds to `spec` an `emptyDir` and an init container per mount that
 /// fetches the content into it (`ratio1 fs get`), and mounts it read-only
 /// at its `mountPath` in every container.
-fn deliver(
-    spec: &mut k8s_openapi::api::core::v1::PodSpec,
-    mounts: &[(String, String)],
-    d: &crate::r1fs::service::Delivery,
-) {
+fn deliver(spec: &mut k8s_openapi::api::core::v1::PodSpec, mounts: &[Mount], d: &crate::r1fs::service::Delivery) {
     use k8s_openapi::api::core::v1::{EmptyDirVolumeSource, Volume, VolumeMount};
     let mut fetchers = vec![];
-    for (i, (cid, path)) in mounts.iter().enumerate() {
+    for (i, Mount { cid, path, key }) in mounts.iter().enumerate() {
         let vol = format!("{DELIVERY_PREFIX}{i}");
         spec.volumes.get_or_insert_with(Vec::new).push(Volume {
             name: vol.clone(),
@@ -154,7 +229,7 @@ fn deliver(
             format!("{DELIVERY_PREFIX}fetch-{i}"),
             d,
             &["get", cid, &into],
-            vec![],
+            key.iter().map(key_env).collect(),
             vec![VolumeMount { name: vol.clone(), mount_path: "/r1fs".into(), ..Default::default() }],
         ));
         for c in spec.containers.iter_mut() {
@@ -309,7 +384,7 @@ fn pod_template(p: &R1Pipeline, inputs: &Inputs) -> PodTemplateSpec {
         .iter()
         .map(|m| {
             let cid = match inputs.models.get(&m.name) {
-                Some(ModelState::Ready { cid }) => cid.as_str(),
+                Some(ModelState::Ready { cid, .. }) => cid.as_str(),
                 _ => "",
             };
             serde_json::json!({"name": m.name, "cid": cid, "mountPath": m.mount_path})
@@ -332,7 +407,7 @@ fn pod_template(p: &R1Pipeline, inputs: &Inputs) -> PodTemplateSpec {
         let m = mounts(p, inputs);
         if !m.is_empty() {
             deliver(spec, &m, d);
-            let cids: Vec<&str> = m.iter().map(|(c, _)| c.as_str()).collect();
+            let cids: Vec<&str> = m.iter().map(|m| m.cid.as_str()).collect();
             let ann = serde_json::to_string(&cids).expect("strings serialize");
             t.metadata
                 .get_or_insert_with(Default::default)
@@ -546,6 +621,9 @@ pub fn container_problem<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Option<
     None
 }
 
+/// Reasons of [`key_problem`].
+const KEY_PROBLEMS: &[&str] = &["KeySecretNotFound", "WrongKey"];
+
 /// Conditions for the pipeline from its local placement.
 pub fn placement_conditions(p: &R1Pipeline, placement: &PlacementStatus, waiting: Option<&str>) -> Vec<Want> {
     placement_conditions_with(p, placement, waiting, None)
@@ -565,6 +643,11 @@ pub fn placement_conditions_with(
         PlacementPhase::Running => conditions::ready("Available", "all replicas are ready"),
         PlacementPhase::Pending => match waiting {
             Some(msg) => conditions::progressing("ModelNotReady", msg),
+            // Only the key's owner can fix these: waiting would not.
+            None if problem.is_some_and(|(r, _)| KEY_PROBLEMS.contains(&r.as_str())) => {
+                let (reason, msg) = problem.expect("checked");
+                conditions::stalled(reason, msg)
+            }
             None if problem.is_some() => {
                 let (reason, msg) = problem.expect("checked");
                 conditions::progressing(
@@ -660,7 +743,9 @@ async fn read_inputs(p: &R1Pipeline, ctx: &Context, node: Option<&LocalNode>) ->
         let state = match cached_or_get(&ctx.caches.models, &api, Some(&ns), &m.name).await? {
             None => ModelState::Missing,
             Some(model) => match model_cid(&model) {
-                Some(cid) => ModelState::Ready { cid },
+                Some(cid) => {
+                    ModelState::Ready { cid, key: model.spec.encryption.as_ref().map(|e| e.key_secret_ref.clone()) }
+                }
                 None => ModelState::NotReady,
             },
         };
@@ -762,28 +847,33 @@ where
 /// A container problem of this cluster's pods, looked for only while the
 /// placement here is pending for no other known reason and pods exist
 /// that are not ready (the pod watch wakes the pipeline when they change).
+#[allow(clippy::too_many_arguments)]
 fn local_problem(
     ctx: &Context,
     ns: &str,
     name: &str,
+    mounts: &[Mount],
     placement: &PlacementStatus,
     waiting: Option<&str>,
     dep: &Option<Arc<Deployment>>,
     job: &Option<Arc<Job>>,
 ) -> Option<(String, String)> {
-    (placement.phase == PlacementPhase::Pending && waiting.is_none() && pods_pending(dep.as_deref(), job.as_deref()))
-        .then(|| container_problem(pods_of(ctx, ns, name).iter().map(|p| p.as_ref())))
-        .flatten()
+    if placement.phase != PlacementPhase::Pending || waiting.is_some() || !pods_pending(dep.as_deref(), job.as_deref())
+    {
+        return None;
+    }
+    let pods = pods_of(ctx, ns, name);
+    key_problem(mounts, pods.iter().map(|p| p.as_ref())).or_else(|| container_problem(pods.iter().map(|p| p.as_ref())))
 }
 
 /// Each mount with the number of `pods` whose fetch of its current CID
 /// completed (their annotation names that CID at that index, and the init
 /// container of that index exited 0).
-pub fn delivered(mounts: &[(String, String)], pods: &[Arc<Pod>]) -> Vec<crate::crd::ContentStatus> {
+pub fn delivered(mounts: &[Mount], pods: &[Arc<Pod>]) -> Vec<crate::crd::ContentStatus> {
     mounts
         .iter()
         .enumerate()
-        .map(|(i, (cid, path))| {
+        .map(|(i, Mount { cid, path, .. })| {
             let fetcher = format!("{DELIVERY_PREFIX}fetch-{i}");
             let n = pods
                 .iter()
@@ -951,7 +1041,16 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
             }
             if let (network::Mode::Origin(d, me), Some(placed)) = (&mode, &placed) {
                 let local = placement_status(&p, node.as_ref(), applied_dep.as_deref(), applied_job.as_deref());
-                let problem = local_problem(&ctx, &ns, &name, &local, waiting.as_deref(), &applied_dep, &applied_job);
+                let problem = local_problem(
+                    &ctx,
+                    &ns,
+                    &name,
+                    &mounts(&p, &inputs),
+                    &local,
+                    waiting.as_deref(),
+                    &applied_dep,
+                    &applied_job,
+                );
                 let placements = network::placements(d, me, placed, local);
                 let wanted =
                     network::conditions(&p, &placements, sched.unmet.as_ref(), waiting.as_deref(), problem.as_ref());
@@ -981,8 +1080,16 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
                         // Pods that exist but are not ready: look for a container
                         // the user must fix (the pod watch wakes the pipeline
                         // when their state changes).
-                        let problem =
-                            local_problem(&ctx, &ns, &name, &placement, waiting.as_deref(), &applied_dep, &applied_job);
+                        let problem = local_problem(
+                            &ctx,
+                            &ns,
+                            &name,
+                            &mounts(&p, &inputs),
+                            &placement,
+                            waiting.as_deref(),
+                            &applied_dep,
+                            &applied_job,
+                        );
                         let wanted = placement_conditions_with(&p, &placement, waiting.as_deref(), problem.as_ref());
                         if let network::Mode::Copy(d) = &mode {
                             network::report(d, &p, placement.clone(), &wanted).await?;

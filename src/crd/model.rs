@@ -40,6 +40,40 @@ pub struct R1ModelSpec {
     /// EDIL lands the model reports `Training=False, reason=AwaitingEDIL`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training: Option<TrainingSpec>,
+    /// The artifact is sealed R1FS content (AES-256-GCM, as `ratio1 fs add
+    /// --encrypt` makes it): every node stores and serves ciphertext only,
+    /// and the pods of the pipelines that use the model get it opened with
+    /// the key in this Secret, which the owner controls. A `volume` source
+    /// is sealed under that key when imported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<ModelEncryption>,
+}
+
+/// The key of a sealed model.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelEncryption {
+    pub key_secret_ref: KeySecretRef,
+}
+
+/// A key in a Secret of the model's namespace: base64 of 32 bytes, as
+/// `ratio1 fs add --encrypt --key-file F` writes F (`kubectl create secret
+/// generic NAME --from-file=key=F`). The operator never reads it: only the
+/// pods that seal or open the content get it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeySecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Key of the Secret's data that holds the key.
+    #[serde(default = "default_secret_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"), extend("default" = "key"))]
+    pub key: String,
+}
+
+fn default_secret_key() -> String {
+    "key".into()
 }
 
 fn default_replication() -> i32 {

@@ -25,21 +25,25 @@ const PREFIX: usize = 7;
 /// A 256-bit content key.
 pub type Key = [u8; 32];
 
+/// A key as key files and Secrets hold it: base64 of 32 bytes (spaces
+/// around it ignored); `what` names where it came from in errors.
+pub fn parse_key(text: &str, what: &str) -> io::Result<Key> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{what} is not a base64 key")))?;
+    bytes
+        .try_into()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{what} does not hold a 32-byte key")))
+}
+
 /// Reads a key file (base64 of 32 bytes), or makes one (mode 0600) when
 /// `create` and it does not exist; returns the key and whether it is new.
 pub fn key_file(path: &std::path::Path, create: bool) -> io::Result<(Key, bool)> {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
     match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let bytes = b64.decode(text.trim()).map_err(|_| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("{} is not a base64 key", path.display()))
-            })?;
-            let key: Key = bytes.try_into().map_err(|_| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("{} does not hold a 32-byte key", path.display()))
-            })?;
-            Ok((key, false))
-        }
+        Ok(text) => Ok((parse_key(&text, &path.display().to_string())?, false)),
         Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
             use std::os::unix::fs::OpenOptionsExt;
             let key: Key = rand::random();
@@ -52,8 +56,12 @@ pub fn key_file(path: &std::path::Path, create: bool) -> io::Result<(Key, bool)>
     }
 }
 
+/// How a key that does not open content is reported (pods' termination
+/// messages are matched against it).
+pub const WRONG_KEY: &str = "cannot open sealed content: wrong key, or the content was altered";
+
 fn wrong() -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, "cannot open sealed content: wrong key, or the content was altered")
+    io::Error::new(io::ErrorKind::InvalidData, WRONG_KEY)
 }
 
 /// Seals what `inner` reads: a reader of the sealed stream.

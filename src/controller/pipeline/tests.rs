@@ -67,7 +67,7 @@ fn models_must_exist_and_be_ready() {
     let mut inputs = Inputs::default();
     inputs.models.insert("m".into(), ModelState::NotReady);
     assert!(validate(&p, &inputs).unwrap().unwrap().contains("waiting for R1Model(s) m"));
-    inputs.models.insert("m".into(), ModelState::Ready { cid: "bafy".into() });
+    inputs.models.insert("m".into(), ModelState::Ready { cid: "bafy".into(), key: None });
     assert_eq!(validate(&p, &inputs), Ok(None));
     let cid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku";
     p.spec.inputs = vec![InputMount { cid: cid.into(), mount_path: "/m".into() }];
@@ -122,7 +122,7 @@ fn model_cids_are_in_the_pod_template() {
     let mut p = pipeline(PipelineMode::Service, vec![container("a", &[])]);
     p.spec.models = vec![ModelMount { name: "m".into(), mount_path: "/m".into() }];
     let mut inputs = Inputs::default();
-    inputs.models.insert("m".into(), ModelState::Ready { cid: "bafyone".into() });
+    inputs.models.insert("m".into(), ModelState::Ready { cid: "bafyone".into(), key: None });
     let ann = |i: &Inputs| {
         build(&p, i).unwrap().deployment.unwrap().spec.unwrap().template.metadata.unwrap().annotations.unwrap()
             [MODELS_ANNOTATION]
@@ -130,7 +130,7 @@ fn model_cids_are_in_the_pod_template() {
     };
     let a = ann(&inputs);
     assert!(a.contains("bafyone") && a.contains("/m"));
-    inputs.models.insert("m".into(), ModelState::Ready { cid: "bafytwo".into() });
+    inputs.models.insert("m".into(), ModelState::Ready { cid: "bafytwo".into(), key: None });
     assert_ne!(a, ann(&inputs), "a new model CID must roll the pods");
 }
 
@@ -632,7 +632,7 @@ fn models_and_inputs_are_delivered_by_init_containers_into_read_only_mounts() {
     p.spec.template.spec.as_mut().unwrap().init_containers = Some(vec![container("user-init", &[])]);
     let model_cid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku".to_string();
     let mut inputs = Inputs {
-        models: BTreeMap::from([("m".to_string(), ModelState::Ready { cid: model_cid.clone() })]),
+        models: BTreeMap::from([("m".to_string(), ModelState::Ready { cid: model_cid.clone(), key: None })]),
         ..Default::default()
     };
     // Without delivery (R1FS off here): annotations only.
@@ -698,7 +698,8 @@ fn delivered_content_counts_pods_whose_fetch_of_the_current_cid_completed() {
         });
         Arc::new(p)
     };
-    let mounts = vec![("cid-a".to_string(), "/a".to_string()), ("cid-b".to_string(), "/b".to_string())];
+    let mount = |cid: &str, path: &str| Mount { cid: cid.into(), path: path.into(), key: None };
+    let mounts = vec![mount("cid-a", "/a"), mount("cid-b", "/b")];
     let pods = vec![
         pod(&["cid-a", "cid-b"], &[(0, 0), (1, 0)]),
         pod(&["cid-a", "cid-b"], &[(0, 0), (1, 1)]),
@@ -709,4 +710,94 @@ fn delivered_content_counts_pods_whose_fetch_of_the_current_cid_completed() {
     let counts: Vec<(&str, i32)> = got.iter().map(|c| (c.cid.as_str(), c.delivered_pods)).collect();
     assert_eq!(counts, [("cid-a", 2), ("cid-b", 2)]);
     assert_eq!(got[1].mount_path, "/b");
+}
+
+#[test]
+fn a_sealed_model_is_opened_with_its_secret_and_a_missing_or_wrong_key_stalls() {
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, PodStatus,
+    };
+    let mut p = pipeline(PipelineMode::Service, vec![container("a", &[])]);
+    p.spec.models = vec![ModelMount { name: "m".into(), mount_path: "/models/m".into() }];
+    p.spec.inputs = vec![InputMount {
+        cid: "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku".into(),
+        mount_path: "/data".into(),
+    }];
+    let key = crate::crd::KeySecretRef { name: "m-key".into(), key: "key".into() };
+    let inputs = Inputs {
+        models: BTreeMap::from([(
+            "m".to_string(),
+            ModelState::Ready { cid: "bafysealed".into(), key: Some(key.clone()) },
+        )]),
+        delivery: Some(crate::r1fs::service::Delivery {
+            endpoint: "http://$(HOST_IP):8090".into(),
+            image: "img".into(),
+        }),
+        ..Default::default()
+    };
+    let spec = build(&p, &inputs).unwrap().deployment.unwrap().spec.unwrap().template.spec.unwrap();
+    let init = spec.init_containers.unwrap();
+    let env = init[0].env.clone().unwrap();
+    let k = env.iter().find(|e| e.name == "RATIO1_R1FS_KEY").expect("the sealed model's fetcher gets the key");
+    let sel = k.value_from.clone().unwrap().secret_key_ref.unwrap();
+    assert_eq!((sel.name.as_str(), sel.key.as_str(), sel.optional), ("m-key", "key", Some(false)));
+    assert!(k.value.is_none(), "the key is never written into the pod spec");
+    assert!(init[1].env.clone().unwrap().iter().all(|e| e.name != "RATIO1_R1FS_KEY"), "an input is not sealed");
+
+    let mounts = mounts(&p, &inputs);
+    let pod = |state: ContainerState, last: Option<ContainerState>| {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("p-1".into());
+        pod.metadata.namespace = Some("ns".into());
+        pod.status = Some(PodStatus {
+            init_container_statuses: Some(vec![
+                ContainerStatus { name: "r1fs-fetch-1".into(), state: Some(state.clone()), ..Default::default() },
+                ContainerStatus {
+                    name: "r1fs-fetch-0".into(),
+                    state: Some(state),
+                    last_state: last,
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        });
+        pod
+    };
+    let waiting = |reason: &str, msg: &str| ContainerState {
+        waiting: Some(ContainerStateWaiting { reason: Some(reason.into()), message: Some(msg.into()) }),
+        ..Default::default()
+    };
+    // The Secret is missing: the kubelet cannot make the fetcher.
+    let missing = pod(waiting("CreateContainerConfigError", "secret \"m-key\" not found"), None);
+    let (reason, msg) = key_problem(&mounts, [&missing]).expect("a missing key Secret is found");
+    assert_eq!(reason, "KeySecretNotFound");
+    assert!(
+        msg.contains("ns/m-key") && msg.contains("secret \"m-key\" not found") && msg.contains("kubectl create secret"),
+        "{msg}"
+    );
+    let placement = PlacementStatus { phase: PlacementPhase::Pending, replicas: 1, ..Default::default() };
+    let w = placement_conditions_with(&p, &placement, None, Some(&(reason, msg)));
+    let ready = cond(&w, conditions::READY);
+    assert_eq!((ready.status, ready.reason.as_str()), (Some(false), "KeySecretNotFound"));
+    assert_eq!(cond(&w, conditions::STALLED).status, Some(true), "only the owner can fix it: Stalled");
+    // The key is there but does not open the content.
+    let wrong = pod(
+        waiting("CrashLoopBackOff", "back-off"),
+        Some(ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: 1,
+                message: Some(format!("Error: {}", crate::r1fs::seal::WRONG_KEY)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    );
+    assert_eq!(key_problem(&mounts, [&wrong]).unwrap().0, "WrongKey");
+    // The same failures of an unsealed input are not key problems.
+    let mut other = missing.clone();
+    other.status.as_mut().unwrap().init_container_statuses.as_mut().unwrap().remove(1);
+    assert_eq!(key_problem(&mounts, [&other]), None);
+    // Running fetchers: nothing to say.
+    let fine = pod(ContainerState::default(), None);
+    assert_eq!(key_problem(&mounts, [&fine]), None);
 }
