@@ -90,8 +90,7 @@ fn main() {
         // R1FS add into a fresh store.
         let store = BlockStore::open(&dir.join(format!("store-{r}"))).unwrap();
         let t = Instant::now();
-        let added =
-            add::add_path(&src, false, &mut |cid, block| store.put_own(&cid, &block).map(|_| ()), &mut |_| {}).unwrap();
+        let (added, _, _) = store.put_own_all(|sink| add::add_path(&src, false, sink, &mut |_| {})).unwrap();
         store.sync().unwrap();
         ours.push(t.elapsed());
         assert_eq!(added.size, bytes, "the whole file was added");

@@ -108,6 +108,24 @@ async fn r1fs_moves_verified_blocks_between_admitted_clusters_and_keeps_replicas
     fs_ok(api[2], &["get", &tree, out.to_str().unwrap()]).await;
     same_tree(&work.join("tree"), &out);
 
+    // 3a. A verifiable CAR of a path, from the gateway of A (which lacks
+    // the directory: it fetches it first): the path's blocks, then the
+    // file's DAG depth-first, every block hashing to its CID.
+    let mut car = vec![];
+    let url = format!("http://127.0.0.1:{}/ipfs/{tree}/sub/b.bin?format=car", api[0]);
+    ratio1::r1fs::api::download(&url, &mut car, &|_| {}).await.unwrap();
+    let mut reader = iroh_car::CarReader::new(car.as_slice()).await.unwrap();
+    let roots: Vec<String> = reader.header().roots().iter().map(|c| c.to_string()).collect();
+    assert_eq!(roots, std::slice::from_ref(&tree));
+    let mut blocks = vec![];
+    while let Some((cid, b)) = reader.next_block().await.unwrap() {
+        assert!(ratio1::r1fs::store::verifies(&cid, &b), "{cid} in the CAR does not hash to its CID");
+        blocks.push(cid.to_string());
+    }
+    assert_eq!(blocks.len(), 5, "the root, sub/, b.bin's root and its 2 leaves: {blocks:?}");
+    assert_eq!(blocks[0], tree);
+    assert_eq!(blocks[2], only_hash(&work.join("tree/sub/b.bin")));
+
     // 3b. Sealed content: added on A with a key, its blocks held and served
     // as ciphertext; C opens it with the key only.
     let secret = work.join("secret.txt");

@@ -3,8 +3,10 @@
 //! `varint(len) ‖ CID ‖ bytes`, each block verified before it is stored),
 //! `POST|DELETE /v1/r1fs/pin?cid=&owner=`, `GET /v1/r1fs/pins`,
 //! `GET /v1/r1fs/stat?cid=`, `POST /v1/r1fs/gc`. The read-only gateway,
-//! `GET /ipfs/<cid>[/path]` (`?format=raw` for the block itself), is served
-//! there and, with `--r1fs-gateway-addr`, on an address pods can reach.
+//! `GET /ipfs/<cid>[/path]` (`?format=raw` for the block itself,
+//! `?format=car` for a verifiable CARv1, as IPFS's trustless gateway
+//! answers), is served there and, with `--r1fs-gateway-addr`, on an address
+//! pods can reach.
 //! Content not held here is fetched from peers first.
 //!
 //! The client side (`ratio1 fs …`) is at the end of the file.
@@ -158,19 +160,32 @@ async fn import_pin(State(slot): State<Slot>, Query(p): Query<ImportParams>) -> 
 }
 
 async fn store_blocks(r: R1fs, body: Bytes) -> Result<Response, ApiError> {
-    let stored = tokio::task::spawn_blocking(move || -> Result<(usize, u64), ApiError> {
+    let stored = tokio::task::spawn_blocking(move || -> Result<(u64, u64), ApiError> {
         let blocks = split_blocks(&body).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
-        let (mut n, mut bytes) = (0, 0);
-        for (cid, data) in blocks {
-            super::cid::check(cid, &cid.to_string()).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
-            // Verified here: a client is no more trusted than a peer.
-            if !super::store::verifies(&cid, data) {
-                return Err(error(StatusCode::BAD_REQUEST, StoreError::Mismatch(cid.to_string())));
-            }
-            if r.store().put_own(&cid, data).map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))? {
-                n += 1;
-                bytes += data.len() as u64;
-            }
+        let mut bad = None;
+        // Verified here (a client is no more trusted than a peer) while the
+        // blocks verified before are written.
+        let (_, n, bytes) = r
+            .store()
+            .put_own_all(|sink| {
+                for (cid, data) in blocks {
+                    let ok = super::cid::check(cid, &cid.to_string()).and_then(|_| {
+                        match super::store::verifies(&cid, data) {
+                            true => Ok(()),
+                            false => Err(StoreError::Mismatch(cid.to_string()).to_string()),
+                        }
+                    });
+                    if let Err(e) = ok {
+                        bad = Some(e);
+                        break;
+                    }
+                    sink(cid, data)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        if let Some(e) = bad {
+            return Err(error(StatusCode::BAD_REQUEST, e));
         }
         // Durable before the answer: one sync for the whole request.
         r.store().sync().map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
@@ -269,18 +284,26 @@ async fn ls(State(slot): State<Slot>, Query(p): Query<CidParam>) -> Result<Respo
     r.fetch(root, &|_| {}).await.map_err(failed)?;
     Ok(Json(match resolved(r, root, String::new()).await? {
         Target::File(_) => serde_json::json!({"kind": "file"}),
-        Target::Directory(links) => serde_json::json!({"kind": "directory", "entries": entries(&links)}),
+        Target::Directory(_, links) => serde_json::json!({"kind": "directory", "entries": entries(&links)}),
     })
     .into_response())
 }
 
 /// `path` under `root`, resolved off the async threads (`root` is here).
 async fn resolved(r: &R1fs, root: Cid, path: String) -> Result<Target, ApiError> {
+    Ok(resolved_with_trail(r, root, path).await?.0)
+}
+
+/// As [`resolved`], with the blocks the path runs through, in order.
+async fn resolved_with_trail(r: &R1fs, root: Cid, path: String) -> Result<(Target, Vec<Cid>), ApiError> {
     let store = r.store().clone();
-    tokio::task::spawn_blocking(move || resolve(&store, root, &path))
-        .await
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?
-        .map_err(failed)
+    tokio::task::spawn_blocking(move || {
+        let mut trail = vec![];
+        resolve(&store, root, &path, &mut trail).map(|t| (t, trail))
+    })
+    .await
+    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?
+    .map_err(failed)
 }
 
 /// A directory's entries as the gateway and `/v1/r1fs/ls` list them.
@@ -291,36 +314,140 @@ fn entries(links: &[super::dagpb::Link]) -> Vec<serde_json::Value> {
 #[derive(Deserialize, Default)]
 struct Format {
     format: Option<String>,
+    /// CAR only: `all` (the default: the whole DAG at the path) or
+    /// `block` (the path's blocks and the terminal block).
+    #[serde(rename = "dag-scope")]
+    dag_scope: Option<String>,
+}
+
+/// What a gateway request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    /// A file's bytes, or a directory's listing.
+    Content,
+    /// The terminal block (`application/vnd.ipld.raw`).
+    Raw,
+    /// A CARv1 (`application/vnd.ipld.car`); `true` for the whole DAG.
+    Car(bool),
+}
+
+const RAW_TYPE: &str = "application/vnd.ipld.raw";
+const CAR_TYPE: &str = "application/vnd.ipld.car";
+
+/// The answer from `?format=` or, without it, the Accept header, as the
+/// trustless gateway spec reads them.
+fn answer(f: &Format, headers: &axum::http::HeaderMap) -> Result<Answer, ApiError> {
+    let from_accept = || {
+        let accept = headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let types: Vec<&str> = accept.split(',').map(|t| t.split(';').next().unwrap_or("").trim()).collect();
+        if types.contains(&CAR_TYPE) {
+            "car"
+        } else if types.contains(&RAW_TYPE) {
+            "raw"
+        } else {
+            ""
+        }
+    };
+    let kind = match f.format.as_deref() {
+        Some(k) => k,
+        None => from_accept(),
+    };
+    let all = match f.dag_scope.as_deref() {
+        None | Some("all") => true,
+        Some("block") => false,
+        Some(other) => {
+            return Err(error(StatusCode::BAD_REQUEST, format!("dag-scope {other:?} is not served (all or block)")))
+        }
+    };
+    match kind {
+        "" => Ok(Answer::Content),
+        "raw" => Ok(Answer::Raw),
+        "car" => Ok(Answer::Car(all)),
+        other => Err(error(StatusCode::BAD_REQUEST, format!("format {other:?} is not served (raw or car)"))),
+    }
+}
+
+/// Writes a CARv1 for `root`'s path: the header (roots: `root`), the
+/// blocks the path runs through, then the terminal's DAG depth-first
+/// (only its first block unless `all`), each block once: the trustless
+/// gateway's `order=dfs; dups=n`, which a client checks block by block
+/// against the CIDs it asked for.
+fn write_car(
+    root: Cid,
+    trail: &[Cid],
+    terminal: Cid,
+    all: bool,
+    get: &mut dyn FnMut(&Cid) -> Result<Vec<u8>, StoreError>,
+    out: &mut dyn Write,
+) -> Result<u64, StoreError> {
+    let header = iroh_car::CarHeader::new_v1(vec![root])
+        .encode()
+        .map_err(|e| StoreError::Io(io::Error::other(format!("CAR header: {e}"))))?;
+    let mut buf = unsigned_varint::encode::usize_buffer();
+    out.write_all(unsigned_varint::encode::usize(header.len(), &mut buf))?;
+    out.write_all(&header)?;
+    let mut seen = std::collections::HashSet::new();
+    let mut section = Vec::new();
+    let mut put = |cid: &Cid, block: &[u8], out: &mut dyn Write| -> io::Result<()> {
+        section.clear();
+        push_block(&mut section, cid, block);
+        out.write_all(&section)
+    };
+    for c in trail.iter().filter(|c| **c != terminal) {
+        if seen.insert(*c) {
+            put(c, &get(c)?, out)?;
+        }
+    }
+    let mut stack = vec![terminal];
+    let mut blocks = 0;
+    while let Some(c) = stack.pop() {
+        if !seen.insert(c) {
+            continue;
+        }
+        let block = get(&c)?;
+        put(&c, &block, out)?;
+        blocks += 1;
+        if all {
+            let links = super::dagpb::links(&c, &block).map_err(|e| StoreError::NotAFile(canonical(&c), e))?;
+            // Reversed, so that the first link is written next (DFS order).
+            stack.extend(links.iter().rev().map(|l| l.cid));
+        }
+    }
+    Ok(blocks)
 }
 
 async fn gateway_root(
     State(slot): State<Slot>,
     Path(cid): Path<String>,
     Query(f): Query<Format>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    serve_path(slot, cid, String::new(), f).await
+    serve_path(slot, cid, String::new(), answer(&f, &headers)?).await
 }
 
 async fn gateway_path(
     State(slot): State<Slot>,
     Path((cid, path)): Path<(String, String)>,
     Query(f): Query<Format>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    serve_path(slot, cid, path, f).await
+    serve_path(slot, cid, path, answer(&f, &headers)?).await
 }
 
 /// What a path resolved to.
 enum Target {
     File(Cid),
-    Directory(Vec<super::dagpb::Link>),
+    Directory(Cid, Vec<super::dagpb::Link>),
 }
 
-/// Walks `path` from `root` through UnixFS directories (HAMT shards too).
-fn resolve(store: &super::store::BlockStore, root: Cid, path: &str) -> Result<Target, R1fsError> {
+/// Walks `path` from `root` through UnixFS directories (HAMT shards too);
+/// `trail` gets every block read on the way.
+fn resolve(store: &super::store::BlockStore, root: Cid, path: &str, trail: &mut Vec<Cid>) -> Result<Target, R1fsError> {
     use rust_unixfs::{resolve, MaybeResolved};
     let mut cur = root;
     for seg in path.split('/').filter(|s| !s.is_empty()) {
         let block = store.get(&cur)?;
+        trail.push(cur);
         let mut step = resolve(&block, seg, &mut None).map_err(|e| e.to_string());
         cur = loop {
             match step {
@@ -331,6 +458,7 @@ fn resolve(store: &super::store::BlockStore, root: Cid, path: &str) -> Result<Ta
                 Ok(MaybeResolved::NeedToLoadMore(lookup)) => {
                     let next = *lookup.pending_links().0;
                     let b = store.get(&next)?;
+                    trail.push(next);
                     step = lookup.continue_walk(&b, &mut None).map_err(|e| e.to_string());
                 }
                 Err(e) => return Err(R1fsError::Store(StoreError::NotAFile(canonical(&cur), e))),
@@ -344,6 +472,7 @@ fn resolve(store: &super::store::BlockStore, root: Cid, path: &str) -> Result<Ta
     match rust_unixfs::file::visit::IdleFileVisit::default().start(&block) {
         Ok(_) => Ok(Target::File(cur)),
         Err(_) => Ok(Target::Directory(
+            cur,
             super::dagpb::links(&cur, &block)
                 .map_err(|e| R1fsError::Store(StoreError::NotAFile(canonical(&cur), e)))?,
         )),
@@ -363,65 +492,78 @@ impl Write for ChannelWriter {
     }
 }
 
-async fn serve_path(slot: Slot, cid: String, path: String, f: Format) -> Result<Response, ApiError> {
+async fn serve_path(slot: Slot, cid: String, path: String, answer: Answer) -> Result<Response, ApiError> {
     let r = ready(&slot)?.clone();
     let root = parse_cid(&cid)?;
     // Whole here first (fetched from peers if need be); not pinned, so GC
     // may collect it later.
     r.fetch(root, &|_| {}).await.map_err(failed)?;
-    let raw = match f.format.as_deref() {
-        None => false,
-        Some("raw") => true,
-        Some(other) => {
-            return Err(error(StatusCode::BAD_REQUEST, format!("format {other:?} is not served (raw only)")))
-        }
-    };
     let inside = !path.is_empty();
-    let target = resolved(&r, root, path).await?;
-    let store = r.store().clone();
-    if raw {
-        let block = match target {
-            Target::File(c) => c,
-            Target::Directory(_) if inside => {
-                return Err(error(StatusCode::BAD_REQUEST, "?format=raw of a path inside a directory is not served"))
-            }
-            Target::Directory(_) => root,
-        };
-        let block = store.get(&block).map_err(|e| failed(e.into()))?;
-        return Ok(([("content-type", "application/vnd.ipld.raw")], block).into_response());
-    }
-    match target {
-        Target::Directory(links) => Ok(Json(serde_json::json!({"entries": entries(&links)})).into_response()),
-        Target::File(c) => {
-            let permit = STREAMS.try_acquire().map_err(|_| {
-                error(StatusCode::SERVICE_UNAVAILABLE, format!("{MAX_STREAMS} downloads are running here: try again"))
-            })?;
-            let (tx, rx) = tokio::sync::mpsc::channel(8);
-            let handle = tokio::runtime::Handle::current();
-            tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                let mut w = io::BufWriter::with_capacity(256 * 1024, ChannelWriter(tx.clone()));
-                // A block lost or corrupt here since the fetch is fetched
-                // again from a peer, and the read goes on.
-                let mut get = |b: &Cid| match store.get(b) {
-                    Err(StoreError::NotFound(_) | StoreError::Corrupt { .. }) => {
-                        handle
-                            .block_on(r.heal(&root, *b))
-                            .map_err(|e| StoreError::Io(io::Error::other(e.to_string())))?;
-                        store.get(b)
-                    }
-                    other => other,
-                };
-                let r =
-                    store.cat_with(&c, &mut w, &mut get).map(|_| ()).and_then(|_| w.flush().map_err(StoreError::Io));
-                if let Err(e) = r {
-                    let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
-                }
-            });
-            let body = Body::from_stream(tokio_stream_from(rx));
+    let (target, trail) = resolved_with_trail(&r, root, path).await?;
+    let terminal = match &target {
+        Target::File(c) | Target::Directory(c, _) => *c,
+    };
+    match (answer, target) {
+        (Answer::Raw, Target::Directory(..)) if inside => {
+            Err(error(StatusCode::BAD_REQUEST, "?format=raw of a path inside a directory is not served"))
+        }
+        (Answer::Raw, _) => {
+            let block = r.store().get(&terminal).map_err(|e| failed(e.into()))?;
+            Ok(([("content-type", RAW_TYPE)], block).into_response())
+        }
+        (Answer::Content, Target::Directory(_, links)) => {
+            Ok(Json(serde_json::json!({"entries": entries(&links)})).into_response())
+        }
+        (Answer::Content, Target::File(c)) => {
+            let body = stream(r, root, move |store, out, get| store.cat_with(&c, out, get).map(|_| ()))?;
             Ok(([("content-type", "application/octet-stream")], body).into_response())
         }
+        (Answer::Car(all), _) => {
+            let body =
+                stream(r, root, move |_, out, get| write_car(root, &trail, terminal, all, get, out).map(|_| ()))?;
+            let ty = format!("{CAR_TYPE}; version=1; order=dfs; dups=n");
+            Ok(([("content-type", ty)], body).into_response())
+        }
     }
+}
+
+/// A streamed body that `write` fills on a blocking thread, reading
+/// blocks of `root`'s DAG through a getter that fetches again from a peer
+/// a block lost or corrupt here since the fetch (and the read goes on).
+/// At most [`MAX_STREAMS`] at once.
+fn stream(
+    r: R1fs,
+    root: Cid,
+    write: impl FnOnce(
+            &super::store::BlockStore,
+            &mut dyn Write,
+            &mut dyn FnMut(&Cid) -> Result<Vec<u8>, StoreError>,
+        ) -> Result<(), StoreError>
+        + Send
+        + 'static,
+) -> Result<Body, ApiError> {
+    let permit = STREAMS.try_acquire().map_err(|_| {
+        error(StatusCode::SERVICE_UNAVAILABLE, format!("{MAX_STREAMS} downloads are running here: try again"))
+    })?;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let handle = tokio::runtime::Handle::current();
+    let store = r.store().clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let mut w = io::BufWriter::with_capacity(256 * 1024, ChannelWriter(tx.clone()));
+        let mut get = |b: &Cid| match store.get(b) {
+            Err(StoreError::NotFound(_) | StoreError::Corrupt { .. }) => {
+                handle.block_on(r.heal(&root, *b)).map_err(|e| StoreError::Io(io::Error::other(e.to_string())))?;
+                store.get(b)
+            }
+            other => other,
+        };
+        let res = write(&store, &mut w, &mut get).and_then(|_| w.flush().map_err(StoreError::Io));
+        if let Err(e) = res {
+            let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+        }
+    });
+    Ok(Body::from_stream(tokio_stream_from(rx)))
 }
 
 fn tokio_stream_from<T: Send + 'static>(
@@ -490,6 +632,100 @@ pub async fn download(url: &str, out: &mut (dyn Write + Send), progress: &(dyn F
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A CAR as a client reads it (iroh-car's reader): roots and blocks,
+    /// each checked against its CID.
+    async fn read_car(bytes: &[u8]) -> (Vec<Cid>, Vec<(Cid, Vec<u8>)>) {
+        let mut r = iroh_car::CarReader::new(bytes).await.unwrap();
+        let roots = r.header().roots().to_vec();
+        let mut blocks = vec![];
+        while let Some((cid, b)) = r.next_block().await.unwrap() {
+            assert!(super::super::store::verifies(&cid, &b), "block {cid} does not hash to its CID");
+            blocks.push((cid, b));
+        }
+        (roots, blocks)
+    }
+
+    #[tokio::test]
+    async fn cars_hold_the_path_then_the_dag_depth_first_each_block_once() {
+        let dir = std::env::temp_dir().join(format!("r1fs-car-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("src/sub")).unwrap();
+        let big: Vec<u8> = (0..700 * 1024).map(|i| (i % 249) as u8).collect();
+        std::fs::write(dir.join("src/big.bin"), &big).unwrap();
+        std::fs::write(dir.join("src/a.txt"), b"alpha").unwrap();
+        // The same bytes twice: one block, written once.
+        std::fs::write(dir.join("src/sub/c.txt"), b"alpha").unwrap();
+        let store = super::super::store::BlockStore::open(&dir.join("store")).unwrap();
+        let root = crate::r1fs::add::add_path(
+            &dir.join("src"),
+            false,
+            &mut |c, b| store.put_own(&c, &b).map(|_| ()),
+            &mut |_| {},
+        )
+        .unwrap()
+        .cid;
+        let car = |path: &str, all: bool| {
+            let mut trail = vec![];
+            let terminal = match resolve(&store, root, path, &mut trail).unwrap() {
+                Target::File(c) | Target::Directory(c, _) => c,
+            };
+            let mut out = vec![];
+            write_car(root, &trail, terminal, all, &mut |c| store.get(c), &mut out).unwrap();
+            (terminal, out)
+        };
+
+        // The whole DAG: root first, each block after a block linking to it.
+        let (_, whole) = car("", true);
+        let (roots, blocks) = read_car(&whole).await;
+        assert_eq!(roots, [root]);
+        assert_eq!(blocks[0].0, root);
+        let cids: Vec<Cid> = blocks.iter().map(|(c, _)| *c).collect();
+        let unique: std::collections::HashSet<_> = cids.iter().collect();
+        assert_eq!(unique.len(), cids.len(), "no block twice");
+        assert_eq!(cids.len() as u64, store.walk(&root).unwrap().blocks, "every block of the DAG");
+        for (i, c) in cids.iter().enumerate().skip(1) {
+            let parent = cids[..i].iter().rev().find(|p| {
+                let b = &blocks.iter().find(|(x, _)| x == *p).unwrap().1;
+                super::super::dagpb::links(p, b).unwrap().iter().any(|l| l.cid == *c)
+            });
+            assert!(parent.is_some(), "block {i} ({c}) comes before any block that links to it");
+        }
+        // Depth-first: big.bin's leaves follow its root, before a.txt's.
+        let big_root = car("big.bin", false).0;
+        let at = |c: &Cid| cids.iter().position(|x| x == c).unwrap();
+        let (_, a) = car("a.txt", true);
+        let a_cid = read_car(&a).await.1.last().unwrap().0;
+        assert!(at(&a_cid) < at(&big_root), "a.txt comes before big.bin, in link (name) order");
+        assert_eq!(at(&big_root) + 4, cids.len() - 1, "big.bin's 3 leaves right after its root, then sub/");
+
+        // A path: its blocks, then the target's DAG. A client can check
+        // each step from the root it asked for.
+        let (c, sub) = car("sub/c.txt", true);
+        let (roots, blocks) = read_car(&sub).await;
+        assert_eq!(roots, [root]);
+        let got: Vec<Cid> = blocks.iter().map(|(c, _)| *c).collect();
+        assert_eq!(got.len(), 3, "root, sub/, c.txt");
+        assert_eq!((got[0], got[2]), (root, c));
+
+        // dag-scope=block: the path and the target's first block only.
+        let (big_root, one) = car("big.bin", false);
+        let got: Vec<Cid> = read_car(&one).await.1.iter().map(|(c, _)| *c).collect();
+        assert_eq!(got, [root, big_root]);
+
+        // What a whole CAR holds rebuilds the content on a store that had
+        // none of it.
+        let other = super::super::store::BlockStore::open(&dir.join("other")).unwrap();
+        for (cid, b) in read_car(&whole).await.1 {
+            other.put(&cid, &b).unwrap();
+        }
+        let mut trail = vec![];
+        let Target::File(f) = resolve(&other, root, "big.bin", &mut trail).unwrap() else { panic!("a file") };
+        let mut bytes = vec![];
+        other.cat(&f, &mut bytes).unwrap();
+        assert!(bytes == big);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn block_streams_round_trip_and_bad_ones_say_why() {

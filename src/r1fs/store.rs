@@ -102,6 +102,38 @@ impl BlockStore {
         self.write(cid, bytes, false)
     }
 
+    /// Runs `make`, which hands blocks this node made to its sink, while a
+    /// thread of its own writes them ([`BlockStore::put_own`]): hashing the
+    /// next blocks and writing the last ones overlap. Returns what `make`
+    /// returned and the blocks and bytes newly written; the first write
+    /// error stops `make` (its sink fails) and is returned.
+    pub fn put_own_all<B, T>(
+        &self,
+        make: impl FnOnce(&mut dyn FnMut(Cid, B) -> io::Result<()>) -> io::Result<T>,
+    ) -> io::Result<(T, u64, u64)>
+    where
+        B: AsRef<[u8]> + Send,
+    {
+        std::thread::scope(|s| {
+            // A few blocks in flight: enough to overlap, little memory.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(Cid, B)>(8);
+            let writer = s.spawn(move || -> io::Result<(u64, u64)> {
+                let (mut n, mut bytes) = (0, 0);
+                for (cid, b) in rx {
+                    if self.write(&cid, b.as_ref(), false)? {
+                        n += 1;
+                        bytes += b.as_ref().len() as u64;
+                    }
+                }
+                Ok((n, bytes))
+            });
+            let made = make(&mut |cid, b| tx.send((cid, b)).map_err(|_| io::Error::other("the block writer stopped")));
+            drop(tx);
+            let (n, bytes) = writer.join().map_err(|_| io::Error::other("the block writer panicked"))??;
+            Ok((made?, n, bytes))
+        })
+    }
+
     /// Makes every write so far durable (one `syncfs` of the store's
     /// filesystem).
     pub fn sync(&self) -> io::Result<()> {
