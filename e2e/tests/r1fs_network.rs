@@ -153,15 +153,24 @@ async fn r1fs_moves_verified_blocks_between_admitted_clusters_and_keeps_replicas
 
     // 4. A leaf rots on C's disk: the next read detects it, quarantines it,
     // fetches it again and serves the right bytes.
+    let first = pattern(10 * 1024 * 1024 + 7, 1)[..256 * 1024].to_vec();
     let leaf =
-        ratio1::r1fs::add::add_reader(&pattern(10 * 1024 * 1024 + 7, 1)[..256 * 1024], &mut |_, _| Ok(()), &mut |_| {})
-            .unwrap()
-            .cid
-            .to_string();
-    let path = data[2].join("r1fs/blocks").join(&leaf[leaf.len() - 2..]).join(&leaf);
-    let mut rotten = std::fs::read(&path).expect("C holds the first leaf");
-    rotten[1000] ^= 0x40;
-    std::fs::write(&path, rotten).unwrap();
+        ratio1::r1fs::add::add_reader(first.as_slice(), &mut |_, _| Ok(()), &mut |_| {}).unwrap().cid.to_string();
+    // Rot knows nothing of the index: the leaf's bytes are found in C's
+    // packs and one bit of them flips in place.
+    let mut rotted = false;
+    for pack in std::fs::read_dir(data[2].join("r1fs/packs")).unwrap() {
+        let path = pack.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes.windows(first.len()).position(|w| w == first.as_slice()) {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            f.write_at(&[bytes[at + 1000] ^ 0x40], (at + 1000) as u64).unwrap();
+            rotted = true;
+            break;
+        }
+    }
+    assert!(rotted, "C holds the first leaf in one of its packs");
     let (ok, bytes, err) = fs(api[2], &["cat", &cid]).await;
     assert!(ok, "cat on C after the corruption: {err}");
     assert!(bytes == std::fs::read(&big).unwrap(), "the corrupted block is not served");
