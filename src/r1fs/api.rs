@@ -598,9 +598,22 @@ pub async fn list_dir(base: &str, cid: &str) -> anyhow::Result<Option<Vec<(Strin
     ))
 }
 
+/// How long a download waits for more bytes once its answer has started.
+pub const DOWNLOAD_STALL: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Streams `GET url` into `out`; returns the bytes written, or the
 /// server's one-line error.
 pub async fn download(url: &str, out: &mut (dyn Write + Send), progress: &(dyn Fn(u64) + Sync)) -> anyhow::Result<u64> {
+    download_with(url, out, progress, DOWNLOAD_STALL).await
+}
+
+/// As [`download`], giving up when the body stalls for `stall`.
+pub async fn download_with(
+    url: &str,
+    out: &mut (dyn Write + Send),
+    progress: &(dyn Fn(u64) + Sync),
+    stall: std::time::Duration,
+) -> anyhow::Result<u64> {
     use http_body_util::BodyExt;
     let uri: hyper::Uri = url.parse().map_err(|_| anyhow::anyhow!("{url:?} is not a URL"))?;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -617,7 +630,13 @@ pub async fn download(url: &str, out: &mut (dyn Write + Send), progress: &(dyn F
         );
     }
     let mut n = 0u64;
-    while let Some(frame) = body.frame().await {
+    // The answer starts once the operator holds the content (it fetches
+    // first); after that a stream that stops is a failure, not a wait.
+    loop {
+        let Ok(frame) = tokio::time::timeout(stall, body.frame()).await else {
+            anyhow::bail!("{url} sent nothing for {:?} after {n} bytes: gave up", stall);
+        };
+        let Some(frame) = frame else { break };
         let frame = frame.map_err(|e| anyhow::anyhow!("reading {url}: {e}"))?;
         if let Some(data) = frame.data_ref() {
             out.write_all(data)?;
@@ -644,6 +663,27 @@ mod tests {
             blocks.push((cid, b));
         }
         (roots, blocks)
+    }
+
+    #[tokio::test]
+    async fn a_download_whose_stream_stops_fails_instead_of_waiting() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/ipfs/x", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut req = [0u8; 1024];
+            let _ = s.read(&mut req).await;
+            // Promises 100 bytes, sends 10, then goes silent.
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789").await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        });
+        let mut out = vec![];
+        let t = std::time::Instant::now();
+        let err = download_with(&url, &mut out, &|_| {}, std::time::Duration::from_millis(300)).await.unwrap_err();
+        assert!(err.to_string().contains("sent nothing") && err.to_string().contains("10 bytes"), "{err}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(10));
+        assert_eq!(out, b"0123456789");
     }
 
     #[tokio::test]

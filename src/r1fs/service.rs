@@ -59,6 +59,54 @@ pub const MAX_WANTS_PER_ORIGIN: usize = 1024;
 /// Levels of a DAG a fetch walks down at most.
 const MAX_ROUNDS: usize = 64;
 
+/// R1FS's CSTORE records, read.
+#[derive(Debug, Default)]
+struct Records {
+    /// PeerId → node name.
+    nodes: BTreeMap<String, String>,
+    /// CID → PeerId → what it holds.
+    haves: BTreeMap<String, BTreeMap<String, Have>>,
+    /// CID → origin PeerId → its replication wish.
+    wants: BTreeMap<String, BTreeMap<String, Want>>,
+    /// Want records past their origin's [`MAX_WANTS_PER_ORIGIN`].
+    over_quota: u64,
+}
+
+/// Reads `(key, value)` records in key order (pure). At most
+/// [`MAX_WANTS_PER_ORIGIN`] CIDs per origin are wanted: a licensed peer
+/// cannot make the network pin without bound, and since records come in
+/// key order, the same ones are kept on every node.
+fn read_records<'a>(records: impl IntoIterator<Item = (&'a str, serde_json::Value)>) -> Records {
+    let mut out = Records::default();
+    let mut per_origin: HashMap<String, usize> = HashMap::new();
+    for (key, value) in records {
+        match parse_key(key) {
+            Some(Key::Node(p)) => {
+                let n: NodeRecord = serde_json::from_value(value).unwrap_or_default();
+                out.nodes.insert(p, n.node);
+            }
+            Some(Key::Have(p, c)) => {
+                if let Ok(h) = serde_json::from_value(value) {
+                    out.haves.entry(c).or_default().insert(p, h);
+                }
+            }
+            Some(Key::Want(p, c)) => {
+                if let Ok(w) = serde_json::from_value::<Want>(value) {
+                    let n = per_origin.entry(p.clone()).or_default();
+                    *n += 1;
+                    if *n > MAX_WANTS_PER_ORIGIN {
+                        out.over_quota += 1;
+                    } else if w.replication > 0 && w.replication <= 64 {
+                        out.wants.entry(c).or_default().insert(p, w);
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+    out
+}
+
 /// Settings of `ratio1 operator` for R1FS.
 #[derive(Clone, Debug)]
 pub struct R1fsConfig {
@@ -503,6 +551,7 @@ impl R1fs {
         let mut in_flight = futures::stream::FuturesUnordered::new();
         let mut stored = 0u64;
         let mut next = 0usize;
+        let mut last_failure: Option<String> = None;
         loop {
             // Hand out batches while there is room.
             // Each provider in turn with room gets the queued CIDs it was not
@@ -545,8 +594,15 @@ impl R1fs {
                 if queue.is_empty() {
                     return Ok(stored);
                 }
-                // Every provider has been asked for what is left.
+                // Every provider has been asked for what is left, or failed.
                 let c = queue[0];
+                if let (None, Some(e)) = (tried.get(&c).filter(|t| !t.is_empty()), &last_failure) {
+                    // Not "nobody has it": those who might could not answer.
+                    return Err(R1fsError::Unavailable(format!(
+                        "the providers of {root} failed before block {} came (last: {e})",
+                        canonical(&c)
+                    )));
+                }
                 return Err(R1fsError::NotFound(format!(
                     "no peer has block {} of {root} ({} asked)",
                     canonical(&c),
@@ -558,6 +614,7 @@ impl R1fs {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "R1FS provider failed; trying others");
+                    last_failure = Some(e.to_string());
                     providers.retain(|p| *p != peer);
                     for c in batch {
                         tried.entry(c).or_default().remove(&peer);
@@ -626,6 +683,9 @@ impl R1fs {
     /// announces this node as a holder.
     pub async fn pin(&self, cid: Cid, owner: &str) -> Result<Pin, R1fsError> {
         let w = self.fetch(cid, &|_| {}).await?;
+        // Durable before the pin says so, whoever wrote the blocks (a fetch
+        // or an upload running beside this one may not have synced yet).
+        self.blocking(|s| s.sync()).await??;
         let pin = Pin { dag_size: w.dag_size, blocks: w.blocks, at: crate::p2p::now_ms() };
         let (pins, owner_s) = (self.inner.pins.clone(), owner.to_string());
         let p = pin.clone();
@@ -751,40 +811,11 @@ impl R1fs {
             Some(cs) => cs.list(PREFIX).await.map_err(|e| R1fsError::Unavailable(e.to_string()))?,
             None => vec![],
         };
-        let mut nodes: BTreeMap<String, String> = BTreeMap::new();
-        let mut haves: BTreeMap<String, BTreeMap<String, Have>> = BTreeMap::new();
-        let mut wants: BTreeMap<String, BTreeMap<String, Want>> = BTreeMap::new();
-        let mut per_origin: HashMap<String, usize> = HashMap::new();
-        for r in &records {
-            let value = r.value_json();
-            match parse_key(&r.slot.key) {
-                Some(Key::Node(p)) => {
-                    let n: NodeRecord = serde_json::from_value(value).unwrap_or_default();
-                    nodes.insert(p, n.node);
-                }
-                Some(Key::Have(p, c)) => {
-                    if let Ok(h) = serde_json::from_value(value) {
-                        haves.entry(c).or_default().insert(p, h);
-                    }
-                }
-                Some(Key::Want(p, c)) => {
-                    if let Ok(w) = serde_json::from_value::<Want>(value) {
-                        // At most MAX_WANTS_PER_ORIGIN CIDs per origin: a
-                        // licensed peer cannot make the network pin without
-                        // bound (records come in key order: the same ones
-                        // are kept everywhere).
-                        let n = per_origin.entry(p.clone()).or_default();
-                        *n += 1;
-                        if *n > MAX_WANTS_PER_ORIGIN {
-                            let m = &self.inner.parts.metrics.r1fs;
-                            m.rejected.get_or_create(&crate::metrics::ReasonLabels { reason: "want_over_quota" }).inc();
-                        } else if w.replication > 0 && w.replication <= 64 {
-                            wants.entry(c).or_default().insert(p, w);
-                        }
-                    }
-                }
-                None => {}
-            }
+        let Records { mut nodes, mut haves, mut wants, over_quota } =
+            read_records(records.iter().map(|r| (r.slot.key.as_str(), r.value_json())));
+        if over_quota > 0 {
+            let m = &self.inner.parts.metrics.r1fs;
+            m.rejected.get_or_create(&crate::metrics::ReasonLabels { reason: "want_over_quota" }).inc_by(over_quota);
         }
         // This node's own record.
         let name = self.inner.parts.profile.borrow().as_ref().map(|p| p.node.clone()).unwrap_or_default();
@@ -991,6 +1022,42 @@ mod tests {
         // Another CID spreads elsewhere (not always the same three).
         let spread: BTreeSet<String> = (0..20).flat_map(|i| holders_of(&format!("cid-{i}"), &members, 3)).collect();
         assert!(spread.len() >= 8, "{spread:?}");
+    }
+
+    #[test]
+    fn one_origin_may_want_at_most_its_quota_and_every_node_keeps_the_same_ones() {
+        let cid = |i: usize| {
+            let c = crate::r1fs::add::add_reader(format!("content {i}").as_bytes(), &mut |_, _| Ok(()), &mut |_| {});
+            canonical(&c.unwrap().cid)
+        };
+        let want = |r: u32| serde_json::json!({"replication": r, "models": ["ns/m"]});
+        let mut records: Vec<(String, serde_json::Value)> =
+            (0..MAX_WANTS_PER_ORIGIN + 6).map(|i| (want_key("greedy", &cid(i)), want(2))).collect();
+        records.push((want_key("modest", &cid(0)), want(3)));
+        // Out of bounds: not a want.
+        records.push((want_key("modest", &cid(1)), want(65)));
+        records.push((node_key("modest"), serde_json::json!({"node": "m"})));
+        // CSTORE lists in key order; so does every node.
+        records.sort_by(|a, b| a.0.cmp(&b.0));
+        let r = read_records(records.iter().map(|(k, v)| (k.as_str(), v.clone())));
+        assert_eq!(r.over_quota, 6);
+        let greedy: usize = r.wants.values().filter(|w| w.contains_key("greedy")).count();
+        assert_eq!(greedy, MAX_WANTS_PER_ORIGIN);
+        // Which ones: the first in key order, so every node keeps the same.
+        let first: BTreeSet<String> = records
+            .iter()
+            .filter_map(|(k, _)| match parse_key(k) {
+                Some(Key::Want(p, c)) if p == "greedy" => Some(c),
+                _ => None,
+            })
+            .take(MAX_WANTS_PER_ORIGIN)
+            .collect();
+        let kept: BTreeSet<String> =
+            r.wants.iter().filter(|(_, w)| w.contains_key("greedy")).map(|(c, _)| c.clone()).collect();
+        assert_eq!(kept, first);
+        assert_eq!(r.wants[&cid(0)]["modest"].replication, 3, "another origin is not held to greedy's quota");
+        assert!(!r.wants.get(&cid(1)).is_some_and(|w| w.contains_key("modest")), "replication 65 is refused");
+        assert_eq!(r.nodes["modest"], "m");
     }
 
     #[test]

@@ -129,6 +129,24 @@ struct Inner {
     pack_bytes: u64,
 }
 
+impl Drop for Inner {
+    /// Closing redb makes its last commits durable: the bytes they point
+    /// to must be first.
+    fn drop(&mut self) {
+        if let Ok(w) = self.w.get_mut() {
+            for p in std::mem::take(&mut w.dirty) {
+                let synced = match p == w.pack {
+                    true => w.file.sync_data(),
+                    false => std::fs::File::open(pack_path(&self.root, p)).and_then(|f| f.sync_data()),
+                };
+                if let Err(e) = synced {
+                    tracing::error!(pack = p, error = %e, "R1FS pack not synced at close");
+                }
+            }
+        }
+    }
+}
+
 /// The blocks of one operator. Clones share the store.
 #[derive(Clone, Debug)]
 pub struct BlockStore {
@@ -172,7 +190,14 @@ impl BlockStore {
         }
         // Appends go after whatever the last pack holds (a torn tail is
         // dead space).
-        let pack = packs.iter().max().copied().unwrap_or(0);
+        // Never a number the index still names for a pack that is gone:
+        // its entries would point into new bytes.
+        let pack = match (packs.iter().max().copied(), live.keys().max().copied()) {
+            (Some(d), Some(i)) if i > d => i + 1,
+            (Some(d), _) => d,
+            (None, Some(i)) => i + 1,
+            (None, None) => 0,
+        };
         let file = std::fs::OpenOptions::new().create(true).append(true).open(pack_path(root, pack))?;
         let len = file.metadata()?.len();
         let w = Writer { pack, file, len, dirty: Default::default(), live };
@@ -278,11 +303,14 @@ impl BlockStore {
     }
 
     fn sync_locked(&self, w: &mut Writer) -> io::Result<()> {
-        for p in std::mem::take(&mut w.dirty) {
+        // Each pack leaves the list only once synced: a failure keeps the
+        // rest for the next sync, and the index is not made durable.
+        for p in w.dirty.clone() {
             match p == w.pack {
                 true => w.file.sync_data()?,
                 false => std::fs::File::open(pack_path(&self.inner.root, p))?.sync_data()?,
             }
+            w.dirty.remove(&p);
         }
         // An empty durable commit makes the earlier ones durable.
         let mut tx = self.inner.db.begin_write().map_err(db_err)?;
@@ -298,22 +326,23 @@ impl BlockStore {
         let mut w = self.inner.w.lock().expect("store writer lock");
         let mut tx = self.inner.db.begin_write().map_err(db_err)?;
         tx.set_durability(redb::Durability::None).map_err(db_err)?;
-        let new = {
+        let (new, loc) = {
             let mut t = tx.open_table(INDEX).map_err(db_err)?;
             let old = t.get(key.as_slice()).map_err(db_err)?.map(|v| Loc::from_tuple(v.value()));
             let loc = match old {
                 Some(l) => Loc { touched: now_ms(), ..l },
-                None => {
-                    let l = self.append(&mut w, bytes)?;
-                    *w.live.entry(l.pack).or_default() += bytes.len() as u64;
-                    l
-                }
+                None => self.append(&mut w, bytes)?,
             };
             t.insert(key.as_slice(), loc.tuple()).map_err(db_err)?;
-            old.is_none()
+            (old.is_none(), loc)
         };
         tx.commit().map_err(db_err)?;
-        if durable && new {
+        if new {
+            *w.live.entry(loc.pack).or_default() += bytes.len() as u64;
+        }
+        // Also when the block was here already: an earlier `put_own` of it
+        // may not be synced yet.
+        if durable {
             self.sync_locked(&mut w)?;
         }
         Ok(new)
@@ -321,11 +350,15 @@ impl BlockStore {
 
     fn append(&self, w: &mut Writer, bytes: &[u8]) -> io::Result<Loc> {
         if w.len > 0 && w.len + bytes.len() as u64 > self.inner.pack_bytes {
+            // Opened before the writer switches: a failure leaves it whole.
+            let next = w.pack + 1;
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(pack_path(&self.inner.root, next))?;
+            // The new pack's name durable before any entry names it.
+            std::fs::File::open(self.inner.root.join("packs"))?.sync_all()?;
+            let len = file.metadata()?.len();
             // The full pack is made durable when the next sync comes.
             w.dirty.insert(w.pack);
-            w.pack += 1;
-            w.file = std::fs::OpenOptions::new().create(true).append(true).open(pack_path(&self.inner.root, w.pack))?;
-            w.len = w.file.metadata()?.len();
+            (w.pack, w.file, w.len) = (next, file, len);
         }
         w.file.write_all(bytes)?;
         // Where the bytes really went (an append lands at the file's end,
@@ -356,42 +389,61 @@ impl BlockStore {
     /// Reads a block, verified; a block that fails verification goes to
     /// quarantine and the error says where.
     pub fn get(&self, cid: &Cid) -> Result<Vec<u8>, StoreError> {
-        let found = |this: &Self| -> io::Result<Option<Vec<u8>>> {
-            let Some(l) = this.loc(cid)? else { return Ok(None) };
-            this.read(l).map(Some)
+        // The entry and its bytes, or the entry whose read failed.
+        type Found = Result<Option<(Loc, Vec<u8>)>, (Loc, io::Error)>;
+        let found = |this: &Self| -> Found {
+            let Some(l) = this.loc(cid).map_err(|e| (Loc { pack: u32::MAX, offset: 0, len: 0, touched: 0 }, e))? else {
+                return Ok(None);
+            };
+            this.read(l).map(|b| Some((l, b))).map_err(|e| (l, e))
         };
         // A compaction may move the block between the lookup and the read.
-        let bytes = match found(self).or_else(|_| found(self)) {
-            Ok(b) => b,
+        let (at, bytes) = match found(self).or_else(|_| found(self)) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Err(StoreError::NotFound(cid.to_string())),
             // An entry past the end of its pack, or of a pack that is gone
             // (cut short or deleted by hand): the block is not here.
-            Err(e) if matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::NotFound) => {
+            Err((l, e)) if matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::NotFound) => {
                 tracing::warn!(%cid, error = %e, "R1FS block unreadable: dropped, to be fetched again");
-                self.remove(cid)?;
-                None
+                // Only that entry: a write may have put the block back since.
+                self.remove_where(cid, |now| now.pack == l.pack && now.offset == l.offset)?;
+                return Err(StoreError::NotFound(cid.to_string()));
             }
-            Err(e) => return Err(e.into()),
+            Err((_, e)) => return Err(e.into()),
         };
-        let Some(bytes) = bytes else { return Err(StoreError::NotFound(cid.to_string())) };
         if verifies(cid, &bytes) {
             return Ok(bytes);
         }
         let to = self.inner.root.join("quarantine").join(format!("{}.{}", canonical(cid), now_ms()));
         std::fs::write(&to, &bytes)?;
-        self.remove(cid)?;
+        self.remove_where(cid, |now| now.pack == at.pack && now.offset == at.offset)?;
         tracing::warn!(%cid, quarantined = %to.display(), "R1FS block corrupt on disk: quarantined");
         Err(StoreError::Corrupt { cid: cid.to_string(), quarantined: to.display().to_string() })
     }
 
     /// Removes a block; returns whether it was there.
     pub fn remove(&self, cid: &Cid) -> io::Result<bool> {
+        Ok(self.remove_where(cid, |_| true)?.is_some())
+    }
+
+    /// Removes a block if its entry, read in the same transaction, passes
+    /// `keep_out` (a GC's "still old", a reader's "still where it failed");
+    /// returns the entry removed.
+    fn remove_where(&self, cid: &Cid, keep_out: impl Fn(&Loc) -> bool) -> io::Result<Option<Loc>> {
         let mut w = self.inner.w.lock().expect("store writer lock");
         let mut tx = self.inner.db.begin_write().map_err(db_err)?;
         tx.set_durability(redb::Durability::None).map_err(db_err)?;
         let old = {
             let mut t = tx.open_table(INDEX).map_err(db_err)?;
-            let old = t.remove(cid.to_bytes().as_slice()).map_err(db_err)?.map(|v| Loc::from_tuple(v.value()));
-            old
+            let key = cid.to_bytes();
+            let cur = t.get(key.as_slice()).map_err(db_err)?.map(|v| Loc::from_tuple(v.value()));
+            match cur.filter(|l| keep_out(l)) {
+                Some(l) => {
+                    t.remove(key.as_slice()).map_err(db_err)?;
+                    Some(l)
+                }
+                None => None,
+            }
         };
         tx.commit().map_err(db_err)?;
         if let Some(l) = old {
@@ -399,7 +451,7 @@ impl BlockStore {
                 *n = n.saturating_sub(l.len as u64);
             }
         }
-        Ok(old.is_some())
+        Ok(old)
     }
 
     /// Number of blocks and their bytes.
@@ -425,12 +477,30 @@ impl BlockStore {
         // A leaf's expected size is its link's: a leaf of another size
         // counts as missing and is removed.
         let mut stack: Vec<(Cid, Option<u64>)> = vec![(*root, None)];
+        let mut pack_ends: HashMap<u32, u64> = HashMap::new();
         while let Some((c, size)) = stack.pop() {
             if !seen.insert(c) {
                 continue;
             }
             if c.codec() == RAW {
+                // Present means within its pack, not only indexed.
+                // (A pack's end is looked up again before a leaf is taken
+                // for past it: the current pack grows during a walk.)
+                let mut within = |l: &Loc| {
+                    let inside = |end: u64| l.offset + l.len as u64 <= end;
+                    if pack_ends.get(&l.pack).is_some_and(|e| inside(*e)) {
+                        return true;
+                    }
+                    let end = std::fs::metadata(pack_path(&self.inner.root, l.pack)).map(|m| m.len()).unwrap_or(0);
+                    pack_ends.insert(l.pack, end);
+                    inside(end)
+                };
                 match self.loc(&c)? {
+                    Some(l) if !within(&l) => {
+                        tracing::warn!(cid = %c, "R1FS leaf past the end of its pack: dropped, to be fetched again");
+                        self.remove_where(&c, |now| now.pack == l.pack && now.offset == l.offset)?;
+                        w.missing.push(c);
+                    }
                     Some(l) if size.is_none_or(|s| s == l.len as u64) => {
                         w.blocks += 1;
                         w.dag_size += l.len as u64;
@@ -495,11 +565,10 @@ impl BlockStore {
         }
         for k in drop {
             if let Ok(cid) = Cid::try_from(k.as_slice()) {
-                if let Some(l) = self.loc(&cid)? {
-                    if self.remove(&cid)? {
-                        g.removed += 1;
-                        g.freed += l.len as u64;
-                    }
+                // Still old when removed: an add may have touched it since.
+                if let Some(l) = self.remove_where(&cid, |l| l.touched <= cutoff)? {
+                    g.removed += 1;
+                    g.freed += l.len as u64;
                 }
             }
         }
@@ -536,18 +605,30 @@ impl BlockStore {
                 }
             }
         }
+        let mut added = vec![];
         let mut tx = self.inner.db.begin_write().map_err(db_err)?;
         tx.set_durability(redb::Durability::None).map_err(db_err)?;
         {
             let mut t = tx.open_table(INDEX).map_err(db_err)?;
             for (k, l) in moved {
-                let bytes = self.read(l)?;
+                let bytes = match self.read(l) {
+                    Ok(b) => b,
+                    // An entry past its pack's end: not a block, dropped.
+                    Err(e) if matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::NotFound) => {
+                        t.remove(k.as_slice()).map_err(db_err)?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 let new = self.append(&mut w, &bytes)?;
-                *w.live.entry(new.pack).or_default() += l.len as u64;
                 t.insert(k.as_slice(), Loc { touched: l.touched, ..new }.tuple()).map_err(db_err)?;
+                added.push((new.pack, l.len as u64));
             }
         }
         tx.commit().map_err(db_err)?;
+        for (p, n) in added {
+            *w.live.entry(p).or_default() += n;
+        }
         // The new places durable before the old pack goes.
         self.sync_locked(&mut w)?;
         let mut files = self.inner.files.lock().expect("store files lock");
@@ -633,6 +714,41 @@ mod tests {
         }
         let (blocks, _) = store.usage().unwrap();
         assert!(blocks > 180, "{blocks} blocks on disk");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_256_mib_file_round_trips_through_packs() {
+        struct Hashing(Sha256, u64);
+        impl Write for Hashing {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.update(b);
+                self.1 += b.len() as u64;
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let dir = tmpdir("large");
+        let store = BlockStore::open(&dir).unwrap();
+        let len = 256 << 20;
+        let mut data = vec![0u8; len];
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        for b in data.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+        }
+        let (added, n, _) = store.put_own_all(|sink| add::add_reader(data.as_slice(), sink, &mut |_| {})).unwrap();
+        store.sync().unwrap();
+        assert_eq!((added.size, n), (len as u64, added.blocks), "every block is new and written");
+        let mut out = Hashing(Sha256::new(), 0);
+        assert_eq!(store.cat(&added.cid, &mut out).unwrap(), len as u64);
+        assert_eq!(out.0.finalize(), Sha256::digest(&data), "the same 256 MiB come back");
+        let (m, on_disk) = packs(&dir);
+        assert!(m >= 1 && on_disk >= len as u64, "{m} packs, {on_disk} bytes");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -730,6 +846,7 @@ mod tests {
         let lost = Cid::try_from(canonical(&store_file(&store, b"lost")).as_str()).unwrap();
         let lost_at = store.loc(&lost).unwrap().unwrap();
         std::fs::OpenOptions::new().write(true).open(&pack).unwrap().set_len(lost_at.offset + 2).unwrap();
+        assert_eq!(store.walk(&lost).unwrap().missing, vec![lost], "a walk does not take it for present");
         assert!(matches!(store.get(&lost), Err(StoreError::NotFound(_))));
         assert!(!store.has(&lost));
         assert_eq!(l, store.loc(&other).unwrap().unwrap());
@@ -739,6 +856,15 @@ mod tests {
         drop(store);
         let store = BlockStore::open(&dir).unwrap();
         assert_eq!((store.get(&cid).unwrap(), store.get(&other).unwrap()), (b"whole".to_vec(), b"after".to_vec()));
+        drop(store);
+        // The pack is lost while the index still names it: new bytes never
+        // go under that number, so the old entries read as missing.
+        std::fs::remove_file(&pack).unwrap();
+        let store = BlockStore::open(&dir).unwrap();
+        let fresh = store_file(&store, b"fresh");
+        assert!(matches!(store.get(&cid), Err(StoreError::NotFound(_))));
+        assert_eq!(store.get(&fresh).unwrap(), b"fresh");
+        assert!(!pack.exists(), "not made again under the lost pack's name");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
