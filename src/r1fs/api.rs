@@ -473,7 +473,7 @@ fn resolve(store: &super::store::BlockStore, root: Cid, path: &str, trail: &mut 
         Ok(_) => Ok(Target::File(cur)),
         Err(_) => Ok(Target::Directory(
             cur,
-            super::dagpb::links(&cur, &block)
+            super::dagpb::entries(&cur, &block, &mut |c| store.get(c))
                 .map_err(|e| R1fsError::Store(StoreError::NotAFile(canonical(&cur), e)))?,
         )),
     }

@@ -47,10 +47,107 @@ pub fn links(cid: &Cid, block: &[u8]) -> Result<Vec<Link>, String> {
         .collect()
 }
 
+/// The UnixFS `Data` of a dag-pb node, as far as a listing needs it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct UnixFsData {
+    #[prost(int32, tag = "1")]
+    kind: i32,
+    #[prost(uint64, optional, tag = "6")]
+    fanout: Option<u64>,
+}
+
+/// UnixFS `DataType` of a HAMT shard.
+const HAMT_SHARD: i32 = 5;
+
+/// The entries of the directory `cid`, with their own names: a flat
+/// directory's links, or, for a HAMT-sharded one, the entries of every
+/// shard, their name prefix (the bucket, `log16(fanout)` hex digits)
+/// taken off, sub-shards (links named by the prefix alone) read through
+/// `get` and followed. In shard order, which is not name order.
+pub fn entries<E: std::fmt::Display>(
+    cid: &Cid,
+    block: &[u8],
+    get: &mut dyn FnMut(&Cid) -> Result<Vec<u8>, E>,
+) -> Result<Vec<Link>, String> {
+    let mut out = vec![];
+    let mut shards = vec![(*cid, block.to_vec())];
+    while let Some((c, b)) = shards.pop() {
+        let node =
+            <PbNode as prost::Message>::decode(b.as_slice()).map_err(|e| format!("{c} is not a dag-pb node: {e}"))?;
+        let data = node.data.as_deref().map(<UnixFsData as prost::Message>::decode).transpose();
+        let data = data.map_err(|e| format!("{c} has no UnixFS data: {e}"))?;
+        let links = links(&c, &b)?;
+        let Some(fanout) = data.filter(|d| d.kind == HAMT_SHARD).map(|d| d.fanout.unwrap_or(256)) else {
+            out.extend(links);
+            continue;
+        };
+        if !fanout.is_power_of_two() || !(16..=4096).contains(&fanout) {
+            return Err(format!("{c} is a HAMT shard of fanout {fanout}, which UnixFS does not make"));
+        }
+        let width = format!("{:X}", fanout - 1).len();
+        // Reversed: popped in link order.
+        for l in links.into_iter().rev() {
+            match l.name.len().cmp(&width) {
+                std::cmp::Ordering::Equal => {
+                    let sub = get(&l.cid).map_err(|e| format!("shard {} of {cid}: {e}", l.cid))?;
+                    shards.push((l.cid, sub));
+                }
+                std::cmp::Ordering::Greater if l.name.is_char_boundary(width) => {
+                    out.push(Link { name: l.name[width..].to_string(), ..l });
+                }
+                _ => return Err(format!("{c} has a shard link named {:?}", l.name)),
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::r1fs::add;
+
+    #[test]
+    fn a_sharded_directory_lists_its_entries_by_their_own_names() {
+        use rust_unixfs::dir::builder::{BufferingTreeBuilder, TreeOptions};
+        let mut opts = TreeOptions::default();
+        opts.shard_threshold(Some(0));
+        let mut tree = BufferingTreeBuilder::new(opts);
+        let mut blocks = std::collections::HashMap::new();
+        let names: Vec<String> = (0..600).map(|i| format!("file-{i:04}.txt")).collect();
+        for n in &names {
+            let mut keep = |c, b| {
+                blocks.insert(c, b);
+                Ok(())
+            };
+            let f = add::add_reader(n.as_bytes(), &mut keep, &mut |_| {}).unwrap();
+            tree.put_link(&format!("root/{n}"), f.cid, f.dag_size).unwrap();
+        }
+        let mut root = None;
+        let mut nodes = tree.build();
+        while let Some(node) = nodes.next_borrowed() {
+            let node = node.unwrap();
+            root = Some(*node.cid);
+            blocks.insert(*node.cid, node.block.to_vec());
+        }
+        let root = root.unwrap();
+        let raw = links(&root, &blocks[&root]).unwrap();
+        assert!(raw.iter().any(|l| l.name.len() == 2), "600 entries make sub-shards");
+        let mut get = |c: &Cid| blocks.get(c).cloned().ok_or("missing");
+        let mut got: Vec<String> =
+            entries(&root, &blocks[&root], &mut get).unwrap().into_iter().map(|l| l.name).collect();
+        got.sort();
+        assert_eq!(got, names);
+        // A flat directory lists as its links.
+        let mut flat = BufferingTreeBuilder::new(TreeOptions::default());
+        let f = add::add_reader(&b"x"[..], &mut |_, _| Ok(()), &mut |_| {}).unwrap();
+        flat.put_link("root/x", f.cid, 1).unwrap();
+        let mut built = flat.build();
+        let node = built.next_borrowed().unwrap().unwrap();
+        let (c, b) = (*node.cid, node.block.to_vec());
+        let listed = entries(&c, &b, &mut |_: &Cid| Err::<Vec<u8>, _>("none")).unwrap();
+        assert_eq!(listed.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(), ["x"]);
+    }
 
     #[test]
     fn file_and_directory_nodes_list_their_children() {
