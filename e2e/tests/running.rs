@@ -579,14 +579,36 @@ async fn chart_installed_operator_runs_as_a_pod_and_reconciles() {
 }
 
 /// `ratio1 fs add PATH` against the shared operator; the CID.
-fn fs_add(path: &std::path::Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_ratio1"))
-        .args(["fs", "--endpoint", &format!("http://127.0.0.1:{}", shared_operator().api_port), "add"])
-        .arg(path)
+/// `ratio1 fs ARGS` against the shared operator.
+fn fs_cli<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ratio1"))
+        .args(["fs", "--endpoint", &format!("http://127.0.0.1:{}", shared_operator().api_port)])
+        .args(args)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn fs_add(path: &std::path::Path) -> String {
+    let out = fs_cli(&[std::ffi::OsStr::new("add"), path.as_os_str()]);
     assert!(out.status.success(), "ratio1 fs add: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A Job pipeline whose one container runs `script` with these models and
+/// inputs delivered.
+fn job_reading(name: &str, models: serde_json::Value, inputs: serde_json::Value, script: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "ratio1.ai/v1alpha1", "kind": "R1Pipeline",
+        "metadata": {"name": name},
+        "spec": {"mode": "Job", "replicas": 1, "models": models, "inputs": inputs,
+            "template": {"spec": {"containers": [{"name": "reader", "image": BUSYBOX_IMAGE,
+                "imagePullPolicy": "Never", "command": ["sh", "-c", script]}]}}}
+    })
+}
+
+/// A Secret whose data key `key` holds `value`.
+fn secret(name: &str, key: &str, value: &str) -> k8s_openapi::api::core::v1::Secret {
+    serde_json::from_value(json!({"metadata": {"name": name}, "stringData": {key: value}})).unwrap()
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -630,20 +652,9 @@ async fn r1fs_delivers_models_and_inputs_into_running_containers() {
     // mounts are read-only.
     let script = "sha256sum /models/m /data/a.txt /data/sub/b.txt | cut -c1-64 | tr '\\n' ' ' > /dev/termination-log; \
                   if touch /data/new 2>/dev/null; then echo WRITABLE >> /dev/termination-log; fi";
-    apply(
-        &pipes,
-        "reader",
-        json!({
-            "apiVersion": "ratio1.ai/v1alpha1", "kind": "R1Pipeline",
-            "metadata": {"name": "reader"},
-            "spec": {"mode": "Job", "replicas": 1,
-                "models": [{"name": "m", "mountPath": "/models/m"}],
-                "inputs": [{"cid": corpus_cid, "mountPath": "/data"}],
-                "template": {"spec": {"containers": [{"name": "reader", "image": BUSYBOX_IMAGE,
-                    "imagePullPolicy": "Never", "command": ["sh", "-c", script]}]}}}
-        }),
-    )
-    .await;
+    let models = json!([{"name": "m", "mountPath": "/models/m"}]);
+    let inputs = json!([{"cid": corpus_cid, "mountPath": "/data"}]);
+    apply(&pipes, "reader", job_reading("reader", models, inputs, script)).await;
     let st = status_until(&pipes, "reader", 120, "reader Succeeded", |st| is(&st.conditions, "Ready", "True")).await;
     assert_eq!(cond(&st.conditions, "Ready").unwrap().reason, "Succeeded");
     let done = live_pods(&pods, "reader").await;
@@ -677,13 +688,14 @@ async fn r1fs_opens_a_sealed_model_in_pods_only_with_the_key_in_its_secret() {
     let model: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();
     std::fs::write(work.join("model.bin"), &model).unwrap();
     let key_file = work.join("model.key");
-    let out = Command::new(env!("CARGO_BIN_EXE_ratio1"))
-        .args(["fs", "--endpoint", &format!("http://127.0.0.1:{}", shared_operator().api_port), "add", "--encrypt"])
-        .arg("--key-file")
-        .arg(&key_file)
-        .arg(work.join("model.bin"))
-        .output()
-        .unwrap();
+    let model_file = work.join("model.bin");
+    let out = fs_cli(&[
+        "add".as_ref(),
+        "--encrypt".as_ref(),
+        "--key-file".as_ref(),
+        key_file.as_os_str(),
+        model_file.as_os_str(),
+    ]);
     assert!(out.status.success(), "ratio1 fs add --encrypt: {}", String::from_utf8_lossy(&out.stderr));
     let sealed = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let key = std::fs::read_to_string(&key_file).unwrap();
@@ -696,19 +708,8 @@ async fn r1fs_opens_a_sealed_model_in_pods_only_with_the_key_in_its_secret() {
         models.patch(name, &PatchParams::apply("e2e-user"), &Patch::Apply(sealed_model(name, secret))).await.unwrap();
     }
     let script = "sha256sum /models/s | cut -c1-64 > /dev/termination-log";
-    apply(
-        &pipes,
-        "opener",
-        json!({
-            "apiVersion": "ratio1.ai/v1alpha1", "kind": "R1Pipeline",
-            "metadata": {"name": "opener"},
-            "spec": {"mode": "Job", "replicas": 1,
-                "models": [{"name": "sealed", "mountPath": "/models/s"}],
-                "template": {"spec": {"containers": [{"name": "reader", "image": BUSYBOX_IMAGE,
-                    "imagePullPolicy": "Never", "command": ["sh", "-c", script]}]}}}
-        }),
-    )
-    .await;
+    let models = json!([{"name": "sealed", "mountPath": "/models/s"}]);
+    apply(&pipes, "opener", job_reading("opener", models, json!([]), script)).await;
     // No Secret yet: Stalled, saying which Secret to make, and an Event.
     let st = status_until(&pipes, "opener", 120, "opener Stalled with KeySecretNotFound", |st| {
         is(&st.conditions, "Stalled", "True") && cond(&st.conditions, "Stalled").unwrap().reason == "KeySecretNotFound"
@@ -731,10 +732,7 @@ async fn r1fs_opens_a_sealed_model_in_pods_only_with_the_key_in_its_secret() {
 
     // The owner makes the Secret: the kubelet starts the fetcher, which
     // opens the content; the container reads the plaintext.
-    let secret = |name: &str, value: &str| {
-        serde_json::from_value::<Secret>(json!({"metadata": {"name": name}, "stringData": {"key": value}})).unwrap()
-    };
-    secrets.create(&Default::default(), &secret("sealed-key", &key)).await.unwrap();
+    secrets.create(&Default::default(), &secret("sealed-key", "key", &key)).await.unwrap();
     let st = status_until(&pipes, "opener", 120, "opener Succeeded", |st| is(&st.conditions, "Ready", "True")).await;
     assert_eq!(cond(&st.conditions, "Ready").unwrap().reason, "Succeeded");
     let pods: Api<Pod> = Api::namespaced(c.clone(), &ns.name);
@@ -746,10 +744,7 @@ async fn r1fs_opens_a_sealed_model_in_pods_only_with_the_key_in_its_secret() {
         "the plaintext, opened in the pod"
     );
     // What the nodes hold is ciphertext.
-    let out = Command::new(env!("CARGO_BIN_EXE_ratio1"))
-        .args(["fs", "--endpoint", &format!("http://127.0.0.1:{}", shared_operator().api_port), "cat", &sealed])
-        .output()
-        .unwrap();
+    let out = fs_cli(&["cat", sealed.as_str()]);
     assert!(out.status.success() && out.stdout.len() > model.len() && out.stdout != model);
 
     // A Secret with another key: the fetcher cannot open the content.
@@ -757,7 +752,7 @@ async fn r1fs_opens_a_sealed_model_in_pods_only_with_the_key_in_its_secret() {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
     };
-    secrets.create(&Default::default(), &secret("wrong-key", &other)).await.unwrap();
+    secrets.create(&Default::default(), &secret("wrong-key", "key", &other)).await.unwrap();
     apply(
         &pipes,
         "wrong",
@@ -853,10 +848,7 @@ async fn r1fs_imports_a_model_from_a_volume_and_says_why_when_it_cannot() {
     assert_eq!(st.cid.as_deref(), Some(want.as_str()), "the CID of the file in the claim");
     assert_eq!(st.replicas, Some(1));
     // What it imported reads back, byte for byte.
-    let out = Command::new(env!("CARGO_BIN_EXE_ratio1"))
-        .args(["fs", "--endpoint", &format!("http://127.0.0.1:{}", shared_operator().api_port), "cat", &want])
-        .output()
-        .unwrap();
+    let out = fs_cli(&["cat", want.as_str()]);
     assert!(out.stdout == model, "{}", String::from_utf8_lossy(&out.stderr));
     // A path that is not in the claim: Stalled, with the Job to look at.
     let st = wait_for(150, "model missing Stalled with ImportFailed", || async {
@@ -886,9 +878,7 @@ async fn r1fs_imports_a_model_from_a_volume_and_says_why_when_it_cannot() {
         base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
     };
     std::fs::write(&key_file, &key).unwrap();
-    let secret: k8s_openapi::api::core::v1::Secret =
-        serde_json::from_value(json!({"metadata": {"name": "import-key"}, "stringData": {"k": key}})).unwrap();
-    Api::namespaced(c.clone(), &ns.name).create(&Default::default(), &secret).await.unwrap();
+    Api::namespaced(c.clone(), &ns.name).create(&Default::default(), &secret("import-key", "k", &key)).await.unwrap();
     let st = wait_for(120, "model sealed Ready", || async {
         let st = models.get("sealed").await.ok()?.status?;
         (cond(&st.conditions, "Ready")?.status == "True").then_some(st)
@@ -896,12 +886,7 @@ async fn r1fs_imports_a_model_from_a_volume_and_says_why_when_it_cannot() {
     .await;
     let cid = st.cid.unwrap();
     assert_ne!(cid, want, "sealed content has the CID of its ciphertext");
-    let out = Command::new(env!("CARGO_BIN_EXE_ratio1"))
-        .args(["fs", "--endpoint", &format!("http://127.0.0.1:{}", shared_operator().api_port), "cat", &cid])
-        .arg("--key-file")
-        .arg(&key_file)
-        .output()
-        .unwrap();
+    let out = fs_cli(&["cat".as_ref(), cid.as_ref(), "--key-file".as_ref(), key_file.as_os_str()]);
     assert!(out.stdout == model, "opened with the Secret's key: {}", String::from_utf8_lossy(&out.stderr));
     ns.cleanup().await;
     let _ =
