@@ -14,6 +14,7 @@ pub mod identity;
 pub mod leader;
 pub mod metrics;
 pub mod objects;
+pub mod oracle;
 pub mod p2p;
 pub mod r1fs;
 pub mod telemetry;
