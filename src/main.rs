@@ -298,6 +298,13 @@ enum NetworkCmd {
         #[arg(long, default_value = "http://127.0.0.1:9090")]
         endpoint: String,
     },
+    /// The current epoch and the time left in it, and each peer's
+    /// availability in the last epoch as this node saw its heartbeats.
+    Epoch {
+        /// The operator's local API (`--api-addr`).
+        #[arg(long, default_value = "http://127.0.0.1:9090")]
+        endpoint: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -365,6 +372,13 @@ struct OperatorArgs {
     /// Seconds a refused peer stays blocked.
     #[arg(long, default_value_t = ratio1::p2p::Tuning::default().block_duration.as_secs())]
     block_secs: u64,
+    /// Start of epoch 0, Unix ms; the same on every node of a network.
+    #[arg(long, default_value_t = ratio1::oracle::epoch::DEFAULT_GENESIS_MS)]
+    epoch_genesis_ms: u64,
+    /// Length of an epoch in seconds (Ratio1: a day); the same on every
+    /// node, and at least ten heartbeat intervals.
+    #[arg(long, default_value_t = ratio1::oracle::epoch::Epochs::DAY_MS / 1000)]
+    epoch_length_secs: u64,
     /// etcd client URLs of this cluster's own CSTORE etcd (never the
     /// Kubernetes API's etcd, nor another cluster's); none: CSTORE off.
     #[arg(long, env = "RATIO1_CSTORE_ENDPOINTS", value_delimiter = ',')]
@@ -478,7 +492,16 @@ fn net_options(a: &OperatorArgs) -> anyhow::Result<ratio1::controller::NetOption
         Some(p) => ratio1::controller::run::read_revocations(p)?,
         None => Default::default(),
     };
+    // A perfect node scores about 255·(L − hb)/L and oracles take part
+    // from 230 on: shorter epochs would make every epoch faulty.
+    anyhow::ensure!(
+        a.epoch_length_secs >= 10 * a.heartbeat_interval_secs.max(1),
+        "--epoch-length-secs ({}) must be at least ten heartbeat intervals ({} s)",
+        a.epoch_length_secs,
+        10 * a.heartbeat_interval_secs.max(1)
+    );
     let tuning = ratio1::p2p::Tuning {
+        epochs: ratio1::oracle::epoch::Epochs { genesis_ms: a.epoch_genesis_ms, length_ms: a.epoch_length_secs * 1000 },
         heartbeat_interval: Duration::from_secs(a.heartbeat_interval_secs.max(1)),
         heartbeat_timeout: Duration::from_secs(a.heartbeat_timeout_secs.max(1)),
         admission_timeout: Duration::from_secs(a.admission_timeout_secs.max(1)),
@@ -562,7 +585,10 @@ async fn license(cmd: LicenseCmd) -> anyhow::Result<()> {
 }
 
 async fn network(cmd: NetworkCmd) -> anyhow::Result<()> {
-    let NetworkCmd::Peers { endpoint } = cmd;
+    let endpoint = match cmd {
+        NetworkCmd::Peers { endpoint } => endpoint,
+        NetworkCmd::Epoch { endpoint } => return epoch(&endpoint).await,
+    };
     let url = format!("{}/v1/network", endpoint.trim_end_matches('/'));
     let view: serde_json::Value = ratio1::http::get_json(&url).await?;
     let now = ratio1::p2p::now_ms();
@@ -587,6 +613,39 @@ async fn network(cmd: NetworkCmd) -> anyhow::Result<()> {
         view["licensed"].get("Ok").or(view["licensed"].get("Err")).and_then(|v| v.as_str()).unwrap_or("not verified")
     );
     Ok(())
+}
+
+/// `ratio1 network epoch`.
+async fn epoch(endpoint: &str) -> anyhow::Result<()> {
+    let url = format!("{}/v1/network", endpoint.trim_end_matches('/'));
+    let view: serde_json::Value = ratio1::http::get_json(&url).await?;
+    let e = &view["epoch"];
+    let Some(current) = e["current"].as_u64() else {
+        anyhow::bail!("the operator at {endpoint} reports no epoch (its network is not running, or genesis is ahead)");
+    };
+    let left = e["endMs"].as_u64().unwrap_or(0).saturating_sub(ratio1::p2p::now_ms() as u64);
+    println!(
+        "epoch {current}: ends in {} (length {}, genesis {} ms)",
+        human_secs(left / 1000),
+        human_secs(e["lengthMs"].as_u64().unwrap_or(0) / 1000),
+        e["genesisMs"]
+    );
+    let Some(last) = e["last"].as_u64() else { return Ok(()) };
+    println!("\navailability in epoch {last}, from the heartbeats this node received (0..255):");
+    println!("{:<54} {:<12} {:>5}", "PEER", "NODE", "AVAIL");
+    for (peer, a) in e["observed"].as_object().into_iter().flatten() {
+        let node = view["peers"][peer]["node"].as_str().unwrap_or("");
+        println!("{peer:<54} {node:<12} {:>5}", a);
+    }
+    Ok(())
+}
+
+fn human_secs(s: u64) -> String {
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m{:02}s", s / 3600, s % 3600 / 60, s % 60),
+    }
 }
 
 /// One call of the CLI to an operator's local API (30 s at most: a write

@@ -51,7 +51,9 @@ async fn metrics_of(fed: &Federation, i: usize) -> String {
 #[tokio::test]
 async fn licensed_clusters_federate_and_refuse_the_rest() {
     let _turn = CLUSTERS_4_TO_6.lock().await;
-    let mut fed = Federation::start(&[4, 5, 6]).await;
+    // Short epochs (the shortest allowed with 1 s heartbeats), one clock.
+    let epochs = vec!["--epoch-length-secs=10".to_string(), "--epoch-genesis-ms=0".to_string()];
+    let mut fed = Federation::start_with(&[4, 5, 6], epochs).await;
 
     // 1. Three licensed clusters form a network.
     for i in 0..3 {
@@ -101,6 +103,38 @@ async fn licensed_clusters_federate_and_refuse_the_rest() {
     for n in &fed.nodes[1..] {
         assert!(table.contains(&n.peer_id), "{table}");
     }
+
+    // 1b. Epochs: after a whole epoch together, the oracle saw both peers'
+    // heartbeats nearly all the time (a perfect run scores 255·9/10 → 230).
+    let fed_ref = &fed;
+    let view = wait_for(45, "a closed epoch in which node 0 saw both peers nearly always", || async move {
+        let v = fed_ref.network_view(0).await;
+        let seen = v["epoch"]["observed"].as_object()?;
+        let all =
+            fed_ref.nodes[1..].iter().all(|n| seen.get(&n.peer_id).and_then(|a| a.as_u64()).is_some_and(|a| a >= 200));
+        all.then_some(v)
+    })
+    .await;
+    let e = &view["epoch"];
+    let now = ratio1::p2p::now_ms() as u64;
+    assert_eq!(e["current"].as_u64().unwrap(), now / 10_000, "epoch = ⌊(t − genesis) / length⌋ ({e})");
+    assert_eq!(e["last"].as_u64().unwrap() + 1, e["current"].as_u64().unwrap());
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ratio1"))
+        .args(["network", "epoch", "--endpoint"])
+        .arg(format!("http://127.0.0.1:{}", fed.nodes[0].op().api_port))
+        .output()
+        .await
+        .unwrap();
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success() && printed.contains("ends in") && printed.contains(&fed.nodes[2].peer_id),
+        "{printed}"
+    );
+    // The R1Node shows the clock's epoch (refreshed at least every 30 s).
+    let st = fed.wait_peers(0, 2, 10).await.status.unwrap();
+    let shown = st.epoch.expect("status.epoch while the network runs");
+    assert!((now / 10_000).saturating_sub(4) <= shown && shown <= now / 10_000 + 1, "status.epoch {shown}");
+    assert!(st.availability.is_none(), "availability is the oracles' to agree: not claimed");
 
     // 2. A 4th node with a bad license is refused by all three.
     let stranger = ed25519::Keypair::generate();

@@ -277,16 +277,19 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
     // The full set of conditions this reconcile asserts: a stalled node
     // says only why (no stale Licensed/Connected), and claims no peers.
     let mut peers = 0;
+    let mut epoch = None;
     let mut last_heartbeat = old.last_heartbeat.clone();
     let wanted = match &outcome {
         Err(bad) => conditions::stalled(bad.reason, &bad.message),
         Ok(()) => {
             let mut wanted = conditions::ready("IdentityReady", "node identity and license Secret are in place");
             // Read under the lock, no copy: the view holds bounded logs too.
-            let ((connected, fresh), last_sent) = {
+            let ((connected, fresh), last_sent, current) = {
                 let view = ctx.view.read().expect("view lock");
-                (connected_condition(&view, disabled.as_deref(), p2p::now_ms()), view.last_heartbeat_sent)
+                let epoch = view.running.then(|| view.epoch.as_ref().map(|e| e.current)).flatten();
+                (connected_condition(&view, disabled.as_deref(), p2p::now_ms()), view.last_heartbeat_sent, epoch)
             };
+            epoch = current;
             if let Some(bad) = licensed.as_ref().filter(|w| w.status == Some(false)) {
                 // Peers refuse a node without a valid license: only a new
                 // license (a Secret change) helps.
@@ -306,7 +309,9 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
         peers,
         last_heartbeat,
         observed_generation: n.metadata.generation,
-        // epoch and availability are OracleSync's: not claimed here.
+        // The epoch clock's, while the network runs; availability is the
+        // oracles' agreed value (OracleSync): not claimed here.
+        epoch,
         ..Default::default()
     };
     finish(&ctx, &api, n.as_ref(), n.status.as_ref(), status, &wanted).await?;

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
     printcolumn = r#"{"name":"PeerID","type":"string","jsonPath":".status.peerId"}"#,
     printcolumn = r#"{"name":"Roles","type":"string","jsonPath":".spec.roles"}"#,
     printcolumn = r#"{"name":"Peers","type":"integer","jsonPath":".status.peers"}"#,
+    printcolumn = r#"{"name":"Epoch","type":"integer","jsonPath":".status.epoch"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -196,7 +197,9 @@ pub struct R1NodeStatus {
     /// Time of the last heartbeat this node published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
-    /// Current epoch number. Reserved for OracleSync: not computed yet.
+    /// Current epoch number, from the network's epoch clock
+    /// (`--epoch-genesis-ms`, `--epoch-length-secs`), while this node's
+    /// network runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
     /// Availability in the last closed epoch, 0..255. Reserved for

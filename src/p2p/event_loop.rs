@@ -780,6 +780,9 @@ impl EventLoop {
             if !hb.node.is_empty() {
                 p.node = hb.node;
             }
+            let t = &self.cfg.tuning;
+            let cap = (t.epochs.length_ms / (t.heartbeat_interval.as_millis() as u64).max(1)) as usize + 16;
+            v.record_beat(&ok.envelope.from, (now / 1000) as u64, &t.epochs, cap);
             v.heartbeat_delays.push_back((ok.envelope.from, ok.envelope.seq, delay_us));
             while v.heartbeat_delays.len() > 4096 {
                 v.heartbeat_delays.pop_front();
@@ -895,6 +898,8 @@ impl EventLoop {
                 v.negative_scores = negative;
             }
             let timeout = v.heartbeat_timeout_ms;
+            let t = &self.cfg.tuning;
+            v.close_epochs(now as u64, &t.epochs, t.heartbeat_interval.as_millis() as u64);
             let before = v.peers.len();
             // Disconnected peers are forgotten once their heartbeats stop.
             v.peers.retain(|_, p| p.connected || p.last_heartbeat.is_some_and(|t| now - t <= timeout));

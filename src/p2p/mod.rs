@@ -105,6 +105,8 @@ pub struct Tuning {
     /// Publish own messages to every connected peer (lowest latency in
     /// small networks) rather than to the gossip mesh only.
     pub flood_publish: bool,
+    /// The network's epochs (genesis and length), for availability.
+    pub epochs: crate::oracle::epoch::Epochs,
 }
 
 impl Default for Tuning {
@@ -124,6 +126,10 @@ impl Default for Tuning {
             dial_target: 24,
             dauth_ttl: Duration::from_secs(600),
             flood_publish: true,
+            epochs: crate::oracle::epoch::Epochs {
+                genesis_ms: crate::oracle::epoch::DEFAULT_GENESIS_MS,
+                length_ms: crate::oracle::epoch::Epochs::DAY_MS,
+            },
         }
     }
 }
@@ -309,6 +315,90 @@ pub struct View {
     pub heartbeat_delays: VecDeque<(String, u64, i64)>,
     #[serde(skip)]
     pub heartbeat_timeout_ms: i64,
+    /// The epoch now, and each author's availability in the last closed
+    /// one as this node saw its heartbeats.
+    pub epoch: Option<EpochView>,
+    /// Receipt times (Unix ms) of each licensed author's heartbeats in the
+    /// current and the last epoch, kept apart from `peers` (a peer that
+    /// went away and came back keeps the first part of its epoch).
+    #[serde(skip)]
+    pub beats: BTreeMap<String, VecDeque<u64>>,
+}
+
+/// The epoch clock and what this node observed of the last closed epoch.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EpochView {
+    pub current: u64,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub length_ms: u64,
+    pub genesis_ms: u64,
+    /// The last closed epoch (`current − 1`), if any.
+    pub last: Option<u64>,
+    /// Availability 0..255 in `last` of each author heard from in it,
+    /// from the heartbeats this node received (its own view, not the
+    /// oracles' agreed value).
+    pub observed: BTreeMap<String, u8>,
+}
+
+impl View {
+    /// Records a heartbeat of `author` received at `now_ms`, keeping the
+    /// current and the last epoch, at most twice as many per epoch as an
+    /// honest author sends (`cap`).
+    pub fn record_beat(&mut self, author: &str, now_ms: u64, epochs: &crate::oracle::epoch::Epochs, cap: usize) {
+        let keep_from = epochs.at(now_ms).and_then(|e| e.checked_sub(1)).map(|e| epochs.bounds(e).0).unwrap_or(0);
+        let b = self.beats.entry(author.to_string()).or_default();
+        while b.front().is_some_and(|t| *t < keep_from) {
+            b.pop_front();
+        }
+        if b.len() < 2 * cap {
+            b.push_back(now_ms);
+        }
+    }
+
+    /// Recomputes [`View::epoch`] at `now_ms`; authors with no heartbeat
+    /// in the last two epochs are forgotten.
+    pub fn close_epochs(&mut self, now_ms: u64, epochs: &crate::oracle::epoch::Epochs, hb_ms: u64) {
+        let Some(current) = epochs.at(now_ms) else {
+            self.epoch = None;
+            return;
+        };
+        let (start_ms, end_ms) = epochs.bounds(current);
+        let keep_from = current.checked_sub(1).map(|e| epochs.bounds(e).0).unwrap_or(start_ms);
+        self.beats.retain(|_, b| {
+            while b.front().is_some_and(|t| *t < keep_from) {
+                b.pop_front();
+            }
+            !b.is_empty()
+        });
+        let last = current.checked_sub(1);
+        let observed = match (last, &self.epoch) {
+            // Computed once per closed epoch.
+            (Some(l), Some(prev)) if prev.last == Some(l) => prev.observed.clone(),
+            (Some(l), _) => {
+                let (ls, le) = epochs.bounds(l);
+                self.beats
+                    .iter()
+                    .filter(|(_, b)| b.iter().any(|t| (ls..le).contains(t)))
+                    .map(|(p, b)| {
+                        let beats: Vec<u64> = b.iter().copied().collect();
+                        (p.clone(), crate::oracle::epoch::availability(epochs, l, &beats, hb_ms))
+                    })
+                    .collect()
+            }
+            (None, _) => BTreeMap::new(),
+        };
+        self.epoch = Some(EpochView {
+            current,
+            start_ms,
+            end_ms,
+            length_ms: epochs.length_ms,
+            genesis_ms: epochs.genesis_ms,
+            last,
+            observed,
+        });
+    }
 }
 
 /// One dAuth request as an oracle recorded it.
