@@ -155,7 +155,8 @@ up() {
       args=(operator --namespace ratio1-system --metrics-addr "127.0.0.1:$((9090 + i - 1))" --api-addr "127.0.0.1:$((9190 + i - 1))" --identity "devnet-c$i"
             --p2p-listen "/ip4/127.0.0.1/tcp/$port" --trusted-issuer="$issuer_pub" --cstore-endpoints "$(cstore_url "$i")"
             --data-dir "$d/data" --r1fs-gateway-addr "0.0.0.0:$((9290 + i - 1))"
-            --r1fs-pod-endpoint "http://\$(HOST_IP):$((9290 + i - 1))" --r1fs-fetch-image ratio1.local/ratio1-operator:dev)
+            --r1fs-pod-endpoint "http://\$(HOST_IP):$((9290 + i - 1))" --r1fs-fetch-image ratio1.local/ratio1-operator:dev
+            --epoch-genesis-ms 0 --epoch-length-secs 60)
       [ -n "$bootstrap" ] && args+=(--p2p-bootstrap "$bootstrap")
       KUBECONFIG="$kc" setsid "$BIN" "${args[@]}" >"$d/operator.log" 2>&1 </dev/null &
       echo $! >"$d/operator.pid"
@@ -229,6 +230,7 @@ Try next:
   kubectl patch r1p sentiment-api -n default --type merge -p '{"spec":{"replicas":4}}'
   kubectl describe r1p sentiment-api -n default
   $BIN network peers --endpoint http://127.0.0.1:9190   # the network as c1 sees it
+  $BIN network epoch --endpoint http://127.0.0.1:9190   # the epoch (60 s here) and each peer's availability in the last one
   $BIN cstore --endpoint http://127.0.0.1:9190 set '~/hello' '"world"'   # CSTORE: write on c1 ...
   $BIN cstore --endpoint http://127.0.0.1:9191 keys node/   # ... read on c2 (replicated); then: status
   kubectl get r1m sentiment-lexicon -n default -o jsonpath='{.status.holders}'   # the R1FS nodes holding the model
