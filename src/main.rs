@@ -631,6 +631,10 @@ async fn epoch(endpoint: &str) -> anyhow::Result<()> {
         e["genesisMs"]
     );
     let Some(last) = e["last"].as_u64() else { return Ok(()) };
+    if e["complete"] != true {
+        println!("\nepoch {last} is not scored here: this node's network started after it began");
+        return Ok(());
+    }
     println!("\navailability in epoch {last}, from the heartbeats this node received (0..255):");
     println!("{:<54} {:<12} {:>5}", "PEER", "NODE", "AVAIL");
     for (peer, a) in e["observed"].as_object().into_iter().flatten() {

@@ -63,23 +63,52 @@ pub fn score(available_ms: u64, length_ms: u64) -> u8 {
     div_round_half_even(ten_thousandths * 255, 10_000) as u8
 }
 
+/// Runs of heartbeats folded as they come, in time order: what a node
+/// keeps per peer instead of every time (three numbers, not a day of
+/// heartbeats).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Runs {
+    run_start: u64,
+    prev: u64,
+    closed: u64,
+    any: bool,
+}
+
+impl Runs {
+    /// Adds a heartbeat seen at `t` (ms); one older than the last is
+    /// ignored (times are taken in order).
+    pub fn add(&mut self, t: u64, hb_ms: u64) {
+        if !self.any {
+            *self = Runs { run_start: t, prev: t, closed: 0, any: true };
+            return;
+        }
+        if t < self.prev {
+            return;
+        }
+        let gap = t - self.prev;
+        if !(hb_ms / 2..=hb_ms + GAP_SLACK_MS).contains(&gap) {
+            self.closed += self.prev - self.run_start;
+            self.run_start = t;
+        }
+        self.prev = t;
+    }
+
+    /// Milliseconds covered so far: the closed runs and the open one.
+    pub fn available_ms(&self) -> u64 {
+        self.closed + (self.prev - self.run_start)
+    }
+}
+
 /// Milliseconds covered by runs of `beats` (times in ms, any order) whose
 /// gaps stay within `[hb/2, hb + GAP_SLACK_MS]`.
 pub fn available_ms(beats: &[u64], hb_ms: u64) -> u64 {
     let mut t: Vec<u64> = beats.to_vec();
     t.sort_unstable();
-    let Some((&first, rest)) = t.split_first() else { return 0 };
-    let (lo, hi) = (hb_ms / 2, hb_ms + GAP_SLACK_MS);
-    let (mut run_start, mut prev, mut total) = (first, first, 0u64);
-    for &b in rest {
-        let gap = b - prev;
-        if !(lo..=hi).contains(&gap) {
-            total += prev - run_start;
-            run_start = b;
-        }
-        prev = b;
+    let mut runs = Runs::default();
+    for b in t {
+        runs.add(b, hb_ms);
     }
-    total + (prev - run_start)
+    runs.available_ms()
 }
 
 /// A node's availability in `epoch`: its heartbeats seen in that epoch

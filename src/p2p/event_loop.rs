@@ -99,6 +99,7 @@ impl EventLoop {
             running: true,
             listen_error,
             heartbeat_timeout_ms: cfg.tuning.heartbeat_timeout.as_millis() as i64,
+            observing_since_ms: now_ms() as u64,
             ..Default::default()
         };
         let t = &cfg.tuning;
@@ -160,7 +161,11 @@ impl EventLoop {
                 _ = maintenance.tick() => self.maintain(),
             }
         }
-        self.view.write().expect("view lock").running = false;
+        {
+            let mut v = self.view.write().expect("view lock");
+            v.running = false;
+            v.epoch = None;
+        }
         tracing::info!("network stopped");
     }
 
@@ -781,8 +786,7 @@ impl EventLoop {
                 p.node = hb.node;
             }
             let t = &self.cfg.tuning;
-            let cap = (t.epochs.length_ms / (t.heartbeat_interval.as_millis() as u64).max(1)) as usize + 16;
-            v.record_beat(&ok.envelope.from, (now / 1000) as u64, &t.epochs, cap);
+            v.record_beat(&ok.envelope.from, (now / 1000) as u64, &t.epochs, t.heartbeat_interval.as_millis() as u64);
             v.heartbeat_delays.push_back((ok.envelope.from, ok.envelope.seq, delay_us));
             while v.heartbeat_delays.len() > 4096 {
                 v.heartbeat_delays.pop_front();
@@ -898,8 +902,7 @@ impl EventLoop {
                 v.negative_scores = negative;
             }
             let timeout = v.heartbeat_timeout_ms;
-            let t = &self.cfg.tuning;
-            v.close_epochs(now as u64, &t.epochs, t.heartbeat_interval.as_millis() as u64);
+            v.close_epochs(now as u64, &self.cfg.tuning.epochs);
             let before = v.peers.len();
             // Disconnected peers are forgotten once their heartbeats stop.
             v.peers.retain(|_, p| p.connected || p.last_heartbeat.is_some_and(|t| now - t <= timeout));

@@ -318,12 +318,36 @@ pub struct View {
     /// The epoch now, and each author's availability in the last closed
     /// one as this node saw its heartbeats.
     pub epoch: Option<EpochView>,
-    /// Receipt times (Unix ms) of each licensed author's heartbeats in the
-    /// current and the last epoch, kept apart from `peers` (a peer that
-    /// went away and came back keeps the first part of its epoch).
+    /// Each licensed author's heartbeat runs in its latest epoch (folded
+    /// as they come: three numbers per author), kept apart from `peers`
+    /// (a peer that went away and came back keeps the first part of its
+    /// epoch); at most [`MAX_EPOCH_AUTHORS`].
     #[serde(skip)]
-    pub beats: BTreeMap<String, VecDeque<u64>>,
+    pub runs: BTreeMap<String, AuthorRuns>,
+    /// When this node's network started (Unix ms): an epoch that began
+    /// before is not scored (its first part was not seen).
+    #[serde(skip)]
+    pub observing_since_ms: u64,
 }
+
+/// One author's heartbeat runs: in its latest epoch, and in the one
+/// before (a heartbeat of the new epoch may come before the old one is
+/// scored).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AuthorRuns {
+    pub latest: (u64, crate::oracle::epoch::Runs),
+    pub before: Option<(u64, crate::oracle::epoch::Runs)>,
+}
+
+impl AuthorRuns {
+    fn of(&self, epoch: u64) -> Option<&crate::oracle::epoch::Runs> {
+        [Some(&self.latest), self.before.as_ref()].into_iter().flatten().find(|(e, _)| *e == epoch).map(|(_, r)| r)
+    }
+}
+
+/// Authors whose heartbeat runs a node keeps (as many as the gossip gate
+/// rate-limits).
+pub const MAX_EPOCH_AUTHORS: usize = 65_536;
 
 /// The epoch clock and what this node observed of the last closed epoch.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -336,6 +360,9 @@ pub struct EpochView {
     pub genesis_ms: u64,
     /// The last closed epoch (`current − 1`), if any.
     pub last: Option<u64>,
+    /// Whether this node's network ran through all of `last`; if not,
+    /// `observed` is empty (peers would be blamed for its own absence).
+    pub complete: bool,
     /// Availability 0..255 in `last` of each author heard from in it,
     /// from the heartbeats this node received (its own view, not the
     /// oracles' agreed value).
@@ -343,51 +370,46 @@ pub struct EpochView {
 }
 
 impl View {
-    /// Records a heartbeat of `author` received at `now_ms`, keeping the
-    /// current and the last epoch, at most twice as many per epoch as an
-    /// honest author sends (`cap`).
-    pub fn record_beat(&mut self, author: &str, now_ms: u64, epochs: &crate::oracle::epoch::Epochs, cap: usize) {
-        let keep_from = epochs.at(now_ms).and_then(|e| e.checked_sub(1)).map(|e| epochs.bounds(e).0).unwrap_or(0);
-        let b = self.beats.entry(author.to_string()).or_default();
-        while b.front().is_some_and(|t| *t < keep_from) {
-            b.pop_front();
+    /// Folds a heartbeat of `author` received at `now_ms` into its runs.
+    pub fn record_beat(&mut self, author: &str, now_ms: u64, epochs: &crate::oracle::epoch::Epochs, hb_ms: u64) {
+        let Some(e) = epochs.at(now_ms) else { return };
+        if !self.runs.contains_key(author) && self.runs.len() >= MAX_EPOCH_AUTHORS {
+            return;
         }
-        if b.len() < 2 * cap {
-            b.push_back(now_ms);
+        let entry = self
+            .runs
+            .entry(author.to_string())
+            .or_insert_with(|| AuthorRuns { latest: (e, Default::default()), before: None });
+        if entry.latest.0 < e {
+            entry.before = Some(std::mem::replace(&mut entry.latest, (e, Default::default())));
+        }
+        if entry.latest.0 == e {
+            entry.latest.1.add(now_ms, hb_ms);
         }
     }
 
-    /// Recomputes [`View::epoch`] at `now_ms`; authors with no heartbeat
-    /// in the last two epochs are forgotten.
-    pub fn close_epochs(&mut self, now_ms: u64, epochs: &crate::oracle::epoch::Epochs, hb_ms: u64) {
+    /// Recomputes [`View::epoch`] at `now_ms`: once per closed epoch,
+    /// each author's availability in it; authors not heard from since the
+    /// last epoch are forgotten.
+    pub fn close_epochs(&mut self, now_ms: u64, epochs: &crate::oracle::epoch::Epochs) {
         let Some(current) = epochs.at(now_ms) else {
             self.epoch = None;
             return;
         };
         let (start_ms, end_ms) = epochs.bounds(current);
-        let keep_from = current.checked_sub(1).map(|e| epochs.bounds(e).0).unwrap_or(start_ms);
-        self.beats.retain(|_, b| {
-            while b.front().is_some_and(|t| *t < keep_from) {
-                b.pop_front();
-            }
-            !b.is_empty()
-        });
         let last = current.checked_sub(1);
+        self.runs.retain(|_, r| r.latest.0 + 1 >= current);
+        let complete = last.is_some_and(|l| self.observing_since_ms <= epochs.bounds(l).0);
         let observed = match (last, &self.epoch) {
-            // Computed once per closed epoch.
             (Some(l), Some(prev)) if prev.last == Some(l) => prev.observed.clone(),
-            (Some(l), _) => {
-                let (ls, le) = epochs.bounds(l);
-                self.beats
-                    .iter()
-                    .filter(|(_, b)| b.iter().any(|t| (ls..le).contains(t)))
-                    .map(|(p, b)| {
-                        let beats: Vec<u64> = b.iter().copied().collect();
-                        (p.clone(), crate::oracle::epoch::availability(epochs, l, &beats, hb_ms))
-                    })
-                    .collect()
-            }
-            (None, _) => BTreeMap::new(),
+            (Some(l), _) if complete => self
+                .runs
+                .iter()
+                .filter_map(|(p, r)| {
+                    Some((p.clone(), crate::oracle::epoch::score(r.of(l)?.available_ms(), epochs.length_ms)))
+                })
+                .collect(),
+            _ => BTreeMap::new(),
         };
         self.epoch = Some(EpochView {
             current,
@@ -396,6 +418,7 @@ impl View {
             length_ms: epochs.length_ms,
             genesis_ms: epochs.genesis_ms,
             last,
+            complete,
             observed,
         });
     }
@@ -736,4 +759,62 @@ pub fn start(
     let ev = event_loop::EventLoop::new(cfg, swarm, cmd_rx, view.clone(), changes, metrics);
     let task = tokio::spawn(ev.run());
     Ok((NetworkHandle { cmd: cmd_tx, view, peer_id, keypair }, task))
+}
+
+#[cfg(test)]
+mod epoch_tests {
+    use super::*;
+    use crate::oracle::epoch::{score, Epochs};
+
+    #[test]
+    fn each_closed_epoch_is_scored_once_from_the_runs_seen_and_only_if_seen_whole() {
+        let e = Epochs { genesis_ms: 0, length_ms: 10_000 };
+        let hb = 1_000;
+        let mut v = View::default();
+        // A beats every second through epochs 0 and 1; B only in the first
+        // half of epoch 1.
+        for t in (0..20_000).step_by(1_000) {
+            v.record_beat("A", t + 3, &e, hb);
+            if (10_000..15_000).contains(&t) {
+                v.record_beat("B", t + 7, &e, hb);
+            }
+            v.close_epochs(t + 3, &e);
+        }
+        // A's first beat of epoch 2 arrives before the tick that closes 1.
+        v.record_beat("A", 20_003, &e, hb);
+        v.close_epochs(20_100, &e);
+        let ep = v.epoch.clone().unwrap();
+        assert_eq!((ep.current, ep.last, ep.complete), (2, Some(1), true));
+        assert_eq!(ep.observed["A"], score(9_000, 10_000), "ten beats, nine seconds: 230");
+        assert_eq!(ep.observed["A"], 230);
+        assert_eq!(ep.observed["B"], score(4_000, 10_000));
+        // Computed once: a later tick in the same epoch keeps it.
+        v.record_beat("B", 21_000, &e, hb);
+        v.close_epochs(25_000, &e);
+        assert_eq!(v.epoch.as_ref().unwrap().observed, ep.observed);
+        // Epoch 3 begins: in epoch 2 each was heard once, which is no run;
+        // authors silent since are forgotten an epoch later.
+        v.close_epochs(30_001, &e);
+        let ep3 = v.epoch.clone().unwrap();
+        assert_eq!((ep3.observed["A"], ep3.observed["B"]), (0, 0), "one heartbeat is no run");
+        v.close_epochs(50_000, &e);
+        assert!(v.runs.is_empty());
+    }
+
+    #[test]
+    fn an_epoch_this_node_did_not_see_from_its_start_is_not_scored() {
+        let e = Epochs { genesis_ms: 0, length_ms: 10_000 };
+        let mut v = View { observing_since_ms: 14_000, ..Default::default() };
+        for t in (14_000..20_000).step_by(1_000) {
+            v.record_beat("A", t, &e, 1_000);
+        }
+        v.close_epochs(20_001, &e);
+        let ep = v.epoch.clone().unwrap();
+        assert!(!ep.complete && ep.observed.is_empty(), "{ep:?}");
+        for t in (20_000..30_000).step_by(1_000) {
+            v.record_beat("A", t, &e, 1_000);
+        }
+        v.close_epochs(30_001, &e);
+        assert_eq!(v.epoch.unwrap().observed["A"], 230);
+    }
 }

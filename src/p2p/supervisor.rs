@@ -134,6 +134,7 @@ async fn stop(running: Option<Running>, view: &SharedView) {
         let _ = r.task.await;
         let mut v = view.write().expect("view lock");
         v.running = false;
+        v.epoch = None;
         v.peers.clear();
         v.network = None;
     }
@@ -179,6 +180,7 @@ async fn supervise(
                         tracing::error!(error = %e, "network failed to start");
                         let mut v = view.write().expect("view lock");
                         v.running = false;
+                        v.epoch = None;
                         v.failure = Some(e);
                     }
                 }
@@ -219,6 +221,7 @@ async fn supervise(
                 {
                     let mut v = view.write().expect("view lock");
                     v.running = false;
+        v.epoch = None;
                     v.failure = Some(why);
                 }
                 changes.send_modify(|n| *n += 1);
