@@ -167,9 +167,23 @@ pub fn key_env(k: &crate::crd::KeySecretRef) -> k8s_openapi::api::core::v1::EnvV
 /// key's Secret (or its data key) is missing (`KeySecretNotFound`), or the
 /// key does not open the content (`WrongKey`).
 pub fn key_problem<'a>(mounts: &[Mount], pods: impl IntoIterator<Item = &'a Pod>) -> Option<(String, String)> {
-    for pod in pods.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+    // Pods that are gone or done say nothing of the key now.
+    let live = |p: &&Pod| {
+        p.metadata.deletion_timestamp.is_none()
+            && !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Failed" | "Succeeded"))
+    };
+    for pod in pods.into_iter().filter(live) {
         let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
         let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+        // The CIDs this pod was made for, by mount index: an older pod's
+        // fetchers are not the current mounts'.
+        let made_for: Vec<String> = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(DELIVERED_ANNOTATION))
+            .and_then(|a| serde_json::from_str(a).ok())
+            .unwrap_or_default();
         let statuses = pod.status.as_ref().and_then(|s| s.init_container_statuses.as_ref());
         for cs in statuses.into_iter().flatten() {
             let Some(i) =
@@ -178,6 +192,9 @@ pub fn key_problem<'a>(mounts: &[Mount], pods: impl IntoIterator<Item = &'a Pod>
                 continue;
             };
             let Some(Mount { cid, path, key: Some(k) }) = mounts.get(i) else { continue };
+            if made_for.get(i) != Some(cid) {
+                continue;
+            }
             let sealed = format!(
                 "{cid} (mounted at {path}) is sealed with the key in Secret {ns}/{} (data key {:?})",
                 k.name, k.key
@@ -193,19 +210,26 @@ pub fn key_problem<'a>(mounts: &[Mount], pods: impl IntoIterator<Item = &'a Pod>
                     ),
                 ));
             }
+            // Only a fetcher that has not succeeded since: an old failure
+            // stays in `lastState` for the pod's life.
+            let done = cs.state.as_ref().and_then(|s| s.terminated.as_ref()).is_some_and(|t| t.exit_code == 0);
             let failed = [cs.state.as_ref(), cs.last_state.as_ref()]
                 .into_iter()
                 .flatten()
                 .filter_map(|s| s.terminated.as_ref())
-                .find(|t| {
-                    t.exit_code != 0 && t.message.as_deref().is_some_and(|m| m.contains(crate::r1fs::seal::WRONG_KEY))
-                });
-            if failed.is_some() {
-                return Some((
-                    "WrongKey".into(),
-                    format!("{sealed}, and that key does not open it in pod {pod_name}: put the key the content was added with in the Secret"),
-                ));
-            }
+                .filter(|t| !done && t.exit_code != 0)
+                .find_map(|t| t.message.as_deref());
+            let why = match failed {
+                Some(m) if m.contains(crate::r1fs::seal::WRONG_KEY) => "that key does not open it",
+                Some(m) if m.contains(crate::r1fs::seal::NOT_A_KEY) || m.contains(crate::r1fs::seal::NOT_32_BYTES) => {
+                    "the Secret's value is not a key (base64 of 32 bytes)"
+                }
+                _ => continue,
+            };
+            return Some((
+                "WrongKey".into(),
+                format!("{sealed}, and {why} in pod {pod_name}: put the key the content was added with in the Secret"),
+            ));
         }
     }
     None

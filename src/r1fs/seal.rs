@@ -25,16 +25,19 @@ const PREFIX: usize = 7;
 /// A 256-bit content key.
 pub type Key = [u8; 32];
 
+/// Ends of the errors of [`parse_key`] (pods' termination messages are
+/// matched against them).
+pub const NOT_A_KEY: &str = "is not a base64 key";
+pub const NOT_32_BYTES: &str = "does not hold a 32-byte key";
+
 /// A key as key files and Secrets hold it: base64 of 32 bytes (spaces
 /// around it ignored); `what` names where it came from in errors.
 pub fn parse_key(text: &str, what: &str) -> io::Result<Key> {
     use base64::Engine;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text.trim())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{what} is not a base64 key")))?;
-    bytes
-        .try_into()
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{what} does not hold a 32-byte key")))
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{what} {NOT_A_KEY}")))?;
+    bytes.try_into().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{what} {NOT_32_BYTES}")))
 }
 
 /// Reads a key file (base64 of 32 bytes), or makes one (mode 0600) when

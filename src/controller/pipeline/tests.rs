@@ -749,6 +749,9 @@ fn a_sealed_model_is_opened_with_its_secret_and_a_missing_or_wrong_key_stalls() 
         let mut pod = Pod::default();
         pod.metadata.name = Some("p-1".into());
         pod.metadata.namespace = Some("ns".into());
+        let cids: Vec<&str> = mounts.iter().map(|m| m.cid.as_str()).collect();
+        pod.metadata.annotations =
+            Some(BTreeMap::from([(DELIVERED_ANNOTATION.to_string(), serde_json::to_string(&cids).unwrap())]));
         pod.status = Some(PodStatus {
             init_container_statuses: Some(vec![
                 ContainerStatus { name: "r1fs-fetch-1".into(), state: Some(state.clone()), ..Default::default() },
@@ -800,4 +803,39 @@ fn a_sealed_model_is_opened_with_its_secret_and_a_missing_or_wrong_key_stalls() 
     // Running fetchers: nothing to say.
     let fine = pod(ContainerState::default(), None);
     assert_eq!(key_problem(&mounts, [&fine]), None);
+    // Fixed since: the fetcher succeeded; its old failure in lastState is
+    // history, not the pod's problem now.
+    let fixed = {
+        let mut p = wrong.clone();
+        let st = &mut p.status.as_mut().unwrap().init_container_statuses.as_mut().unwrap()[1];
+        st.state = Some(ContainerState {
+            terminated: Some(ContainerStateTerminated { exit_code: 0, ..Default::default() }),
+            ..Default::default()
+        });
+        p
+    };
+    assert_eq!(key_problem(&mounts, [&fixed]), None);
+    // A pod made for another CID (an older ReplicaSet's), or one that is
+    // done, is not the current mounts' problem.
+    let mut older = missing.clone();
+    older.metadata.annotations =
+        Some(BTreeMap::from([(DELIVERED_ANNOTATION.to_string(), r#"["bafyother","x"]"#.to_string())]));
+    assert_eq!(key_problem(&mounts, [&older]), None);
+    let mut failed = wrong.clone();
+    failed.status.as_mut().unwrap().phase = Some("Failed".into());
+    assert_eq!(key_problem(&mounts, [&failed]), None);
+    // A Secret whose value is not a key at all.
+    let not_a_key = pod(
+        waiting("CrashLoopBackOff", "back-off"),
+        Some(ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: 1,
+                message: Some(format!("Error: RATIO1_R1FS_KEY {}", crate::r1fs::seal::NOT_A_KEY)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    );
+    let (reason, msg) = key_problem(&mounts, [&not_a_key]).unwrap();
+    assert!(reason == "WrongKey" && msg.contains("not a key"), "{msg}");
 }
