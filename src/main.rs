@@ -624,8 +624,12 @@ async fn epoch(endpoint: &str) -> anyhow::Result<()> {
         anyhow::bail!("the operator at {endpoint} reports no epoch (its network is not running, or genesis is ahead)");
     };
     let left = e["endMs"].as_u64().unwrap_or(0).saturating_sub(ratio1::p2p::now_ms() as u64);
+    let source = match e["source"].as_str().unwrap_or("") {
+        s if s.starts_with("dauth:") => format!("the oracle {}'s, through dAuth", &s[6..]),
+        _ => "this node's flags".into(),
+    };
     println!(
-        "epoch {current}: ends in {} (length {}, genesis {} ms)",
+        "epoch {current}: ends in {} (length {}, genesis {} ms; clock: {source})",
         human_secs(left / 1000),
         human_secs(e["lengthMs"].as_u64().unwrap_or(0) / 1000),
         e["genesisMs"]

@@ -51,9 +51,15 @@ async fn metrics_of(fed: &Federation, i: usize) -> String {
 #[tokio::test]
 async fn licensed_clusters_federate_and_refuse_the_rest() {
     let _turn = CLUSTERS_4_TO_6.lock().await;
-    // Short epochs (the shortest allowed with 1 s heartbeats), one clock.
-    let epochs = vec!["--epoch-length-secs=10".to_string(), "--epoch-genesis-ms=0".to_string()];
-    let mut fed = Federation::start_with(&[4, 5, 6], epochs).await;
+    // Short epochs (the shortest allowed with 1 s heartbeats), set on the
+    // oracle only: the workers take its clock through dAuth.
+    let epochs = ["--epoch-length-secs=10".to_string(), "--epoch-genesis-ms=0".to_string()];
+    let mut fed = Federation::start_each(&[4, 5, 6], |k, o| {
+        if k == 0 {
+            o.extra_args.extend(epochs.iter().cloned())
+        }
+    })
+    .await;
 
     // 1. Three licensed clusters form a network.
     for i in 0..3 {
@@ -121,6 +127,16 @@ async fn licensed_clusters_federate_and_refuse_the_rest() {
     let current = e["current"].as_u64().unwrap();
     assert!(current == now / 10_000 || current + 1 == now / 10_000, "epoch = ⌊(t − genesis) / length⌋ ({e})");
     assert_eq!(e["last"].as_u64().unwrap() + 1, e["current"].as_u64().unwrap());
+    assert_eq!(e["source"], "flags");
+    // A worker runs on the oracle's clock, given in its dAuth answer.
+    let fed_ref = &fed;
+    let oracle = fed.nodes[0].peer_id.clone();
+    let worker = wait_for(20, "worker 1 on the oracle's epoch clock", || async move {
+        let v = fed_ref.network_view(1).await;
+        (v["epoch"]["lengthMs"] == 10_000).then_some(v)
+    })
+    .await;
+    assert_eq!(worker["epoch"]["source"], format!("dauth:{oracle}"));
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ratio1"))
         .args(["network", "epoch", "--endpoint"])
         .arg(format!("http://127.0.0.1:{}", fed.nodes[0].op().api_port))

@@ -201,6 +201,10 @@ async fn hostile_peers_get_nothing_and_cost_little() {
     })
     .await;
     assert!(!listed(&fed, 1, &stranger_peer).await, "a whitelist is not a license");
+    // Its epoch clock (1 s epochs) is refused: the worker keeps its own.
+    assert!(counter(&fed, 1, "ratio1_p2p_dropped_total", "reason=\"epochs_too_short\"").await >= 1.0);
+    let v = fed.network_view(1).await;
+    assert_ne!(v["epoch"]["lengthMs"], 1_000, "{}", v["epoch"]);
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let report = rogue.await.unwrap();
     eprintln!("rogue oracle: {report:?}");

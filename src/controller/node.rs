@@ -286,8 +286,9 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
             // Read under the lock, no copy: the view holds bounded logs too.
             let ((connected, fresh), last_sent, current) = {
                 let view = ctx.view.read().expect("view lock");
-                // From the clock itself: the view's epoch lags a tick.
-                let epoch = view.running.then(|| ctx.net.tuning.epochs.at(p2p::now_ms() as u64)).flatten();
+                // From the clock in use (the flags', or an oracle's through
+                // dAuth) itself: the view's epoch lags a tick.
+                let epoch = view.running.then(|| view.clock.and_then(|c| c.at(p2p::now_ms() as u64))).flatten();
                 (connected_condition(&view, disabled.as_deref(), p2p::now_ms()), view.last_heartbeat_sent, epoch)
             };
             epoch = current;

@@ -40,6 +40,8 @@ pub(super) struct EventLoop {
     hello_sent: HashMap<PeerId, request_response::OutboundRequestId>,
     auth_nonce: Option<(PeerId, String)>,
     last_auth: Option<Instant>,
+    /// The epoch clock in use: the flags', or an oracle's (dAuth).
+    epochs: crate::oracle::epoch::Epochs,
     /// Last dial per peer learnt from heartbeats (bounded: see `discover`).
     dialed: HashMap<PeerId, Instant>,
     last_bootstrap: Option<Instant>,
@@ -84,6 +86,7 @@ impl EventLoop {
         metrics: Arc<Metrics>,
     ) -> Self {
         let peer_id = *swarm.local_peer_id();
+        let epochs = cfg.tuning.epochs;
         let mut listen_error = None;
         for addr in &cfg.listen {
             if let Err(e) = swarm.listen_on(addr.clone()) {
@@ -100,6 +103,7 @@ impl EventLoop {
             listen_error,
             heartbeat_timeout_ms: cfg.tuning.heartbeat_timeout.as_millis() as i64,
             observing_since_ms: now_ms() as u64,
+            clock: Some(epochs),
             ..Default::default()
         };
         let t = &cfg.tuning;
@@ -129,6 +133,7 @@ impl EventLoop {
             hello_sent: HashMap::new(),
             auth_nonce: None,
             last_auth: None,
+            epochs,
             dialed: HashMap::new(),
             last_bootstrap: None,
             last_discovery: None,
@@ -446,10 +451,38 @@ impl EventLoop {
                     whitelist,
                     issuers: self.cfg.trust.issuers().map(crate::dauth::license::encode_public).collect(),
                     is_oracle: asker_is_oracle,
+                    epochs: Some(protocol::EpochClock {
+                        genesis_ms: self.epochs.genesis_ms,
+                        length_ms: self.epochs.length_ms,
+                    }),
                 };
                 Response::Auth(self.seal("dauth-answer", serde_json::to_value(answer).expect("serializes")))
             }
         }
+    }
+
+    /// Takes the network's epoch clock from an oracle's dAuth answer: the
+    /// network runs on one clock, set on its oracles. One too short for
+    /// this node's heartbeats is refused (kept: this node's own).
+    fn adopt_epochs(&mut self, e: crate::oracle::epoch::Epochs, oracle: &PeerId) {
+        if e == self.epochs {
+            return;
+        }
+        let hb = self.cfg.tuning.heartbeat_interval.as_millis() as u64;
+        if e.length_ms < 10 * hb {
+            tracing::warn!(%oracle, length_ms = e.length_ms, "oracle's epochs shorter than ten heartbeats: this node keeps its own");
+            self.metrics.p2p_dropped.get_or_create(&label("epochs_too_short")).inc();
+            return;
+        }
+        tracing::info!(%oracle, genesis_ms = e.genesis_ms, length_ms = e.length_ms, "epoch clock taken from the oracle (dAuth)");
+        self.epochs = e;
+        let mut v = self.view.write().expect("view lock");
+        // Runs under the old clock do not fit the new one: start over.
+        v.runs.clear();
+        v.epoch = None;
+        v.observing_since_ms = now_ms() as u64;
+        v.epochs_from = Some(oracle.to_string());
+        v.clock = Some(e);
     }
 
     fn take_auth_answer(&mut self, peer: PeerId, env: Envelope) {
@@ -472,6 +505,12 @@ impl EventLoop {
         self.auth_nonce = None;
         tracing::info!(%oracle, oracles = answer.oracles.len(), whitelist = answer.whitelist.len(), "dAuth answer received");
         let now = now_ms();
+        if let Some(c) = answer.epochs {
+            self.adopt_epochs(
+                crate::oracle::epoch::Epochs { genesis_ms: c.genesis_ms, length_ms: c.length_ms },
+                &oracle,
+            );
+        }
         self.view.write().expect("view lock").network = Some(NetworkConfig {
             oracle: oracle.to_string(),
             oracles: answer.oracles,
@@ -785,8 +824,8 @@ impl EventLoop {
             if !hb.node.is_empty() {
                 p.node = hb.node;
             }
-            let t = &self.cfg.tuning;
-            v.record_beat(&ok.envelope.from, (now / 1000) as u64, &t.epochs, t.heartbeat_interval.as_millis() as u64);
+            let hb = self.cfg.tuning.heartbeat_interval.as_millis() as u64;
+            v.record_beat(&ok.envelope.from, (now / 1000) as u64, &self.epochs, hb);
             v.heartbeat_delays.push_back((ok.envelope.from, ok.envelope.seq, delay_us));
             while v.heartbeat_delays.len() > 4096 {
                 v.heartbeat_delays.pop_front();
@@ -902,7 +941,7 @@ impl EventLoop {
                 v.negative_scores = negative;
             }
             let timeout = v.heartbeat_timeout_ms;
-            v.close_epochs(now as u64, &self.cfg.tuning.epochs);
+            v.close_epochs(now as u64, &self.epochs);
             let before = v.peers.len();
             // Disconnected peers are forgotten once their heartbeats stop.
             v.peers.retain(|_, p| p.connected || p.last_heartbeat.is_some_and(|t| now - t <= timeout));

@@ -328,6 +328,13 @@ pub struct View {
     /// before is not scored (its first part was not seen).
     #[serde(skip)]
     pub observing_since_ms: u64,
+    /// The oracle whose dAuth answer gave the epoch clock, if one did
+    /// (else the node's own flags).
+    #[serde(skip)]
+    pub epochs_from: Option<String>,
+    /// The epoch clock in use (the flags', or the oracle's).
+    #[serde(skip)]
+    pub clock: Option<crate::oracle::epoch::Epochs>,
 }
 
 /// One author's heartbeat runs: in its latest epoch, and in the one
@@ -360,6 +367,8 @@ pub struct EpochView {
     pub genesis_ms: u64,
     /// The last closed epoch (`current − 1`), if any.
     pub last: Option<u64>,
+    /// Where the clock comes from: `flags`, or `dauth:<oracle PeerId>`.
+    pub source: String,
     /// Whether this node's network ran through all of `last`; if not,
     /// `observed` is empty (peers would be blamed for its own absence).
     pub complete: bool,
@@ -411,6 +420,10 @@ impl View {
                 .collect(),
             _ => BTreeMap::new(),
         };
+        let source = match &self.epochs_from {
+            Some(o) => format!("dauth:{o}"),
+            None => "flags".into(),
+        };
         self.epoch = Some(EpochView {
             current,
             start_ms,
@@ -418,6 +431,7 @@ impl View {
             length_ms: epochs.length_ms,
             genesis_ms: epochs.genesis_ms,
             last,
+            source,
             complete,
             observed,
         });

@@ -181,6 +181,18 @@ pub struct AuthAnswer {
     pub whitelist: Vec<String>,
     pub issuers: Vec<String>,
     pub is_oracle: bool,
+    /// The network's epoch clock, as the oracle runs it (absent from older
+    /// oracles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<EpochClock>,
+}
+
+/// Genesis and length of the network's epochs, in Unix ms.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct EpochClock {
+    pub genesis_ms: u64,
+    pub length_ms: u64,
 }
 
 /// Body of a heartbeat.

@@ -331,6 +331,8 @@ pub async fn rogue_oracle(
                             whitelist: vec![stranger_peer.to_string(), me.to_string(), peer.to_string()],
                             issuers: vec![],
                             is_oracle: false,
+                            // A clock no node could keep (1 s epochs).
+                            epochs: Some(ratio1::p2p::protocol::EpochClock { genesis_ms: 0, length_ms: 1_000 }),
                         };
                         let env = seal(&key, "dauth-answer", serde_json::to_value(answer).unwrap());
                         let _ = swarm.behaviour_mut().dauth.send_response(channel, Response::Auth(env));
