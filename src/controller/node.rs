@@ -319,11 +319,12 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
     finish(&ctx, &api, n.as_ref(), n.status.as_ref(), status, &wanted).await?;
     // Healthy nodes refresh lastHeartbeat twice a minute; peer changes wake
     // the controller at once (reconcile_all_on); a duplicate wakes when
-    // another R1Node is deleted (a watch of deletions).
-    Ok(if outcome.is_ok() {
-        Action::requeue(ctx.resync.min(std::time::Duration::from_secs(30)))
-    } else {
-        Action::await_change()
+    // another R1Node is deleted (a watch of deletions), and looks again
+    // every 10 s: a deletion while that watch re-lists is never seen as one.
+    Ok(match &outcome {
+        Ok(()) => Action::requeue(ctx.resync.min(std::time::Duration::from_secs(30))),
+        Err(bad) if bad.reason == "DuplicateNode" => Action::requeue(std::time::Duration::from_secs(10)),
+        Err(_) => Action::await_change(),
     })
 }
 
