@@ -97,6 +97,39 @@ impl Loc {
     fn tuple(self) -> (u32, u64, u32, u64) {
         (self.pack, self.offset, self.len, self.touched)
     }
+    /// The same bytes on disk (whenever touched).
+    fn same_place(&self, other: &Loc) -> bool {
+        (self.pack, self.offset) == (other.pack, other.offset)
+    }
+}
+
+/// An entry whose bytes are not there: past its pack's end, or in a pack
+/// that is gone.
+fn unreadable(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::NotFound)
+}
+
+/// Every index entry, in key order.
+fn scan(db: &redb::Database, mut f: impl FnMut(&[u8], Loc)) -> io::Result<()> {
+    let tx = db.begin_read().map_err(db_err)?;
+    let t = tx.open_table(INDEX).map_err(db_err)?;
+    for e in t.iter().map_err(db_err)? {
+        let (k, v) = e.map_err(db_err)?;
+        f(k.value(), Loc::from_tuple(v.value()));
+    }
+    Ok(())
+}
+
+/// The numbers of the packs on disk.
+fn pack_ids(root: &Path) -> io::Result<Vec<u32>> {
+    let mut ids = vec![];
+    for e in std::fs::read_dir(root.join("packs"))? {
+        let name = e?.file_name().to_string_lossy().to_string();
+        if let Some(n) = name.strip_suffix(".pack").and_then(|n| n.parse().ok()) {
+            ids.push(n);
+        }
+    }
+    Ok(ids)
 }
 
 fn db_err(e: impl std::fmt::Display) -> io::Error {
@@ -104,7 +137,7 @@ fn db_err(e: impl std::fmt::Display) -> io::Error {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    crate::p2p::now_ms() as u64
 }
 
 /// The writing side: one at a time.
@@ -117,6 +150,16 @@ struct Writer {
     dirty: std::collections::BTreeSet<u32>,
     /// Live bytes per pack.
     live: BTreeMap<u32, u64>,
+}
+
+impl Writer {
+    /// Makes pack `p`'s bytes durable.
+    fn sync_pack(&self, root: &Path, p: u32) -> io::Result<()> {
+        match p == self.pack {
+            true => self.file.sync_data(),
+            false => std::fs::File::open(pack_path(root, p))?.sync_data(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -135,11 +178,7 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if let Ok(w) = self.w.get_mut() {
             for p in std::mem::take(&mut w.dirty) {
-                let synced = match p == w.pack {
-                    true => w.file.sync_data(),
-                    false => std::fs::File::open(pack_path(&self.root, p)).and_then(|f| f.sync_data()),
-                };
-                if let Err(e) = synced {
+                if let Err(e) = w.sync_pack(&self.root, p) {
                     tracing::error!(pack = p, error = %e, "R1FS pack not synced at close");
                 }
             }
@@ -172,22 +211,8 @@ impl BlockStore {
             tx.commit().map_err(db_err)?;
         }
         let mut live = BTreeMap::new();
-        {
-            let tx = db.begin_read().map_err(db_err)?;
-            let t = tx.open_table(INDEX).map_err(db_err)?;
-            for e in t.iter().map_err(db_err)? {
-                let (_, v) = e.map_err(db_err)?;
-                let l = Loc::from_tuple(v.value());
-                *live.entry(l.pack).or_default() += l.len as u64;
-            }
-        }
-        let mut packs: Vec<u32> = vec![];
-        for e in std::fs::read_dir(root.join("packs"))? {
-            let name = e?.file_name().to_string_lossy().to_string();
-            if let Some(n) = name.strip_suffix(".pack").and_then(|n| n.parse().ok()) {
-                packs.push(n);
-            }
-        }
+        scan(&db, |_, l| *live.entry(l.pack).or_default() += l.len as u64)?;
+        let packs = pack_ids(root)?;
         // Appends go after whatever the last pack holds (a torn tail is
         // dead space).
         // Never a number the index still names for a pack that is gone:
@@ -306,10 +331,7 @@ impl BlockStore {
         // Each pack leaves the list only once synced: a failure keeps the
         // rest for the next sync, and the index is not made durable.
         for p in w.dirty.clone() {
-            match p == w.pack {
-                true => w.file.sync_data()?,
-                false => std::fs::File::open(pack_path(&self.inner.root, p))?.sync_data()?,
-            }
+            w.sync_pack(&self.inner.root, p)?;
             w.dirty.remove(&p);
         }
         // An empty durable commit makes the earlier ones durable.
@@ -389,34 +411,31 @@ impl BlockStore {
     /// Reads a block, verified; a block that fails verification goes to
     /// quarantine and the error says where.
     pub fn get(&self, cid: &Cid) -> Result<Vec<u8>, StoreError> {
-        // The entry and its bytes, or the entry whose read failed.
-        type Found = Result<Option<(Loc, Vec<u8>)>, (Loc, io::Error)>;
-        let found = |this: &Self| -> Found {
-            let Some(l) = this.loc(cid).map_err(|e| (Loc { pack: u32::MAX, offset: 0, len: 0, touched: 0 }, e))? else {
-                return Ok(None);
-            };
-            this.read(l).map(|b| Some((l, b))).map_err(|e| (l, e))
-        };
+        // The entry and the read of its bytes.
+        let found = |this: &Self| this.loc(cid).map(|o| o.map(|l| (l, this.read(l))));
         // A compaction may move the block between the lookup and the read.
-        let (at, bytes) = match found(self).or_else(|_| found(self)) {
-            Ok(Some(b)) => b,
-            Ok(None) => return Err(StoreError::NotFound(cid.to_string())),
-            // An entry past the end of its pack, or of a pack that is gone
-            // (cut short or deleted by hand): the block is not here.
-            Err((l, e)) if matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::NotFound) => {
+        let mut attempt = found(self);
+        if !matches!(attempt, Ok(None | Some((_, Ok(_))))) {
+            attempt = found(self);
+        }
+        let Some((at, read)) = attempt? else { return Err(StoreError::NotFound(cid.to_string())) };
+        let bytes = match read {
+            Ok(b) => b,
+            // Cut short or deleted by hand: the block is not here.
+            Err(e) if unreadable(&e) => {
                 tracing::warn!(%cid, error = %e, "R1FS block unreadable: dropped, to be fetched again");
                 // Only that entry: a write may have put the block back since.
-                self.remove_where(cid, |now| now.pack == l.pack && now.offset == l.offset)?;
+                self.remove_where(cid, |now| now.same_place(&at))?;
                 return Err(StoreError::NotFound(cid.to_string()));
             }
-            Err((_, e)) => return Err(e.into()),
+            Err(e) => return Err(e.into()),
         };
         if verifies(cid, &bytes) {
             return Ok(bytes);
         }
         let to = self.inner.root.join("quarantine").join(format!("{}.{}", canonical(cid), now_ms()));
         std::fs::write(&to, &bytes)?;
-        self.remove_where(cid, |now| now.pack == at.pack && now.offset == at.offset)?;
+        self.remove_where(cid, |now| now.same_place(&at))?;
         tracing::warn!(%cid, quarantined = %to.display(), "R1FS block corrupt on disk: quarantined");
         Err(StoreError::Corrupt { cid: cid.to_string(), quarantined: to.display().to_string() })
     }
@@ -456,14 +475,11 @@ impl BlockStore {
 
     /// Number of blocks and their bytes.
     pub fn usage(&self) -> io::Result<(u64, u64)> {
-        let tx = self.inner.db.begin_read().map_err(db_err)?;
-        let t = tx.open_table(INDEX).map_err(db_err)?;
         let (mut n, mut bytes) = (0, 0);
-        for e in t.iter().map_err(db_err)? {
-            let (_, v) = e.map_err(db_err)?;
+        scan(&self.inner.db, |_, l| {
             n += 1;
-            bytes += Loc::from_tuple(v.value()).len as u64;
-        }
+            bytes += l.len as u64;
+        })?;
         Ok((n, bytes))
     }
 
@@ -498,7 +514,7 @@ impl BlockStore {
                 match self.loc(&c)? {
                     Some(l) if !within(&l) => {
                         tracing::warn!(cid = %c, "R1FS leaf past the end of its pack: dropped, to be fetched again");
-                        self.remove_where(&c, |now| now.pack == l.pack && now.offset == l.offset)?;
+                        self.remove_where(&c, |now| now.same_place(&l))?;
                         w.missing.push(c);
                     }
                     Some(l) if size.is_none_or(|s| s == l.len as u64) => {
@@ -550,19 +566,10 @@ impl BlockStore {
         let cutoff = now_ms().saturating_sub(grace.as_millis() as u64);
         let mut g = Gc::default();
         let mut drop = vec![];
-        {
-            let tx = self.inner.db.begin_read().map_err(db_err)?;
-            let t = tx.open_table(INDEX).map_err(db_err)?;
-            for e in t.iter().map_err(db_err)? {
-                let (k, v) = e.map_err(db_err)?;
-                let l = Loc::from_tuple(v.value());
-                if keep.contains(k.value()) || l.touched > cutoff {
-                    g.kept += 1;
-                } else {
-                    drop.push(k.value().to_vec());
-                }
-            }
-        }
+        scan(&self.inner.db, |k, l| match keep.contains(k) || l.touched > cutoff {
+            true => g.kept += 1,
+            false => drop.push(k.to_vec()),
+        })?;
         for k in drop {
             if let Ok(cid) = Cid::try_from(k.as_slice()) {
                 // Still old when removed: an add may have touched it since.
@@ -582,9 +589,7 @@ impl BlockStore {
     fn compact(&self) -> io::Result<()> {
         let mut w = self.inner.w.lock().expect("store writer lock");
         let mut sparse = vec![];
-        for e in std::fs::read_dir(self.inner.root.join("packs"))? {
-            let name = e?.file_name().to_string_lossy().to_string();
-            let Some(p) = name.strip_suffix(".pack").and_then(|n| n.parse::<u32>().ok()) else { continue };
+        for p in pack_ids(&self.inner.root)? {
             let size = std::fs::metadata(pack_path(&self.inner.root, p))?.len();
             if p != w.pack && w.live.get(&p).copied().unwrap_or(0) * 2 < size {
                 sparse.push(p);
@@ -594,17 +599,11 @@ impl BlockStore {
             return Ok(());
         }
         let mut moved = vec![];
-        {
-            let tx = self.inner.db.begin_read().map_err(db_err)?;
-            let t = tx.open_table(INDEX).map_err(db_err)?;
-            for e in t.iter().map_err(db_err)? {
-                let (k, v) = e.map_err(db_err)?;
-                let l = Loc::from_tuple(v.value());
-                if sparse.contains(&l.pack) {
-                    moved.push((k.value().to_vec(), l));
-                }
+        scan(&self.inner.db, |k, l| {
+            if sparse.contains(&l.pack) {
+                moved.push((k.to_vec(), l));
             }
-        }
+        })?;
         let mut added = vec![];
         let mut tx = self.inner.db.begin_write().map_err(db_err)?;
         tx.set_durability(redb::Durability::None).map_err(db_err)?;
@@ -614,7 +613,7 @@ impl BlockStore {
                 let bytes = match self.read(l) {
                     Ok(b) => b,
                     // An entry past its pack's end: not a block, dropped.
-                    Err(e) if matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::NotFound) => {
+                    Err(e) if unreadable(&e) => {
                         t.remove(k.as_slice()).map_err(db_err)?;
                         continue;
                     }
