@@ -405,13 +405,16 @@ impl View {
             self.epoch = None;
             return;
         };
+        // Nothing changes within an epoch: this runs every tick.
+        if self.epoch.as_ref().is_some_and(|e| e.current == current) {
+            return;
+        }
         let (start_ms, end_ms) = epochs.bounds(current);
         let last = current.checked_sub(1);
         self.runs.retain(|_, r| r.latest.0 + 1 >= current);
         let complete = last.is_some_and(|l| self.observing_since_ms <= epochs.bounds(l).0);
-        let observed = match (last, &self.epoch) {
-            (Some(l), Some(prev)) if prev.last == Some(l) => prev.observed.clone(),
-            (Some(l), _) if complete => self
+        let observed = match last {
+            Some(l) if complete => self
                 .runs
                 .iter()
                 .filter_map(|(p, r)| {
