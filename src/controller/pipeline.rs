@@ -148,6 +148,12 @@ pub fn r1fs_container(
     }
 }
 
+/// The CIDs a pod was made to receive, by mount index (its
+/// [`DELIVERED_ANNOTATION`]).
+fn delivered_cids(pod: &Pod) -> Vec<String> {
+    pod.annotations().get(DELIVERED_ANNOTATION).and_then(|a| serde_json::from_str(a).ok()).unwrap_or_default()
+}
+
 /// The fetcher's key: the Secret's value in `RATIO1_R1FS_KEY` (an env var
 /// rather than a volume: a missing Secret then shows in the pod's status,
 /// where [`key_problem`] finds it, instead of only in events).
@@ -177,13 +183,7 @@ pub fn key_problem<'a>(mounts: &[Mount], pods: impl IntoIterator<Item = &'a Pod>
         let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
         // The CIDs this pod was made for, by mount index: an older pod's
         // fetchers are not the current mounts'.
-        let made_for: Vec<String> = pod
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(DELIVERED_ANNOTATION))
-            .and_then(|a| serde_json::from_str(a).ok())
-            .unwrap_or_default();
+        let made_for = delivered_cids(pod);
         let statuses = pod.status.as_ref().and_then(|s| s.init_container_statuses.as_ref());
         for cs in statuses.into_iter().flatten() {
             let Some(i) =
@@ -902,11 +902,7 @@ pub fn delivered(mounts: &[Mount], pods: &[Arc<Pod>]) -> Vec<crate::crd::Content
             let n = pods
                 .iter()
                 .filter(|pod| {
-                    let ann: Vec<String> = pod
-                        .annotations()
-                        .get(DELIVERED_ANNOTATION)
-                        .and_then(|a| serde_json::from_str(a).ok())
-                        .unwrap_or_default();
+                    let ann = delivered_cids(pod);
                     let done = pod.status.as_ref().and_then(|s| s.init_container_statuses.as_ref()).is_some_and(|st| {
                         st.iter().any(|c| {
                             c.name == fetcher
@@ -975,6 +971,7 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
     }
 
     let inputs = read_inputs(&p, &ctx, node.as_ref()).await?;
+    let delivery = mounts(&p, &inputs);
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
@@ -1065,16 +1062,8 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
             }
             if let (network::Mode::Origin(d, me), Some(placed)) = (&mode, &placed) {
                 let local = placement_status(&p, node.as_ref(), applied_dep.as_deref(), applied_job.as_deref());
-                let problem = local_problem(
-                    &ctx,
-                    &ns,
-                    &name,
-                    &mounts(&p, &inputs),
-                    &local,
-                    waiting.as_deref(),
-                    &applied_dep,
-                    &applied_job,
-                );
+                let problem =
+                    local_problem(&ctx, &ns, &name, &delivery, &local, waiting.as_deref(), &applied_dep, &applied_job);
                 let placements = network::placements(d, me, placed, local);
                 let wanted =
                     network::conditions(&p, &placements, sched.unmet.as_ref(), waiting.as_deref(), problem.as_ref());
@@ -1108,7 +1097,7 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
                             &ctx,
                             &ns,
                             &name,
-                            &mounts(&p, &inputs),
+                            &delivery,
                             &placement,
                             waiting.as_deref(),
                             &applied_dep,
@@ -1126,8 +1115,8 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
     };
 
     // What R1FS delivered into this cluster's pods (where it delivers).
-    let content = match (&inputs.delivery, mounts(&p, &inputs)) {
-        (Some(_), m) if !m.is_empty() => delivered(&m, &pods_of(&ctx, &ns, &name)),
+    let content = match &inputs.delivery {
+        Some(_) if !delivery.is_empty() => delivered(&delivery, &pods_of(&ctx, &ns, &name)),
         _ => vec![],
     };
     let status = R1PipelineStatus {

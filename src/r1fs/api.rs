@@ -379,7 +379,7 @@ fn write_car(
     all: bool,
     get: &mut dyn FnMut(&Cid) -> Result<Vec<u8>, StoreError>,
     out: &mut dyn Write,
-) -> Result<u64, StoreError> {
+) -> Result<(), StoreError> {
     let header = iroh_car::CarHeader::new_v1(vec![root])
         .encode()
         .map_err(|e| StoreError::Io(io::Error::other(format!("CAR header: {e}"))))?;
@@ -399,21 +399,19 @@ fn write_car(
         }
     }
     let mut stack = vec![terminal];
-    let mut blocks = 0;
     while let Some(c) = stack.pop() {
         if !seen.insert(c) {
             continue;
         }
         let block = get(&c)?;
         put(&c, &block, out)?;
-        blocks += 1;
         if all {
             let links = super::dagpb::links(&c, &block).map_err(|e| StoreError::NotAFile(canonical(&c), e))?;
             // Reversed, so that the first link is written next (DFS order).
             stack.extend(links.iter().rev().map(|l| l.cid));
         }
     }
-    Ok(blocks)
+    Ok(())
 }
 
 async fn gateway_root(
@@ -519,8 +517,7 @@ async fn serve_path(slot: Slot, cid: String, path: String, answer: Answer) -> Re
             Ok(([("content-type", "application/octet-stream")], body).into_response())
         }
         (Answer::Car(all), _) => {
-            let body =
-                stream(r, root, move |_, out, get| write_car(root, &trail, terminal, all, get, out).map(|_| ()))?;
+            let body = stream(r, root, move |_, out, get| write_car(root, &trail, terminal, all, get, out))?;
             let ty = format!("{CAR_TYPE}; version=1; order=dfs; dups=n");
             Ok(([("content-type", ty)], body).into_response())
         }
