@@ -43,6 +43,9 @@ enum Command {
     /// Read and write CSTORE, the network's replicated state, through a
     /// running operator.
     Cstore(CstoreArgs),
+    /// OracleSync: where the last epochs stand; check a final epoch record.
+    #[command(subcommand)]
+    Oracle(OracleCmd),
     /// Network placement of R1Pipelines: where one would go, where one runs.
     Deeploy(DeeployArgs),
     /// R1FS, the network's content store.
@@ -98,6 +101,34 @@ enum LicenseCmd {
         /// The PeerId the license must be bound to (default: the one it names).
         #[arg(long)]
         peer_id: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum OracleCmd {
+    /// The last two closed epochs as an operator sees them (final, faulty
+    /// or collecting; participants and signers), the registered oracles
+    /// and recent oracle misbehaviour.
+    Status {
+        /// The operator's local API (`--api-addr`).
+        #[arg(long, default_value = "http://127.0.0.1:9090", env = "RATIO1_API")]
+        endpoint: String,
+    },
+    /// Check an epoch's final record, trusting nothing of the node that
+    /// serves it: every signature, every signer's license from a trusted
+    /// issuer, and signers more than half of the registered oracles. Exit 0
+    /// and print the agreed table, or 1 with the reason.
+    Verify {
+        epoch: u64,
+        /// Public key of a trusted license issuer (repeatable).
+        #[arg(long = "trusted-issuer", required = true)]
+        trusted_issuers: Vec<String>,
+        /// The operator's local API (`--api-addr`) to read the record from.
+        #[arg(long, default_value = "http://127.0.0.1:9090", env = "RATIO1_API")]
+        endpoint: String,
+        /// Read the record (its JSON) from this file instead.
+        #[arg(long)]
+        file: Option<PathBuf>,
     },
 }
 
@@ -409,6 +440,29 @@ struct OperatorArgs {
     /// intents (changes are applied at once; this catches drift).
     #[arg(long, default_value_t = ratio1::deeploy::DeeployConfig::default().resync.as_secs())]
     deeploy_resync_secs: u64,
+    /// OracleSync: seconds each step may take after an epoch ends (local
+    /// tables by 1×, medians by 2×, signatures by 3×); 3× must be less
+    /// than an epoch (default: 30 s, or a tenth of the epoch if shorter).
+    #[arg(long)]
+    oracle_phase_secs: Option<f64>,
+    /// OracleSync: least availability (0..255) in the previous final epoch
+    /// for an oracle to take part (Ratio1: 230, i.e. 90%).
+    #[arg(long, default_value_t = ratio1::oracle::agree::Rules::default().min_availability)]
+    oracle_min_availability: u8,
+    /// OracleSync: an oracle's value further than this from the median is
+    /// an outlier (Ratio1: 50).
+    #[arg(long, default_value_t = ratio1::oracle::agree::Rules::default().outlier_limit)]
+    oracle_outlier_limit: u8,
+    /// OracleSync: participants must be more than this many per mille of
+    /// the registered oracles (Ratio1: 300).
+    #[arg(long, default_value_t = ratio1::oracle::agree::Rules::default().registered_permille,
+          value_parser = clap::value_parser!(u32).range(0..=1000))]
+    oracle_registered_permille: u32,
+    /// OracleSync: … and more than this many per mille of the online
+    /// oracles (Ratio1: 400).
+    #[arg(long, default_value_t = ratio1::oracle::agree::Rules::default().online_permille,
+          value_parser = clap::value_parser!(u32).range(0..=1000))]
+    oracle_online_permille: u32,
     /// Directory of the operator's data: R1FS blocks and pins under
     /// `r1fs/`. None: R1FS off. Without CSTORE, R1FS holds, serves and
     /// fetches content but replicates nothing.
@@ -452,6 +506,24 @@ fn deeploy_config(a: &OperatorArgs) -> anyhow::Result<ratio1::deeploy::DeeployCo
     Ok(ratio1::deeploy::DeeployConfig {
         failover_after: Duration::from_secs_f64(failover),
         resync: Duration::from_secs(a.deeploy_resync_secs.max(1)),
+    })
+}
+
+fn oracle_config(a: &OperatorArgs) -> anyhow::Result<ratio1::oracle::service::OracleConfig> {
+    let length = a.epoch_length_secs as f64;
+    let phase = a.oracle_phase_secs.unwrap_or((length / 10.0).min(30.0));
+    anyhow::ensure!(
+        phase.is_finite() && phase > 0.0 && 3.0 * phase < length,
+        "--oracle-phase-secs ({phase}) must be positive and three of them less than an epoch ({length} s)"
+    );
+    Ok(ratio1::oracle::service::OracleConfig {
+        phase: Duration::from_secs_f64(phase),
+        rules: ratio1::oracle::agree::Rules {
+            min_availability: a.oracle_min_availability,
+            outlier_limit: a.oracle_outlier_limit,
+            registered_permille: a.oracle_registered_permille,
+            online_permille: a.oracle_online_permille,
+        },
     })
 }
 
@@ -613,6 +685,93 @@ async fn network(cmd: NetworkCmd) -> anyhow::Result<()> {
         view["licensed"].get("Ok").or(view["licensed"].get("Err")).and_then(|v| v.as_str()).unwrap_or("not verified")
     );
     Ok(())
+}
+
+/// `ratio1 oracle status|verify`.
+async fn oracle(cmd: OracleCmd) -> anyhow::Result<()> {
+    match cmd {
+        OracleCmd::Status { endpoint } => {
+            let s = call(http::Method::GET, &format!("{}/v1/oracle", endpoint.trim_end_matches('/')), None).await?;
+            let role = if s["oracle"] == true { "an oracle" } else { "not an oracle" };
+            let registered = s["registered"].as_array().map_or(0, |r| r.len());
+            println!("this node is {role}; {registered} oracles registered; last final epoch: {}", s["lastFinal"]);
+            println!(
+                "
+{:>8} {:<10} {:>12} {:>8} {:>10} {:<8} REASON",
+                "EPOCH", "STATE", "PARTICIPANTS", "SIGNERS", "FINAL-AFTER", "STEP"
+            );
+            for e in s["epochs"].as_array().into_iter().flatten() {
+                let after = e["finalAfterMs"].as_u64().map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+                println!(
+                    "{:>8} {:<10} {:>12} {:>8} {:>10} {:<8} {}",
+                    e["epoch"],
+                    e["state"].as_str().unwrap_or(""),
+                    format!("{}/{}", e["participants"], e["registered"]),
+                    e["signers"],
+                    after,
+                    e["step"].as_str().unwrap_or("-"),
+                    e["reason"].as_str().unwrap_or("")
+                );
+            }
+            for r in s["reports"].as_array().into_iter().flatten() {
+                println!(
+                    "misbehaviour: {} {} (epoch {}): {}",
+                    r["oracle"].as_str().unwrap_or("?"),
+                    r["kind"].as_str().unwrap_or("?"),
+                    r["epoch"],
+                    r["detail"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        OracleCmd::Verify { epoch, trusted_issuers, endpoint, file } => {
+            use ratio1::dauth::license::{decode_public, TrustStore};
+            let keys = trusted_issuers
+                .iter()
+                .map(|k| decode_public(k))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
+            let trust = TrustStore::new(keys, []);
+            let value = match file {
+                Some(f) => {
+                    let text =
+                        std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?;
+                    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not JSON: {e}", f.display()))?
+                }
+                None => {
+                    let key = ratio1::oracle::sync::epoch_key(epoch);
+                    let url = format!("{}/v1/cstore/get?{}", endpoint.trim_end_matches('/'), query(&[("key", &key)]));
+                    let found = call(http::Method::GET, &url, None).await.map_err(|e| {
+                        anyhow::anyhow!(
+                            "no final record of epoch {epoch} at {endpoint} (not decided yet, or faulty): {e}"
+                        )
+                    })?;
+                    found["value"].clone()
+                }
+            };
+            let record: ratio1::oracle::agree::EpochRecord =
+                serde_json::from_value(value).map_err(|e| anyhow::anyhow!("not an epoch record: {e}"))?;
+            anyhow::ensure!(
+                record.agreed.epoch == epoch,
+                "the record is of epoch {}, not {epoch}",
+                record.agreed.epoch
+            );
+            let v =
+                record.verify(&trust).map_err(|e| anyhow::anyhow!("epoch {epoch}'s record does not verify: {e}"))?;
+            println!(
+                "epoch {epoch} is final: {} of {} registered oracles signed table {} ({} nodes)",
+                v.signers,
+                v.registered,
+                record.agreed.id(),
+                record.agreed.table.len()
+            );
+            println!("{:<54} {:>5}", "NODE", "AVAIL");
+            for (node, a) in &record.agreed.table {
+                println!("{node:<54} {a:>5}");
+            }
+            Ok(())
+        }
+    }
 }
 
 /// `ratio1 network epoch`.
@@ -1141,10 +1300,13 @@ async fn main() -> ExitCode {
         Command::Network(cmd) => network(cmd).await,
         Command::Cstore(a) => cstore(a).await,
         Command::Deeploy(a) => deeploy(a).await,
+        Command::Oracle(cmd) => oracle(cmd).await,
         Command::Fs(a) => fs(a).await,
-        Command::Operator(a) => match net_options(&a).and_then(|n| Ok((n, cstore_config(&a)?, deeploy_config(&a)?))) {
+        Command::Operator(a) => match net_options(&a)
+            .and_then(|n| Ok((n, cstore_config(&a)?, deeploy_config(&a)?, oracle_config(&a)?)))
+        {
             Err(e) => Err(e),
-            Ok((net, cstore, deeploy)) => {
+            Ok((net, cstore, deeploy, oracle)) => {
                 let r1fs = r1fs_config(&a);
                 let cfg = OperatorConfig {
                     namespace: a.namespace,
@@ -1163,6 +1325,7 @@ async fn main() -> ExitCode {
                     pod: std::env::var("POD_NAME").ok().filter(|p| !p.is_empty()),
                     cstore,
                     deeploy,
+                    oracle,
                     r1fs,
                 };
                 // Checked before anything starts: such timing could let two

@@ -83,6 +83,7 @@ pub struct Metrics {
     pub cstore: crate::cstore::metrics::CstoreMetrics,
     pub deeploy: crate::deeploy::metrics::DeeployMetrics,
     pub r1fs: crate::r1fs::metrics::R1fsMetrics,
+    pub oracle: crate::oracle::service::OracleMetrics,
 }
 
 impl Default for Metrics {
@@ -152,6 +153,7 @@ impl Default for Metrics {
         let cstore = crate::cstore::metrics::CstoreMetrics::register(&mut registry);
         let deeploy = crate::deeploy::metrics::DeeployMetrics::register(&mut registry);
         let r1fs = crate::r1fs::metrics::R1fsMetrics::register(&mut registry);
+        let oracle = crate::oracle::service::OracleMetrics::register(&mut registry);
         Self {
             registry,
             reconciles,
@@ -175,6 +177,7 @@ impl Default for Metrics {
             cstore,
             deeploy,
             r1fs,
+            oracle,
         }
     }
 }

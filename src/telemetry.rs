@@ -105,13 +105,15 @@ pub async fn serve_api(
     cstore: crate::cstore::api::Slot,
     deeploy: crate::deeploy::api::Slot,
     r1fs: crate::r1fs::api::Slot,
+    oracle: crate::oracle::service::Slot,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/v1/network", get(network))
         .with_state(view)
         .merge(crate::cstore::api::routes(cstore))
         .merge(crate::deeploy::api::routes(deeploy))
-        .merge(crate::r1fs::api::routes(r1fs));
+        .merge(crate::r1fs::api::routes(r1fs))
+        .merge(crate::oracle::service::routes(oracle));
     axum::serve(listener, app).await
 }
 

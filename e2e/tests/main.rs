@@ -14,6 +14,7 @@ mod hostile;
 mod install;
 mod leader;
 mod nodes;
+mod oracle;
 mod pipelines;
 mod placement;
 mod r1fs;

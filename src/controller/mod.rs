@@ -215,6 +215,8 @@ pub struct Context {
     /// R1FS (set once this replica leads, when it has a data directory and
     /// CSTORE).
     pub r1fs: crate::r1fs::api::Slot,
+    /// OracleSync (set once this replica leads, when CSTORE is on).
+    pub oracle: crate::oracle::service::Slot,
     /// The Deeploy profile of this cluster's R1Node (the node reconciler
     /// sets it; Deeploy publishes it).
     pub deeploy_profile: tokio::sync::watch::Sender<Option<crate::deeploy::plan::Profile>>,
@@ -243,6 +245,7 @@ impl Context {
             network,
             deeploy: Default::default(),
             r1fs: Default::default(),
+            oracle: Default::default(),
             deeploy_profile: tokio::sync::watch::channel(None).0,
         }
     }

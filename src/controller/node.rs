@@ -278,6 +278,7 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
     // says only why (no stale Licensed/Connected), and claims no peers.
     let mut peers = 0;
     let mut epoch = None;
+    let mut availability = None;
     let mut last_heartbeat = old.last_heartbeat.clone();
     let wanted = match &outcome {
         Err(bad) => conditions::stalled(bad.reason, &bad.message),
@@ -292,6 +293,10 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
                 (connected_condition(&view, disabled.as_deref(), p2p::now_ms()), view.last_heartbeat_sent, epoch)
             };
             epoch = current;
+            if let Some(o) = ctx.oracle.get().filter(|_| current.is_some()) {
+                let s = o.status();
+                availability = s.availability.zip(s.availability_epoch);
+            }
             if let Some(bad) = licensed.as_ref().filter(|w| w.status == Some(false)) {
                 // Peers refuse a node without a valid license: only a new
                 // license (a Secret change) helps.
@@ -312,8 +317,10 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
         last_heartbeat,
         observed_generation: n.metadata.generation,
         // The epoch clock's, while the network runs; availability is the
-        // oracles' agreed value (OracleSync): not claimed here.
+        // oracles' decision (OracleSync), while it runs here.
         epoch,
+        availability: availability.map(|(a, _)| a),
+        availability_epoch: availability.map(|(_, e)| e),
         ..Default::default()
     };
     finish(&ctx, &api, n.as_ref(), n.status.as_ref(), status, &wanted).await?;

@@ -51,6 +51,8 @@ pub struct OperatorConfig {
     pub cstore: Option<crate::cstore::CstoreConfig>,
     /// Network placement (runs when CSTORE is on).
     pub deeploy: crate::deeploy::DeeployConfig,
+    /// OracleSync (runs when CSTORE is on).
+    pub oracle: crate::oracle::service::OracleConfig,
     /// R1FS (runs when set and CSTORE is on).
     pub r1fs: Option<crate::r1fs::service::R1fsConfig>,
 }
@@ -294,13 +296,14 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
     let network_slot: Arc<std::sync::OnceLock<crate::p2p::supervisor::Supervisor>> = Default::default();
     let cstore_slot: crate::cstore::api::Slot = Default::default();
     let mut net = cfg.net.clone();
+    // The running network, for the services that sign with its key.
+    let source: crate::cstore::NetworkSource = {
+        let slot = network_slot.clone();
+        Arc::new(move || slot.get().and_then(|s| s.handle()))
+    };
     if let Some(cs) = cfg.cstore.clone() {
-        let source: crate::cstore::NetworkSource = {
-            let slot = network_slot.clone();
-            Arc::new(move || slot.get().and_then(|s| s.handle()))
-        };
         let endpoints = cs.endpoints.join(",");
-        let (store, link) = crate::cstore::Cstore::start(cs, cfg.net.trust.clone(), metrics.clone(), source)
+        let (store, link) = crate::cstore::Cstore::start(cs, cfg.net.trust.clone(), metrics.clone(), source.clone())
             .await
             .map_err(anyhow::Error::msg)?;
         tracing::info!(%endpoints, "CSTORE replica started");
@@ -370,6 +373,7 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
         cstore_slot.clone(),
         ctx.deeploy.clone(),
         ctx.r1fs.clone(),
+        ctx.oracle.clone(),
     ));
     if let Some(addr) = cfg.r1fs.as_ref().and_then(|r| r.gateway_addr) {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -557,6 +561,15 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
                 profile: ctx.deeploy_profile.clone(),
                 namespace: cfg.namespace.clone(),
             };
+            let oracle = crate::oracle::service::Parts {
+                cstore: store.clone(),
+                view: ctx.view.clone(),
+                network: source.clone(),
+                trust: cfg.net.trust.clone(),
+                metrics: metrics.clone(),
+            };
+            let _ = ctx.oracle.set(crate::oracle::service::Oracle::start(cfg.oracle.clone(), oracle));
+            tracing::info!(phase = ?cfg.oracle.phase, "OracleSync started");
             let (d, wakes) = crate::deeploy::Deeploy::start(cfg.deeploy.clone(), parts);
             let _ = ctx.deeploy.set(d);
             tracing::info!(failover_after = ?cfg.deeploy.failover_after, "Deeploy started");

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
     printcolumn = r#"{"name":"Roles","type":"string","jsonPath":".spec.roles"}"#,
     printcolumn = r#"{"name":"Peers","type":"integer","jsonPath":".status.peers"}"#,
     printcolumn = r#"{"name":"Epoch","type":"integer","jsonPath":".status.epoch"}"#,
+    printcolumn = r#"{"name":"Availability","type":"integer","jsonPath":".status.availability"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -202,11 +203,17 @@ pub struct R1NodeStatus {
     /// network runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
-    /// Availability in the last closed epoch, 0..255. Reserved for
-    /// OracleSync: not computed yet (absent, never 0).
+    /// This node's availability, 0..255, in the last epoch the oracles
+    /// decided (`availabilityEpoch`): its value in the final record signed
+    /// by a majority of the registered oracles (0 if the record leaves it
+    /// out), or 255 when that epoch was faulty (no quorum: every licensed
+    /// node counts as fully available). Absent until an epoch is decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 255))]
     pub availability: Option<u8>,
+    /// The epoch `availability` is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_epoch: Option<u64>,
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -1,5 +1,10 @@
-//! OracleSync and the economy's inputs: epochs and availability. Only the
-//! pure epoch clock and availability rule are here so far (`epoch`); the
-//! oracles' agreement and the ledger are not built (docs/protocols.md).
+//! OracleSync: epochs and availability ([`epoch`]), the oracles'
+//! agreement and the verifiable epoch record ([`agree`]), the protocol's
+//! state machine over CSTORE records ([`sync`]) and the task that runs it
+//! ([`service`]). The economy that reads final records is not built yet
+//! (docs/oracle.md).
 
+pub mod agree;
 pub mod epoch;
+pub mod service;
+pub mod sync;

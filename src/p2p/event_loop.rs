@@ -187,7 +187,11 @@ impl EventLoop {
             }
             Err(e) => Err(format!("{}: {e}", e.reason())),
         };
-        self.view.write().expect("view lock").licensed = Some(state);
+        let oracle = self.is_oracle().then(|| self.cfg.license.clone());
+        let mut v = self.view.write().expect("view lock");
+        v.licensed = Some(state);
+        v.oracle_license = oracle;
+        drop(v);
         self.bump();
     }
 
@@ -894,7 +898,14 @@ impl EventLoop {
         match self.swarm.behaviour_mut().gossipsub.publish(gossipsub::IdentTopic::new(HEARTBEAT_TOPIC), env.to_bytes())
         {
             Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
-                self.view.write().expect("view lock").last_heartbeat_sent = Some(now_ms());
+                let now = now_ms();
+                let hb = self.cfg.tuning.heartbeat_interval.as_millis() as u64;
+                let mut v = self.view.write().expect("view lock");
+                v.last_heartbeat_sent = Some(now);
+                // A node sees its own heartbeats too (an oracle's table
+                // includes itself; the median keeps it honest).
+                v.record_beat(&env.from, now as u64, &self.epochs, hb);
+                drop(v);
                 self.metrics.p2p_heartbeats_sent.inc();
             }
             Err(e) => tracing::debug!(error = %e, "heartbeat not published"),

@@ -335,6 +335,10 @@ pub struct View {
     /// The epoch clock in use (the flags', or the oracle's).
     #[serde(skip)]
     pub clock: Option<crate::oracle::epoch::Epochs>,
+    /// This node's license while it runs as an oracle (role `oracle` and an
+    /// MND/GND license): OracleSync registers and signs with it.
+    #[serde(skip)]
+    pub oracle_license: Option<String>,
 }
 
 /// One author's heartbeat runs: in its latest epoch, and in the one

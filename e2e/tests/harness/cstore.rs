@@ -101,6 +101,15 @@ pub async fn federation_each(
     clusters: &[usize],
     configure: impl Fn(usize, &mut OperatorOpts),
 ) -> (Federation, Vec<Etcd>) {
+    federation_oracles(clusters, 1, configure).await
+}
+
+/// As [`federation_each`], the first `oracles` nodes oracles.
+pub async fn federation_oracles(
+    clusters: &[usize],
+    oracles: usize,
+    configure: impl Fn(usize, &mut OperatorOpts),
+) -> (Federation, Vec<Etcd>) {
     let mut etcds = vec![];
     for c in clusters {
         etcds.push(Etcd::start(&format!("cstore-c{c}")).await);
@@ -108,7 +117,7 @@ pub async fn federation_each(
     let ports: std::collections::BTreeSet<u16> = etcds.iter().map(|e| e.port).collect();
     assert_eq!(ports.len(), etcds.len(), "each cluster has its own CSTORE etcd");
     let endpoints: Vec<String> = etcds.iter().map(|e| e.endpoint()).collect();
-    let fed = Federation::start_each(clusters, |k, opts| {
+    let fed = Federation::start_oracles(clusters, oracles, |k, opts| {
         opts.extra_args.extend([format!("--cstore-endpoints={}", endpoints[k]), "--cstore-anti-entropy-secs=1".into()]);
         (opts.lease_duration_secs, opts.lease_renew_deadline_secs) = (40, 30);
         configure(k, opts);

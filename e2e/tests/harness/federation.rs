@@ -84,6 +84,16 @@ impl Federation {
     /// As [`Federation::start`], each node's operator settings adjusted by
     /// `configure` (called with the node's index).
     pub async fn start_each(clusters: &[usize], configure: impl Fn(usize, &mut OperatorOpts)) -> Self {
+        Self::start_oracles(clusters, 1, configure).await
+    }
+
+    /// As [`Federation::start_each`], the first `oracles` nodes oracles
+    /// (MND licenses, roles worker and oracle).
+    pub async fn start_oracles(
+        clusters: &[usize],
+        oracles: usize,
+        configure: impl Fn(usize, &mut OperatorOpts),
+    ) -> Self {
         let issuer = ed25519::Keypair::generate();
         let issuer_pub = license::encode_public(&issuer.public());
         let mut nodes: Vec<FedNode> = vec![];
@@ -110,7 +120,7 @@ impl Federation {
                 .patch("r1node-identity", &ssa, &Patch::Apply(secret("r1node-identity", json!(id_data))))
                 .await
                 .unwrap();
-            let class = if k == 0 { Class::Mnd } else { Class::Nd };
+            let class = if k < oracles { Class::Mnd } else { Class::Nd };
             let token = license_for(&issuer, &peer.to_string(), class, &format!("{class}-c{cluster}"), 86_400);
             secrets
                 .patch(
@@ -121,7 +131,7 @@ impl Federation {
                 .await
                 .unwrap();
             let name = format!("node-c{cluster}");
-            let roles = if k == 0 { json!(["worker", "oracle"]) } else { json!(["worker"]) };
+            let roles = if k < oracles { json!(["worker", "oracle"]) } else { json!(["worker"]) };
             r1nodes
                 .patch(
                     &name,

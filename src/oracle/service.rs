@@ -1,0 +1,272 @@
+//! The OracleSync task: mirrors the `oracle/` and `epoch/` records of
+//! CSTORE into a [`Collector`], runs [`plan`] a few times a second and
+//! writes what it returns. It runs on the leader of every node with
+//! CSTORE: oracles take part, every node keeps the final records and its
+//! own availability (R1Node status).
+
+use super::agree::{Rules, Table};
+use super::sync::{plan, Collector, EpochState, Inputs, Report, Write, EPOCH_PREFIX, ORACLE_PREFIX};
+use crate::cstore::{Change, Cstore, NetworkSource};
+use crate::dauth::license::TrustStore;
+use crate::metrics::{Metrics, ReasonLabels};
+use futures::StreamExt;
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Settings of `ratio1 operator` for OracleSync.
+#[derive(Clone, Debug)]
+pub struct OracleConfig {
+    /// Each step's bound after an epoch ends: tables by 1×, medians by
+    /// 2×, signatures by 3× (a step goes on earlier once every expected
+    /// oracle is in).
+    pub phase: Duration,
+    pub rules: Rules,
+}
+
+impl Default for OracleConfig {
+    fn default() -> Self {
+        Self { phase: Duration::from_secs(30), rules: Rules::default() }
+    }
+}
+
+/// What `ratio1 oracle status` shows (`GET /v1/oracle`).
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OracleStatus {
+    /// This node takes part (role `oracle` with an MND/GND license).
+    pub oracle: bool,
+    pub registered: Vec<String>,
+    /// The last two closed epochs, oldest first.
+    pub epochs: Vec<EpochState>,
+    pub last_final: Option<u64>,
+    /// This node's agreed availability in the last decided epoch: its
+    /// value in a final record (0 when absent from it), or 255 when the
+    /// epoch was faulty (every licensed node counts as fully available).
+    pub availability: Option<u8>,
+    pub availability_epoch: Option<u64>,
+    /// Recent misbehaviour seen (newest last).
+    pub reports: Vec<Report>,
+}
+
+struct Inner {
+    status: RwLock<OracleStatus>,
+}
+
+/// OracleSync, once this replica leads with CSTORE on.
+pub type Slot = Arc<std::sync::OnceLock<Oracle>>;
+
+/// `GET /v1/oracle`: [`OracleStatus`] (503 while OracleSync does not run).
+pub fn routes(slot: Slot) -> axum::Router {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    axum::Router::new()
+        .route(
+            "/v1/oracle",
+            axum::routing::get(|axum::extract::State(slot): axum::extract::State<Slot>| async move {
+                match slot.get() {
+                    Some(o) => axum::Json(o.status()).into_response(),
+                    None => crate::http::error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "OracleSync is not running here: this replica does not lead, or CSTORE is off",
+                    )
+                    .into_response(),
+                }
+            }),
+        )
+        .with_state(slot)
+}
+
+/// A handle on OracleSync. Clones share it.
+#[derive(Clone)]
+pub struct Oracle {
+    inner: Arc<Inner>,
+}
+
+/// What OracleSync runs on.
+pub struct Parts {
+    pub cstore: Cstore,
+    pub view: crate::p2p::SharedView,
+    pub network: NetworkSource,
+    pub trust: TrustStore,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Oracle {
+    pub fn start(cfg: OracleConfig, parts: Parts) -> Self {
+        let inner = Arc::new(Inner { status: RwLock::new(OracleStatus::default()) });
+        tokio::spawn(run(cfg, parts, Arc::downgrade(&inner)));
+        Self { inner }
+    }
+
+    pub fn status(&self) -> OracleStatus {
+        self.inner.status.read().expect("status lock").clone()
+    }
+}
+
+/// Step records live this long: enough to audit recent epochs.
+fn step_ttl(length_ms: u64) -> Duration {
+    Duration::from_millis(length_ms.saturating_mul(8))
+        .clamp(Duration::from_secs(3600), Duration::from_secs(30 * 86_400))
+}
+
+async fn load(c: &mut Collector, store: &Cstore, trust: &TrustStore, current: u64, m: &Metrics) {
+    for prefix in [ORACLE_PREFIX, EPOCH_PREFIX] {
+        match store.list(prefix).await {
+            Ok(records) => {
+                for r in records {
+                    count(c.observe(&r, trust, current, now()), m);
+                }
+            }
+            Err(e) => tracing::warn!(%prefix, error = %e, "OracleSync cannot read CSTORE"),
+        }
+    }
+}
+
+fn now() -> u64 {
+    crate::p2p::now_ms() as u64
+}
+
+fn count(r: Option<Report>, m: &Metrics) {
+    if let Some(r) = r {
+        tracing::warn!(oracle = %r.oracle, epoch = ?r.epoch, kind = r.kind, detail = %r.detail, "oracle misbehaviour");
+        m.oracle.misbehaviour.get_or_create(&ReasonLabels { reason: r.kind }).inc();
+    }
+}
+
+async fn run(cfg: OracleConfig, p: Parts, status: std::sync::Weak<Inner>) {
+    let mut c = Collector::default();
+    let mut loads = u64::MAX;
+    let mut changes = futures::stream::pending::<Change>().boxed();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut decided: BTreeSet<u64> = BTreeSet::new();
+    let started_ms = now();
+    loop {
+        let clock = p.view.read().expect("view lock").clock;
+        let current = clock.and_then(|e| e.at(now())).unwrap_or(0);
+        // First run, a reloaded replica or a watcher that fell behind:
+        // read everything again.
+        if loads != p.cstore.loads() {
+            loads = p.cstore.loads();
+            let (a, b) = (p.cstore.watch(ORACLE_PREFIX), p.cstore.watch(EPOCH_PREFIX));
+            changes = match (a, b) {
+                (Ok(a), Ok(b)) => futures::stream::select(a, b).boxed(),
+                _ => futures::stream::pending().boxed(),
+            };
+            c = Collector::default();
+            load(&mut c, &p.cstore, &p.trust, current, &p.metrics).await;
+        }
+        tokio::select! {
+            ch = changes.next() => match ch {
+                Some(Change { record: Some(r), .. }) => count(c.observe(&r, &p.trust, current, now()), &p.metrics),
+                Some(_) => {}
+                // Fell behind: reload on the next turn.
+                None => loads = u64::MAX,
+            },
+            _ = tick.tick() => {
+                let Some(inner) = status.upgrade() else { return };
+                let Some(epochs) = clock else { continue };
+                c.prune(current);
+                let (me, key, license, observed, online) = {
+                    let v = p.view.read().expect("view lock");
+                    let Some(handle) = (p.network)() else { continue };
+                    let observed: Option<(u64, Table)> = v.epoch.as_ref().and_then(|e| {
+                        e.complete.then_some((e.last?, e.observed.clone()))
+                    });
+                    let mut online: BTreeSet<String> =
+                        v.fresh_peers(crate::p2p::now_ms()).iter().filter(|p| p.is_oracle()).map(|p| p.peer_id.clone()).collect();
+                    if v.oracle_license.is_some() {
+                        online.insert(handle.peer_id.to_string());
+                    }
+                    (handle.peer_id.to_string(), handle.keypair.clone(), v.oracle_license.clone(), observed, online)
+                };
+                let inputs = Inputs {
+                    now_ms: now(),
+                    me: &me,
+                    key: &key,
+                    license: license.as_deref(),
+                    epochs,
+                    observed: observed.as_ref().map(|(e, t)| (*e, t)),
+                    online: &online,
+                    // A clock taken from an oracle may be shorter than this
+                    // node's flags allowed for.
+                    phase_ms: (cfg.phase.as_millis() as u64).min(epochs.length_ms / 4),
+                    started_ms,
+                    rules: cfg.rules,
+                };
+                let (writes, states, reports) = plan(&mut c, &inputs);
+                for r in reports {
+                    count(Some(r), &p.metrics);
+                }
+                for w in writes {
+                    let ttl = match &w {
+                        Write::Registration(_) | Write::Final(_) => None,
+                        _ => Some(step_ttl(epochs.length_ms)),
+                    };
+                    match p.cstore.set(&w.key(&me), &w.value(), ttl).await {
+                        // Taken in at once: the next tick must not write it again.
+                        Ok(rec) => count(c.observe(&rec, &p.trust, current, now()), &p.metrics),
+                        Err(e) => tracing::warn!(key = %w.key(&me), error = %e, "OracleSync write failed"),
+                    }
+                }
+                for s in &states {
+                    if matches!(s.state, "final" | "faulty") && decided.insert(s.epoch) {
+                        let labels = ReasonLabels { reason: s.state };
+                        p.metrics.oracle.epochs.get_or_create(&labels).inc();
+                        match s.state {
+                            "final" => tracing::info!(epoch = s.epoch, signers = s.signers, registered = s.registered, after_ms = ?s.final_after_ms, "epoch final"),
+                            _ => tracing::warn!(epoch = s.epoch, reason = ?s.reason, "epoch faulty"),
+                        }
+                    }
+                }
+                decided.retain(|e| *e + super::sync::KEEP_EPOCHS >= current);
+                let decided_last = states.iter().rev().find(|s| matches!(s.state, "final" | "faulty"));
+                let availability = decided_last.map(|s| match c.finals.get(&s.epoch) {
+                    Some(r) => *r.agreed.table.get(&me).unwrap_or(&0),
+                    None => 255,
+                });
+                if let Some(e) = c.finals.keys().next_back() {
+                    p.metrics.oracle.last_final_epoch.set(*e as i64);
+                }
+                let st = OracleStatus {
+                    oracle: license.is_some(),
+                    registered: c.registered.keys().cloned().collect(),
+                    epochs: states.clone(),
+                    last_final: c.finals.keys().next_back().copied(),
+                    availability,
+                    availability_epoch: decided_last.map(|s| s.epoch),
+                    reports: c.reports.iter().cloned().collect(),
+                };
+                *inner.status.write().expect("status lock") = st;
+            }
+        }
+    }
+}
+
+/// OracleSync's Prometheus metrics.
+pub struct OracleMetrics {
+    /// Misbehaviour seen, per kind ([`super::sync::MISBEHAVIOUR`]).
+    pub misbehaviour:
+        prometheus_client::metrics::family::Family<ReasonLabels, prometheus_client::metrics::counter::Counter>,
+    /// Epochs decided here, per result (`final`, `faulty`).
+    pub epochs: prometheus_client::metrics::family::Family<ReasonLabels, prometheus_client::metrics::counter::Counter>,
+    pub last_final_epoch: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl OracleMetrics {
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let m =
+            Self { misbehaviour: Default::default(), epochs: Default::default(), last_final_epoch: Default::default() };
+        let r = registry.sub_registry_with_prefix("oracle");
+        r.register(
+            "misbehaviour",
+            "Oracle misbehaviour seen (equivocation, wrong medians, …), per kind",
+            m.misbehaviour.clone(),
+        );
+        r.register("epochs", "Epochs decided on this node, per result (final, faulty)", m.epochs.clone());
+        r.register("last_final_epoch", "The newest epoch with a final record on this node", m.last_final_epoch.clone());
+        m
+    }
+}
