@@ -732,32 +732,56 @@ async fn oracle(cmd: OracleCmd) -> anyhow::Result<()> {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(anyhow::Error::msg)?;
             let trust = TrustStore::new(keys, []);
-            let value = match file {
+            // Every oracle keeps its copy of the record under its own key;
+            // each is checked on its own.
+            let values: Vec<(String, serde_json::Value)> = match file {
                 Some(f) => {
                     let text =
                         std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?;
-                    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not JSON: {e}", f.display()))?
+                    let v =
+                        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not JSON: {e}", f.display()))?;
+                    vec![(f.display().to_string(), v)]
                 }
                 None => {
-                    let key = ratio1::oracle::sync::epoch_key(epoch);
-                    let url = format!("{}/v1/cstore/get?{}", endpoint.trim_end_matches('/'), query(&[("key", &key)]));
-                    let found = call(http::Method::GET, &url, None).await.map_err(|e| {
-                        anyhow::anyhow!(
-                            "no final record of epoch {epoch} at {endpoint} (not decided yet, or faulty): {e}"
-                        )
-                    })?;
-                    found["value"].clone()
+                    let base = endpoint.trim_end_matches('/');
+                    let url =
+                        format!("{base}/v1/cstore/keys?{}", query(&[("prefix", ratio1::oracle::sync::ORACLE_PREFIX)]));
+                    let keys: Vec<String> = serde_json::from_value(call(http::Method::GET, &url, None).await?)?;
+                    let suffix = format!("/epoch/{epoch}/final");
+                    let mut out = vec![];
+                    for key in keys.into_iter().filter(|k| k.ends_with(&suffix)) {
+                        let url = format!("{base}/v1/cstore/get?{}", query(&[("key", &key)]));
+                        out.push((key, call(http::Method::GET, &url, None).await?["value"].clone()));
+                    }
+                    anyhow::ensure!(
+                        !out.is_empty(),
+                        "no final record of epoch {epoch} at {endpoint} (not decided yet, or faulty)"
+                    );
+                    out
                 }
             };
-            let record: ratio1::oracle::agree::EpochRecord =
-                serde_json::from_value(value).map_err(|e| anyhow::anyhow!("not an epoch record: {e}"))?;
-            anyhow::ensure!(
-                record.agreed.epoch == epoch,
-                "the record is of epoch {}, not {epoch}",
-                record.agreed.epoch
-            );
-            let v =
-                record.verify(&trust).map_err(|e| anyhow::anyhow!("epoch {epoch}'s record does not verify: {e}"))?;
+            let mut good: Vec<(ratio1::oracle::agree::EpochRecord, ratio1::oracle::agree::Verified)> = vec![];
+            let mut bad = vec![];
+            for (at, value) in values {
+                let checked = serde_json::from_value::<ratio1::oracle::agree::EpochRecord>(value)
+                    .map_err(|e| format!("{at}: not an epoch record: {e}"))
+                    .and_then(|r| {
+                        if r.agreed.epoch != epoch {
+                            return Err(format!("{at}: a record of epoch {}", r.agreed.epoch));
+                        }
+                        let v = r.verify(&trust).map_err(|e| format!("{at}: {e}"))?;
+                        Ok((r, v))
+                    });
+                match checked {
+                    Ok(rv) => good.push(rv),
+                    Err(e) => bad.push(e),
+                }
+            }
+            let tables: std::collections::BTreeSet<String> = good.iter().map(|(r, _)| r.agreed.id()).collect();
+            anyhow::ensure!(tables.len() <= 1, "epoch {epoch} has {} different final tables: {tables:?}", tables.len());
+            let Some((record, v)) = good.into_iter().max_by_key(|(_, v)| v.signers) else {
+                anyhow::bail!("epoch {epoch}'s record does not verify: {}", bad.join("; "));
+            };
             println!(
                 "epoch {epoch} is final: {} of {} registered oracles signed table {} ({} nodes)",
                 v.signers,
@@ -765,6 +789,9 @@ async fn oracle(cmd: OracleCmd) -> anyhow::Result<()> {
                 record.agreed.id(),
                 record.agreed.table.len()
             );
+            for (oracle, why) in &v.ignored {
+                println!("not counted: {oracle}: {why}");
+            }
             println!("{:<54} {:>5}", "NODE", "AVAIL");
             for (node, a) in &record.agreed.table {
                 println!("{node:<54} {a:>5}");

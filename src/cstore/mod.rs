@@ -418,9 +418,6 @@ impl Cstore {
             let rec = Record::sign(&key, slot.clone(), value.clone(), hlc, expires);
             rules::check(&rec, &me, &self.inner.trust).map_err(|e| {
                 CstoreError::Invalid(match e {
-                    Invalid::BadProof if rec.slot.key.starts_with(rules::EPOCH_PREFIX) => {
-                        format!("{} needs a final epoch record that verifies (docs/oracle.md)", rec.slot)
-                    }
                     Invalid::BadProof => format!(
                         "{} needs a value {{\"proof\": <revocation token>}} signed by that issuer for that license",
                         rec.slot

@@ -10,9 +10,6 @@
 //!   roots it holds, the replication its R1Models ask for).
 //! - `oracle/<peerId>/…`: only `<peerId>` writes (its OracleSync
 //!   registration and per-epoch tables; src/oracle/sync.rs).
-//! - `epoch/<E>`: anyone may carry it, but the value must be the final
-//!   record of epoch `E`, signed by more than half of the registered
-//!   oracles, each licensed by a trusted issuer; never deleted.
 //! - `revocation/<issuer key id>/<license id>`: anyone may carry it, but
 //!   the value must hold `proof`, a revocation of exactly that license
 //!   signed by that issuer, one the receiver trusts; never deleted.
@@ -30,8 +27,6 @@ pub const DEEPLOY_PREFIX: &str = "deeploy/";
 pub const R1FS_PREFIX: &str = "r1fs/";
 /// Prefix of each oracle's OracleSync records (owned like `node/`).
 pub const ORACLE_PREFIX: &str = "oracle/";
-/// Prefix of final epoch records (anyone carries them; they verify).
-pub const EPOCH_PREFIX: &str = "epoch/";
 /// Prefix of issuer-signed license revocations.
 pub const REVOCATION_PREFIX: &str = "revocation/";
 
@@ -54,18 +49,6 @@ pub fn check(rec: &Record, writer: &PeerId, trust: &TrustStore) -> Result<(), In
         let (owner, tail) = rest.split_once('/').ok_or(Invalid::NotOwner)?;
         if tail.is_empty() || owner != writer.to_string() {
             return Err(Invalid::NotOwner);
-        }
-        return Ok(());
-    }
-    if let Some(e) = key.strip_prefix(EPOCH_PREFIX) {
-        let epoch: u64 = e.parse().map_err(|_| Invalid::NotOwner)?;
-        if rec.slot.field.is_some() || rec.expires.is_some() || e != epoch.to_string() {
-            return Err(Invalid::NotOwner);
-        }
-        let r: crate::oracle::agree::EpochRecord =
-            serde_json::from_str(rec.value.as_ref().ok_or(Invalid::BadProof)?.get()).map_err(|_| Invalid::BadProof)?;
-        if r.agreed.epoch != epoch || r.verify(trust).is_err() {
-            return Err(Invalid::BadProof);
         }
         return Ok(());
     }

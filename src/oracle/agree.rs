@@ -163,16 +163,25 @@ pub struct Agreed {
 }
 
 impl Agreed {
-    /// The bytes signed: a domain tag and every field, one per line.
+    /// The bytes signed: a domain tag, then every field with its length
+    /// or count first (no two different values hash the same bytes).
     pub fn digest(&self) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update(format!("ratio1/oracle/agreed/1\n{}\n{}\n{}\n", self.epoch, self.start_ms, self.end_ms));
-        for (node, v) in &self.table {
-            h.update(format!("{node}={v}\n"));
+        fn put(h: &mut Sha256, s: &str) {
+            h.update((s.len() as u64).to_be_bytes());
+            h.update(s.as_bytes());
         }
-        h.update(b"--\n");
+        let mut h = Sha256::new();
+        put(&mut h, "ratio1/oracle/agreed/2");
+        for n in [self.epoch, self.start_ms, self.end_ms, self.table.len() as u64] {
+            h.update(n.to_be_bytes());
+        }
+        for (node, v) in &self.table {
+            put(&mut h, node);
+            h.update([*v]);
+        }
+        h.update((self.registered.len() as u64).to_be_bytes());
         for o in &self.registered {
-            h.update(format!("{o}\n"));
+            put(&mut h, o);
         }
         h.finalize().into()
     }
@@ -210,9 +219,15 @@ pub struct EpochRecord {
 /// What [`EpochRecord::verify`] found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Verified {
+    /// Valid signatures of registered oracles.
     pub signers: usize,
     pub registered: usize,
+    /// Signatures not counted, and why (e.g. a license revoked since).
+    pub ignored: Vec<(String, String)>,
 }
+
+/// Most nodes a record's table may hold (bounds a verifier's work).
+pub const MAX_TABLE: usize = 65_536;
 
 /// Checks one oracle's signature of `agreed` and that its license, from
 /// a trusted issuer and valid at the epoch's end, may run an oracle.
@@ -242,20 +257,34 @@ impl EpochRecord {
         if a.registered.is_empty() || a.registered.len() > MAX_ORACLES {
             return Err(format!("the record names {} registered oracles (1..{MAX_ORACLES})", a.registered.len()));
         }
+        if a.table.len() > MAX_TABLE || self.signatures.len() > a.registered.len() {
+            return Err(format!("the record holds {} nodes and {} signatures", a.table.len(), self.signatures.len()));
+        }
         if a.end_ms <= a.start_ms {
             return Err("the epoch's end is not after its start".into());
         }
-        for (oracle, s) in &self.signatures {
-            if !a.registered.contains(oracle) {
-                return Err(format!("{oracle} signed but is not among the registered oracles"));
-            }
-            check_signature(a, oracle, s, trust)?;
+        if let Some(bad) = a.table.keys().chain(&a.registered).find(|p| p.parse::<PeerId>().is_err()) {
+            return Err(format!("{bad:?} is not a PeerId"));
         }
-        let v = Verified { signers: self.signatures.len(), registered: a.registered.len() };
+        let mut v = Verified { signers: 0, registered: a.registered.len(), ignored: vec![] };
+        for (oracle, s) in &self.signatures {
+            let ok = if a.registered.contains(oracle) {
+                check_signature(a, oracle, s, trust)
+            } else {
+                Err(format!("{oracle} signed but is not among the registered oracles"))
+            };
+            match ok {
+                Ok(()) => v.signers += 1,
+                Err(why) => v.ignored.push((oracle.clone(), why)),
+            }
+        }
         if !is_final(v.signers, v.registered) {
+            let why: Vec<&str> = v.ignored.iter().map(|(_, w)| w.as_str()).collect();
             return Err(format!(
-                "{} of {} registered oracles signed: more than half are needed",
-                v.signers, v.registered
+                "{} of {} registered oracles signed validly: more than half are needed{}",
+                v.signers,
+                v.registered,
+                if why.is_empty() { String::new() } else { format!(" (not counted: {})", why.join("; ")) }
             ));
         }
         Ok(v)
@@ -374,12 +403,19 @@ mod tests {
             .collect()
     }
 
+    /// Two nodes' PeerIds, fixed for the whole test binary.
+    fn nodes() -> &'static [String; 2] {
+        static N: std::sync::OnceLock<[String; 2]> = std::sync::OnceLock::new();
+        N.get_or_init(|| [0, 1].map(|_| Keypair::generate_ed25519().public().to_peer_id().to_string()))
+    }
+
     fn record(os: &[Oracle], signers: usize) -> EpochRecord {
+        let [a, b] = nodes();
         let agreed = Agreed {
             epoch: 7,
             start_ms: 70_000,
             end_ms: 80_000,
-            table: t(&[("a", 255), ("b", 12)]),
+            table: t(&[(a, 255), (b, 12)]),
             registered: os.iter().map(|o| o.id.clone()).collect(),
         };
         let signatures = os[..signers].iter().map(|o| (o.id.clone(), agreed.sign(&o.key, &o.license))).collect();
@@ -391,7 +427,7 @@ mod tests {
         let issuer = ed25519::Keypair::generate();
         let trust = TrustStore::new([issuer.public()], []);
         let os = oracles(&issuer, Class::Mnd, 5);
-        assert_eq!(record(&os, 3).verify(&trust), Ok(Verified { signers: 3, registered: 5 }));
+        assert_eq!(record(&os, 3).verify(&trust), Ok(Verified { signers: 3, registered: 5, ignored: vec![] }));
         assert!(record(&os, 2).verify(&trust).unwrap_err().contains("more than half"));
         // Round trip through JSON (what CSTORE carries).
         let r: EpochRecord = serde_json::from_str(&serde_json::to_string(&record(&os, 4)).unwrap()).unwrap();
@@ -399,7 +435,7 @@ mod tests {
 
         // A changed value breaks every signature.
         let mut forged = record(&os, 3);
-        forged.agreed.table.insert("b".into(), 255);
+        forged.agreed.table.insert(nodes()[1].clone(), 255);
         assert!(forged.verify(&trust).unwrap_err().contains("does not match"));
         // Shrinking the registered set to make two signers a majority, too.
         let mut shrunk = record(&os, 2);
@@ -409,16 +445,50 @@ mod tests {
         let outsider = oracles(&issuer, Class::Mnd, 1).remove(0);
         let mut r = record(&os, 3);
         r.signatures.insert(outsider.id.clone(), r.agreed.sign(&outsider.key, &outsider.license));
-        assert!(r.verify(&trust).unwrap_err().contains("not among"));
-        // One oracle's signature under another's name.
-        let mut r = record(&os, 3);
+        let v = r.verify(&trust).unwrap();
+        assert_eq!(v.signers, 3, "not counted");
+        assert!(v.ignored[0].1.contains("not among"));
+        let mut r = record(&os, 2);
+        r.signatures.insert(outsider.id.clone(), r.agreed.sign(&outsider.key, &outsider.license));
+        assert!(r.verify(&trust).unwrap_err().contains("not among"), "an outsider does not make a majority");
+        // One oracle's signature under another's name: not counted.
+        let mut r = record(&os, 2);
         let stolen = r.signatures[&os[0].id].clone();
         r.signatures.insert(os[3].id.clone(), stolen);
-        assert!(r.verify(&trust).is_err());
+        assert!(r.verify(&trust).unwrap_err().contains("does not match"));
+        // A license revoked since leaves the other signatures standing.
+        let revoked = TrustStore::new([issuer.public()], [(key_id(&issuer.public()), "o0".to_string())]);
+        let v = record(&os, 4).verify(&revoked).unwrap();
+        assert_eq!((v.signers, v.ignored.len()), (3, 1), "{v:?}");
+        assert!(record(&os, 3).verify(&revoked).is_err());
         // ND licenses cannot run oracles; an untrusted issuer is no issuer.
         let nds = oracles(&issuer, Class::Nd, 3);
         assert!(record(&nds, 3).verify(&trust).unwrap_err().contains("cannot run an oracle"));
         let other = TrustStore::new([ed25519::Keypair::generate().public()], []);
         assert!(record(&os, 3).verify(&other).unwrap_err().contains("license"));
+    }
+
+    #[test]
+    fn no_two_different_records_sign_the_same_bytes() {
+        let issuer = ed25519::Keypair::generate();
+        let trust = TrustStore::new([issuer.public()], []);
+        let os = oracles(&issuer, Class::Mnd, 5);
+        let r = record(&os, 3);
+        // Two nodes merged into one key, or oracles merged into one name,
+        // used to hash as the same lines.
+        let [a, b] = nodes();
+        let mut merged = r.clone();
+        merged.agreed.table = t(&[(&format!("{a}=255\n{b}"), 12)]);
+        assert_ne!(merged.agreed.digest(), r.agreed.digest());
+        assert!(merged.verify(&trust).unwrap_err().contains("not a PeerId"));
+        let mut squeezed = record(&os, 2);
+        let ids: Vec<&String> = squeezed.agreed.registered.iter().collect();
+        let tail = format!("{}\n{}\n{}", ids[2], ids[3], ids[4]);
+        squeezed.agreed.registered = [ids[0].clone(), ids[1].clone(), tail].into();
+        assert!(squeezed.verify(&trust).is_err());
+        // Every field counts.
+        let mut moved = r.clone();
+        moved.agreed.end_ms += 1;
+        assert_ne!(moved.agreed.digest(), r.agreed.digest());
     }
 }

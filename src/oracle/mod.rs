@@ -7,4 +7,6 @@
 pub mod agree;
 pub mod epoch;
 pub mod service;
+#[doc(hidden)]
+pub mod sim;
 pub mod sync;

@@ -5,13 +5,13 @@
 //! own availability (R1Node status).
 
 use super::agree::{Rules, Table};
-use super::sync::{plan, Collector, EpochState, Inputs, Report, Write, EPOCH_PREFIX, ORACLE_PREFIX};
+use super::sync::{is_registration, plan, Collector, EpochState, Inputs, Report, Write, ORACLE_PREFIX};
 use crate::cstore::{Change, Cstore, NetworkSource};
 use crate::dauth::license::TrustStore;
 use crate::metrics::{Metrics, ReasonLabels};
 use futures::StreamExt;
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -112,16 +112,18 @@ fn step_ttl(length_ms: u64) -> Duration {
 }
 
 async fn load(c: &mut Collector, store: &Cstore, trust: &TrustStore, current: u64, m: &Metrics) {
-    for prefix in [ORACLE_PREFIX, EPOCH_PREFIX] {
-        match store.list(prefix).await {
-            Ok(records) => {
-                for r in records {
-                    count(c.observe(&r, trust, current, now()), m);
-                }
+    match store.list(ORACLE_PREFIX).await {
+        Ok(mut records) => {
+            // Registrations first: step records of unregistered writers are
+            // not looked at.
+            records.sort_by_key(|r| !is_registration(&r.slot.key));
+            for r in records {
+                count(c.observe(&r, trust, current, now()), m);
             }
-            Err(e) => tracing::warn!(%prefix, error = %e, "OracleSync cannot read CSTORE"),
         }
+        Err(e) => tracing::warn!(error = %e, "OracleSync cannot read CSTORE"),
     }
+    c.loaded = true;
 }
 
 fn now() -> u64 {
@@ -135,6 +137,30 @@ fn count(r: Option<Report>, m: &Metrics) {
     }
 }
 
+/// What the running network gives OracleSync at one moment.
+struct Snapshot {
+    me: String,
+    key: libp2p_identity::Keypair,
+    license: Option<String>,
+    observed: Option<(u64, Table)>,
+    online: BTreeSet<String>,
+}
+
+fn snapshot(p: &Parts, epochs: &super::epoch::Epochs) -> Option<Snapshot> {
+    let handle = (p.network)()?;
+    let mut v = p.view.write().expect("view lock");
+    // Closes the epoch now rather than at the network's next tick.
+    v.close_epochs(now(), epochs);
+    let observed = v.epoch.as_ref().and_then(|e| e.complete.then_some((e.last?, e.observed.clone())));
+    let mut online: BTreeSet<String> =
+        v.fresh_peers(crate::p2p::now_ms()).iter().filter(|p| p.is_oracle()).map(|p| p.peer_id.clone()).collect();
+    let me = handle.peer_id.to_string();
+    if v.oracle_license.is_some() {
+        online.insert(me.clone());
+    }
+    Some(Snapshot { me, key: handle.keypair.clone(), license: v.oracle_license.clone(), observed, online })
+}
+
 async fn run(cfg: OracleConfig, p: Parts, status: std::sync::Weak<Inner>) {
     let mut c = Collector::default();
     let mut loads = u64::MAX;
@@ -142,106 +168,128 @@ async fn run(cfg: OracleConfig, p: Parts, status: std::sync::Weak<Inner>) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut decided: BTreeSet<u64> = BTreeSet::new();
+    // A step record decided but not yet known written: written again as
+    // it is (never recomputed, which could publish a second value).
+    let mut pending: BTreeMap<String, (serde_json::Value, Option<Duration>)> = BTreeMap::new();
     let started_ms = now();
     loop {
         let clock = p.view.read().expect("view lock").clock;
-        let current = clock.and_then(|e| e.at(now())).unwrap_or(0);
+        let Some(epochs) = clock else {
+            // The network sets the clock; nothing to do before.
+            tick.tick().await;
+            continue;
+        };
+        let current = epochs.at(now()).unwrap_or(0);
         // First run, a reloaded replica or a watcher that fell behind:
         // read everything again.
         if loads != p.cstore.loads() {
             loads = p.cstore.loads();
-            let (a, b) = (p.cstore.watch(ORACLE_PREFIX), p.cstore.watch(EPOCH_PREFIX));
-            changes = match (a, b) {
-                (Ok(a), Ok(b)) => futures::stream::select(a, b).boxed(),
-                _ => futures::stream::pending().boxed(),
+            changes = match p.cstore.watch(ORACLE_PREFIX) {
+                Ok(w) => w.boxed(),
+                Err(_) => futures::stream::pending().boxed(),
             };
             c = Collector::default();
             load(&mut c, &p.cstore, &p.trust, current, &p.metrics).await;
         }
+        let (_, end) = epochs.bounds(current);
         tokio::select! {
-            ch = changes.next() => match ch {
-                Some(Change { record: Some(r), .. }) => count(c.observe(&r, &p.trust, current, now()), &p.metrics),
-                Some(_) => {}
-                // Fell behind: reload on the next turn.
-                None => loads = u64::MAX,
-            },
-            _ = tick.tick() => {
-                let Some(inner) = status.upgrade() else { return };
-                let Some(epochs) = clock else { continue };
-                c.prune(current);
-                let (me, key, license, observed, online) = {
-                    let v = p.view.read().expect("view lock");
-                    let Some(handle) = (p.network)() else { continue };
-                    let observed: Option<(u64, Table)> = v.epoch.as_ref().and_then(|e| {
-                        e.complete.then_some((e.last?, e.observed.clone()))
-                    });
-                    let mut online: BTreeSet<String> =
-                        v.fresh_peers(crate::p2p::now_ms()).iter().filter(|p| p.is_oracle()).map(|p| p.peer_id.clone()).collect();
-                    if v.oracle_license.is_some() {
-                        online.insert(handle.peer_id.to_string());
-                    }
-                    (handle.peer_id.to_string(), handle.keypair.clone(), v.oracle_license.clone(), observed, online)
-                };
-                let inputs = Inputs {
-                    now_ms: now(),
-                    me: &me,
-                    key: &key,
-                    license: license.as_deref(),
-                    epochs,
-                    observed: observed.as_ref().map(|(e, t)| (*e, t)),
-                    online: &online,
-                    // A clock taken from an oracle may be shorter than this
-                    // node's flags allowed for.
-                    phase_ms: (cfg.phase.as_millis() as u64).min(epochs.length_ms / 4),
-                    started_ms,
-                    rules: cfg.rules,
-                };
-                let (writes, states, reports) = plan(&mut c, &inputs);
-                for r in reports {
-                    count(Some(r), &p.metrics);
-                }
-                for w in writes {
-                    let ttl = match &w {
-                        Write::Registration(_) | Write::Final(_) => None,
-                        _ => Some(step_ttl(epochs.length_ms)),
-                    };
-                    match p.cstore.set(&w.key(&me), &w.value(), ttl).await {
-                        // Taken in at once: the next tick must not write it again.
-                        Ok(rec) => count(c.observe(&rec, &p.trust, current, now()), &p.metrics),
-                        Err(e) => tracing::warn!(key = %w.key(&me), error = %e, "OracleSync write failed"),
-                    }
-                }
-                for s in &states {
-                    if matches!(s.state, "final" | "faulty") && decided.insert(s.epoch) {
-                        let labels = ReasonLabels { reason: s.state };
-                        p.metrics.oracle.epochs.get_or_create(&labels).inc();
-                        match s.state {
-                            "final" => tracing::info!(epoch = s.epoch, signers = s.signers, registered = s.registered, after_ms = ?s.final_after_ms, "epoch final"),
-                            _ => tracing::warn!(epoch = s.epoch, reason = ?s.reason, "epoch faulty"),
+            ch = changes.next() => {
+                let mut next = ch;
+                // Takes in everything already queued, then plans at once.
+                loop {
+                    match next {
+                        Some(Change { record: Some(r), .. }) => count(c.observe(&r, &p.trust, current, now()), &p.metrics),
+                        Some(_) => {}
+                        None => {
+                            // Fell behind: reload on the next turn.
+                            loads = u64::MAX;
+                            break;
                         }
                     }
+                    match futures::FutureExt::now_or_never(changes.next()) {
+                        Some(n) => next = n,
+                        None => break,
+                    }
                 }
-                decided.retain(|e| *e + super::sync::KEEP_EPOCHS >= current);
-                let decided_last = states.iter().rev().find(|s| matches!(s.state, "final" | "faulty"));
-                let availability = decided_last.map(|s| match c.finals.get(&s.epoch) {
-                    Some(r) => *r.agreed.table.get(&me).unwrap_or(&0),
-                    None => 255,
-                });
-                if let Some(e) = c.finals.keys().next_back() {
-                    p.metrics.oracle.last_final_epoch.set(*e as i64);
+            }
+            _ = tick.tick() => {}
+            // The epoch's end: its local table goes out at once.
+            _ = tokio::time::sleep(Duration::from_millis(end.saturating_sub(now()) + 5)) => {}
+        }
+        let Some(inner) = status.upgrade() else { return };
+        let current = epochs.at(now()).unwrap_or(0);
+        c.prune(current);
+        let Some(snap) = snapshot(&p, &epochs) else { continue };
+        let inputs = Inputs {
+            now_ms: now(),
+            me: &snap.me,
+            key: &snap.key,
+            license: snap.license.as_deref(),
+            epochs,
+            observed: snap.observed.as_ref().map(|(e, t)| (*e, t)),
+            online: &snap.online,
+            // A clock taken from an oracle may be shorter than this node's
+            // flags allowed for.
+            phase_ms: (cfg.phase.as_millis() as u64).min(epochs.length_ms / 4),
+            started_ms,
+            rules: cfg.rules,
+        };
+        let (writes, states, reports) = plan(&mut c, &inputs);
+        for r in reports {
+            count(Some(r), &p.metrics);
+        }
+        for w in writes {
+            let ttl = match &w {
+                Write::Registration(_) | Write::Final(_) => None,
+                _ => Some(step_ttl(epochs.length_ms)),
+            };
+            let key = w.key(&snap.me);
+            pending.entry(key).or_insert((w.value(), ttl));
+        }
+        for (key, (value, ttl)) in std::mem::take(&mut pending) {
+            match p.cstore.set(&key, &value, ttl).await {
+                // Taken in at once: the next turn must not write it again.
+                Ok(rec) => count(c.observe(&rec, &p.trust, current, now()), &p.metrics),
+                Err(crate::cstore::CstoreError::Invalid(e)) => {
+                    tracing::error!(%key, error = %e, "OracleSync record refused (dropped)")
                 }
-                let st = OracleStatus {
-                    oracle: license.is_some(),
-                    registered: c.registered.keys().cloned().collect(),
-                    epochs: states.clone(),
-                    last_final: c.finals.keys().next_back().copied(),
-                    availability,
-                    availability_epoch: decided_last.map(|s| s.epoch),
-                    reports: c.reports.iter().cloned().collect(),
-                };
-                *inner.status.write().expect("status lock") = st;
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "OracleSync write failed; retried as it is");
+                    pending.insert(key, (value, ttl));
+                }
             }
         }
+        for s in &states {
+            if matches!(s.state, "final" | "faulty") && decided.insert(s.epoch) {
+                let labels = ReasonLabels { reason: s.state };
+                p.metrics.oracle.epochs.get_or_create(&labels).inc();
+                match s.state {
+                    "final" => {
+                        tracing::info!(epoch = s.epoch, signers = s.signers, registered = s.registered, after_ms = ?s.final_after_ms, "epoch final")
+                    }
+                    _ => tracing::warn!(epoch = s.epoch, reason = ?s.reason, "epoch faulty"),
+                }
+            }
+        }
+        decided.retain(|e| *e + super::sync::KEEP_EPOCHS >= current);
+        let decided_last = states.iter().rev().find(|s| matches!(s.state, "final" | "faulty"));
+        let availability = decided_last.map(|s| match c.finals.get(&s.epoch) {
+            Some(r) => *r.agreed.table.get(&snap.me).unwrap_or(&0),
+            None => 255,
+        });
+        if let Some(e) = c.finals.keys().next_back() {
+            p.metrics.oracle.last_final_epoch.set(*e as i64);
+        }
+        let st = OracleStatus {
+            oracle: snap.license.is_some(),
+            registered: c.registered.keys().cloned().collect(),
+            epochs: states.clone(),
+            last_final: c.finals.keys().next_back().copied(),
+            availability,
+            availability_epoch: decided_last.map(|s| s.epoch),
+            reports: c.reports.iter().cloned().collect(),
+        };
+        *inner.status.write().expect("status lock") = st;
     }
 }
 

@@ -1,39 +1,48 @@
 //! OracleSync's state machine, pure: what the oracles published (read from
 //! CSTORE records) and what this node should write next.
 //!
-//! Every message is a CSTORE record in its oracle's own namespace, signed
-//! by the oracle's key and replicated (gossip, then anti-entropy: a late
-//! or restarted oracle catches up from any replica):
+//! Every message is a CSTORE record in its oracle's own namespace, which
+//! only that oracle can write, signed by its key and replicated (gossip,
+//! then anti-entropy: a late or restarted oracle catches up from any
+//! replica):
 //!
 //! - `oracle/<peer>/registration`: `{license}`, an MND/GND license bound to
-//!   `<peer>`; the registered oracles of an epoch are those registered
-//!   before it ended.
+//!   `<peer>`. The registered oracles of an epoch are those registered
+//!   before it started.
 //! - `oracle/<peer>/epoch/<E>/local`: `{epoch, table}` (step 1).
-//! - `oracle/<peer>/epoch/<E>/median`: `{epoch, from, table}` (step 2; `from`
-//!   names the local tables used, so anyone can recompute it).
+//! - `oracle/<peer>/epoch/<E>/median`: `{epoch, from, table}` (step 2);
+//!   `from` maps each local table used to its hash, so anyone holding the
+//!   same tables recomputes it.
 //! - `oracle/<peer>/epoch/<E>/sign`: the agreed table and the oracle's
-//!   signature (step 3 → 4).
-//! - `epoch/<E>`: the final [`EpochRecord`]; CSTORE's rules accept it only
-//!   when it verifies (any node may carry it).
+//!   signature (step 3).
+//! - `oracle/<peer>/epoch/<E>/final`: the [`EpochRecord`] as that oracle
+//!   holds it once a majority signed (step 4), rewritten as more
+//!   signatures arrive.
 //!
-//! A step record is written once. A second, different value for the same
-//! step is *equivocation*: that oracle is left out of the epoch. A median
-//! table that does not follow from the local tables it names is a *wrong
-//! median*, and left out too. Both are reported (status, metric, log).
+//! A node accepts a final record only for its own epoch clock and its own
+//! registered set. A step record is written once: a second, different
+//! value for the same step is *equivocation*, and that oracle is left out
+//! of the epoch. A median table that does not follow from the local tables
+//! it names is a *wrong median*, and left out too. Both are reported
+//! (status, metric, log).
 
 use super::agree::{self, Agreed, EpochRecord, OracleSignature, Rules, Table};
 use super::epoch::Epochs;
 use crate::cstore::record::Record;
 use crate::dauth::license::TrustStore;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-pub use crate::cstore::rules::{EPOCH_PREFIX, ORACLE_PREFIX};
+pub use crate::cstore::rules::ORACLE_PREFIX;
 
 /// Epochs kept in memory behind the current one.
 pub const KEEP_EPOCHS: u64 = 4;
 /// Misbehaviour reports kept for status.
 pub const MAX_REPORTS: usize = 64;
+/// A registration seen live whose clock is older than this counts from
+/// when it arrived (no backdating into past epochs).
+pub const REGISTRATION_SKEW_MS: u64 = 5_000;
 
 /// One step of an epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -41,6 +50,7 @@ pub enum Step {
     Local,
     Median,
     Sign,
+    Final,
 }
 
 impl Step {
@@ -49,6 +59,7 @@ impl Step {
             Step::Local => "local",
             Step::Median => "median",
             Step::Sign => "sign",
+            Step::Final => "final",
         }
     }
 }
@@ -61,8 +72,10 @@ pub fn step_key(peer: &str, epoch: u64, step: Step) -> String {
     format!("{ORACLE_PREFIX}{peer}/epoch/{epoch}/{}", step.name())
 }
 
-pub fn epoch_key(epoch: u64) -> String {
-    format!("{EPOCH_PREFIX}{epoch}")
+/// Short hash of a local table, as a median names it.
+pub fn table_hash(t: &Table) -> String {
+    let d = Sha256::digest(serde_json::to_vec(t).expect("tables serialize"));
+    d[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -79,7 +92,8 @@ pub struct Local {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Median {
     pub epoch: u64,
-    pub from: BTreeSet<String>,
+    /// Oracle → hash of the local table of its used here.
+    pub from: BTreeMap<String, String>,
     pub table: Table,
 }
 
@@ -94,11 +108,14 @@ pub struct Signed {
 pub struct Published {
     pub local: Option<Table>,
     pub median: Option<Median>,
+    /// `Some(true)`: its median follows from the local tables it names
+    /// (checked here); `Some(false)`: it does not; `None`: not checkable
+    /// yet (this node lacks one of them, or holds another version).
+    pub median_ok: Option<bool>,
     pub signed: Option<Signed>,
+    pub last: Option<EpochRecord>,
     /// Published two different values for one step: ignored this epoch.
     pub equivocated: bool,
-    /// Its median table does not follow from the local tables it names.
-    pub wrong_median: bool,
 }
 
 /// Kinds of misbehaviour (metric labels).
@@ -116,7 +133,7 @@ pub struct Report {
     pub at_ms: u64,
 }
 
-/// A registered oracle: since when (the registration record's clock).
+/// A registered oracle: since when.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Registered {
     pub license: String,
@@ -128,23 +145,22 @@ pub struct Registered {
 pub struct Collector {
     pub epochs: BTreeMap<u64, BTreeMap<String, Published>>,
     pub registered: BTreeMap<String, Registered>,
+    /// Final records accepted here (this node's clock and registered set).
     pub finals: BTreeMap<u64, EpochRecord>,
-    /// When each final record was first seen here (Unix ms).
+    /// When each final record was first accepted here (Unix ms).
     pub final_seen_ms: BTreeMap<u64, u64>,
     pub reports: VecDeque<Report>,
+    /// The initial read is done: registrations seen from now on are live.
+    pub loaded: bool,
 }
 
 /// A record's key, parsed.
 enum Key<'a> {
     Registration(&'a str),
     Step(&'a str, u64, Step),
-    Final(u64),
 }
 
 fn parse_key(key: &str) -> Option<Key<'_>> {
-    if let Some(e) = key.strip_prefix(EPOCH_PREFIX) {
-        return Some(Key::Final(e.parse().ok()?));
-    }
     let rest = key.strip_prefix(ORACLE_PREFIX)?;
     let (peer, tail) = rest.split_once('/')?;
     if tail == "registration" {
@@ -155,9 +171,22 @@ fn parse_key(key: &str) -> Option<Key<'_>> {
         "local" => Step::Local,
         "median" => Step::Median,
         "sign" => Step::Sign,
+        "final" => Step::Final,
         _ => return None,
     };
     Some(Key::Step(peer, e.parse().ok()?, step))
+}
+
+/// Whether a record key is a registration (read those first).
+pub fn is_registration(key: &str) -> bool {
+    matches!(parse_key(key), Some(Key::Registration(_)))
+}
+
+enum Parsed {
+    Local(Table),
+    Median(Median),
+    Signed(Signed),
+    Final(EpochRecord),
 }
 
 impl Collector {
@@ -175,13 +204,13 @@ impl Collector {
         current.saturating_sub(KEEP_EPOCHS)
     }
 
-    /// Forgets epochs older than the horizon (final records stay in
+    /// Forgets epochs older than the horizon (the records stay in
     /// CSTORE; only memory is freed).
     pub fn prune(&mut self, current: u64) {
         let h = Self::horizon(current);
         self.epochs.retain(|e, _| *e >= h);
-        self.finals.retain(|e, _| *e + 1 >= h);
-        self.final_seen_ms.retain(|e, _| *e + 1 >= h);
+        self.finals.retain(|e, _| e.saturating_add(1) >= h);
+        self.final_seen_ms.retain(|e, _| e.saturating_add(1) >= h);
     }
 
     /// Takes in one record (already signature- and rule-checked by
@@ -191,76 +220,24 @@ impl Collector {
         if rec.slot.field.is_some() {
             return None;
         }
-        let value = rec.value.as_ref();
         match key {
-            Key::Final(e) => {
-                let r: EpochRecord = serde_json::from_str(value?.get()).ok()?;
-                if e < Self::horizon(current) || r.agreed.epoch != e {
-                    return None;
-                }
-                match self.finals.get(&e) {
-                    Some(held) if held.agreed != r.agreed => {
-                        let who: Vec<_> = held.signatures.keys().filter(|o| r.signatures.contains_key(*o)).collect();
-                        let detail = format!("two final records for epoch {e}; signed both: {who:?}");
-                        let oracle = who.first().map(|s| s.to_string()).unwrap_or_default();
-                        return Some(self.report(&oracle, Some(e), "conflicting_final", detail, now_ms));
-                    }
-                    // The same table with more signatures: keep them all.
-                    Some(_) => {
-                        let held = self.finals.get_mut(&e).expect("matched");
-                        for (o, s) in r.signatures {
-                            held.signatures.entry(o).or_insert(s);
-                        }
-                    }
-                    None => {
-                        self.finals.insert(e, r);
-                        self.final_seen_ms.insert(e, now_ms);
-                    }
-                }
-                None
-            }
-            Key::Registration(peer) => {
-                let Some(v) = value else {
-                    self.registered.remove(peer);
-                    return None;
-                };
-                let reg: Registration = match serde_json::from_str(v.get()) {
-                    Ok(r) => r,
-                    Err(e) => return Some(self.report(peer, None, "malformed", format!("registration: {e}"), now_ms)),
-                };
-                match trust.verify(&reg.license, peer, (now_ms / 1000) as i64) {
-                    Ok(c) if c.class.may_be_oracle() => {
-                        if self.registered.get(peer).is_none_or(|r| r.license != reg.license) {
-                            self.registered.insert(
-                                peer.to_string(),
-                                Registered { license: reg.license, since_ms: rec.hlc.wall_ms() },
-                            );
-                        }
-                        None
-                    }
-                    Ok(c) => {
-                        self.registered.remove(peer);
-                        let detail = format!("registered with an {} license", c.class);
-                        Some(self.report(peer, None, "not_an_oracle", detail, now_ms))
-                    }
-                    Err(e) => {
-                        self.registered.remove(peer);
-                        Some(self.report(peer, None, "not_an_oracle", format!("license: {e}"), now_ms))
-                    }
-                }
-            }
+            Key::Registration(peer) => self.observe_registration(peer, rec, trust, now_ms),
             Key::Step(peer, e, step) => {
-                // Deleted (expired) step records change nothing: they are old.
-                let v = value?;
-                if e < Self::horizon(current) || e > current {
+                // Deleted (expired) step records change nothing: they are
+                // old. Unregistered writers are not oracles: not looked at.
+                let v = rec.value.as_ref()?;
+                if e < Self::horizon(current) || e > current || !self.registered.contains_key(peer) {
                     return None;
                 }
                 let parsed = match step {
                     Step::Local => serde_json::from_str::<Local>(v.get()).map(|l| (l.epoch, Parsed::Local(l.table))),
                     Step::Median => serde_json::from_str::<Median>(v.get()).map(|m| (m.epoch, Parsed::Median(m))),
                     Step::Sign => serde_json::from_str::<Signed>(v.get()).map(|s| (s.agreed.epoch, Parsed::Signed(s))),
+                    Step::Final => {
+                        serde_json::from_str::<EpochRecord>(v.get()).map(|r| (r.agreed.epoch, Parsed::Final(r)))
+                    }
                 };
-                let parsed = match parsed {
+                let mut parsed = match parsed {
                     Ok((epoch, p)) if epoch == e => p,
                     Ok(_) => {
                         let detail = format!("{} record names another epoch", step.name());
@@ -270,37 +247,87 @@ impl Collector {
                         return Some(self.report(peer, Some(e), "malformed", format!("{}: {err}", step.name()), now_ms))
                     }
                 };
-                if let Parsed::Signed(s) = &parsed {
-                    if let Err(why) = agree::check_signature(&s.agreed, peer, &s.signature, trust) {
-                        return Some(self.report(peer, Some(e), "bad_signature", why, now_ms));
+                match &parsed {
+                    Parsed::Signed(s) => {
+                        if let Err(why) = agree::check_signature(&s.agreed, peer, &s.signature, trust) {
+                            return Some(self.report(peer, Some(e), "bad_signature", why, now_ms));
+                        }
                     }
+                    Parsed::Final(r) => match r.verify(trust) {
+                        Err(why) => return Some(self.report(peer, Some(e), "bad_signature", why, now_ms)),
+                        Ok(v) if !v.ignored.is_empty() => {
+                            // Keep only the signatures that verified.
+                            let mut r = r.clone();
+                            r.signatures.retain(|o, _| !v.ignored.iter().any(|(bad, _)| bad == o));
+                            parsed = Parsed::Final(r);
+                        }
+                        Ok(_) => {}
+                    },
+                    _ => {}
                 }
                 let p = self.epochs.entry(e).or_default().entry(peer.to_string()).or_default();
                 let differs = match (&parsed, &*p) {
                     (Parsed::Local(t), Published { local: Some(held), .. }) => held != t,
                     (Parsed::Median(m), Published { median: Some(held), .. }) => held != m,
                     (Parsed::Signed(s), Published { signed: Some(held), .. }) => held != s,
+                    // A final record grows (more signatures); another table is
+                    // a second one.
+                    (Parsed::Final(r), Published { last: Some(held), .. }) => {
+                        held.agreed != r.agreed || held.signatures.keys().any(|o| !r.signatures.contains_key(o))
+                    }
                     _ => false,
                 };
                 if differs {
                     let first = !p.equivocated;
                     p.equivocated = true;
-                    let detail = format!("published two different {} tables", step.name());
-                    return first.then(|| self.report(peer, Some(e), "equivocation", detail, now_ms));
+                    let (kind, detail) = match step {
+                        Step::Final => ("conflicting_final", "published two different final records".to_string()),
+                        _ => ("equivocation", format!("published two different {} tables", step.name())),
+                    };
+                    return first.then(|| self.report(peer, Some(e), kind, detail, now_ms));
                 }
                 match parsed {
                     Parsed::Local(t) => p.local = Some(t),
-                    Parsed::Median(m) => p.median = Some(m),
+                    Parsed::Median(m) => {
+                        p.median = Some(m);
+                        p.median_ok = None;
+                    }
                     Parsed::Signed(s) => p.signed = Some(s),
+                    Parsed::Final(r) => p.last = Some(r),
                 }
                 None
             }
         }
     }
 
-    /// Oracles registered before `end_ms`.
-    pub fn registered_at(&self, end_ms: u64) -> BTreeSet<String> {
-        self.registered.iter().filter(|(_, r)| r.since_ms < end_ms).map(|(p, _)| p.clone()).collect()
+    fn observe_registration(&mut self, peer: &str, rec: &Record, trust: &TrustStore, now_ms: u64) -> Option<Report> {
+        // A registration stays: deleting it does not unregister (a dead
+        // oracle still counts, so the majority cannot be shrunk).
+        let v = rec.value.as_ref()?;
+        let reg: Registration = match serde_json::from_str(v.get()) {
+            Ok(r) => r,
+            Err(e) => return Some(self.report(peer, None, "malformed", format!("registration: {e}"), now_ms)),
+        };
+        match trust.verify(&reg.license, peer, (now_ms / 1000) as i64) {
+            Ok(c) if c.class.may_be_oracle() => {
+                let clock = rec.hlc.wall_ms();
+                let since = if self.loaded { clock.max(now_ms.saturating_sub(REGISTRATION_SKEW_MS)) } else { clock };
+                let since = self.registered.get(peer).map_or(since, |r| r.since_ms.min(since));
+                self.registered.insert(peer.to_string(), Registered { license: reg.license, since_ms: since });
+                None
+            }
+            Ok(c) => {
+                let detail = format!("registered with an {} license", c.class);
+                Some(self.report(peer, None, "not_an_oracle", detail, now_ms))
+            }
+            Err(e) => Some(self.report(peer, None, "not_an_oracle", format!("license: {e}"), now_ms)),
+        }
+    }
+
+    /// Oracles registered before `start_ms` (the epoch's start: the set is
+    /// known before the epoch's protocol runs).
+    pub fn registered_at(&self, start_ms: u64) -> BTreeSet<String> {
+        self.registered.iter().filter(|(_, r)| r.since_ms < start_ms).map(|(p, _)| p.clone()).collect()
     }
 
     /// Whether `oracle` may take part in `epoch`: at or above the rules'
@@ -325,41 +352,40 @@ impl Collector {
             .collect()
     }
 
-    /// Checks each median table that names only local tables held here
-    /// against them; marks and reports those that do not follow.
-    fn check_medians(&mut self, epoch: u64, now_ms: u64) -> Vec<Report> {
+    /// Checks each unchecked median table whose named local tables are all
+    /// held here, in the versions it names; reports those that do not
+    /// follow from them.
+    fn check_medians(&mut self, epoch: u64, participants: &BTreeSet<String>, now_ms: u64) -> Vec<Report> {
         let Some(pubs) = self.epochs.get(&epoch) else { return vec![] };
-        let wrong: Vec<(String, String)> = pubs
+        let verdicts: Vec<(String, bool, usize)> = pubs
             .iter()
-            .filter(|(_, p)| !p.wrong_median && !p.equivocated)
+            .filter(|(_, p)| p.median_ok.is_none() && !p.equivocated)
             .filter_map(|(o, p)| {
                 let m = p.median.as_ref()?;
+                // Only tables of participants, more than half of them.
+                if 2 * m.from.len() <= participants.len() || m.from.keys().any(|f| !participants.contains(f)) {
+                    return None;
+                }
                 let locals: Option<Vec<&Table>> =
-                    m.from.iter().map(|f| pubs.get(f).filter(|q| !q.equivocated)?.local.as_ref()).collect();
+                    m.from.iter().map(|(f, h)| pubs.get(f)?.local.as_ref().filter(|t| table_hash(t) == *h)).collect();
                 let expected = agree::medians(locals?);
-                (expected != m.table).then(|| {
-                    let bad = m.table.iter().filter(|(n, v)| expected.get(*n) != Some(v)).count()
-                        + expected.keys().filter(|n| !m.table.contains_key(*n)).count();
-                    (o.clone(), format!("{bad} values differ from the medians of the {} tables it names", m.from.len()))
-                })
+                let bad = m.table.iter().filter(|(n, v)| expected.get(*n) != Some(v)).count()
+                    + expected.keys().filter(|n| !m.table.contains_key(*n)).count();
+                Some((o.clone(), bad == 0, bad))
             })
             .collect();
-        wrong
-            .into_iter()
-            .map(|(o, detail)| {
-                if let Some(p) = self.epochs.get_mut(&epoch).and_then(|p| p.get_mut(&o)) {
-                    p.wrong_median = true;
-                }
-                self.report(&o, Some(epoch), "wrong_median", detail, now_ms)
-            })
-            .collect()
+        let mut reports = vec![];
+        for (o, ok, bad) in verdicts {
+            if let Some(p) = self.epochs.get_mut(&epoch).and_then(|p| p.get_mut(&o)) {
+                p.median_ok = Some(ok);
+            }
+            if !ok {
+                let detail = format!("{bad} values differ from the medians of the tables it names");
+                reports.push(self.report(&o, Some(epoch), "wrong_median", detail, now_ms));
+            }
+        }
+        reports
     }
-}
-
-enum Parsed {
-    Local(Table),
-    Median(Median),
-    Signed(Signed),
 }
 
 /// What this node knows at one moment, besides the collector.
@@ -402,7 +428,7 @@ impl Write {
             Write::Local(l) => step_key(me, l.epoch, Step::Local),
             Write::Median(m) => step_key(me, m.epoch, Step::Median),
             Write::Signed(s) => step_key(me, s.agreed.epoch, Step::Sign),
-            Write::Final(r) => epoch_key(r.agreed.epoch),
+            Write::Final(r) => step_key(me, r.agreed.epoch, Step::Final),
         }
     }
 
@@ -441,6 +467,107 @@ pub struct EpochState {
     pub final_after_ms: Option<u64>,
 }
 
+/// This oracle's next step in `e`, if any: the write and the step it
+/// reaches, or why it waits or stays out.
+#[allow(clippy::too_many_arguments)]
+fn my_step(
+    c: &Collector,
+    i: &Inputs<'_>,
+    license: &str,
+    e: u64,
+    current: u64,
+    registered: &BTreeSet<String>,
+    participants: &BTreeSet<String>,
+    since_end: u64,
+) -> (Option<Write>, Option<&'static str>, Option<String>) {
+    let pubs = c.epochs.get(&e);
+    let mine = pubs.and_then(|p| p.get(i.me)).cloned().unwrap_or_default();
+    match (&mine.local, &mine.median, &mine.signed) {
+        (None, _, _) => match i.observed {
+            Some((last, table)) if last == e && e + 1 == current => {
+                (Some(Write::Local(Local { epoch: e, table: table.clone() })), Some("local"), None)
+            }
+            _ => (None, None, Some("this oracle did not observe all of the epoch".to_string())),
+        },
+        (Some(local), None, _) => {
+            let expected: BTreeSet<&String> =
+                registered.iter().filter(|o| i.online.contains(*o) && c.eligible(o, e, &i.rules)).collect();
+            if since_end < i.phase_ms && !expected.iter().all(|o| participants.contains(*o)) {
+                return (None, Some("local"), None);
+            }
+            let from: BTreeMap<String, String> = participants
+                .iter()
+                .filter_map(|o| Some((o.clone(), table_hash(pubs?.get(o)?.local.as_ref()?))))
+                .collect();
+            let table = agree::medians(participants.iter().filter_map(|o| pubs?.get(o)?.local.as_ref()));
+            for (node, own, med) in agree::outliers(local, &table, i.rules.outlier_limit) {
+                tracing::warn!(epoch = e, %node, own, median = med, "this oracle's value is an outlier");
+            }
+            (Some(Write::Median(Median { epoch: e, from, table })), Some("median"), None)
+        }
+        (Some(_), Some(_), None) => {
+            // Only medians checked against the tables they name count.
+            let checked: Vec<&Table> = participants
+                .iter()
+                .filter_map(|o| pubs?.get(o).filter(|p| p.median_ok == Some(true))?.median.as_ref().map(|m| &m.table))
+                .collect();
+            if since_end < 2 * i.phase_ms && checked.len() < participants.len() {
+                return (None, Some("median"), None);
+            }
+            let online = i.online.iter().filter(|o| registered.contains(*o)).count();
+            if let Err(why) = agree::participation(participants.len(), registered.len(), online, &i.rules) {
+                return (None, Some("median"), Some(why));
+            }
+            let (start_ms, end_ms) = i.epochs.bounds(e);
+            let agreed = Agreed {
+                epoch: e,
+                start_ms,
+                end_ms,
+                table: agree::agree(checked, participants.len()),
+                registered: registered.clone(),
+            };
+            let signature = agreed.sign(i.key, license);
+            (Some(Write::Signed(Signed { agreed, signature })), Some("signed"), None)
+        }
+        _ => (None, Some("signed"), None),
+    }
+}
+
+/// The agreed table most eligible registered oracles signed for `e`, with
+/// their signatures, from `sign` and `final` records that match this
+/// node's clock and registered set.
+fn best_signed(
+    c: &Collector,
+    i: &Inputs<'_>,
+    e: u64,
+    registered: &BTreeSet<String>,
+) -> Option<(Agreed, BTreeMap<String, OracleSignature>)> {
+    let pubs = c.epochs.get(&e)?;
+    let (start_ms, end_ms) = i.epochs.bounds(e);
+    let fits = |a: &Agreed| a.start_ms == start_ms && a.end_ms == end_ms && a.registered == *registered;
+    let counts = |o: &String| registered.contains(o) && c.eligible(o, e, &i.rules);
+    let mut groups: BTreeMap<[u8; 32], (Agreed, BTreeMap<String, OracleSignature>)> = BTreeMap::new();
+    let mut add = |a: &Agreed, o: &String, s: &OracleSignature| {
+        if fits(a) && counts(o) && pubs.get(o).is_none_or(|p| !p.equivocated) {
+            let g = groups.entry(a.digest()).or_insert_with(|| (a.clone(), BTreeMap::new()));
+            g.1.entry(o.clone()).or_insert_with(|| s.clone());
+        }
+    };
+    for (o, p) in pubs.iter().filter(|(_, p)| !p.equivocated) {
+        if let Some(s) = &p.signed {
+            add(&s.agreed, o, &s.signature);
+        }
+        // Signatures carried in final records (the valid ones, kept on
+        // receipt).
+        if let Some(r) = &p.last {
+            for (signer, s) in &r.signatures {
+                add(&r.agreed, signer, s);
+            }
+        }
+    }
+    groups.into_values().max_by_key(|(_, sigs)| sigs.len())
+}
+
 /// Decides what to write now, and reports what it found on the way;
 /// returns the writes and each epoch's state (newest last).
 pub fn plan(c: &mut Collector, i: &Inputs<'_>) -> (Vec<Write>, Vec<EpochState>, Vec<Report>) {
@@ -453,99 +580,58 @@ pub fn plan(c: &mut Collector, i: &Inputs<'_>) -> (Vec<Write>, Vec<EpochState>, 
             writes.push(Write::Registration(Registration { license: license.to_string() }));
         }
     }
-    // The last two closed epochs: the older one may still finish late.
-    for e in current.saturating_sub(2)..current {
-        let (_, end) = i.epochs.bounds(e);
+    // The last closed epochs: the older ones may still finish late, and
+    // the oldest gives the next one's eligibility.
+    for e in current.saturating_sub(3)..current {
+        let (start, end) = i.epochs.bounds(e);
         let since_end = i.now_ms.saturating_sub(end);
-        let registered = c.registered_at(end);
-        let mut reason = None;
-        let mut step = None;
+        let registered = c.registered_at(start);
+        let participants = c.participants(e, &registered, &i.rules);
+        reports.extend(c.check_medians(e, &participants, i.now_ms));
+        let (mut step, mut reason) = (None, None);
         if let (Some(license), true) = (i.license, registered.contains(i.me)) {
-            reports.extend(c.check_medians(e, i.now_ms));
-            let mine = c.epochs.get(&e).and_then(|p| p.get(i.me)).cloned().unwrap_or_default();
-            let participants = c.participants(e, &registered, &i.rules);
-            let pubs = c.epochs.get(&e);
-            let honest = |o: &String| pubs.and_then(|p| p.get(o)).is_some_and(|p| !p.equivocated && !p.wrong_median);
-            match (&mine.local, &mine.median, &mine.signed) {
-                (None, _, _) => match i.observed {
-                    Some((last, table)) if last == e && e + 1 == current => {
-                        writes.push(Write::Local(Local { epoch: e, table: table.clone() }));
-                        step = Some("local");
-                    }
-                    _ => reason = Some("this oracle did not observe all of the epoch".to_string()),
-                },
-                (Some(local), None, _) => {
-                    step = Some("local");
-                    let expected: BTreeSet<&String> =
-                        registered.iter().filter(|o| i.online.contains(*o) && c.eligible(o, e, &i.rules)).collect();
-                    if since_end >= i.phase_ms || expected.iter().all(|o| participants.contains(*o)) {
-                        let locals = participants.iter().filter_map(|o| pubs?.get(o)?.local.as_ref());
-                        let table = agree::medians(locals);
-                        for (node, own, med) in agree::outliers(local, &table, i.rules.outlier_limit) {
-                            tracing::warn!(epoch = e, %node, own, median = med, "this oracle's value is an outlier");
-                        }
-                        writes.push(Write::Median(Median { epoch: e, from: participants.clone(), table }));
-                        step = Some("median");
-                    }
-                }
-                (Some(_), Some(_), None) => {
-                    step = Some("median");
-                    let medians: Vec<&Table> = participants
-                        .iter()
-                        .filter(|o| honest(o))
-                        .filter_map(|o| pubs?.get(o)?.median.as_ref().map(|m| &m.table))
-                        .collect();
-                    let all_in =
-                        participants.iter().all(|o| pubs.and_then(|p| p.get(o)).is_some_and(|p| p.median.is_some()));
-                    if since_end >= 2 * i.phase_ms || all_in {
-                        let online = i.online.iter().filter(|o| registered.contains(*o)).count();
-                        match agree::participation(participants.len(), registered.len(), online, &i.rules) {
-                            Ok(()) => {
-                                let (start_ms, end_ms) = i.epochs.bounds(e);
-                                let agreed = Agreed {
-                                    epoch: e,
-                                    start_ms,
-                                    end_ms,
-                                    table: agree::agree(medians, participants.len()),
-                                    registered: registered.clone(),
-                                };
-                                let signature = agreed.sign(i.key, license);
-                                writes.push(Write::Signed(Signed { agreed, signature }));
-                                step = Some("signed");
-                            }
-                            Err(why) => reason = Some(why),
-                        }
-                    }
-                }
-                _ => step = Some("signed"),
+            if !c.eligible(i.me, e, &i.rules) {
+                reason = Some(format!(
+                    "this oracle was under {} in epoch {}",
+                    i.rules.min_availability,
+                    e.saturating_sub(1)
+                ));
+            } else if !c.finals.contains_key(&e) {
+                let (w, s, r) = my_step(c, i, license, e, current, &registered, &participants, since_end);
+                writes.extend(w);
+                (step, reason) = (s, r);
             }
         }
-        // The most signed table among honest registered oracles.
-        let mut groups: BTreeMap<[u8; 32], (Agreed, BTreeMap<String, OracleSignature>)> = BTreeMap::new();
-        if let Some(pubs) = c.epochs.get(&e) {
-            for (o, p) in pubs {
-                if let (Some(s), false) = (&p.signed, p.equivocated) {
-                    if s.agreed.registered.contains(o) {
-                        let g = groups.entry(s.agreed.digest()).or_insert_with(|| (s.agreed.clone(), BTreeMap::new()));
-                        g.1.insert(o.clone(), s.signature.clone());
-                    }
-                }
-            }
-        }
-        let best = groups.into_values().max_by_key(|(_, sigs)| sigs.len());
+        let best = best_signed(c, i, e, &registered);
         let signers = best.as_ref().map_or(0, |(_, s)| s.len());
-        // Written once a majority signed, and again by an oracle that holds
-        // signatures the record lacks (late signers are kept).
-        if let Some((agreed, mut signatures)) = best.filter(|(a, s)| agree::is_final(s.len(), a.registered.len())) {
-            let held = c.finals.get(&e);
-            let more =
-                held.is_none_or(|r| r.agreed == agreed && signatures.keys().any(|o| !r.signatures.contains_key(o)));
-            if more && i.license.is_some() {
-                if let Some(r) = held {
-                    signatures.extend(r.signatures.iter().map(|(o, s)| (o.clone(), s.clone())));
+        if let Some((agreed, signatures)) = best.filter(|(a, s)| agree::is_final(s.len(), a.registered.len())) {
+            let record = EpochRecord { agreed, signatures };
+            match c.finals.get(&e) {
+                Some(held) if held.agreed != record.agreed => {
+                    let detail = format!("two tables reached a majority in epoch {e}");
+                    reports.push(c.report("", Some(e), "conflicting_final", detail, i.now_ms));
                 }
-                writes.push(Write::Final(EpochRecord { agreed, signatures }));
+                _ => {
+                    if !c.finals.contains_key(&e) {
+                        c.final_seen_ms.insert(e, i.now_ms);
+                    }
+                    c.finals.insert(e, record.clone());
+                }
             }
+            // A signer publishes the record once its own copy lacks some
+            // of the signatures held here.
+            let mine = c.epochs.get(&e).and_then(|p| p.get(i.me));
+            let signed = mine.is_some_and(|p| p.signed.is_some());
+            let lacking = mine.and_then(|p| p.last.as_ref()).is_none_or(|r| {
+                r.agreed != record.agreed || record.signatures.keys().any(|o| !r.signatures.contains_key(o))
+            });
+            if signed && lacking && i.license.is_some() && c.finals.get(&e).is_some_and(|f| f.agreed == record.agreed) {
+                writes.push(Write::Final(record));
+            }
+        }
+        if e + 3 == current {
+            // Kept only for the next epoch's eligibility.
+            continue;
         }
         let state = if c.finals.contains_key(&e) {
             "final"
@@ -558,13 +644,15 @@ pub fn plan(c: &mut Collector, i: &Inputs<'_>) -> (Vec<Write>, Vec<EpochState>, 
         };
         if state == "unknown" {
             reason = Some("the epoch ended before this node's OracleSync started".into());
+        } else if state == "faulty" && registered.is_empty() {
+            reason = Some("no oracle was registered when the epoch began".into());
         } else if state == "faulty" && reason.is_none() {
             reason = Some(format!("{signers} of {} registered oracles signed one table", registered.len()));
         }
         states.push(EpochState {
             epoch: e,
             state,
-            participants: c.participants(e, &registered, &i.rules).len(),
+            participants: participants.len(),
             registered: registered.len(),
             signers: c.finals.get(&e).map_or(signers, |r| r.signatures.len()),
             step,
@@ -580,176 +668,8 @@ mod tests {
     use super::*;
     use crate::cstore::record::{to_raw, Hlc, Slot};
     use crate::dauth::license::{issue, key_id, Claims, Class};
+    use crate::oracle::sim::{Conduct, Sim, L, PHASE};
     use libp2p_identity::{ed25519, Keypair};
-
-    const L: u64 = 60_000;
-    const PHASE: u64 = 2_000;
-
-    /// How a simulated oracle behaves.
-    #[derive(Clone, Copy, PartialEq)]
-    enum Conduct {
-        Honest,
-        /// Writes nothing from this step on (killed mid-protocol).
-        SilentFrom(Step),
-        /// Reports 0 for every node in its local table.
-        Lies,
-        /// Publishes a second, different local table.
-        Equivocates,
-        /// Publishes a median table of its own making.
-        WrongMedian,
-    }
-
-    struct Sim {
-        keys: Vec<Keypair>,
-        ids: Vec<String>,
-        licenses: Vec<String>,
-        conduct: Vec<Conduct>,
-        collectors: Vec<Collector>,
-        trust: TrustStore,
-        epochs: Epochs,
-        truth: Table,
-        now: u64,
-        /// Every record written, in order.
-        log: Vec<Record>,
-    }
-
-    impl Sim {
-        fn new(conduct: &[Conduct], nodes: usize) -> Self {
-            let issuer = ed25519::Keypair::generate();
-            let trust = TrustStore::new([issuer.public()], []);
-            let keys: Vec<Keypair> = conduct.iter().map(|_| Keypair::generate_ed25519()).collect();
-            let ids: Vec<String> = keys.iter().map(|k| k.public().to_peer_id().to_string()).collect();
-            let licenses = ids
-                .iter()
-                .enumerate()
-                .map(|(i, id)| {
-                    let c = Claims {
-                        id: format!("mnd-{i}"),
-                        class: Class::Mnd,
-                        peer: id.clone(),
-                        iat: 0,
-                        exp: 4_000_000_000,
-                        iss: key_id(&issuer.public()),
-                    };
-                    issue(&issuer, &c)
-                })
-                .collect();
-            // Nodes, the oracles among them, with spread availabilities.
-            let mut truth: Table = (0..nodes).map(|n| (format!("node-{n:03}"), (n * 37 % 256) as u8)).collect();
-            for id in &ids {
-                truth.insert(id.clone(), 250);
-            }
-            Self {
-                collectors: vec![Collector::default(); keys.len()],
-                keys,
-                ids,
-                licenses,
-                conduct: conduct.to_vec(),
-                trust,
-                epochs: Epochs { genesis_ms: 0, length_ms: L },
-                truth,
-                now: 1_000,
-                log: vec![],
-            }
-        }
-
-        fn deliver(&mut self, rec: Record) {
-            let current = self.epochs.at(self.now).unwrap();
-            for c in &mut self.collectors {
-                c.observe(&rec, &self.trust, current, self.now);
-            }
-            self.log.push(rec);
-        }
-
-        fn write(&mut self, i: usize, key: &str, value: serde_json::Value) {
-            let rec = Record::sign(
-                &self.keys[i],
-                Slot::flat(key),
-                Some(to_raw(&value).unwrap()),
-                Hlc::new(self.now, 0),
-                None,
-            );
-            // What CSTORE would check before carrying it.
-            let writer = rec.verify().expect("signed");
-            crate::cstore::rules::check(&rec, &writer, &self.trust).expect("allowed by CSTORE's rules");
-            self.deliver(rec);
-        }
-
-        /// One turn of every oracle at the current time.
-        fn turn(&mut self) -> Vec<Vec<EpochState>> {
-            let online: BTreeSet<String> = self
-                .ids
-                .iter()
-                .zip(&self.conduct)
-                .filter(|(_, c)| !matches!(c, Conduct::SilentFrom(Step::Local)))
-                .map(|(i, _)| i.clone())
-                .collect();
-            let mut states = vec![];
-            for i in 0..self.keys.len() {
-                let e = self.epochs.at(self.now).unwrap();
-                let observed = match self.conduct[i] {
-                    Conduct::Lies => self.truth.keys().map(|k| (k.clone(), 0)).collect(),
-                    _ => self.truth.clone(),
-                };
-                let inputs = Inputs {
-                    now_ms: self.now,
-                    me: &self.ids[i].clone(),
-                    key: &self.keys[i].clone(),
-                    license: Some(&self.licenses[i].clone()),
-                    epochs: self.epochs,
-                    observed: e.checked_sub(1).map(|l| (l, &observed)),
-                    online: &online,
-                    phase_ms: PHASE,
-                    started_ms: 0,
-                    rules: Rules::default(),
-                };
-                let (writes, s, _) = plan(&mut self.collectors[i], &inputs);
-                states.push(s);
-                for w in writes {
-                    let step = match &w {
-                        Write::Local(_) => Some(Step::Local),
-                        Write::Median(_) => Some(Step::Median),
-                        Write::Signed(_) => Some(Step::Sign),
-                        _ => None,
-                    };
-                    if let (Conduct::SilentFrom(from), Some(step)) = (self.conduct[i], step) {
-                        if step >= from {
-                            continue;
-                        }
-                    }
-                    let key = w.key(&self.ids[i]);
-                    let mut value = w.value();
-                    if let (Conduct::WrongMedian, Write::Median(m)) = (self.conduct[i], &w) {
-                        let bent: Table = m.table.keys().map(|k| (k.clone(), 1)).collect();
-                        value = serde_json::to_value(Median { table: bent, ..m.clone() }).unwrap();
-                    }
-                    self.write(i, &key, value.clone());
-                    if let (Conduct::Equivocates, Write::Local(l)) = (self.conduct[i], &w) {
-                        let other: Table = l.table.keys().map(|k| (k.clone(), 3)).collect();
-                        self.write(i, &key, serde_json::to_value(Local { table: other, ..l.clone() }).unwrap());
-                    }
-                }
-            }
-            states
-        }
-
-        /// Runs from registration through epoch 1's protocol, in 100 ms
-        /// steps, until `until_ms` after epoch 1 ended.
-        fn run_epoch(&mut self, until_ms: u64) -> Vec<Vec<EpochState>> {
-            self.turn(); // registrations, in epoch 0
-            self.now = 2 * L + 50; // epoch 1 closed (the observed one)
-            let mut last = vec![];
-            while self.now <= 2 * L + until_ms {
-                last = self.turn();
-                self.now += 100;
-            }
-            last
-        }
-
-        fn state_of(states: &[Vec<EpochState>], i: usize) -> &EpochState {
-            states[i].iter().find(|s| s.epoch == 1).expect("epoch 1 is reported")
-        }
-    }
 
     #[test]
     fn honest_oracles_finalise_one_record_that_anyone_verifies() {
@@ -801,18 +721,15 @@ mod tests {
         let s = Sim::state_of(&states, 0);
         assert_eq!((s.state, s.signers, s.registered), ("faulty", 1, 3), "{s:?}");
         assert!(sim.collectors.iter().all(|c| c.finals.is_empty()));
-        // A record with that one signature is refused by CSTORE's rules.
+        // A "final" record with that one signature is refused and reported.
         let sign = sim.collectors[0].epochs[&1][&sim.ids[0]].signed.clone().unwrap();
         let forged =
             EpochRecord { agreed: sign.agreed.clone(), signatures: [(sim.ids[0].clone(), sign.signature)].into() };
-        let rec = Record::sign(
-            &sim.keys[0],
-            Slot::flat(&epoch_key(1)),
-            Some(to_raw(&serde_json::to_value(&forged).unwrap()).unwrap()),
-            Hlc::new(sim.now, 0),
-            None,
-        );
-        assert!(crate::cstore::rules::check(&rec, &rec.verify().unwrap(), &sim.trust).is_err());
+        sim.write(0, &step_key(&sim.ids[0], 1, Step::Final), serde_json::to_value(&forged).unwrap());
+        let states = sim.turn();
+        assert_eq!(Sim::state_of(&states, 1).state, "faulty");
+        let r = sim.collectors[1].reports.back().unwrap();
+        assert_eq!((r.kind, r.oracle.as_str()), ("bad_signature", sim.ids[0].as_str()), "{r:?}");
     }
 
     #[test]
@@ -833,6 +750,80 @@ mod tests {
                 agree::outliers(&sim.truth.keys().map(|k| (k.clone(), 0)).collect(), &r.agreed.table, 50).len() > 10
             );
         }
+    }
+
+    #[test]
+    fn a_lone_licensed_oracle_cannot_decide_an_epoch_nor_join_one_late() {
+        let mut sim = Sim::new(&[Conduct::Honest; 3], 10);
+        sim.turn(); // the three register in epoch 0
+        let (rogue, id, license) = sim.outsider();
+        // Registered in epoch 0 too, but with its clock set far back only
+        // once epoch 1 has begun: it counts from its arrival.
+        sim.now = L + 5_000;
+        let reg = serde_json::to_value(Registration { license: license.clone() }).unwrap();
+        let rec =
+            Record::sign(&rogue, Slot::flat(&registration_key(&id)), Some(to_raw(&reg).unwrap()), Hlc::new(1, 0), None);
+        sim.deliver(rec);
+        assert!(sim.collectors[0].registered.contains_key(&id));
+        assert!(!sim.collectors[0].registered_at(L).contains(&id), "not in epoch 1's set");
+        // It signs a table of its own with itself as the only registered
+        // oracle, and publishes a "final" record of it: both verify alone.
+        sim.now = 2 * L + 10;
+        let (start_ms, end_ms) = sim.epochs.bounds(1);
+        let agreed = Agreed {
+            epoch: 1,
+            start_ms,
+            end_ms,
+            table: sim.truth.keys().map(|k| (k.clone(), 0)).collect(),
+            registered: [id.clone()].into(),
+        };
+        let signature = agreed.sign(&rogue, &license);
+        let record = EpochRecord { agreed: agreed.clone(), signatures: [(id.clone(), signature.clone())].into() };
+        assert!(record.verify(&sim.trust).is_ok());
+        sim.write_as(
+            &rogue,
+            &step_key(&id, 1, Step::Sign),
+            serde_json::to_value(Signed { agreed, signature }).unwrap(),
+        );
+        sim.write_as(&rogue, &step_key(&id, 1, Step::Final), serde_json::to_value(&record).unwrap());
+        // Deleting a registration does not unregister.
+        let k0 = sim.keys[0].clone();
+        let tomb = Record::sign(&k0, Slot::flat(&registration_key(&sim.ids[0])), None, Hlc::new(sim.now, 1), None);
+        sim.deliver(tomb);
+        // The honest oracles finalise the truth regardless.
+        sim.now = 2 * L + 50;
+        for _ in 0..20 {
+            sim.turn();
+            sim.now += 100;
+        }
+        for c in &sim.collectors {
+            assert_eq!(c.finals[&1].agreed.table, sim.truth);
+            assert_eq!(c.finals[&1].agreed.registered.len(), 3);
+        }
+    }
+
+    #[test]
+    fn a_median_naming_tables_no_one_holds_is_not_counted() {
+        let mut sim = Sim::new(&[Conduct::Honest; 3], 10);
+        sim.turn();
+        sim.now = 2 * L + 50;
+        sim.turn(); // local tables out
+        let fake = Keypair::generate_ed25519().public().to_peer_id().to_string();
+        let m = Median {
+            epoch: 1,
+            from: sim.ids.iter().chain([&fake]).map(|o| (o.clone(), "00".repeat(8))).collect(),
+            table: sim.truth.keys().map(|k| (k.clone(), 1)).collect(),
+        };
+        let k = sim.keys[2].clone();
+        sim.write_as(&k, &step_key(&sim.ids[2].clone(), 1, Step::Median), serde_json::to_value(&m).unwrap());
+        // The others wait for it to the medians' bound, then go on without.
+        for _ in 0..(2 * PHASE / 100 + 5) {
+            sim.turn();
+            sim.now += 100;
+        }
+        let c = &sim.collectors[0];
+        assert_eq!(c.epochs[&1][&sim.ids[2]].median_ok, None, "unchecked, not counted");
+        assert_eq!(c.finals[&1].agreed.table, sim.truth);
     }
 
     #[test]
