@@ -9,6 +9,7 @@ pub mod crd;
 pub mod cstore;
 pub mod dauth;
 pub mod deeploy;
+pub mod economy;
 pub mod http;
 pub mod identity;
 pub mod leader;
