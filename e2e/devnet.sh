@@ -231,6 +231,8 @@ Try next:
   kubectl describe r1p sentiment-api -n default
   $BIN network peers --endpoint http://127.0.0.1:9190   # the network as c1 sees it
   $BIN network epoch --endpoint http://127.0.0.1:9190   # the epoch (60 s here) and each peer's availability in the last one
+  $BIN oracle status --endpoint http://127.0.0.1:9190   # OracleSync: the last epochs, final or faulty (c1 is the one oracle here)
+  $BIN oracle verify <epoch> --trusted-issuer=$issuer_pub --endpoint http://127.0.0.1:9191   # check an epoch's signed record from c2
   $BIN cstore --endpoint http://127.0.0.1:9190 set '~/hello' '"world"'   # CSTORE: write on c1 ...
   $BIN cstore --endpoint http://127.0.0.1:9191 keys node/   # ... read on c2 (replicated); then: status
   kubectl get r1m sentiment-lexicon -n default -o jsonpath='{.status.holders}'   # the R1FS nodes holding the model

@@ -127,6 +127,7 @@ async fn oracles_agree_on_one_signed_record_and_survive_a_minority_only() {
     })
     .await;
     assert!(st.availability.is_some_and(|a| a >= 230), "{st:?}");
+    assert_eq!(st.license_class.as_deref(), Some("MND"));
 
     // 3. Oracle 2 killed halfway through an epoch: the other two finalise
     // it, and oracle 2 scores about half.

@@ -279,6 +279,7 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
     let mut peers = 0;
     let mut epoch = None;
     let mut availability = None;
+    let mut license_class = None;
     let mut last_heartbeat = old.last_heartbeat.clone();
     let wanted = match &outcome {
         Err(bad) => conditions::stalled(bad.reason, &bad.message),
@@ -290,6 +291,7 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
                 // From the clock in use (the flags', or an oracle's through
                 // dAuth) itself: the view's epoch lags a tick.
                 let epoch = view.running.then(|| view.clock.and_then(|c| c.at(p2p::now_ms() as u64))).flatten();
+                license_class = view.running.then_some(view.own_class).flatten().map(|c| c.to_string());
                 (connected_condition(&view, disabled.as_deref(), p2p::now_ms()), view.last_heartbeat_sent, epoch)
             };
             epoch = current;
@@ -313,6 +315,7 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
     };
     let status = R1NodeStatus {
         peer_id,
+        license_class,
         peers,
         last_heartbeat,
         observed_generation: n.metadata.generation,

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
     status = "R1NodeStatus",
     printcolumn = r#"{"name":"PeerID","type":"string","jsonPath":".status.peerId"}"#,
     printcolumn = r#"{"name":"Roles","type":"string","jsonPath":".spec.roles"}"#,
+    printcolumn = r#"{"name":"Class","type":"string","jsonPath":".status.licenseClass"}"#,
     printcolumn = r#"{"name":"Peers","type":"integer","jsonPath":".status.peers"}"#,
     printcolumn = r#"{"name":"Epoch","type":"integer","jsonPath":".status.epoch"}"#,
     printcolumn = r#"{"name":"Availability","type":"integer","jsonPath":".status.availability"}"#,
@@ -192,6 +193,10 @@ pub struct R1NodeStatus {
     /// libp2p PeerId derived from the identity key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_id: Option<String>,
+    /// Class of this node's license (`ND`, `MND`, `GND`) while it is valid
+    /// and the network runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub license_class: Option<String>,
     /// Number of licensed peers currently connected.
     #[serde(default)]
     pub peers: u32,

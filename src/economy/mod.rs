@@ -298,8 +298,12 @@ mod tests {
     fn nd_pays_its_cap_exactly_over_1080_full_epochs() {
         let c = Constants::default();
         let cap = c.nd_license_cap();
-        // 0.45 × 161,803,398 / 46,224 = 1,575.1897… R1.
+        // 0.45 × 161,803,398 / 46,224 = 1,575.1888… R1 (worked example in
+        // docs/economy.md: epochs 0..2).
         assert_eq!(cap, 161_803_398 * UNIT / 10_000 * 4_500 / 46_224);
+        assert_eq!(cap, 1_575_188_843_457_943_925_233);
+        let first: Vec<u128> = [(0, 255), (1, 230), (2, 0)].map(|(k, a)| nd_reward(&c, k, a)).to_vec();
+        assert_eq!(first, [1_458_508_188_386_985_115, 1_315_517_189_525_515_986, 0]);
         assert!((r1(cap) - 1_575.189_7).abs() < 1e-3, "{}", r1(cap));
         let total: u128 = (0..1_080).map(|k| nd_reward(&c, k, 255)).sum();
         assert_eq!(total, cap);

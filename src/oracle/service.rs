@@ -5,7 +5,9 @@
 //! own availability (R1Node status).
 
 use super::agree::{Rules, Table};
-use super::sync::{is_registration, plan, Collector, EpochState, Inputs, Report, Write, ORACLE_PREFIX};
+use super::sync::{
+    is_registration, plan, Collector, EpochState, Inputs, Report, Write, ORACLE_PREFIX, REGISTRATION_SKEW_MS,
+};
 use crate::cstore::{Change, Cstore, NetworkSource};
 use crate::dauth::license::TrustStore;
 use crate::metrics::{Metrics, ReasonLabels};
@@ -111,7 +113,9 @@ fn step_ttl(length_ms: u64) -> Duration {
         .clamp(Duration::from_secs(3600), Duration::from_secs(30 * 86_400))
 }
 
-async fn load(c: &mut Collector, store: &Cstore, trust: &TrustStore, current: u64, m: &Metrics) {
+/// Reads every OracleSync record; false when CSTORE could not be read
+/// (try again: planning on a partial view could finalise alone).
+async fn load(c: &mut Collector, store: &Cstore, trust: &TrustStore, current: u64, m: &Metrics) -> bool {
     match store.list(ORACLE_PREFIX).await {
         Ok(mut records) => {
             // Registrations first: step records of unregistered writers are
@@ -120,10 +124,14 @@ async fn load(c: &mut Collector, store: &Cstore, trust: &TrustStore, current: u6
             for r in records {
                 count(c.observe(&r, trust, current, now()), m);
             }
+            c.loaded = true;
+            true
         }
-        Err(e) => tracing::warn!(error = %e, "OracleSync cannot read CSTORE"),
+        Err(e) => {
+            tracing::warn!(error = %e, "OracleSync cannot read CSTORE; reading again");
+            false
+        }
     }
-    c.loaded = true;
 }
 
 fn now() -> u64 {
@@ -172,6 +180,7 @@ async fn run(cfg: OracleConfig, p: Parts, status: std::sync::Weak<Inner>) {
     // it is (never recomputed, which could publish a second value).
     let mut pending: BTreeMap<String, (serde_json::Value, Option<Duration>)> = BTreeMap::new();
     let started_ms = now();
+    let mut refused: BTreeSet<String> = BTreeSet::new();
     loop {
         let clock = p.view.read().expect("view lock").clock;
         let Some(epochs) = clock else {
@@ -188,8 +197,19 @@ async fn run(cfg: OracleConfig, p: Parts, status: std::sync::Weak<Inner>) {
                 Ok(w) => w.boxed(),
                 Err(_) => futures::stream::pending().boxed(),
             };
-            c = Collector::default();
-            load(&mut c, &p.cstore, &p.trust, current, &p.metrics).await;
+            // Registrations only grow: kept, so a re-read cannot move when
+            // one counts from.
+            let registered = std::mem::take(&mut c.registered);
+            c = Collector {
+                registered,
+                registration_skew_ms: (epochs.length_ms / 4).min(REGISTRATION_SKEW_MS),
+                ..Default::default()
+            };
+            if !load(&mut c, &p.cstore, &p.trust, current, &p.metrics).await {
+                loads = u64::MAX;
+                tick.tick().await;
+                continue;
+            }
         }
         let (_, end) = epochs.bounds(current);
         tokio::select! {
@@ -247,11 +267,19 @@ async fn run(cfg: OracleConfig, p: Parts, status: std::sync::Weak<Inner>) {
             pending.entry(key).or_insert((w.value(), ttl));
         }
         for (key, (value, ttl)) in std::mem::take(&mut pending) {
+            if refused.contains(&key) {
+                continue;
+            }
             match p.cstore.set(&key, &value, ttl).await {
                 // Taken in at once: the next turn must not write it again.
                 Ok(rec) => count(c.observe(&rec, &p.trust, current, now()), &p.metrics),
                 Err(crate::cstore::CstoreError::Invalid(e)) => {
-                    tracing::error!(%key, error = %e, "OracleSync record refused (dropped)")
+                    tracing::error!(%key, error = %e, "OracleSync record refused (dropped)");
+                    // Not planned again (e.g. a table over CSTORE's size limit).
+                    if refused.len() >= 1_024 {
+                        refused.clear();
+                    }
+                    refused.insert(key);
                 }
                 Err(e) => {
                     tracing::warn!(%key, error = %e, "OracleSync write failed; retried as it is");

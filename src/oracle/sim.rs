@@ -71,7 +71,7 @@ impl Sim {
             truth.insert(id.clone(), 250);
         }
         Self {
-            collectors: vec![Collector { loaded: true, ..Default::default() }; keys.len()],
+            collectors: vec![Collector { loaded: true, registration_skew_ms: L / 4, ..Default::default() }; keys.len()],
             keys,
             ids,
             licenses,

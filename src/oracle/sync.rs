@@ -41,8 +41,10 @@ pub const KEEP_EPOCHS: u64 = 4;
 /// Misbehaviour reports kept for status.
 pub const MAX_REPORTS: usize = 64;
 /// A registration seen live whose clock is older than this counts from
-/// when it arrived (no backdating into past epochs).
-pub const REGISTRATION_SKEW_MS: u64 = 5_000;
+/// this long before it arrived (no backdating into past epochs); above
+/// anti-entropy's delay, so a registration that missed gossip still counts
+/// from its clock. The service lowers it to a quarter of a short epoch.
+pub const REGISTRATION_SKEW_MS: u64 = 30_000;
 
 /// One step of an epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -114,6 +116,9 @@ pub struct Published {
     pub median_ok: Option<bool>,
     pub signed: Option<Signed>,
     pub last: Option<EpochRecord>,
+    /// The table this oracle signed, wherever its signature was seen (its
+    /// sign record, or any final copy): a second one is equivocation.
+    pub signed_digest: Option<[u8; 32]>,
     /// Published two different values for one step: ignored this epoch.
     pub equivocated: bool,
 }
@@ -152,6 +157,10 @@ pub struct Collector {
     pub reports: VecDeque<Report>,
     /// The initial read is done: registrations seen from now on are live.
     pub loaded: bool,
+    /// How far back a live registration's clock may go (0: the default).
+    pub registration_skew_ms: u64,
+    /// Epochs in which two tables reached a majority (reported once).
+    pub conflicts: BTreeSet<u64>,
 }
 
 /// A record's key, parsed.
@@ -253,7 +262,7 @@ impl Collector {
                             return Some(self.report(peer, Some(e), "bad_signature", why, now_ms));
                         }
                     }
-                    Parsed::Final(r) => match r.verify(trust) {
+                    Parsed::Final(r) => match r.verify_with(trust, &|o, s| self.checked(e, &r.agreed, o, s, trust)) {
                         Err(why) => return Some(self.report(peer, Some(e), "bad_signature", why, now_ms)),
                         Ok(v) if !v.ignored.is_empty() => {
                             // Keep only the signatures that verified.
@@ -277,6 +286,16 @@ impl Collector {
                     }
                     _ => false,
                 };
+                // Every signature seen, by its signer: one table per oracle.
+                let signers: Vec<(String, [u8; 32])> = match &parsed {
+                    Parsed::Signed(s) => vec![(peer.to_string(), s.agreed.digest())],
+                    Parsed::Final(r) => {
+                        let d = r.agreed.digest();
+                        r.signatures.keys().map(|o| (o.clone(), d)).collect()
+                    }
+                    _ => vec![],
+                };
+                let mut report = None;
                 if differs {
                     let first = !p.equivocated;
                     p.equivocated = true;
@@ -284,18 +303,34 @@ impl Collector {
                         Step::Final => ("conflicting_final", "published two different final records".to_string()),
                         _ => ("equivocation", format!("published two different {} tables", step.name())),
                     };
-                    return first.then(|| self.report(peer, Some(e), kind, detail, now_ms));
-                }
-                match parsed {
-                    Parsed::Local(t) => p.local = Some(t),
-                    Parsed::Median(m) => {
-                        p.median = Some(m);
-                        p.median_ok = None;
+                    if first {
+                        report = Some(self.report(peer, Some(e), kind, detail, now_ms));
                     }
-                    Parsed::Signed(s) => p.signed = Some(s),
-                    Parsed::Final(r) => p.last = Some(r),
+                } else {
+                    match parsed {
+                        Parsed::Local(t) => p.local = Some(t),
+                        Parsed::Median(m) => {
+                            p.median = Some(m);
+                            p.median_ok = None;
+                        }
+                        Parsed::Signed(s) => p.signed = Some(s),
+                        Parsed::Final(r) => p.last = Some(r),
+                    }
                 }
-                None
+                for (o, d) in signers {
+                    let q = self.epochs.entry(e).or_default().entry(o.clone()).or_default();
+                    match q.signed_digest {
+                        None => q.signed_digest = Some(d),
+                        Some(held) if held != d && !q.equivocated => {
+                            q.equivocated = true;
+                            let detail = "signed two different tables".to_string();
+                            let r = self.report(&o, Some(e), "equivocation", detail, now_ms);
+                            report = report.or(Some(r));
+                        }
+                        Some(_) => {}
+                    }
+                }
+                report
             }
         }
     }
@@ -311,7 +346,9 @@ impl Collector {
         match trust.verify(&reg.license, peer, (now_ms / 1000) as i64) {
             Ok(c) if c.class.may_be_oracle() => {
                 let clock = rec.hlc.wall_ms();
-                let since = if self.loaded { clock.max(now_ms.saturating_sub(REGISTRATION_SKEW_MS)) } else { clock };
+                let skew =
+                    if self.registration_skew_ms == 0 { REGISTRATION_SKEW_MS } else { self.registration_skew_ms };
+                let since = if self.loaded { clock.max(now_ms.saturating_sub(skew)) } else { clock };
                 let since = self.registered.get(peer).map_or(since, |r| r.since_ms.min(since));
                 self.registered.insert(peer.to_string(), Registered { license: reg.license, since_ms: since });
                 None
@@ -322,6 +359,21 @@ impl Collector {
             }
             Err(e) => Some(self.report(peer, None, "not_an_oracle", format!("license: {e}"), now_ms)),
         }
+    }
+
+    /// Whether `oracle`'s signature `s` of `agreed` was checked here
+    /// already: in its sign record, or in a final record taken in.
+    fn checked(&self, e: u64, agreed: &Agreed, oracle: &str, s: &OracleSignature, trust: &TrustStore) -> bool {
+        // Revocations may have come since: those are looked at again.
+        let valid = crate::dauth::license::decode(&s.license)
+            .is_ok_and(|(c, ..)| trust.still_valid(&c, (agreed.end_ms / 1000) as i64).is_ok());
+        let Some(pubs) = self.epochs.get(&e).filter(|_| valid) else { return false };
+        let signed = pubs.get(oracle).and_then(|p| p.signed.as_ref());
+        signed.is_some_and(|x| x.signature == *s && x.agreed == *agreed)
+            || pubs
+                .values()
+                .filter_map(|p| p.last.as_ref())
+                .any(|l| l.signatures.get(oracle) == Some(s) && l.agreed == *agreed)
     }
 
     /// Oracles registered before `start_ms` (the epoch's start: the set is
@@ -547,22 +599,26 @@ fn best_signed(
     let fits = |a: &Agreed| a.start_ms == start_ms && a.end_ms == end_ms && a.registered == *registered;
     let counts = |o: &String| registered.contains(o) && c.eligible(o, e, &i.rules);
     let mut groups: BTreeMap<[u8; 32], (Agreed, BTreeMap<String, OracleSignature>)> = BTreeMap::new();
-    let mut add = |a: &Agreed, o: &String, s: &OracleSignature| {
-        if fits(a) && counts(o) && pubs.get(o).is_none_or(|p| !p.equivocated) {
-            let g = groups.entry(a.digest()).or_insert_with(|| (a.clone(), BTreeMap::new()));
-            g.1.entry(o.clone()).or_insert_with(|| s.clone());
+    // One digest per record, not per signature.
+    let mut add = |a: &Agreed, sigs: &mut dyn Iterator<Item = (&String, &OracleSignature)>| {
+        if !fits(a) {
+            return;
+        }
+        let g = groups.entry(a.digest()).or_insert_with(|| (a.clone(), BTreeMap::new()));
+        for (o, s) in sigs {
+            if counts(o) && pubs.get(o).is_none_or(|p| !p.equivocated) {
+                g.1.entry(o.clone()).or_insert_with(|| s.clone());
+            }
         }
     };
     for (o, p) in pubs.iter().filter(|(_, p)| !p.equivocated) {
         if let Some(s) = &p.signed {
-            add(&s.agreed, o, &s.signature);
+            add(&s.agreed, &mut std::iter::once((o, &s.signature)));
         }
         // Signatures carried in final records (the valid ones, kept on
         // receipt).
         if let Some(r) = &p.last {
-            for (signer, s) in &r.signatures {
-                add(&r.agreed, signer, s);
-            }
+            add(&r.agreed, &mut r.signatures.iter());
         }
     }
     groups.into_values().max_by_key(|(_, sigs)| sigs.len())
@@ -608,8 +664,10 @@ pub fn plan(c: &mut Collector, i: &Inputs<'_>) -> (Vec<Write>, Vec<EpochState>, 
             let record = EpochRecord { agreed, signatures };
             match c.finals.get(&e) {
                 Some(held) if held.agreed != record.agreed => {
-                    let detail = format!("two tables reached a majority in epoch {e}");
-                    reports.push(c.report("", Some(e), "conflicting_final", detail, i.now_ms));
+                    if c.conflicts.insert(e) {
+                        let detail = format!("two tables reached a majority in epoch {e}");
+                        reports.push(c.report("", Some(e), "conflicting_final", detail, i.now_ms));
+                    }
                 }
                 _ => {
                     if !c.finals.contains_key(&e) {
@@ -618,15 +676,26 @@ pub fn plan(c: &mut Collector, i: &Inputs<'_>) -> (Vec<Write>, Vec<EpochState>, 
                     c.finals.insert(e, record.clone());
                 }
             }
-            // A signer publishes the record once its own copy lacks some
-            // of the signatures held here.
+            // A signer publishes its copy at the first majority, then again
+            // only with every possible signature, or once the bounds passed
+            // (each copy is checked by every node: not one per signature).
             let mine = c.epochs.get(&e).and_then(|p| p.get(i.me));
             let signed = mine.is_some_and(|p| p.signed.is_some());
-            let lacking = mine.and_then(|p| p.last.as_ref()).is_none_or(|r| {
-                r.agreed != record.agreed || record.signatures.keys().any(|o| !r.signatures.contains_key(o))
-            });
-            if signed && lacking && i.license.is_some() && c.finals.get(&e).is_some_and(|f| f.agreed == record.agreed) {
-                writes.push(Write::Final(record));
+            let can_sign = registered.iter().filter(|o| c.eligible(o, e, &i.rules)).count();
+            let settled = record.signatures.len() == can_sign || since_end >= 3 * i.phase_ms;
+            // A copy never loses a signature it published, nor changes
+            // table (that would be a second final record).
+            let own = mine.and_then(|p| p.last.as_ref());
+            let mut copy = record.clone();
+            if let Some(r) = own.filter(|r| r.agreed == record.agreed) {
+                copy.signatures.extend(r.signatures.iter().map(|(o, s)| (o.clone(), s.clone())));
+            }
+            let write = match own {
+                None => true,
+                Some(r) => r.agreed == copy.agreed && settled && copy.signatures.len() > r.signatures.len(),
+            };
+            if signed && write && i.license.is_some() && c.finals.get(&e).is_some_and(|f| f.agreed == copy.agreed) {
+                writes.push(Write::Final(copy));
             }
         }
         if e + 3 == current {
@@ -758,8 +827,8 @@ mod tests {
         sim.turn(); // the three register in epoch 0
         let (rogue, id, license) = sim.outsider();
         // Registered in epoch 0 too, but with its clock set far back only
-        // once epoch 1 has begun: it counts from its arrival.
-        sim.now = L + 5_000;
+        // well into epoch 1: it counts from a quarter epoch before arrival.
+        sim.now = L + 20_000;
         let reg = serde_json::to_value(Registration { license: license.clone() }).unwrap();
         let rec =
             Record::sign(&rogue, Slot::flat(&registration_key(&id)), Some(to_raw(&reg).unwrap()), Hlc::new(1, 0), None);
@@ -800,6 +869,28 @@ mod tests {
             assert_eq!(c.finals[&1].agreed.table, sim.truth);
             assert_eq!(c.finals[&1].agreed.registered.len(), 3);
         }
+    }
+
+    #[test]
+    fn an_oracle_signing_a_second_table_anywhere_is_an_equivocator() {
+        let mut sim = Sim::new(&[Conduct::Honest; 3], 5);
+        sim.run_epoch(PHASE);
+        let t1 = sim.collectors[0].finals[&1].agreed.clone();
+        // Oracles 1 and 2 also sign another table and publish it only in a
+        // final copy: it verifies (2 of 3), but each already signed t1.
+        let mut t2 = t1.clone();
+        let node = t2.table.keys().next().unwrap().clone();
+        t2.table.insert(node, 1);
+        let sigs = [1, 2].map(|k| (sim.ids[k].clone(), t2.sign(&sim.keys[k], &sim.licenses[k])));
+        let copy = EpochRecord { agreed: t2, signatures: sigs.into_iter().collect() };
+        assert!(copy.verify(&sim.trust).is_ok());
+        let k1 = sim.keys[1].clone();
+        sim.write_as(&k1, &step_key(&sim.ids[1].clone(), 1, Step::Final), serde_json::to_value(&copy).unwrap());
+        let c = &sim.collectors[0];
+        let flagged: BTreeSet<&str> =
+            c.reports.iter().filter(|r| r.kind != "bad_signature").map(|r| r.oracle.as_str()).collect();
+        assert!(flagged.contains(sim.ids[2].as_str()), "{:?}", c.reports);
+        assert_eq!(c.finals[&1].agreed, t1, "the first final table stands");
     }
 
     #[test]

@@ -191,6 +191,7 @@ impl EventLoop {
         let mut v = self.view.write().expect("view lock");
         v.licensed = Some(state);
         v.oracle_license = oracle;
+        v.own_class = self.own_license.as_ref().ok().map(|c| c.class);
         drop(v);
         self.bump();
     }

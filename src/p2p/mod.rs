@@ -339,6 +339,9 @@ pub struct View {
     /// MND/GND license): OracleSync registers and signs with it.
     #[serde(skip)]
     pub oracle_license: Option<String>,
+    /// This node's license class while its license is valid.
+    #[serde(skip)]
+    pub own_class: Option<crate::dauth::license::Class>,
 }
 
 /// One author's heartbeat runs: in its latest epoch, and in the one
