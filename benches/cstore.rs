@@ -16,7 +16,7 @@
 //! (exit 1, one line) when something it measures did not happen.
 
 use libp2p_identity::{ed25519, Keypair};
-use ratio1::cstore::{Cstore, CstoreConfig, NetworkSource};
+use ratio1::cstore::Cstore;
 use ratio1::dauth::license::{self, Claims, Class, TrustStore};
 use ratio1::metrics::Metrics;
 use ratio1::p2p::{self, NetConfig, NetworkHandle};
@@ -38,25 +38,16 @@ struct Node {
 }
 
 async fn node(i: usize, trust: &TrustStore) -> Node {
-    let etcd = Etcd::start(&format!("n{i}")).await;
-    let net: Arc<Mutex<Option<NetworkHandle>>> = Default::default();
-    let source: NetworkSource = {
-        let net = net.clone();
-        Arc::new(move || net.lock().unwrap().clone())
-    };
-    let metrics = Arc::new(Metrics::default());
-    let cfg = CstoreConfig {
-        endpoints: vec![etcd.endpoint()],
-        anti_entropy_interval: Duration::from_millis(500),
-        ..Default::default()
-    };
-    let (store, link) = Cstore::start(cfg, trust.clone(), metrics.clone(), source).await.unwrap_or_else(|e| fail(&e));
-    if !store.wait_up(Duration::from_secs(30)).await {
-        fail(&format!("replica {i} not up"));
+    let r = common::replica(&format!("n{i}"), trust).await;
+    Node {
+        store: r.store,
+        key: r.key,
+        port: Mutex::new(free_port()),
+        link: r.link,
+        net: r.net,
+        metrics: r.metrics,
+        _etcd: r.etcd,
     }
-    let key = Keypair::generate_ed25519();
-    store.set_identity(key.clone());
-    Node { store, key, port: Mutex::new(free_port()), link, net, metrics, _etcd: etcd }
 }
 
 fn addr(n: &Node) -> libp2p::Multiaddr {

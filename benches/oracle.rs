@@ -17,9 +17,8 @@
 //! (exit 1, one line) when something it measures did not happen.
 
 use libp2p_identity::{ed25519, Keypair};
-use ratio1::cstore::{Cstore, CstoreConfig, NetworkSource};
+use ratio1::cstore::Cstore;
 use ratio1::dauth::license::{self, Claims, Class, TrustStore};
-use ratio1::metrics::Metrics;
 use ratio1::oracle::epoch::Epochs;
 use ratio1::oracle::service::{Oracle, OracleConfig};
 use ratio1::p2p::{self, NetConfig, NetworkHandle, SharedView};
@@ -47,25 +46,8 @@ fn addr(port: u16, key: &Keypair) -> libp2p::Multiaddr {
 
 /// An oracle node: replica, network (bootstrapping from `first`), OracleSync.
 async fn node(i: usize, issuer: &ed25519::Keypair, trust: &TrustStore, first: Option<(u16, &Keypair)>) -> Node {
-    let etcd = Etcd::start(&format!("o{i}")).await;
-    let net: Arc<Mutex<Option<NetworkHandle>>> = Default::default();
-    let source: NetworkSource = {
-        let net = net.clone();
-        Arc::new(move || net.lock().unwrap().clone())
-    };
-    let metrics = Arc::new(Metrics::default());
-    let cfg = CstoreConfig {
-        endpoints: vec![etcd.endpoint()],
-        anti_entropy_interval: Duration::from_millis(500),
-        ..Default::default()
-    };
-    let (store, link) =
-        Cstore::start(cfg, trust.clone(), metrics.clone(), source.clone()).await.unwrap_or_else(|e| fail(&e));
-    if !store.wait_up(Duration::from_secs(30)).await {
-        fail(&format!("replica {i} not up"));
-    }
-    let key = Keypair::generate_ed25519();
-    store.set_identity(key.clone());
+    let common::Replica { store, link, key, net, source, metrics, etcd } =
+        common::replica(&format!("o{i}"), trust).await;
     let now = p2p::now_ms() / 1000;
     let claims = Claims {
         id: format!("mnd-{i}"),

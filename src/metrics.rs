@@ -83,7 +83,7 @@ pub struct Metrics {
     pub cstore: crate::cstore::metrics::CstoreMetrics,
     pub deeploy: crate::deeploy::metrics::DeeployMetrics,
     pub r1fs: crate::r1fs::metrics::R1fsMetrics,
-    pub oracle: crate::oracle::service::OracleMetrics,
+    pub oracle: crate::oracle::metrics::OracleMetrics,
 }
 
 impl Default for Metrics {
@@ -153,7 +153,7 @@ impl Default for Metrics {
         let cstore = crate::cstore::metrics::CstoreMetrics::register(&mut registry);
         let deeploy = crate::deeploy::metrics::DeeployMetrics::register(&mut registry);
         let r1fs = crate::r1fs::metrics::R1fsMetrics::register(&mut registry);
-        let oracle = crate::oracle::service::OracleMetrics::register(&mut registry);
+        let oracle = crate::oracle::metrics::OracleMetrics::register(&mut registry);
         Self {
             registry,
             reconciles,

@@ -85,3 +85,45 @@ pub fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
+
+use libp2p_identity::Keypair;
+use ratio1::cstore::{Cstore, CstoreConfig, NetworkSource};
+use ratio1::dauth::license::TrustStore;
+use ratio1::metrics::Metrics;
+use ratio1::p2p::{NetworkHandle, ServiceLink};
+use std::sync::{Arc, Mutex};
+
+/// A CSTORE replica on its own etcd (fast anti-entropy), signing with a
+/// fresh key, and the slot its network handle goes into once started.
+pub struct Replica {
+    pub store: Cstore,
+    pub link: ServiceLink,
+    pub key: Keypair,
+    pub net: Arc<Mutex<Option<NetworkHandle>>>,
+    pub source: NetworkSource,
+    pub metrics: Arc<Metrics>,
+    pub etcd: Etcd,
+}
+
+pub async fn replica(name: &str, trust: &TrustStore) -> Replica {
+    let etcd = Etcd::start(name).await;
+    let net: Arc<Mutex<Option<NetworkHandle>>> = Default::default();
+    let source: NetworkSource = {
+        let net = net.clone();
+        Arc::new(move || net.lock().unwrap().clone())
+    };
+    let metrics = Arc::new(Metrics::default());
+    let cfg = CstoreConfig {
+        endpoints: vec![etcd.endpoint()],
+        anti_entropy_interval: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let (store, link) =
+        Cstore::start(cfg, trust.clone(), metrics.clone(), source.clone()).await.unwrap_or_else(|e| fail(&e));
+    if !store.wait_up(Duration::from_secs(30)).await {
+        fail(&format!("replica {name} not up"));
+    }
+    let key = Keypair::generate_ed25519();
+    store.set_identity(key.clone());
+    Replica { store, link, key, net, source, metrics, etcd }
+}

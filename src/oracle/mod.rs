@@ -6,6 +6,7 @@
 
 pub mod agree;
 pub mod epoch;
+pub mod metrics;
 pub mod service;
 #[doc(hidden)]
 pub mod sim;

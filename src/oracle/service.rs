@@ -320,29 +320,3 @@ async fn run(cfg: OracleConfig, p: Parts, status: std::sync::Weak<Inner>) {
         *inner.status.write().expect("status lock") = st;
     }
 }
-
-/// OracleSync's Prometheus metrics.
-pub struct OracleMetrics {
-    /// Misbehaviour seen, per kind ([`super::sync::MISBEHAVIOUR`]).
-    pub misbehaviour:
-        prometheus_client::metrics::family::Family<ReasonLabels, prometheus_client::metrics::counter::Counter>,
-    /// Epochs decided here, per result (`final`, `faulty`).
-    pub epochs: prometheus_client::metrics::family::Family<ReasonLabels, prometheus_client::metrics::counter::Counter>,
-    pub last_final_epoch: prometheus_client::metrics::gauge::Gauge,
-}
-
-impl OracleMetrics {
-    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
-        let m =
-            Self { misbehaviour: Default::default(), epochs: Default::default(), last_final_epoch: Default::default() };
-        let r = registry.sub_registry_with_prefix("oracle");
-        r.register(
-            "misbehaviour",
-            "Oracle misbehaviour seen (equivocation, wrong medians, …), per kind",
-            m.misbehaviour.clone(),
-        );
-        r.register("epochs", "Epochs decided on this node, per result (final, faulty)", m.epochs.clone());
-        r.register("last_final_epoch", "The newest epoch with a final record on this node", m.last_final_epoch.clone());
-        m
-    }
-}
