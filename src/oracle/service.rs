@@ -122,7 +122,8 @@ async fn load(c: &mut Collector, store: &Cstore, trust: &TrustStore, current: u6
             // not looked at.
             records.sort_by_key(|r| !is_registration(&r.slot.key));
             for r in records {
-                count(c.observe(&r, trust, current, now()), m);
+                c.observe(&r, trust, current, now());
+                count(c, m);
             }
             c.loaded = true;
             true
@@ -138,8 +139,9 @@ fn now() -> u64 {
     crate::p2p::now_ms() as u64
 }
 
-fn count(r: Option<Report>, m: &Metrics) {
-    if let Some(r) = r {
+/// Logs and counts the reports the collector made since the last call.
+fn count(c: &mut Collector, m: &Metrics) {
+    for r in std::mem::take(&mut c.unseen) {
         tracing::warn!(oracle = %r.oracle, epoch = ?r.epoch, kind = r.kind, detail = %r.detail, "oracle misbehaviour");
         m.oracle.misbehaviour.get_or_create(&ReasonLabels { reason: r.kind }).inc();
     }
@@ -218,7 +220,9 @@ async fn run(cfg: OracleConfig, p: Parts, status: std::sync::Weak<Inner>) {
                 // Takes in everything already queued, then plans at once.
                 loop {
                     match next {
-                        Some(Change { record: Some(r), .. }) => count(c.observe(&r, &p.trust, current, now()), &p.metrics),
+                        Some(Change { record: Some(r), .. }) => {
+                            c.observe(&r, &p.trust, current, now());
+                        }
                         Some(_) => {}
                         None => {
                             // Fell behind: reload on the next turn.
@@ -254,10 +258,9 @@ async fn run(cfg: OracleConfig, p: Parts, status: std::sync::Weak<Inner>) {
             started_ms,
             rules: cfg.rules,
         };
-        let (writes, states, reports) = plan(&mut c, &inputs);
-        for r in reports {
-            count(Some(r), &p.metrics);
-        }
+        // Its reports are the collector's too: counted from there.
+        let (writes, states, _) = plan(&mut c, &inputs);
+        count(&mut c, &p.metrics);
         for w in writes {
             let ttl = match &w {
                 Write::Registration(_) | Write::Final(_) => None,
@@ -272,7 +275,9 @@ async fn run(cfg: OracleConfig, p: Parts, status: std::sync::Weak<Inner>) {
             }
             match p.cstore.set(&key, &value, ttl).await {
                 // Taken in at once: the next turn must not write it again.
-                Ok(rec) => count(c.observe(&rec, &p.trust, current, now()), &p.metrics),
+                Ok(rec) => {
+                    c.observe(&rec, &p.trust, current, now());
+                }
                 Err(crate::cstore::CstoreError::Invalid(e)) => {
                     tracing::error!(%key, error = %e, "OracleSync record refused (dropped)");
                     // Not planned again (e.g. a table over CSTORE's size limit).

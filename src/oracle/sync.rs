@@ -161,6 +161,9 @@ pub struct Collector {
     pub registration_skew_ms: u64,
     /// Epochs in which two tables reached a majority (reported once).
     pub conflicts: BTreeSet<u64>,
+    /// Every report since the service last took them (one record can show
+    /// more than one misbehaviour: each is logged and counted).
+    pub unseen: Vec<Report>,
 }
 
 /// A record's key, parsed.
@@ -202,6 +205,7 @@ impl Collector {
     fn report(&mut self, oracle: &str, epoch: Option<u64>, kind: &'static str, detail: String, now_ms: u64) -> Report {
         let r = Report { oracle: oracle.to_string(), epoch, kind, detail, at_ms: now_ms };
         self.reports.push_back(r.clone());
+        self.unseen.push(r.clone());
         while self.reports.len() > MAX_REPORTS {
             self.reports.pop_front();
         }
