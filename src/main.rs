@@ -553,13 +553,14 @@ fn cstore_config(a: &OperatorArgs) -> anyhow::Result<Option<ratio1::cstore::Csto
     }))
 }
 
+/// The public keys given with `--trusted-issuer`.
+fn issuer_keys(keys: &[String]) -> anyhow::Result<Vec<libp2p_identity::ed25519::PublicKey>> {
+    keys.iter().map(|k| ratio1::dauth::license::decode_public(k).map_err(anyhow::Error::msg)).collect()
+}
+
 fn net_options(a: &OperatorArgs) -> anyhow::Result<ratio1::controller::NetOptions> {
-    use ratio1::dauth::license::{decode_public, TrustStore};
-    let issuers = a
-        .trusted_issuers
-        .iter()
-        .map(|k| decode_public(k).map_err(anyhow::Error::msg))
-        .collect::<Result<Vec<_>, _>>()?;
+    use ratio1::dauth::license::TrustStore;
+    let issuers = issuer_keys(&a.trusted_issuers)?;
     let revoked = match &a.revoked_licenses {
         Some(p) => ratio1::controller::run::read_revocations(p)?,
         None => Default::default(),
@@ -633,11 +634,7 @@ async fn license(cmd: LicenseCmd) -> anyhow::Result<()> {
         }
         LicenseCmd::Revoke { issuer_key, id, endpoint } => revoke(issuer_key, id, endpoint).await,
         LicenseCmd::Verify { token, trusted_issuers, peer_id } => {
-            let issuers = trusted_issuers
-                .iter()
-                .map(|k| decode_public(k).map_err(anyhow::Error::msg))
-                .collect::<Result<Vec<_>, _>>()?;
-            let trust = TrustStore::new(issuers, []);
+            let trust = TrustStore::new(issuer_keys(&trusted_issuers)?, []);
             let peer = match peer_id {
                 Some(p) => p,
                 None => decode(&token).map(|(c, _, _)| c.peer).map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -725,13 +722,7 @@ async fn oracle(cmd: OracleCmd) -> anyhow::Result<()> {
             Ok(())
         }
         OracleCmd::Verify { epoch, trusted_issuers, endpoint, file } => {
-            use ratio1::dauth::license::{decode_public, TrustStore};
-            let keys = trusted_issuers
-                .iter()
-                .map(|k| decode_public(k))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(anyhow::Error::msg)?;
-            let trust = TrustStore::new(keys, []);
+            let trust = ratio1::dauth::license::TrustStore::new(issuer_keys(&trusted_issuers)?, []);
             // Every oracle keeps its copy of the record under its own key;
             // each is checked on its own.
             let values: Vec<(String, serde_json::Value)> = match file {

@@ -1,6 +1,6 @@
-//! The OracleSync task: mirrors the `oracle/` and `epoch/` records of
-//! CSTORE into a [`Collector`], runs [`plan`] a few times a second and
-//! writes what it returns. It runs on the leader of every node with
+//! The OracleSync task: mirrors the `oracle/` records of CSTORE into a
+//! [`Collector`], runs [`plan`] at each epoch's end, after every batch of
+//! changes and every 200 ms, and writes what it returns. It runs on the leader of every node with
 //! CSTORE: oracles take part, every node keeps the final records and its
 //! own availability (R1Node status).
 
@@ -123,8 +123,8 @@ async fn load(c: &mut Collector, store: &Cstore, trust: &TrustStore, current: u6
             records.sort_by_key(|r| !is_registration(&r.slot.key));
             for r in records {
                 c.observe(&r, trust, current, now());
-                count(c, m);
             }
+            count(c, m);
             c.loaded = true;
             true
         }
@@ -258,8 +258,7 @@ async fn run(cfg: OracleConfig, p: Parts, status: std::sync::Weak<Inner>) {
             started_ms,
             rules: cfg.rules,
         };
-        // Its reports are the collector's too: counted from there.
-        let (writes, states, _) = plan(&mut c, &inputs);
+        let (writes, states) = plan(&mut c, &inputs);
         count(&mut c, &p.metrics);
         for w in writes {
             let ttl = match &w {

@@ -104,6 +104,7 @@ impl Sim {
     /// Writes a record signed by any key, as CSTORE would carry it.
     pub fn write_as(&mut self, key: &Keypair, at: &str, value: serde_json::Value) {
         let rec = Record::sign(key, Slot::flat(at), Some(to_raw(&value).unwrap()), Hlc::new(self.now, 0), None);
+        // What CSTORE would check before carrying it.
         let writer = rec.verify().expect("signed");
         crate::cstore::rules::check(&rec, &writer, &self.trust).expect("allowed by CSTORE's rules");
         self.deliver(rec);
@@ -117,13 +118,10 @@ impl Sim {
         self.log.push(rec);
     }
 
+    /// Writes a record as oracle `i`.
     pub fn write(&mut self, i: usize, key: &str, value: serde_json::Value) {
-        let rec =
-            Record::sign(&self.keys[i], Slot::flat(key), Some(to_raw(&value).unwrap()), Hlc::new(self.now, 0), None);
-        // What CSTORE would check before carrying it.
-        let writer = rec.verify().expect("signed");
-        crate::cstore::rules::check(&rec, &writer, &self.trust).expect("allowed by CSTORE's rules");
-        self.deliver(rec);
+        let k = self.keys[i].clone();
+        self.write_as(&k, key, value);
     }
 
     /// One turn of every oracle at the current time.
@@ -154,7 +152,7 @@ impl Sim {
                 started_ms: 0,
                 rules: Rules::default(),
             };
-            let (writes, s, _) = plan(&mut self.collectors[i], &inputs);
+            let (writes, s) = plan(&mut self.collectors[i], &inputs);
             states.push(s);
             for w in writes {
                 let step = match &w {

@@ -224,6 +224,7 @@ impl Collector {
         self.epochs.retain(|e, _| *e >= h);
         self.finals.retain(|e, _| e.saturating_add(1) >= h);
         self.final_seen_ms.retain(|e, _| e.saturating_add(1) >= h);
+        self.conflicts.retain(|e| *e >= h);
     }
 
     /// Takes in one record (already signature- and rule-checked by
@@ -411,8 +412,8 @@ impl Collector {
     /// Checks each unchecked median table whose named local tables are all
     /// held here, in the versions it names; reports those that do not
     /// follow from them.
-    fn check_medians(&mut self, epoch: u64, participants: &BTreeSet<String>, now_ms: u64) -> Vec<Report> {
-        let Some(pubs) = self.epochs.get(&epoch) else { return vec![] };
+    fn check_medians(&mut self, epoch: u64, participants: &BTreeSet<String>, now_ms: u64) {
+        let Some(pubs) = self.epochs.get(&epoch) else { return };
         let verdicts: Vec<(String, bool, usize)> = pubs
             .iter()
             .filter(|(_, p)| p.median_ok.is_none() && !p.equivocated)
@@ -430,17 +431,15 @@ impl Collector {
                 Some((o.clone(), bad == 0, bad))
             })
             .collect();
-        let mut reports = vec![];
         for (o, ok, bad) in verdicts {
             if let Some(p) = self.epochs.get_mut(&epoch).and_then(|p| p.get_mut(&o)) {
                 p.median_ok = Some(ok);
             }
             if !ok {
                 let detail = format!("{bad} values differ from the medians of the tables it names");
-                reports.push(self.report(&o, Some(epoch), "wrong_median", detail, now_ms));
+                self.report(&o, Some(epoch), "wrong_median", detail, now_ms);
             }
         }
-        reports
     }
 }
 
@@ -628,13 +627,13 @@ fn best_signed(
     groups.into_values().max_by_key(|(_, sigs)| sigs.len())
 }
 
-/// Decides what to write now, and reports what it found on the way;
-/// returns the writes and each epoch's state (newest last).
-pub fn plan(c: &mut Collector, i: &Inputs<'_>) -> (Vec<Write>, Vec<EpochState>, Vec<Report>) {
+/// Decides what to write now; returns the writes and each epoch's state
+/// (newest last). What it finds wrong on the way goes to the collector's
+/// reports.
+pub fn plan(c: &mut Collector, i: &Inputs<'_>) -> (Vec<Write>, Vec<EpochState>) {
     let mut writes = vec![];
     let mut states = vec![];
-    let mut reports = vec![];
-    let Some(current) = i.epochs.at(i.now_ms) else { return (writes, states, reports) };
+    let Some(current) = i.epochs.at(i.now_ms) else { return (writes, states) };
     if let Some(license) = i.license {
         if c.registered.get(i.me).is_none_or(|r| r.license != license) {
             writes.push(Write::Registration(Registration { license: license.to_string() }));
@@ -647,7 +646,7 @@ pub fn plan(c: &mut Collector, i: &Inputs<'_>) -> (Vec<Write>, Vec<EpochState>, 
         let since_end = i.now_ms.saturating_sub(end);
         let registered = c.registered_at(start);
         let participants = c.participants(e, &registered, &i.rules);
-        reports.extend(c.check_medians(e, &participants, i.now_ms));
+        c.check_medians(e, &participants, i.now_ms);
         let (mut step, mut reason) = (None, None);
         if let (Some(license), true) = (i.license, registered.contains(i.me)) {
             if !c.eligible(i.me, e, &i.rules) {
@@ -670,7 +669,7 @@ pub fn plan(c: &mut Collector, i: &Inputs<'_>) -> (Vec<Write>, Vec<EpochState>, 
                 Some(held) if held.agreed != record.agreed => {
                     if c.conflicts.insert(e) {
                         let detail = format!("two tables reached a majority in epoch {e}");
-                        reports.push(c.report("", Some(e), "conflicting_final", detail, i.now_ms));
+                        c.report("", Some(e), "conflicting_final", detail, i.now_ms);
                     }
                 }
                 _ => {
@@ -733,7 +732,7 @@ pub fn plan(c: &mut Collector, i: &Inputs<'_>) -> (Vec<Write>, Vec<EpochState>, 
             final_after_ms: c.final_seen_ms.get(&e).map(|t| t.saturating_sub(end)),
         });
     }
-    (writes, states, reports)
+    (writes, states)
 }
 
 #[cfg(test)]
@@ -888,8 +887,7 @@ mod tests {
         let sigs = [1, 2].map(|k| (sim.ids[k].clone(), t2.sign(&sim.keys[k], &sim.licenses[k])));
         let copy = EpochRecord { agreed: t2, signatures: sigs.into_iter().collect() };
         assert!(copy.verify(&sim.trust).is_ok());
-        let k1 = sim.keys[1].clone();
-        sim.write_as(&k1, &step_key(&sim.ids[1].clone(), 1, Step::Final), serde_json::to_value(&copy).unwrap());
+        sim.write(1, &step_key(&sim.ids[1], 1, Step::Final), serde_json::to_value(&copy).unwrap());
         let c = &sim.collectors[0];
         let flagged: BTreeSet<&str> =
             c.reports.iter().filter(|r| r.kind != "bad_signature").map(|r| r.oracle.as_str()).collect();
@@ -909,8 +907,7 @@ mod tests {
             from: sim.ids.iter().chain([&fake]).map(|o| (o.clone(), "00".repeat(8))).collect(),
             table: sim.truth.keys().map(|k| (k.clone(), 1)).collect(),
         };
-        let k = sim.keys[2].clone();
-        sim.write_as(&k, &step_key(&sim.ids[2].clone(), 1, Step::Median), serde_json::to_value(&m).unwrap());
+        sim.write(2, &step_key(&sim.ids[2], 1, Step::Median), serde_json::to_value(&m).unwrap());
         // The others wait for it to the medians' bound, then go on without.
         for _ in 0..(2 * PHASE / 100 + 5) {
             sim.turn();
