@@ -10,9 +10,15 @@
 //!   roots it holds, the replication its R1Models ask for).
 //! - `oracle/<peerId>/…`: only `<peerId>` writes (its OracleSync
 //!   registration and per-epoch tables; src/oracle/sync.rs).
+//! - `ledger/<peerId>/…`: only `<peerId>` writes (the reward claims it
+//!   makes as a license's node, its verdicts on claims as an oracle;
+//!   src/economy/ledger.rs).
 //! - `revocation/<issuer key id>/<license id>`: anyone may carry it, but
 //!   the value must hold `proof`, a revocation of exactly that license
 //!   signed by that issuer, one the receiver trusts; never deleted.
+//! - `license/<issuer key id>/<license id>/<at ms>`: likewise, `proof`
+//!   being that issuer's registry statement about that license made at
+//!   that time (src/economy/registry.rs); never deleted.
 //! - nothing else is writable.
 
 use super::record::{Invalid, Record};
@@ -27,8 +33,12 @@ pub const DEEPLOY_PREFIX: &str = "deeploy/";
 pub const R1FS_PREFIX: &str = "r1fs/";
 /// Prefix of each oracle's OracleSync records (owned like `node/`).
 pub const ORACLE_PREFIX: &str = "oracle/";
+/// Prefix of each node's ledger records (owned like `node/`).
+pub const LEDGER_PREFIX: &str = "ledger/";
 /// Prefix of issuer-signed license revocations.
 pub const REVOCATION_PREFIX: &str = "revocation/";
+/// Prefix of issuer-signed license registry statements.
+pub const LICENSE_PREFIX: &str = "license/";
 
 /// The namespace a node owns.
 pub fn own_prefix(peer: &PeerId) -> String {
@@ -40,11 +50,36 @@ pub fn revocation_key(iss: &str, id: &str) -> String {
     format!("{REVOCATION_PREFIX}{iss}/{id}")
 }
 
+/// Key of issuer `iss`'s statement about license `id` made at `at_ms`.
+pub fn statement_key(iss: &str, id: &str, at_ms: u64) -> String {
+    format!("{LICENSE_PREFIX}{iss}/{id}/{at_ms}")
+}
+
+/// The `proof` of a record anyone may carry: flat, lasting, not deleted,
+/// by an issuer this node trusts.
+fn carried_proof<'a>(
+    rec: &Record,
+    value: &'a serde_json::Value,
+    iss: &str,
+    trust: &TrustStore,
+) -> Result<&'a str, Invalid> {
+    if rec.slot.field.is_some() || rec.expires.is_some() {
+        return Err(Invalid::NotOwner);
+    }
+    let proof = value.get("proof").and_then(|p| p.as_str()).ok_or(Invalid::BadProof)?;
+    if !trust.trusts(iss) {
+        return Err(Invalid::UnknownIssuer);
+    }
+    Ok(proof)
+}
+
 /// Checks a record (already signature-verified, written by `writer`)
 /// against the rules.
 pub fn check(rec: &Record, writer: &PeerId, trust: &TrustStore) -> Result<(), Invalid> {
     let key = rec.slot.key.as_str();
-    let owned = [NODE_PREFIX, DEEPLOY_PREFIX, R1FS_PREFIX, ORACLE_PREFIX].iter().find_map(|p| key.strip_prefix(p));
+    let owned = [NODE_PREFIX, DEEPLOY_PREFIX, R1FS_PREFIX, ORACLE_PREFIX, LEDGER_PREFIX]
+        .iter()
+        .find_map(|p| key.strip_prefix(p));
     if let Some(rest) = owned {
         let (owner, tail) = rest.split_once('/').ok_or(Invalid::NotOwner)?;
         if tail.is_empty() || owner != writer.to_string() {
@@ -54,16 +89,21 @@ pub fn check(rec: &Record, writer: &PeerId, trust: &TrustStore) -> Result<(), In
     }
     if let Some(rest) = key.strip_prefix(REVOCATION_PREFIX) {
         let (iss, id) = rest.split_once('/').ok_or(Invalid::NotOwner)?;
-        if rec.slot.field.is_some() || rec.expires.is_some() {
-            return Err(Invalid::NotOwner);
-        }
         let value = rec.value_json();
-        let proof = value.get("proof").and_then(|p| p.as_str()).ok_or(Invalid::BadProof)?;
-        if !trust.trusts(iss) {
-            return Err(Invalid::UnknownIssuer);
-        }
-        let claims = trust.verify_revocation(proof).map_err(|_| Invalid::BadProof)?;
+        let claims = trust.verify_revocation(carried_proof(rec, &value, iss, trust)?).map_err(|_| Invalid::BadProof)?;
         if claims.iss != iss || claims.id != id {
+            return Err(Invalid::BadProof);
+        }
+        return Ok(());
+    }
+    if let Some(rest) = key.strip_prefix(LICENSE_PREFIX) {
+        let mut parts = rest.splitn(3, '/');
+        let (Some(iss), Some(id), Some(at)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(Invalid::NotOwner);
+        };
+        let value = rec.value_json();
+        let s = trust.verify_statement(carried_proof(rec, &value, iss, trust)?).map_err(|_| Invalid::BadProof)?;
+        if s.iss != iss || s.id != id || at != s.at.to_string() {
             return Err(Invalid::BadProof);
         }
         return Ok(());
@@ -125,6 +165,26 @@ mod tests {
             check(&rec(revocation_key(&key_id(&foreign.public()), "nd-7"), &theirs), &peer, &trust),
             Err(Invalid::UnknownIssuer)
         );
+        // Registry statements: the key names the issuer, license and time
+        // the statement signs.
+        use crate::dauth::license::{issue_statement, Action, Statement};
+        let s = Statement {
+            iss: iss.clone(),
+            id: "nd-7".into(),
+            action: Action::Ban,
+            peer: None,
+            class: None,
+            assigned: None,
+            at: 5,
+        };
+        let st = issue_statement(&issuer, &s);
+        assert!(check(&rec(statement_key(&iss, "nd-7", 5), &st), &peer, &trust).is_ok());
+        for key in [statement_key(&iss, "nd-7", 6), statement_key(&iss, "nd-8", 5), format!("license/{iss}/nd-7")] {
+            assert!(check(&rec(key.clone(), &st), &peer, &trust).is_err(), "{key}");
+        }
+        assert_eq!(check(&rec(statement_key(&iss, "nd-7", 5), &proof), &peer, &trust), Err(Invalid::BadProof));
+        let forged = issue_statement(&ed25519::Keypair::generate(), &s);
+        assert_eq!(check(&rec(statement_key(&iss, "nd-7", 5), &forged), &peer, &trust), Err(Invalid::BadProof));
         let mut tomb = rec(revocation_key(&iss, "nd-7"), &proof);
         tomb.value = None;
         assert_eq!(check(&tomb, &peer, &trust), Err(Invalid::BadProof));

@@ -138,9 +138,7 @@ pub fn decode_secret(s: &str) -> Result<ed25519::Keypair, String> {
 
 /// Signs claims into a token.
 pub fn issue(issuer: &ed25519::Keypair, claims: &Claims) -> String {
-    let payload = B64.encode(serde_json::to_vec(claims).expect("claims serialize"));
-    let sig = issuer.sign(payload.as_bytes());
-    format!("{PREFIX}.{payload}.{}", B64.encode(sig))
+    sign_token(PREFIX, issuer, claims)
 }
 
 /// Splits a `<prefix>.<payload>.<signature>` token: the payload as it
@@ -219,9 +217,57 @@ pub struct RevocationClaims {
 /// trusted issuers.
 pub fn issue_revocation(issuer: &ed25519::Keypair, id: &str, at: i64) -> String {
     let claims = RevocationClaims { iss: key_id(&issuer.public()), id: id.to_string(), at };
-    let payload = B64.encode(serde_json::to_vec(&claims).expect("claims serialize"));
+    sign_token(REVOCATION_PREFIX, issuer, &claims)
+}
+
+/// `<prefix>.<payload>.<signature>`: the JSON of `claims`, signed.
+fn sign_token(prefix: &str, issuer: &ed25519::Keypair, claims: &impl Serialize) -> String {
+    let payload = B64.encode(serde_json::to_vec(claims).expect("claims serialize"));
     let sig = issuer.sign(payload.as_bytes());
-    format!("{REVOCATION_PREFIX}.{payload}.{}", B64.encode(sig))
+    format!("{prefix}.{payload}.{}", B64.encode(sig))
+}
+
+/// Token of a license registry statement, version 1:
+/// `r1ls1.<payload>.<signature>`, the payload being the JSON of
+/// [`Statement`].
+const STATEMENT_PREFIX: &str = "r1ls1";
+
+/// What an issuer changes in the license registry (docs/economy.md,
+/// "License registry").
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Link,
+    Unlink,
+    Ban,
+    Unban,
+}
+
+/// One signed change of a license's registry entry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Statement {
+    /// Key id of the issuer (who alone may change its licenses).
+    pub iss: String,
+    /// License id.
+    pub id: String,
+    pub action: Action,
+    /// `link`: the node's PeerId.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// `link`: the license class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<Class>,
+    /// `link` of an MND or GND: what it may earn over its window, in
+    /// 10⁻¹⁸ R1 (a decimal string: JSON numbers lose digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned: Option<String>,
+    /// Unix milliseconds of the change.
+    pub at: u64,
+}
+
+/// Signs a registry statement.
+pub fn issue_statement(issuer: &ed25519::Keypair, s: &Statement) -> String {
+    sign_token(STATEMENT_PREFIX, issuer, s)
 }
 
 /// Where a set of revocations came from: each source replaces only its own.
@@ -288,14 +334,37 @@ impl TrustStore {
 
     /// Verifies a revocation proof against the trusted issuers.
     pub fn verify_revocation(&self, token: &str) -> Result<RevocationClaims, LicenseError> {
-        let (payload, raw, sig) = split_token(token, REVOCATION_PREFIX, "expected r1rv1.<payload>.<signature>")?;
-        let claims: RevocationClaims =
-            serde_json::from_slice(&raw).map_err(|_| LicenseError::Malformed("payload is not revocation JSON"))?;
-        let key = self.issuers.get(&claims.iss).ok_or_else(|| LicenseError::UnknownIssuer(claims.iss.clone()))?;
+        let claims: RevocationClaims = self.verify_signed(
+            token,
+            REVOCATION_PREFIX,
+            "expected r1rv1.<payload>.<signature>",
+            |c: &RevocationClaims| &c.iss,
+        )?;
+        Ok(claims)
+    }
+
+    /// Splits, decodes and checks a token signed by the issuer it names.
+    fn verify_signed<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        prefix: &str,
+        what: &'static str,
+        iss: impl Fn(&T) -> &String,
+    ) -> Result<T, LicenseError> {
+        let (payload, raw, sig) = split_token(token, prefix, what)?;
+        let claims: T =
+            serde_json::from_slice(&raw).map_err(|_| LicenseError::Malformed("payload is not the expected JSON"))?;
+        let iss = iss(&claims);
+        let key = self.issuers.get(iss).ok_or_else(|| LicenseError::UnknownIssuer(iss.clone()))?;
         if !key.verify(payload.as_bytes(), &sig) {
             return Err(LicenseError::BadSignature);
         }
         Ok(claims)
+    }
+
+    /// Verifies a registry statement against the trusted issuers.
+    pub fn verify_statement(&self, token: &str) -> Result<Statement, LicenseError> {
+        self.verify_signed(token, STATEMENT_PREFIX, "expected r1ls1.<payload>.<signature>", |s: &Statement| &s.iss)
     }
 
     /// Full verification: format, issuer, signature, binding, validity

@@ -7,8 +7,48 @@
 //! an epoch's amount is the difference of two rounded cumulative totals,
 //! so the roundings never add up to more or less than the total.
 
+pub mod ledger;
+pub mod registry;
+
 /// Smallest units per R1.
 pub const UNIT: u128 = 1_000_000_000_000_000_000;
+
+/// Amounts in JSON: decimal strings of smallest units (a JSON number
+/// would lose digits in most readers).
+pub mod units {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(|_| serde::de::Error::custom(format!("{s:?} is not an amount")))
+    }
+}
+
+/// An amount as R1 with all 18 decimals, trailing zeros cut.
+pub fn show_r1(units: u128) -> String {
+    let (whole, frac) = (units / UNIT, units % UNIT);
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let f = format!("{frac:018}");
+    format!("{whole}.{}", f.trim_end_matches('0'))
+}
+
+/// Parses an amount in R1 (up to 18 decimals) into smallest units.
+pub fn parse_r1(s: &str) -> Result<u128, String> {
+    let bad = || format!("{s:?} is not an amount of R1");
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    if whole.is_empty() && frac.is_empty() || frac.len() > 18 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| bad())? };
+    let frac: u128 = if frac.is_empty() { 0 } else { format!("{frac:0<18}").parse().map_err(|_| bad())? };
+    whole.checked_mul(UNIT).and_then(|w| w.checked_add(frac)).ok_or_else(bad)
+}
 /// Scale of the MND curve's weights (a weight of 1 is `WEIGHT_SCALE`).
 pub const WEIGHT_SCALE: u128 = 1_000_000_000;
 

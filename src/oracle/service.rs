@@ -6,7 +6,7 @@
 
 use super::agree::{Rules, Table};
 use super::sync::{
-    is_registration, plan, Collector, EpochState, Inputs, Report, Write, ORACLE_PREFIX, REGISTRATION_SKEW_MS,
+    is_registration, plan, Collector, Decided, EpochState, Inputs, Report, Write, ORACLE_PREFIX, REGISTRATION_SKEW_MS,
 };
 use crate::cstore::{Change, Cstore, NetworkSource};
 use crate::dauth::license::TrustStore;
@@ -54,6 +54,10 @@ pub struct OracleStatus {
 
 struct Inner {
     status: RwLock<OracleStatus>,
+    /// The final epochs' tables, for the ledger.
+    history: RwLock<BTreeMap<u64, Decided>>,
+    /// Registered oracles and since when (Unix ms).
+    registered: RwLock<BTreeMap<String, u64>>,
 }
 
 /// OracleSync, once this replica leads with CSTORE on.
@@ -97,13 +101,40 @@ pub struct Parts {
 
 impl Oracle {
     pub fn start(cfg: OracleConfig, parts: Parts) -> Self {
-        let inner = Arc::new(Inner { status: RwLock::new(OracleStatus::default()) });
+        let inner = Arc::new(Inner {
+            status: RwLock::new(OracleStatus::default()),
+            history: Default::default(),
+            registered: Default::default(),
+        });
         tokio::spawn(run(cfg, parts, Arc::downgrade(&inner)));
         Self { inner }
     }
 
     pub fn status(&self) -> OracleStatus {
         self.inner.status.read().expect("status lock").clone()
+    }
+
+    /// Reads the final epochs' tables (every one known, oldest first).
+    pub fn with_history<R>(&self, f: impl FnOnce(&BTreeMap<u64, Decided>) -> R) -> R {
+        f(&self.inner.history.read().expect("history lock"))
+    }
+
+    /// The oracles registered before `t_ms` (Unix ms).
+    pub fn registered_at(&self, t_ms: u64) -> BTreeSet<String> {
+        let r = self.inner.registered.read().expect("registered lock");
+        r.iter().filter(|(_, since)| **since < t_ms).map(|(p, _)| p.clone()).collect()
+    }
+
+    /// An OracleSync fed by hand, with no task (tests of what reads it).
+    #[doc(hidden)]
+    pub fn fixed(history: BTreeMap<u64, Decided>, registered: BTreeMap<String, u64>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                status: RwLock::new(OracleStatus::default()),
+                history: RwLock::new(history),
+                registered: RwLock::new(registered),
+            }),
+        }
     }
 }
 
@@ -202,8 +233,11 @@ async fn run(cfg: OracleConfig, p: Parts, status: std::sync::Weak<Inner>) {
             // Registrations only grow: kept, so a re-read cannot move when
             // one counts from.
             let registered = std::mem::take(&mut c.registered);
+            let history = std::mem::take(&mut c.history);
             c = Collector {
                 registered,
+                history,
+                clock: Some(epochs),
                 registration_skew_ms: (epochs.length_ms / 4).min(REGISTRATION_SKEW_MS),
                 ..Default::default()
             };
@@ -322,5 +356,13 @@ async fn run(cfg: OracleConfig, p: Parts, status: std::sync::Weak<Inner>) {
             reports: c.reports.iter().cloned().collect(),
         };
         *inner.status.write().expect("status lock") = st;
+        // Both only grow: copied when they did.
+        if inner.history.read().expect("history lock").len() != c.history.len() {
+            *inner.history.write().expect("history lock") = c.history.clone();
+        }
+        if inner.registered.read().expect("registered lock").len() != c.registered.len() {
+            *inner.registered.write().expect("registered lock") =
+                c.registered.iter().map(|(p, r)| (p.clone(), r.since_ms)).collect();
+        }
     }
 }

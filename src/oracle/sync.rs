@@ -138,6 +138,20 @@ pub struct Report {
     pub at_ms: u64,
 }
 
+/// A final epoch as the ledger needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decided {
+    /// [`Agreed::id`] of the record.
+    pub id: String,
+    pub table: Table,
+}
+
+impl Decided {
+    fn of(a: &Agreed) -> Self {
+        Self { id: a.id(), table: a.table.clone() }
+    }
+}
+
 /// A registered oracle: since when.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Registered {
@@ -164,6 +178,12 @@ pub struct Collector {
     /// Every report since the service last took them (one record can show
     /// more than one misbehaviour: each is logged and counted).
     pub unseen: Vec<Report>,
+    /// Every final epoch's table, kept for the ledger (claims reach back
+    /// to a license's first epoch); never pruned.
+    pub history: BTreeMap<u64, Decided>,
+    /// The epoch clock, once known: old final records are checked
+    /// against it before they enter the history.
+    pub clock: Option<Epochs>,
 }
 
 /// A record's key, parsed.
@@ -240,6 +260,10 @@ impl Collector {
                 // Deleted (expired) step records change nothing: they are
                 // old. Unregistered writers are not oracles: not looked at.
                 let v = rec.value.as_ref()?;
+                // Older than the epochs planned: only the history wants it.
+                if step == Step::Final && e + 3 < current && self.registered.contains_key(peer) {
+                    self.observe_old_final(e, v.get(), trust);
+                }
                 if e < Self::horizon(current) || e > current || !self.registered.contains_key(peer) {
                     return None;
                 }
@@ -363,6 +387,25 @@ impl Collector {
                 Some(self.report(peer, None, "not_an_oracle", detail, now_ms))
             }
             Err(e) => Some(self.report(peer, None, "not_an_oracle", format!("license: {e}"), now_ms)),
+        }
+    }
+
+    /// A final record of an epoch older than the ones followed (read at
+    /// start): into the history if it verifies for this node's clock and
+    /// registered set, as a live one would.
+    fn observe_old_final(&mut self, e: u64, v: &str, trust: &TrustStore) {
+        let Some(clock) = self.clock else { return };
+        if self.history.contains_key(&e) {
+            return;
+        }
+        let Ok(r) = serde_json::from_str::<EpochRecord>(v) else { return };
+        let (start, end) = clock.bounds(e);
+        let a = &r.agreed;
+        if a.epoch != e || (a.start_ms, a.end_ms) != (start, end) || a.registered != self.registered_at(start) {
+            return;
+        }
+        if r.verify(trust).is_ok() {
+            self.history.insert(e, Decided::of(a));
         }
     }
 
@@ -676,6 +719,7 @@ pub fn plan(c: &mut Collector, i: &Inputs<'_>) -> (Vec<Write>, Vec<EpochState>) 
                     if !c.finals.contains_key(&e) {
                         c.final_seen_ms.insert(e, i.now_ms);
                     }
+                    c.history.entry(e).or_insert_with(|| Decided::of(&record.agreed));
                     c.finals.insert(e, record.clone());
                 }
             }

@@ -1,0 +1,521 @@
+//! The ledger (pure): reward claims, the oracles' verdicts on them, and
+//! what is settled (docs/economy.md, "Ledger").
+//!
+//! - A license's node claims the rewards of the epochs it earned, from the
+//!   first unclaimed one: `ledger/<node>/claim/<iss>/<id>/<from>` holds the
+//!   [`Claim`], each epoch's availability and the final record it comes
+//!   from (or `faulty`: no record, every licensed node counts as fully
+//!   available).
+//! - Each oracle recomputes it from its own registry, ledger and final
+//!   records, and writes its verdict in its own namespace:
+//!   `ledger/<oracle>/accept/<iss>/<id>/<from>` (a copy of the claim) or
+//!   `ledger/<oracle>/refuse/<iss>/<id>/<from>` (the reason). An oracle
+//!   accepts at most one claim per license and first epoch, and only the
+//!   next one: two claims of one epoch never both pass.
+//! - A claim is settled once more than half of the oracles registered when
+//!   it was made accepted it. Settled claims are the ledger: an
+//!   append-only chain per license, and the tokens minted.
+
+use super::registry::Registry;
+use super::{gnd_reward, mnd_epoch, nd_reward, Constants, MndCurve, MndLicense};
+use crate::cstore::rules::LEDGER_PREFIX;
+use crate::dauth::license::Class;
+use crate::oracle::epoch::Epochs;
+use crate::oracle::sync::Decided;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Most epochs one claim covers (bounds a record; claim again for more).
+pub const MAX_CLAIM_EPOCHS: u64 = 100;
+/// Epochs after its end before an epoch can be claimed: OracleSync's
+/// steps (at most 3 × L/4) are over by then.
+pub const CLAIM_DELAY_EPOCHS: u64 = 2;
+
+/// One epoch of a claim.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Part {
+    pub epoch: u64,
+    pub availability: u8,
+    /// Id of the final record the availability comes from, or `faulty`.
+    pub record: String,
+    #[serde(with = "super::units")]
+    pub amount: u128,
+}
+
+/// A claim of a license's rewards for epochs `from..=to`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Claim {
+    pub license: String,
+    /// The node linked to the license, which makes the claim.
+    pub peer: String,
+    pub class: Class,
+    pub from: u64,
+    pub to: u64,
+    /// Paid: the sum of the parts (MND: with what its buffer released).
+    #[serde(with = "super::units")]
+    pub amount: u128,
+    /// MND: the buffer of withheld rewards after this claim.
+    #[serde(with = "super::units")]
+    pub buffer: u128,
+    /// When it was made (Unix ms): the oracles registered then settle it.
+    pub made_ms: u64,
+    pub parts: Vec<Part>,
+}
+
+impl Claim {
+    /// Identity of the claim (what oracles accept is exactly this).
+    pub fn digest(&self) -> String {
+        let bytes = serde_json::to_vec(self).expect("claim serializes");
+        Sha256::digest(bytes)[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// `ledger/<peer>/claim/<license>/<from>`.
+pub fn claim_key(peer: &str, license: &str, from: u64) -> String {
+    format!("{LEDGER_PREFIX}{peer}/claim/{license}/{from}")
+}
+
+/// `ledger/<oracle>/<accept|refuse>/<license>/<from>`.
+pub fn verdict_key(oracle: &str, accept: bool, license: &str, from: u64) -> String {
+    let v = if accept { "accept" } else { "refuse" };
+    format!("{LEDGER_PREFIX}{oracle}/{v}/{license}/{from}")
+}
+
+/// A ledger key, parsed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Key {
+    Claim { peer: String, license: String, from: u64 },
+    Accept { oracle: String, license: String, from: u64 },
+    Refuse { oracle: String, license: String, from: u64 },
+}
+
+pub fn parse_key(key: &str) -> Option<Key> {
+    let rest = key.strip_prefix(LEDGER_PREFIX)?;
+    let mut p = rest.split('/');
+    let (who, kind, iss, id, from) = (p.next()?, p.next()?, p.next()?, p.next()?, p.next()?.parse().ok()?);
+    if p.next().is_some() {
+        return None;
+    }
+    let (who, license) = (who.to_string(), super::registry::name(iss, id));
+    Some(match kind {
+        "claim" => Key::Claim { peer: who, license, from },
+        "accept" => Key::Accept { oracle: who, license, from },
+        "refuse" => Key::Refuse { oracle: who, license, from },
+        _ => return None,
+    })
+}
+
+/// The settled claims.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ledger {
+    /// License → first epoch → the settled claim.
+    pub settled: BTreeMap<String, BTreeMap<u64, Claim>>,
+}
+
+impl Ledger {
+    /// The last epoch the license's rewards are claimed through.
+    pub fn claimed_through(&self, license: &str) -> Option<u64> {
+        self.settled.get(license)?.values().map(|c| c.to).max()
+    }
+
+    /// The license's last settled claim.
+    pub fn last(&self, license: &str) -> Option<&Claim> {
+        self.settled.get(license)?.values().max_by_key(|c| c.to)
+    }
+
+    pub fn claims(&self) -> impl Iterator<Item = &Claim> {
+        self.settled.values().flat_map(|m| m.values())
+    }
+}
+
+/// Settles the claims the oracles accepted: (oracle, license, from) →
+/// the claim it accepted. `registered_at(t)` gives the oracles registered
+/// before `t` (Unix ms).
+pub fn settle(
+    accepts: &BTreeMap<(String, String, u64), Claim>,
+    registered_at: &dyn Fn(u64) -> BTreeSet<String>,
+) -> Ledger {
+    // (license, from, digest) → the claim and who accepted it.
+    let mut votes: BTreeMap<(&str, u64, String), (&Claim, BTreeSet<&str>)> = BTreeMap::new();
+    for ((oracle, license, from), claim) in accepts {
+        if claim.license != *license || claim.from != *from {
+            continue;
+        }
+        let e = votes.entry((license.as_str(), *from, claim.digest())).or_insert((claim, BTreeSet::new()));
+        e.1.insert(oracle.as_str());
+    }
+    let mut ledger = Ledger::default();
+    for ((license, from, _), (claim, by)) in votes {
+        let registered = registered_at(claim.made_ms);
+        let yes = by.iter().filter(|o| registered.contains(**o)).count();
+        if 2 * yes > registered.len() {
+            // Two claims of one epoch cannot both win a majority of honest
+            // oracles; if dishonest ones made it so, the first stands.
+            ledger.settled.entry(license.to_string()).or_default().entry(from).or_insert_with(|| claim.clone());
+        }
+    }
+    ledger
+}
+
+/// What a claim is computed from.
+pub struct View<'a> {
+    pub constants: &'a Constants,
+    pub curve: &'a MndCurve,
+    pub epochs: Epochs,
+    pub registry: &'a Registry,
+    pub ledger: &'a Ledger,
+    pub history: &'a BTreeMap<u64, Decided>,
+}
+
+/// The epochs a license's next claim may cover at `now_ms`: from its first
+/// unclaimed one to the last claimable one.
+pub fn claimable(v: &View<'_>, license: &str, now_ms: u64) -> Result<(u64, u64), String> {
+    let l = v.registry.licenses.get(license).ok_or_else(|| format!("license {license} is not in the registry"))?;
+    if l.banned {
+        return Err(format!("license {license} is banned"));
+    }
+    let since = l.linked_since_epoch(&v.epochs).ok_or_else(|| format!("license {license} is not linked"))?;
+    let from = v.ledger.claimed_through(license).map_or(since, |t| (t + 1).max(since));
+    let last = v.epochs.at(now_ms).and_then(|c| c.checked_sub(CLAIM_DELAY_EPOCHS));
+    match last {
+        Some(last) if last >= from => Ok((from, last)),
+        _ => Err(format!(
+            "nothing to claim: epoch {from} cannot be claimed yet (claims reach {CLAIM_DELAY_EPOCHS} epochs back)"
+        )),
+    }
+}
+
+/// The claim of `license` for exactly `from..=to`, made at `made_ms`.
+pub fn compute(v: &View<'_>, license: &str, from: u64, to: u64, made_ms: u64) -> Result<Claim, String> {
+    let l = v.registry.licenses.get(license).ok_or_else(|| format!("license {license} is not in the registry"))?;
+    let peer = l.peer().ok_or_else(|| format!("license {license} is not linked"))?;
+    let first = l.first_epoch(&v.epochs).unwrap_or(0);
+    let mnd = MndLicense { assigned: l.assigned, first_mining_epoch: first };
+    let mut buffer = v.ledger.last(license).map_or(0, |c| c.buffer);
+    let (mut parts, mut amount) = (vec![], 0u128);
+    for e in from..=to {
+        let (availability, record) = match v.history.get(&e) {
+            Some(d) => (d.table.get(peer).copied().unwrap_or(0), d.id.clone()),
+            None => (255, "faulty".to_string()),
+        };
+        let k = e.saturating_sub(first);
+        let paid = match l.class {
+            Class::Nd => nd_reward(v.constants, k, availability),
+            Class::Gnd => gnd_reward(v.constants, l.assigned, k, availability),
+            Class::Mnd => {
+                let adoption = super::adoption(v.constants, sold_by(v, e), 0);
+                let m = mnd_epoch(v.constants, v.curve, &mnd, e, availability, adoption, buffer);
+                buffer = buffer + m.withheld - m.released;
+                m.paid
+            }
+        };
+        amount += paid;
+        parts.push(Part { epoch: e, availability, record, amount: paid });
+    }
+    Ok(Claim {
+        license: license.to_string(),
+        peer: peer.to_string(),
+        class: l.class,
+        from,
+        to,
+        amount,
+        buffer,
+        made_ms,
+        parts,
+    })
+}
+
+/// ND licenses linked before epoch `e` ended (the adoption's "licenses
+/// sold").
+fn sold_by(v: &View<'_>, e: u64) -> u128 {
+    let (_, end) = v.epochs.bounds(e);
+    v.registry
+        .licenses
+        .values()
+        .filter(|l| l.class == Class::Nd && l.links.first().is_some_and(|k| k.from_ms < end))
+        .count() as u128
+}
+
+/// The next claim of `license` (at most [`MAX_CLAIM_EPOCHS`]).
+pub fn next_claim(v: &View<'_>, license: &str, now_ms: u64) -> Result<Claim, String> {
+    let (from, last) = claimable(v, license, now_ms)?;
+    compute(v, license, from, last.min(from + MAX_CLAIM_EPOCHS - 1), now_ms)
+}
+
+/// An oracle's verdict on a claim written by `claimant` at `now_ms`.
+pub fn judge(v: &View<'_>, claim: &Claim, claimant: &str, now_ms: u64) -> Result<(), String> {
+    if claim.peer != claimant {
+        return Err(format!("the claim names node {}, not its writer {claimant}", claim.peer));
+    }
+    let l = v
+        .registry
+        .licenses
+        .get(&claim.license)
+        .ok_or_else(|| format!("license {} is not in the registry", claim.license))?;
+    if l.peer() != Some(claimant) {
+        return Err(format!("license {} is not linked to {claimant}", claim.license));
+    }
+    let length = v.epochs.length_ms;
+    if claim.made_ms + length < now_ms || claim.made_ms > now_ms + 30_000 {
+        return Err(format!("the claim was made at {} ms: too far from now ({now_ms} ms)", claim.made_ms));
+    }
+    if let Some(t) = v.ledger.claimed_through(&claim.license).filter(|t| *t >= claim.from) {
+        return Err(format!("double claim: epochs {}..={t} are already claimed", claim.from));
+    }
+    let (from, last) = claimable(v, &claim.license, now_ms)?;
+    if claim.from != from {
+        return Err(format!("the next claimable epoch is {from}, not {} (already claimed?)", claim.from));
+    }
+    if claim.to < claim.from || claim.to > last || claim.to - claim.from >= MAX_CLAIM_EPOCHS {
+        return Err(format!(
+            "epochs {}..={} cannot be claimed: {from}..={last} can, {MAX_CLAIM_EPOCHS} at most",
+            claim.from, claim.to
+        ));
+    }
+    let expected = compute(v, &claim.license, claim.from, claim.to, claim.made_ms)?;
+    if expected != *claim {
+        let bad = expected.parts.iter().zip(&claim.parts).find(|(a, b)| a != b);
+        return Err(match bad {
+            Some((a, b)) => format!(
+                "epoch {}: availability {} from record {} pays {}, the claim says {} from {} for {}",
+                a.epoch, a.availability, a.record, a.amount, b.availability, b.record, b.amount
+            ),
+            None => format!("the claim's totals differ: {} expected, {} claimed", expected.amount, claim.amount),
+        });
+    }
+    Ok(())
+}
+
+/// The economy in one table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Totals {
+    #[serde(with = "super::units")]
+    pub supply_cap: u128,
+    /// Minted by settled claims, all classes.
+    #[serde(with = "super::units")]
+    pub minted: u128,
+    /// Minted, per class.
+    pub minted_by_class: BTreeMap<Class, String>,
+    /// MND rewards withheld by adoption, not yet released.
+    #[serde(with = "super::units")]
+    pub mnd_buffer: u128,
+    pub settled_claims: usize,
+    /// Licenses linked now, per class.
+    pub linked: BTreeMap<Class, usize>,
+    pub banned: usize,
+}
+
+pub fn totals(c: &Constants, registry: &Registry, ledger: &Ledger) -> Totals {
+    let mut by_class: BTreeMap<Class, u128> = BTreeMap::new();
+    let mut t = Totals { supply_cap: c.supply_units(), ..Default::default() };
+    for claim in ledger.claims() {
+        t.minted += claim.amount;
+        *by_class.entry(claim.class).or_default() += claim.amount;
+        t.settled_claims += 1;
+    }
+    t.mnd_buffer = ledger.settled.keys().filter_map(|l| ledger.last(l)).map(|c| c.buffer).sum();
+    t.minted_by_class = by_class.into_iter().map(|(k, v)| (k, v.to_string())).collect();
+    for l in registry.licenses.values() {
+        if l.peer().is_some() {
+            *t.linked.entry(l.class).or_default() += 1;
+        }
+        t.banned += l.banned as usize;
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dauth::license::{Action, Statement};
+    use crate::economy::registry::{fold, Context, Rules};
+    use crate::economy::UNIT;
+
+    const L: u64 = 1_000;
+
+    fn epochs() -> Epochs {
+        Epochs { genesis_ms: 0, length_ms: L }
+    }
+
+    fn link(id: &str, peer: &str, class: Class, at: u64) -> Statement {
+        let assigned = (class != Class::Nd).then(|| (1_000 * UNIT).to_string());
+        Statement {
+            iss: "i".into(),
+            id: id.into(),
+            action: Action::Link,
+            peer: Some(peer.into()),
+            class: Some(class),
+            assigned,
+            at,
+        }
+    }
+
+    struct World {
+        c: Constants,
+        curve: MndCurve,
+        statements: Vec<Statement>,
+        history: BTreeMap<u64, Decided>,
+        accepts: BTreeMap<(String, String, u64), Claim>,
+        oracles: BTreeSet<String>,
+    }
+
+    impl World {
+        fn new() -> Self {
+            let c = Constants::default();
+            let curve = MndCurve::new(&c);
+            let oracles = ["o1", "o2", "o3"].map(String::from).into();
+            Self { c, curve, statements: vec![], history: BTreeMap::new(), accepts: BTreeMap::new(), oracles }
+        }
+
+        fn state(&self) -> (Registry, Ledger) {
+            let o = self.oracles.clone();
+            let ledger = settle(&self.accepts, &move |_| o.clone());
+            let through = |l: &str| ledger.claimed_through(l);
+            let cx =
+                Context { rules: Rules::default(), constants: &self.c, epochs: epochs(), claimed_through: &through };
+            (fold(&self.statements, &cx), ledger.clone())
+        }
+
+        fn with<R>(&self, f: impl FnOnce(&View<'_>) -> R) -> R {
+            let (registry, ledger) = self.state();
+            let v = View {
+                constants: &self.c,
+                curve: &self.curve,
+                epochs: epochs(),
+                registry: &registry,
+                ledger: &ledger,
+                history: &self.history,
+            };
+            f(&v)
+        }
+
+        fn accept(&mut self, oracle: &str, claim: &Claim) {
+            self.accepts.insert((oracle.into(), claim.license.clone(), claim.from), claim.clone());
+        }
+    }
+
+    fn decided(entries: &[(&str, u8)]) -> Decided {
+        Decided { id: "rec".into(), table: entries.iter().map(|(p, v)| (p.to_string(), *v)).collect() }
+    }
+
+    #[test]
+    fn a_claim_pays_each_epoch_by_its_final_record_and_faulty_epochs_in_full() {
+        let mut w = World::new();
+        w.statements.push(link("a", "p1", Class::Nd, 10));
+        w.history.insert(0, decided(&[("p1", 255)]));
+        w.history.insert(1, decided(&[("p1", 128)]));
+        w.history.insert(2, decided(&[("p2", 255)]));
+        // Epoch 3 has no record: faulty.
+        let claim = w.with(|v| next_claim(v, "i/a", 5_500)).unwrap();
+        assert_eq!((claim.from, claim.to), (0, 3));
+        let per = w.c.nd_license_cap() / 1_080;
+        let avail: Vec<u8> = claim.parts.iter().map(|p| p.availability).collect();
+        assert_eq!(avail, [255, 128, 0, 255]);
+        assert_eq!(claim.parts[3].record, "faulty");
+        for p in &claim.parts {
+            // Within one unit of the hand formula (linear parts round).
+            let hand = per * p.availability as u128 / 255;
+            assert!(p.amount.abs_diff(hand) <= 1, "{p:?} vs {hand}");
+        }
+        assert_eq!(claim.amount, claim.parts.iter().map(|p| p.amount).sum::<u128>());
+        // Half the availability, half the reward (to a unit).
+        assert!((claim.parts[1].amount * 2).abs_diff(claim.parts[0].amount) <= 2 * per / 255 + 2);
+    }
+
+    #[test]
+    fn settled_by_a_majority_and_a_second_claim_of_the_same_epochs_is_refused() {
+        let mut w = World::new();
+        w.statements.push(link("a", "p1", Class::Nd, 10));
+        let claim = w.with(|v| next_claim(v, "i/a", 3_500)).unwrap();
+        assert_eq!((claim.from, claim.to), (0, 1));
+        w.with(|v| judge(v, &claim, "p1", 3_600)).unwrap();
+        assert_eq!(
+            w.with(|v| judge(v, &claim, "p2", 3_600)).unwrap_err(),
+            "the claim names node p1, not its writer p2"
+        );
+        w.accept("o1", &claim);
+        assert_eq!(w.state().1.claimed_through("i/a"), None, "1 of 3 settles nothing");
+        w.accept("o2", &claim);
+        assert_eq!(w.state().1.claimed_through("i/a"), Some(1));
+        // The same claim again: epoch 0 is claimed.
+        let again = w.with(|v| judge(v, &claim, "p1", 3_700)).unwrap_err();
+        assert_eq!(again, "double claim: epochs 0..=1 are already claimed");
+        // Nothing more to claim yet; later, from epoch 2.
+        assert!(w.with(|v| next_claim(v, "i/a", 3_900)).unwrap_err().starts_with("nothing to claim"));
+        let next = w.with(|v| next_claim(v, "i/a", 4_100)).unwrap();
+        assert_eq!((next.from, next.to), (2, 2));
+        // An accept from an unregistered writer counts for nothing.
+        let mut w2 = World::new();
+        w2.accept("o1", &claim);
+        w2.accept("rogue", &claim);
+        assert_eq!(w2.state().1.claimed_through("i/a"), None);
+    }
+
+    #[test]
+    fn lies_in_a_claim_are_refused() {
+        let mut w = World::new();
+        w.statements.push(link("a", "p1", Class::Nd, 10));
+        w.history.insert(0, decided(&[("p1", 100)]));
+        let claim = w.with(|v| next_claim(v, "i/a", 2_500)).unwrap();
+        let mut inflated = claim.clone();
+        inflated.parts[0].availability = 255;
+        assert!(w.with(|v| judge(v, &inflated, "p1", 2_500)).unwrap_err().starts_with("epoch 0: availability 100"));
+        let mut more = claim.clone();
+        more.amount += 1;
+        assert!(w.with(|v| judge(v, &more, "p1", 2_500)).unwrap_err().contains("totals differ"));
+        let mut ahead = claim.clone();
+        ahead.to = 2;
+        assert!(w.with(|v| judge(v, &ahead, "p1", 2_500)).unwrap_err().contains("cannot be claimed"));
+        let mut stale = claim.clone();
+        stale.made_ms = 100;
+        assert!(w.with(|v| judge(v, &stale, "p1", 2_500)).unwrap_err().contains("too far from now"));
+        w.statements.push(Statement {
+            action: Action::Ban,
+            peer: None,
+            class: None,
+            assigned: None,
+            at: 2_000,
+            ..link("a", "p1", Class::Nd, 0)
+        });
+        assert_eq!(w.with(|v| judge(v, &claim, "p1", 2_500)).unwrap_err(), "license i/a is banned");
+    }
+
+    #[test]
+    fn mnd_claims_carry_the_buffer_and_totals_add_up() {
+        let mut w = World::new();
+        w.c = Constants { mnd_cliff: 0, ..Constants::default() };
+        w.statements.push(link("m", "p9", Class::Mnd, 10));
+        w.statements.push(link("n", "p1", Class::Nd, 10));
+        let first = w.with(|v| next_claim(v, "i/m", 4_500)).unwrap();
+        assert_eq!((first.from, first.to), (0, 2));
+        // One ND sold of 7,500: adoption is tiny; most is withheld.
+        assert!(first.buffer > 0 && first.amount > 0 && first.buffer > first.amount);
+        w.accept("o1", &first);
+        w.accept("o3", &first);
+        let second = w.with(|v| next_claim(v, "i/m", 5_500)).unwrap();
+        assert_eq!(second.from, 3);
+        let (registry, ledger) = w.state();
+        let manual = w.with(|v| compute(v, "i/m", 3, 3, 5_500)).unwrap();
+        assert_eq!(manual, second);
+        assert!(second.buffer > first.buffer, "the buffer carries over");
+        let t = totals(&w.c, &registry, &ledger);
+        assert_eq!(t.minted, first.amount);
+        assert_eq!(t.mnd_buffer, first.buffer);
+        assert_eq!(t.linked[&Class::Mnd], 1);
+        assert_eq!(t.settled_claims, 1);
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        let k = claim_key("p1", "i/a", 7);
+        assert_eq!(parse_key(&k), Some(Key::Claim { peer: "p1".into(), license: "i/a".into(), from: 7 }));
+        let k = verdict_key("o1", false, "i/a", 7);
+        assert_eq!(parse_key(&k), Some(Key::Refuse { oracle: "o1".into(), license: "i/a".into(), from: 7 }));
+        assert_eq!(parse_key("ledger/p1/claim/i/a/7/x"), None);
+        assert_eq!(parse_key("ledger/p1/other/i/a/7"), None);
+    }
+}
