@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod economy_cli;
+
 #[derive(Parser)]
 #[command(name = "ratio1", version, about = "Ratio1 decentralized AI meta-OS on Kubernetes")]
 struct Cli {
@@ -34,9 +36,16 @@ enum Command {
         #[arg(long)]
         docs: Option<PathBuf>,
     },
-    /// Issue and check node licenses.
+    /// Issue and check node licenses; link them to nodes in the network's
+    /// registry.
     #[command(subcommand)]
     License(LicenseCmd),
+    /// Claim a license's Proof-of-Availability rewards.
+    #[command(subcommand)]
+    Rewards(economy_cli::RewardsCmd),
+    /// The token economy as the ledger holds it.
+    #[command(subcommand)]
+    Economy(economy_cli::EconomyCmd),
     /// Look at the network as a running operator sees it.
     #[command(subcommand)]
     Network(NetworkCmd),
@@ -92,6 +101,8 @@ enum LicenseCmd {
         #[arg(long, default_value = "http://127.0.0.1:9090", env = "RATIO1_API")]
         endpoint: String,
     },
+    #[command(flatten)]
+    Registry(economy_cli::RegistryCmd),
     /// Verify a token: exit 0 and print its claims, or exit 1 with the reason.
     Verify {
         token: String,
@@ -463,6 +474,15 @@ struct OperatorArgs {
     #[arg(long, default_value_t = ratio1::oracle::agree::Rules::default().online_permille,
           value_parser = clap::value_parser!(u32).range(0..=1000))]
     oracle_online_permille: u32,
+    /// License registry: least seconds between two links of one license
+    /// (Ratio1: 24 h).
+    #[arg(long, default_value_t = 86_400)]
+    relink_secs: u64,
+    /// The economy's constants (supply, shares, epochs of each license
+    /// class, adoption thresholds, PoAI split): a JSON file of the fields
+    /// to change (docs/economy.md); Ratio1's values otherwise.
+    #[arg(long)]
+    economy_constants: Option<PathBuf>,
     /// Directory of the operator's data: R1FS blocks and pins under
     /// `r1fs/`. None: R1FS off. Without CSTORE, R1FS holds, serves and
     /// fetches content but replicates nothing.
@@ -524,6 +544,23 @@ fn oracle_config(a: &OperatorArgs) -> anyhow::Result<ratio1::oracle::service::Or
             registered_permille: a.oracle_registered_permille,
             online_permille: a.oracle_online_permille,
         },
+    })
+}
+
+fn economy_config(a: &OperatorArgs) -> anyhow::Result<ratio1::economy::service::EconomyConfig> {
+    let constants = match &a.economy_constants {
+        None => Default::default(),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
+            let c: ratio1::economy::Constants =
+                serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            c.validate().map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            c
+        }
+    };
+    Ok(ratio1::economy::service::EconomyConfig {
+        registry: ratio1::economy::registry::Rules { relink_ms: a.relink_secs.saturating_mul(1000) },
+        constants,
     })
 }
 
@@ -633,6 +670,7 @@ async fn license(cmd: LicenseCmd) -> anyhow::Result<()> {
             Ok(())
         }
         LicenseCmd::Revoke { issuer_key, id, endpoint } => revoke(issuer_key, id, endpoint).await,
+        LicenseCmd::Registry(cmd) => economy_cli::registry(cmd).await,
         LicenseCmd::Verify { token, trusted_issuers, peer_id } => {
             let trust = TrustStore::new(issuer_keys(&trusted_issuers)?, []);
             let peer = match peer_id {
@@ -1319,12 +1357,14 @@ async fn main() -> ExitCode {
         Command::Cstore(a) => cstore(a).await,
         Command::Deeploy(a) => deeploy(a).await,
         Command::Oracle(cmd) => oracle(cmd).await,
+        Command::Rewards(cmd) => economy_cli::rewards(cmd).await,
+        Command::Economy(cmd) => economy_cli::economy(cmd).await,
         Command::Fs(a) => fs(a).await,
         Command::Operator(a) => match net_options(&a)
-            .and_then(|n| Ok((n, cstore_config(&a)?, deeploy_config(&a)?, oracle_config(&a)?)))
+            .and_then(|n| Ok((n, cstore_config(&a)?, deeploy_config(&a)?, oracle_config(&a)?, economy_config(&a)?)))
         {
             Err(e) => Err(e),
-            Ok((net, cstore, deeploy, oracle)) => {
+            Ok((net, cstore, deeploy, oracle, economy)) => {
                 let r1fs = r1fs_config(&a);
                 let cfg = OperatorConfig {
                     namespace: a.namespace,
@@ -1344,6 +1384,7 @@ async fn main() -> ExitCode {
                     cstore,
                     deeploy,
                     oracle,
+                    economy,
                     r1fs,
                 };
                 // Checked before anything starts: such timing could let two

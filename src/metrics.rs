@@ -84,6 +84,7 @@ pub struct Metrics {
     pub deeploy: crate::deeploy::metrics::DeeployMetrics,
     pub r1fs: crate::r1fs::metrics::R1fsMetrics,
     pub oracle: crate::oracle::metrics::OracleMetrics,
+    pub economy: crate::economy::metrics::EconomyMetrics,
 }
 
 impl Default for Metrics {
@@ -154,6 +155,7 @@ impl Default for Metrics {
         let deeploy = crate::deeploy::metrics::DeeployMetrics::register(&mut registry);
         let r1fs = crate::r1fs::metrics::R1fsMetrics::register(&mut registry);
         let oracle = crate::oracle::metrics::OracleMetrics::register(&mut registry);
+        let economy = crate::economy::metrics::EconomyMetrics::register(&mut registry);
         Self {
             registry,
             reconciles,
@@ -178,6 +180,7 @@ impl Default for Metrics {
             deeploy,
             r1fs,
             oracle,
+            economy,
         }
     }
 }

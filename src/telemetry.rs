@@ -106,6 +106,7 @@ pub async fn serve_api(
     deeploy: crate::deeploy::api::Slot,
     r1fs: crate::r1fs::api::Slot,
     oracle: crate::oracle::service::Slot,
+    economy: crate::economy::service::Slot,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/v1/network", get(network))
@@ -113,7 +114,8 @@ pub async fn serve_api(
         .merge(crate::cstore::api::routes(cstore))
         .merge(crate::deeploy::api::routes(deeploy))
         .merge(crate::r1fs::api::routes(r1fs))
-        .merge(crate::oracle::service::routes(oracle));
+        .merge(crate::oracle::service::routes(oracle))
+        .merge(crate::economy::service::routes(economy));
     axum::serve(listener, app).await
 }
 

@@ -9,6 +9,7 @@ mod harness;
 mod cstore;
 mod deeploy;
 mod docs;
+mod economy;
 mod federation;
 mod hostile;
 mod install;

@@ -217,6 +217,8 @@ pub struct Context {
     pub r1fs: crate::r1fs::api::Slot,
     /// OracleSync (set once this replica leads, when CSTORE is on).
     pub oracle: crate::oracle::service::Slot,
+    /// License registry and ledger (with OracleSync).
+    pub economy: crate::economy::service::Slot,
     /// The Deeploy profile of this cluster's R1Node (the node reconciler
     /// sets it; Deeploy publishes it).
     pub deeploy_profile: tokio::sync::watch::Sender<Option<crate::deeploy::plan::Profile>>,
@@ -246,6 +248,7 @@ impl Context {
             deeploy: Default::default(),
             r1fs: Default::default(),
             oracle: Default::default(),
+            economy: Default::default(),
             deeploy_profile: tokio::sync::watch::channel(None).0,
         }
     }

@@ -280,6 +280,7 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
     let mut epoch = None;
     let mut availability = None;
     let mut license_class = None;
+    let mut rewards = None;
     let mut last_heartbeat = old.last_heartbeat.clone();
     let wanted = match &outcome {
         Err(bad) => conditions::stalled(bad.reason, &bad.message),
@@ -298,6 +299,18 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
             if let Some(o) = ctx.oracle.get().filter(|_| current.is_some()) {
                 let s = o.status();
                 availability = s.availability.zip(s.availability_epoch);
+            }
+            if let Some(e) = ctx.economy.get().filter(|_| current.is_some()) {
+                rewards = e.mine().map(|(license, claimable)| {
+                    // Nothing claimable yet is zero; another cause (banned)
+                    // shows as no amount.
+                    let amount = match claimable {
+                        Ok(c) => Some(crate::economy::show_r1(c.amount)),
+                        Err(why) if why.starts_with("nothing to claim") => Some("0".into()),
+                        Err(_) => None,
+                    };
+                    (license, amount)
+                });
             }
             if let Some(bad) = licensed.as_ref().filter(|w| w.status == Some(false)) {
                 // Peers refuse a node without a valid license: only a new
@@ -324,6 +337,8 @@ pub async fn reconcile(n: Arc<R1Node>, ctx: Arc<Context>) -> Result<Action> {
         epoch,
         availability: availability.map(|(a, _)| a),
         availability_epoch: availability.map(|(_, e)| e),
+        registry_license: rewards.as_ref().map(|(l, _)| l.clone()),
+        unclaimed_rewards: rewards.and_then(|(_, a)| a),
         ..Default::default()
     };
     finish(&ctx, &api, n.as_ref(), n.status.as_ref(), status, &wanted).await?;

@@ -53,6 +53,8 @@ pub struct OperatorConfig {
     pub deeploy: crate::deeploy::DeeployConfig,
     /// OracleSync (runs when CSTORE is on).
     pub oracle: crate::oracle::service::OracleConfig,
+    /// License registry and ledger (run with OracleSync).
+    pub economy: crate::economy::service::EconomyConfig,
     /// R1FS (runs when set and CSTORE is on).
     pub r1fs: Option<crate::r1fs::service::R1fsConfig>,
 }
@@ -374,6 +376,7 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
         ctx.deeploy.clone(),
         ctx.r1fs.clone(),
         ctx.oracle.clone(),
+        ctx.economy.clone(),
     ));
     if let Some(addr) = cfg.r1fs.as_ref().and_then(|r| r.gateway_addr) {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -568,8 +571,17 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
                 trust: cfg.net.trust.clone(),
                 metrics: metrics.clone(),
             };
-            let _ = ctx.oracle.set(crate::oracle::service::Oracle::start(cfg.oracle.clone(), oracle));
+            let o = crate::oracle::service::Oracle::start(cfg.oracle.clone(), oracle);
+            let _ = ctx.oracle.set(o.clone());
             tracing::info!(phase = ?cfg.oracle.phase, "OracleSync started");
+            let economy = crate::economy::service::Parts {
+                cstore: store.clone(),
+                oracle: o,
+                view: ctx.view.clone(),
+                trust: cfg.net.trust.clone(),
+                metrics: metrics.clone(),
+            };
+            let _ = ctx.economy.set(crate::economy::service::Economy::start(cfg.economy.clone(), economy));
             let (d, wakes) = crate::deeploy::Deeploy::start(cfg.deeploy.clone(), parts);
             let _ = ctx.deeploy.set(d);
             tracing::info!(failover_after = ?cfg.deeploy.failover_after, "Deeploy started");

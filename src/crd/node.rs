@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
     printcolumn = r#"{"name":"Peers","type":"integer","jsonPath":".status.peers"}"#,
     printcolumn = r#"{"name":"Epoch","type":"integer","jsonPath":".status.epoch"}"#,
     printcolumn = r#"{"name":"Availability","type":"integer","jsonPath":".status.availability"}"#,
+    printcolumn = r#"{"name":"Unclaimed","type":"string","jsonPath":".status.unclaimedRewards"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -219,6 +220,14 @@ pub struct R1NodeStatus {
     /// The epoch `availability` is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub availability_epoch: Option<u64>,
+    /// The license the registry links to this node (`<issuer>/<id>`;
+    /// `ratio1 license link`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_license: Option<String>,
+    /// Rewards this node may claim now, in R1 (`ratio1 rewards claim`):
+    /// its license's unclaimed epochs, paid by their final records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unclaimed_rewards: Option<String>,
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

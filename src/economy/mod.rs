@@ -8,7 +8,9 @@
 //! so the roundings never add up to more or less than the total.
 
 pub mod ledger;
+pub mod metrics;
 pub mod registry;
+pub mod service;
 
 /// Smallest units per R1.
 pub const UNIT: u128 = 1_000_000_000_000_000_000;
@@ -52,8 +54,10 @@ pub fn parse_r1(s: &str) -> Result<u128, String> {
 /// Scale of the MND curve's weights (a weight of 1 is `WEIGHT_SCALE`).
 pub const WEIGHT_SCALE: u128 = 1_000_000_000;
 
-/// Ratio1's constants, each configurable.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Ratio1's constants, each configurable (`--economy-constants`: a JSON
+/// object of any of these fields; the rest keep Ratio1's values).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Constants {
     /// Token supply cap, whole R1.
     pub supply: u128,
@@ -109,6 +113,36 @@ impl Default for Constants {
 }
 
 impl Constants {
+    /// Refuses constants the formulas cannot use (a zero divisor, a share
+    /// over the whole).
+    pub fn validate(&self) -> Result<(), String> {
+        let zero = [
+            ("nd_licenses", self.nd_licenses == 0),
+            ("nd_epochs", self.nd_epochs == 0),
+            ("mnd_epochs", self.mnd_epochs == 0),
+            ("gnd_epochs", self.gnd_epochs == 0),
+            ("adoption_licenses", self.adoption_licenses == 0),
+            ("adoption_poai_volume", self.adoption_poai_volume == 0),
+        ];
+        if let Some((name, _)) = zero.iter().find(|(_, z)| *z) {
+            return Err(format!("{name} must be positive"));
+        }
+        if self.nd_share_bp + self.gnd_share_bp + self.mnd_total_cap_bp > 10_000 {
+            return Err("nd_share_bp + gnd_share_bp + mnd_total_cap_bp exceed the whole supply (10000)".into());
+        }
+        if self.poai_node_percent > 100 || self.sale_burn_percent > 100 {
+            return Err("percentages are at most 100".into());
+        }
+        // The curve's exponent stays within ±8 (the integer exp's range).
+        if self.supply > u64::MAX as u128
+            || !(1..=8).contains(&self.mnd_steepness)
+            || !(0..=10).contains(&self.mnd_midpoint_tenths)
+        {
+            return Err("supply fits 64 bits, mnd_steepness is 1..=8 and mnd_midpoint_tenths 0..=10".into());
+        }
+        Ok(())
+    }
+
     pub fn supply_units(&self) -> u128 {
         self.supply * UNIT
     }

@@ -189,10 +189,12 @@ fn apply(reg: &mut Registry, s: &Statement, cx: &Context<'_>) -> Result<(), Stri
         Action::Unlink => {
             let l = reg.licenses.get_mut(&key).ok_or("the license was never linked")?;
             let peer = l.peer().ok_or("the license is not linked")?.to_string();
-            // Its rewards up to the last epoch closed before the unlink
-            // must be claimed (they are paid to the linked node).
+            // Its rewards up to the last epoch claimable at the unlink
+            // must be claimed (they are paid to the linked node); the
+            // epochs after it are forfeited.
             let since = l.linked_since_epoch(&cx.epochs).unwrap_or(0);
-            if let Some(last_closed) = cx.epochs.at(s.at).and_then(|e| e.checked_sub(1)).filter(|c| *c >= since) {
+            let claimable = cx.epochs.at(s.at).and_then(|e| e.checked_sub(super::ledger::CLAIM_DELAY_EPOCHS));
+            if let Some(last_closed) = claimable.filter(|c| *c >= since) {
                 let through = (cx.claimed_through)(&key);
                 if through.is_none_or(|t| t < last_closed) {
                     let from = through.map_or(since, |t| (t + 1).max(since));
@@ -263,9 +265,9 @@ mod tests {
 
     #[test]
     fn relink_waits_and_unlink_needs_the_rewards_claimed() {
-        // Linked at 10 (epoch 0); unlink at 2,500 (epoch 2): epochs 0 and 1
-        // closed while linked.
-        let s = [link("a", "p1", 10), st("a", Action::Unlink, None, None, 2_500), link("a", "p2", 2_600)];
+        // Linked at 10 (epoch 0); unlink at 3,500 (epoch 3): epochs 0 and 1
+        // are claimable then (claims reach two epochs back).
+        let s = [link("a", "p1", 10), st("a", Action::Unlink, None, None, 3_500), link("a", "p2", 3_600)];
         let reg = fold_with(&s, Some(0));
         let a = &reg.licenses["issuer/a"];
         assert_eq!(a.peer(), Some("p1"), "unlink refused: epoch 1 unclaimed");
@@ -281,7 +283,7 @@ mod tests {
         assert_eq!(reg.licenses["issuer/a"].links.len(), 2);
         assert_eq!(reg.licenses["issuer/a"].first_epoch(&Epochs { genesis_ms: 0, length_ms: L }), Some(0));
         // An unlink in the epoch of the link owes nothing.
-        let reg = fold_with(&[link("b", "p3", 1_010), st("b", Action::Unlink, None, None, 1_500)], None);
+        let reg = fold_with(&[link("b", "p3", 1_010), st("b", Action::Unlink, None, None, 2_500)], None);
         assert_eq!(reg.licenses["issuer/b"].peer(), None);
     }
 
