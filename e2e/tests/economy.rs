@@ -93,7 +93,7 @@ async fn licenses_link_by_the_rules_and_claims_pay_by_the_final_records_once() {
     let half = first + 1;
     tokio::time::sleep(std::time::Duration::from_millis((half * EPOCH_MS + EPOCH_MS / 2).saturating_sub(now()))).await;
     fed.nodes[2].op.as_mut().unwrap().kill().await;
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(((half + 1) * EPOCH_MS).saturating_sub(now()))).await;
     fed.nodes[2].op = Some(Operator::start(fed.nodes[2].opts.clone()).await);
     let port2 = fed.nodes[2].op().api_port;
 

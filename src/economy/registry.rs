@@ -118,10 +118,19 @@ pub fn fold<'a>(statements: impl IntoIterator<Item = &'a Statement>, cx: &Contex
     sorted.sort_by(|a, b| (a.at, &a.iss, &a.id, a.action).cmp(&(b.at, &b.iss, &b.id, b.action)));
     let mut reg = Registry::default();
     for s in sorted {
+        // Any statement makes the license known (its refusals show on
+        // it); its class and assignment are the first link's.
+        let key = name(&s.iss, &s.id);
+        reg.licenses.entry(key.clone()).or_insert_with(|| License {
+            name: key.clone(),
+            class: s.class.unwrap_or(Class::Nd),
+            assigned: 0,
+            links: vec![],
+            banned: false,
+            refused: vec![],
+        });
         if let Err(reason) = apply(&mut reg, s, cx) {
-            // A license is named by its first valid link; refusals of
-            // unknown ones are kept nowhere (nothing to show them on).
-            if let Some(l) = reg.licenses.get_mut(&name(&s.iss, &s.id)) {
+            if let Some(l) = reg.licenses.get_mut(&key) {
                 l.refused.push(Refused { at_ms: s.at, action: s.action, reason });
             }
         }
@@ -155,18 +164,14 @@ fn apply(reg: &mut Registry, s: &Statement, cx: &Context<'_>) -> Result<(), Stri
                 }
                 _ => {}
             }
-            let l = reg.licenses.entry(key.clone()).or_insert_with(|| License {
-                name: key.clone(),
-                class,
-                assigned,
-                links: vec![],
-                banned: false,
-                refused: vec![],
-            });
+            let l = reg.licenses.get_mut(&key).ok_or("not known")?;
             if l.banned {
                 return Err("the license is banned".into());
             }
-            if l.class != class || (l.assigned != assigned && !l.links.is_empty()) {
+            if l.links.is_empty() {
+                (l.class, l.assigned) = (class, assigned);
+            }
+            if l.class != class || l.assigned != assigned {
                 return Err(format!(
                     "the license is an {} assigned {}; a link cannot change that",
                     l.class, l.assigned
@@ -187,7 +192,7 @@ fn apply(reg: &mut Registry, s: &Statement, cx: &Context<'_>) -> Result<(), Stri
             Ok(())
         }
         Action::Unlink => {
-            let l = reg.licenses.get_mut(&key).ok_or("the license was never linked")?;
+            let l = reg.licenses.get_mut(&key).ok_or("not known")?;
             let peer = l.peer().ok_or("the license is not linked")?.to_string();
             // Its rewards up to the last epoch claimable at the unlink
             // must be claimed (they are paid to the linked node); the
@@ -208,7 +213,7 @@ fn apply(reg: &mut Registry, s: &Statement, cx: &Context<'_>) -> Result<(), Stri
             Ok(())
         }
         Action::Ban | Action::Unban => {
-            let l = reg.licenses.get_mut(&key).ok_or("the license was never linked")?;
+            let l = reg.licenses.get_mut(&key).ok_or("not known")?;
             l.banned = s.action == Action::Ban;
             Ok(())
         }
@@ -257,8 +262,9 @@ mod tests {
         let a = &reg.licenses["issuer/a"];
         assert_eq!(a.peer(), Some("p1"));
         assert!(a.refused[0].reason.contains("unlink it first"), "{:?}", a.refused);
-        // b's first link is refused: p1 holds a; no entry until one holds.
+        // b's first link is refused (p1 holds a), and says so on b.
         assert_eq!(reg.licenses["issuer/b"].peer(), Some("p3"));
+        assert!(reg.licenses["issuer/b"].refused[0].reason.contains("already holds license issuer/a"));
         assert_eq!(reg.by_peer["p1"], "issuer/a");
         assert_eq!(reg.by_peer["p3"], "issuer/b");
     }
@@ -321,7 +327,8 @@ mod tests {
         none.assigned = None;
         let reg = fold_with(&[big, ok, none], None);
         assert_eq!(reg.licenses["issuer/m"].assigned, one);
-        assert!(!reg.licenses.contains_key("issuer/n"));
-        assert_eq!(reg.licenses["issuer/m"].refused.len(), 0, "the refused first link made no entry");
+        assert_eq!(reg.licenses["issuer/m"].refused.len(), 1, "{:?}", reg.licenses["issuer/m"]);
+        assert!(reg.licenses["issuer/n"].peer().is_none());
+        assert!(reg.licenses["issuer/n"].refused[0].reason.contains("must say what the license is assigned"));
     }
 }
