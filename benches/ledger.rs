@@ -67,7 +67,7 @@ fn world(n: usize) -> World {
     }
     let c = Constants::default();
     let epochs = Epochs { genesis_ms: 0, length_ms: EPOCH_MS };
-    let none = |_: &str| None;
+    let none = |_: &str, _: u64| None;
     let cx = Context { rules: Default::default(), constants: &c, epochs, claimed_through: &none };
     let registry = registry::fold(&statements, &cx);
     if registry.licenses.len() != n {
@@ -75,7 +75,11 @@ fn world(n: usize) -> World {
     }
     let history = (0..EPOCHS)
         .map(|e| {
-            let table = nodes.iter().enumerate().map(|(i, k)| (k.public().to_peer_id().to_string(), ((i as u64 + e) % 256) as u8)).collect();
+            let table = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (k.public().to_peer_id().to_string(), ((i as u64 + e) % 256) as u8))
+                .collect();
             (e, Decided { id: format!("rec{e}"), table })
         })
         .collect();

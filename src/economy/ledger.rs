@@ -121,6 +121,12 @@ impl Ledger {
         self.settled.get(license)?.values().map(|c| c.to).max()
     }
 
+    /// As [`Ledger::claimed_through`], counting only claims made before
+    /// `t_ms`.
+    pub fn claimed_through_before(&self, license: &str, t_ms: u64) -> Option<u64> {
+        self.settled.get(license)?.values().filter(|c| c.made_ms < t_ms).map(|c| c.to).max()
+    }
+
     /// The license's last settled claim.
     pub fn last(&self, license: &str) -> Option<&Claim> {
         self.settled.get(license)?.values().max_by_key(|c| c.to)
@@ -374,7 +380,7 @@ mod tests {
         fn state(&self) -> (Registry, Ledger) {
             let o = self.oracles.clone();
             let ledger = settle(&self.accepts, &move |_| o.clone());
-            let through = |l: &str| ledger.claimed_through(l);
+            let through = |l: &str, t: u64| ledger.claimed_through_before(l, t);
             let cx =
                 Context { rules: Rules::default(), constants: &self.c, epochs: epochs(), claimed_through: &through };
             (fold(&self.statements, &cx), ledger.clone())
@@ -453,6 +459,28 @@ mod tests {
         w2.accept("o1", &claim);
         w2.accept("rogue", &claim);
         assert_eq!(w2.state().1.claimed_through("i/a"), None);
+    }
+
+    #[test]
+    fn a_claim_after_a_refused_unlink_does_not_apply_it() {
+        let mut w = World::new();
+        w.statements.push(link("a", "p1", Class::Nd, 10));
+        w.statements.push(Statement {
+            action: Action::Unlink,
+            peer: None,
+            class: None,
+            assigned: None,
+            at: 3_500,
+            ..link("a", "p1", Class::Nd, 0)
+        });
+        assert_eq!(w.state().0.licenses["i/a"].peer(), Some("p1"), "nothing claimed: refused");
+        let claim = w.with(|v| next_claim(v, "i/a", 3_600)).unwrap();
+        w.accept("o1", &claim);
+        w.accept("o2", &claim);
+        let (registry, ledger) = w.state();
+        assert_eq!(ledger.claimed_through("i/a"), Some(1));
+        assert_eq!(registry.licenses["i/a"].peer(), Some("p1"), "still refused: the claim came after it");
+        assert!(registry.licenses["i/a"].refused[0].reason.contains("not claimed"));
     }
 
     #[test]

@@ -106,9 +106,11 @@ pub struct Context<'a> {
     pub rules: Rules,
     pub constants: &'a Constants,
     pub epochs: Epochs,
-    /// The last epoch a license's rewards are claimed through (settled
-    /// claims), by name.
-    pub claimed_through: &'a dyn Fn(&str) -> Option<u64>,
+    /// The last epoch a license's rewards are claimed through by settled
+    /// claims made before a time (Unix ms): an unlink counts only the
+    /// claims before it, so a later claim cannot turn a refused unlink
+    /// into an applied one.
+    pub claimed_through: &'a dyn Fn(&str, u64) -> Option<u64>,
 }
 
 /// Folds verified statements (any order; sorted here by time, then
@@ -200,7 +202,7 @@ fn apply(reg: &mut Registry, s: &Statement, cx: &Context<'_>) -> Result<(), Stri
             let since = l.linked_since_epoch(&cx.epochs).unwrap_or(0);
             let claimable = cx.epochs.at(s.at).and_then(|e| e.checked_sub(super::ledger::CLAIM_DELAY_EPOCHS));
             if let Some(last_closed) = claimable.filter(|c| *c >= since) {
-                let through = (cx.claimed_through)(&key);
+                let through = (cx.claimed_through)(&key, s.at);
                 if through.is_none_or(|t| t < last_closed) {
                     let from = through.map_or(since, |t| (t + 1).max(since));
                     return Err(format!("rewards of epochs {from}..={last_closed} are not claimed"));
@@ -245,7 +247,7 @@ mod tests {
 
     fn fold_with(statements: &[Statement], claimed: Option<u64>) -> Registry {
         let c = Constants::default();
-        let claimed_through = move |_: &str| claimed;
+        let claimed_through = move |_: &str, _: u64| claimed;
         let cx = Context {
             rules: Rules { relink_ms: 5_000 },
             constants: &c,

@@ -339,7 +339,7 @@ async fn load(m: &mut Mirror, store: &Cstore, trust: &TrustStore) -> bool {
 fn refold(inner: &Inner, m: &Mirror) {
     let Some(epochs) = inner.view.read().expect("view lock").clock else { return };
     let ledger = ledger::settle(&m.accepts, &|t| inner.oracle.registered_at(t));
-    let through = |l: &str| ledger.claimed_through(l);
+    let through = |l: &str, t: u64| ledger.claimed_through_before(l, t);
     let cx = registry::Context {
         rules: inner.cfg.registry,
         constants: &inner.cfg.constants,
