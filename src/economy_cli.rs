@@ -55,7 +55,8 @@ pub enum RegistryCmd {
         #[arg(long)]
         assigned: Option<String>,
     },
-    /// Unlink a license from its node (its rewards must be claimed first).
+    /// Unlink a license from its node (that node may still claim the
+    /// link's epochs, up to the last one claimable now).
     Unlink {
         #[command(flatten)]
         change: Change,

@@ -16,7 +16,7 @@
 //!   it was made accepted it. Settled claims are the ledger: an
 //!   append-only chain per license, and the tokens minted.
 
-use super::registry::Registry;
+use super::registry::{License, Link, Registry};
 use super::{gnd_reward, mnd_epoch, nd_reward, Constants, MndCurve, MndLicense};
 use crate::cstore::rules::LEDGER_PREFIX;
 use crate::dauth::license::Class;
@@ -69,7 +69,7 @@ impl Claim {
     /// Identity of the claim (what oracles accept is exactly this).
     pub fn digest(&self) -> String {
         let bytes = serde_json::to_vec(self).expect("claim serializes");
-        Sha256::digest(bytes)[..8].iter().map(|b| format!("{b:02x}")).collect()
+        Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -121,12 +121,6 @@ impl Ledger {
         self.settled.get(license)?.values().map(|c| c.to).max()
     }
 
-    /// As [`Ledger::claimed_through`], counting only claims made before
-    /// `t_ms`.
-    pub fn claimed_through_before(&self, license: &str, t_ms: u64) -> Option<u64> {
-        self.settled.get(license)?.values().filter(|c| c.made_ms < t_ms).map(|c| c.to).max()
-    }
-
     /// The license's last settled claim.
     pub fn last(&self, license: &str) -> Option<&Claim> {
         self.settled.get(license)?.values().max_by_key(|c| c.to)
@@ -135,35 +129,11 @@ impl Ledger {
     pub fn claims(&self) -> impl Iterator<Item = &Claim> {
         self.settled.values().flat_map(|m| m.values())
     }
-}
 
-/// Settles the claims the oracles accepted: (oracle, license, from) →
-/// the claim it accepted. `registered_at(t)` gives the oracles registered
-/// before `t` (Unix ms).
-pub fn settle(
-    accepts: &BTreeMap<(String, String, u64), Claim>,
-    registered_at: &dyn Fn(u64) -> BTreeSet<String>,
-) -> Ledger {
-    // (license, from, digest) → the claim and who accepted it.
-    let mut votes: BTreeMap<(&str, u64, String), (&Claim, BTreeSet<&str>)> = BTreeMap::new();
-    for ((oracle, license, from), claim) in accepts {
-        if claim.license != *license || claim.from != *from {
-            continue;
-        }
-        let e = votes.entry((license.as_str(), *from, claim.digest())).or_insert((claim, BTreeSet::new()));
-        e.1.insert(oracle.as_str());
+    /// A settled claim of the license covering `epoch`.
+    pub fn covering(&self, license: &str, epoch: u64) -> Option<&Claim> {
+        self.settled.get(license)?.range(..=epoch).next_back().map(|(_, c)| c).filter(|c| c.to >= epoch)
     }
-    let mut ledger = Ledger::default();
-    for ((license, from, _), (claim, by)) in votes {
-        let registered = registered_at(claim.made_ms);
-        let yes = by.iter().filter(|o| registered.contains(**o)).count();
-        if 2 * yes > registered.len() {
-            // Two claims of one epoch cannot both win a majority of honest
-            // oracles; if dishonest ones made it so, the first stands.
-            ledger.settled.entry(license.to_string()).or_default().entry(from).or_insert_with(|| claim.clone());
-        }
-    }
-    ledger
 }
 
 /// What a claim is computed from.
@@ -176,36 +146,83 @@ pub struct View<'a> {
     pub history: &'a BTreeMap<u64, Decided>,
 }
 
-/// The epochs a license's next claim may cover at `now_ms`: from its first
-/// unclaimed one to the last claimable one.
-pub fn claimable(v: &View<'_>, license: &str, now_ms: u64) -> Result<(u64, u64), String> {
-    let l = v.registry.licenses.get(license).ok_or_else(|| format!("license {license} is not in the registry"))?;
-    if l.banned {
-        return Err(format!("license {license} is banned"));
+impl View<'_> {
+    fn license(&self, name: &str) -> Result<&License, String> {
+        self.registry.licenses.get(name).ok_or_else(|| format!("license {name} is not in the registry"))
     }
-    let since = l.linked_since_epoch(&v.epochs).ok_or_else(|| format!("license {license} is not linked"))?;
-    let from = v.ledger.claimed_through(license).map_or(since, |t| (t + 1).max(since));
-    let last = v.epochs.at(now_ms).and_then(|c| c.checked_sub(CLAIM_DELAY_EPOCHS));
-    match last {
-        Some(last) if last >= from => Ok((from, last)),
-        _ => Err(format!(
-            "nothing to claim: epoch {from} cannot be claimed yet (claims reach {CLAIM_DELAY_EPOCHS} epochs back)"
-        )),
+
+    /// The last epoch claimable at `now_ms`.
+    fn last_claimable(&self, now_ms: u64) -> Option<u64> {
+        self.epochs.at(now_ms).and_then(|c| c.checked_sub(CLAIM_DELAY_EPOCHS))
     }
 }
 
-/// The claim of `license` for exactly `from..=to`, made at `made_ms`.
-pub fn compute(v: &View<'_>, license: &str, from: u64, to: u64, made_ms: u64) -> Result<Claim, String> {
-    let l = v.registry.licenses.get(license).ok_or_else(|| format!("license {license} is not in the registry"))?;
-    let peer = l.peer().ok_or_else(|| format!("license {license} is not linked"))?;
+/// The first epoch of `link` not claimed yet (the ledger chains each
+/// link's claims from its first epoch).
+fn next_from(v: &View<'_>, license: &str, link: &Link) -> u64 {
+    let (first, last) = License::earns(link, &v.epochs);
+    let claimed =
+        v.ledger.settled.get(license).and_then(|s| s.range(first..=last.unwrap_or(u64::MAX)).map(|(_, c)| c.to).max());
+    claimed.map_or(first, |t| t.saturating_add(1).max(first))
+}
+
+/// The epochs `peer`'s next claim of `license` may cover at `now_ms`: from
+/// the first unclaimed one of its links (the newest with any) to the last
+/// claimable one.
+pub fn claimable(v: &View<'_>, license: &str, peer: &str, now_ms: u64) -> Result<(u64, u64), String> {
+    let l = v.license(license)?;
+    if l.banned {
+        return Err(format!("license {license} is banned"));
+    }
+    let mut linked = false;
+    let now = v.last_claimable(now_ms);
+    for link in l.links.iter().rev().filter(|k| k.peer == peer) {
+        linked = true;
+        let (_, end) = License::earns(link, &v.epochs);
+        let from = next_from(v, license, link);
+        let last = match (now, end) {
+            (Some(n), Some(e)) => n.min(e),
+            (Some(n), None) => n,
+            (None, _) => continue,
+        };
+        if from <= last {
+            return Ok((from, last));
+        }
+        if end.is_none() {
+            return Err(format!(
+                "nothing to claim: epoch {from} cannot be claimed yet (claims reach {CLAIM_DELAY_EPOCHS} epochs back)"
+            ));
+        }
+    }
+    if linked {
+        Err(format!("nothing to claim: the epochs {peer} earned with license {license} are claimed"))
+    } else {
+        Err(format!("license {license} was never linked to {peer}"))
+    }
+}
+
+/// `peer`'s claim of `license` for exactly `from..=to`, made at `made_ms`.
+/// Epochs that end during a ban pay nothing (`banned`).
+pub fn compute(v: &View<'_>, license: &str, peer: &str, from: u64, to: u64, made_ms: u64) -> Result<Claim, String> {
+    let l = v.license(license)?;
+    if to < from || to - from >= MAX_CLAIM_EPOCHS {
+        return Err(format!("epochs {from}..={to}: a claim covers 1 to {MAX_CLAIM_EPOCHS} epochs"));
+    }
+    if l.link_for(peer, from, &v.epochs).is_none() || l.link_for(peer, to, &v.epochs).is_none() {
+        return Err(format!("license {license} was not linked to {peer} in epochs {from}..={to}"));
+    }
     let first = l.first_epoch(&v.epochs).unwrap_or(0);
     let mnd = MndLicense { assigned: l.assigned, first_mining_epoch: first };
     let mut buffer = v.ledger.last(license).map_or(0, |c| c.buffer);
     let (mut parts, mut amount) = (vec![], 0u128);
     for e in from..=to {
-        let (availability, record) = match v.history.get(&e) {
-            Some(d) => (d.table.get(peer).copied().unwrap_or(0), d.id.clone()),
-            None => (255, "faulty".to_string()),
+        let (availability, record) = if l.banned_at(v.epochs.bounds(e).1.saturating_sub(1)) {
+            (0, "banned".to_string())
+        } else {
+            match v.history.get(&e) {
+                Some(d) => (d.table.get(peer).copied().unwrap_or(0), d.id.clone()),
+                None => (255, "faulty".to_string()),
+            }
         };
         let k = e.saturating_sub(first);
         let paid = match l.class {
@@ -218,7 +235,7 @@ pub fn compute(v: &View<'_>, license: &str, from: u64, to: u64, made_ms: u64) ->
                 m.paid
             }
         };
-        amount += paid;
+        amount = amount.saturating_add(paid);
         parts.push(Part { epoch: e, availability, record, amount: paid });
     }
     Ok(Claim {
@@ -245,10 +262,10 @@ fn sold_by(v: &View<'_>, e: u64) -> u128 {
         .count() as u128
 }
 
-/// The next claim of `license` (at most [`MAX_CLAIM_EPOCHS`]).
-pub fn next_claim(v: &View<'_>, license: &str, now_ms: u64) -> Result<Claim, String> {
-    let (from, last) = claimable(v, license, now_ms)?;
-    compute(v, license, from, last.min(from + MAX_CLAIM_EPOCHS - 1), now_ms)
+/// `peer`'s next claim of `license` (at most [`MAX_CLAIM_EPOCHS`]).
+pub fn next_claim(v: &View<'_>, license: &str, peer: &str, now_ms: u64) -> Result<Claim, String> {
+    let (from, last) = claimable(v, license, peer, now_ms)?;
+    compute(v, license, peer, from, last.min(from + MAX_CLAIM_EPOCHS - 1), now_ms)
 }
 
 /// An oracle's verdict on a claim written by `claimant` at `now_ms`.
@@ -256,24 +273,17 @@ pub fn judge(v: &View<'_>, claim: &Claim, claimant: &str, now_ms: u64) -> Result
     if claim.peer != claimant {
         return Err(format!("the claim names node {}, not its writer {claimant}", claim.peer));
     }
-    let l = v
-        .registry
-        .licenses
-        .get(&claim.license)
-        .ok_or_else(|| format!("license {} is not in the registry", claim.license))?;
-    if l.peer() != Some(claimant) {
-        return Err(format!("license {} is not linked to {claimant}", claim.license));
+    if claim.made_ms > now_ms.saturating_add(30_000) {
+        return Err(format!("the claim was made at {} ms, ahead of this oracle's clock", claim.made_ms));
     }
-    let length = v.epochs.length_ms;
-    if claim.made_ms + length < now_ms || claim.made_ms > now_ms + 30_000 {
-        return Err(format!("the claim was made at {} ms: too far from now ({now_ms} ms)", claim.made_ms));
+    if let Some(c) = (claim.from..=claim.to.min(claim.from.saturating_add(MAX_CLAIM_EPOCHS)))
+        .find_map(|e| v.ledger.covering(&claim.license, e))
+    {
+        return Err(format!("double claim: epochs {}..={} are already claimed", c.from, c.to));
     }
-    if let Some(t) = v.ledger.claimed_through(&claim.license).filter(|t| *t >= claim.from) {
-        return Err(format!("double claim: epochs {}..={t} are already claimed", claim.from));
-    }
-    let (from, last) = claimable(v, &claim.license, now_ms)?;
+    let (from, last) = claimable(v, &claim.license, claimant, now_ms)?;
     if claim.from != from {
-        return Err(format!("the next claimable epoch is {from}, not {} (already claimed?)", claim.from));
+        return Err(format!("the next claimable epoch is {from}, not {}", claim.from));
     }
     if claim.to < claim.from || claim.to > last || claim.to - claim.from >= MAX_CLAIM_EPOCHS {
         return Err(format!(
@@ -281,18 +291,76 @@ pub fn judge(v: &View<'_>, claim: &Claim, claimant: &str, now_ms: u64) -> Result
             claim.from, claim.to
         ));
     }
-    let expected = compute(v, &claim.license, claim.from, claim.to, claim.made_ms)?;
-    if expected != *claim {
-        let bad = expected.parts.iter().zip(&claim.parts).find(|(a, b)| a != b);
-        return Err(match bad {
-            Some((a, b)) => format!(
-                "epoch {}: availability {} from record {} pays {}, the claim says {} from {} for {}",
-                a.epoch, a.availability, a.record, a.amount, b.availability, b.record, b.amount
-            ),
-            None => format!("the claim's totals differ: {} expected, {} claimed", expected.amount, claim.amount),
-        });
+    check(v, claim)
+}
+
+/// Whether `claim` is exactly what this node computes for it.
+fn check(v: &View<'_>, claim: &Claim) -> Result<(), String> {
+    let expected = compute(v, &claim.license, &claim.peer, claim.from, claim.to, claim.made_ms)?;
+    if expected == *claim {
+        return Ok(());
     }
-    Ok(())
+    let bad = expected.parts.iter().zip(&claim.parts).find(|(a, b)| a != b);
+    Err(match bad {
+        Some((a, b)) => format!(
+            "epoch {}: availability {} from record {} pays {}, the claim says {} from {} for {}",
+            a.epoch, a.availability, a.record, a.amount, b.availability, b.record, b.amount
+        ),
+        None => format!("the claim's totals differ: {} expected, {} claimed", expected.amount, claim.amount),
+    })
+}
+
+/// Settles the claims the oracles accepted: (oracle, license, from) → the
+/// claim it accepted. A claim is settled when
+/// - more than half of the oracles registered when its last epoch became
+///   claimable (`registered_at`, Unix ms) accepted exactly it, and
+/// - this node computes exactly it, in the chain of its link (a quorum
+///   cannot settle what the records do not pay), for epochs claimable
+///   at `now_ms`.
+///
+/// Each license's claims settle in epoch order (an MND claim carries the
+/// buffer of the one before); of two claims of the same epochs, the
+/// earlier made stands.
+pub fn settle(
+    base: &View<'_>,
+    accepts: &BTreeMap<(String, String, u64), Claim>,
+    registered_at: &dyn Fn(u64) -> BTreeSet<String>,
+    now_ms: u64,
+) -> Ledger {
+    // (license, from) → digest → the claim and who accepted it.
+    type Votes<'c> = BTreeMap<(&'c str, u64), BTreeMap<String, (&'c Claim, BTreeSet<&'c str>)>>;
+    let mut votes: Votes<'_> = BTreeMap::new();
+    for ((oracle, license, from), claim) in accepts {
+        if claim.license != *license || claim.from != *from {
+            continue;
+        }
+        let by = votes.entry((license.as_str(), *from)).or_default();
+        by.entry(claim.digest()).or_insert((claim, BTreeSet::new())).1.insert(oracle.as_str());
+    }
+    let mut ledger = Ledger::default();
+    let last = base.last_claimable(now_ms);
+    for ((license, _), by) in votes {
+        let mut candidates: Vec<&(&Claim, BTreeSet<&str>)> = by.values().collect();
+        candidates.sort_by_key(|(c, _)| c.made_ms);
+        for (claim, yes) in candidates {
+            if last.is_none_or(|l| claim.to > l) {
+                continue;
+            }
+            let registered = registered_at(base.epochs.bounds(claim.to.saturating_add(CLAIM_DELAY_EPOCHS)).0);
+            if 2 * yes.iter().filter(|o| registered.contains(**o)).count() <= registered.len() {
+                continue;
+            }
+            let v = View { ledger: &ledger, ..*base };
+            let Ok(l) = v.license(license) else { continue };
+            let chained =
+                l.link_for(&claim.peer, claim.from, &v.epochs).is_some_and(|k| next_from(&v, license, k) == claim.from);
+            if chained && check(&v, claim).is_ok() {
+                ledger.settled.entry(license.to_string()).or_default().insert(claim.from, (*claim).clone());
+                break;
+            }
+        }
+    }
+    ledger
 }
 
 /// The economy in one table.
@@ -360,6 +428,10 @@ mod tests {
         }
     }
 
+    fn act(id: &str, action: Action, at: u64) -> Statement {
+        Statement { action, peer: None, class: None, assigned: None, at, ..link(id, "", Class::Nd, 0) }
+    }
+
     struct World {
         c: Constants,
         curve: MndCurve,
@@ -377,17 +449,26 @@ mod tests {
             Self { c, curve, statements: vec![], history: BTreeMap::new(), accepts: BTreeMap::new(), oracles }
         }
 
-        fn state(&self) -> (Registry, Ledger) {
+        /// Registry and ledger as a node folds them at `now`.
+        fn state(&self, now: u64) -> (Registry, Ledger) {
+            let cx = Context { rules: Rules { relink_ms: 1_000 }, constants: &self.c };
+            let registry = fold(&self.statements, &cx);
+            let empty = Ledger::default();
+            let base = View {
+                constants: &self.c,
+                curve: &self.curve,
+                epochs: epochs(),
+                registry: &registry,
+                ledger: &empty,
+                history: &self.history,
+            };
             let o = self.oracles.clone();
-            let ledger = settle(&self.accepts, &move |_| o.clone());
-            let through = |l: &str, t: u64| ledger.claimed_through_before(l, t);
-            let cx =
-                Context { rules: Rules::default(), constants: &self.c, epochs: epochs(), claimed_through: &through };
-            (fold(&self.statements, &cx), ledger.clone())
+            let ledger = settle(&base, &self.accepts, &move |_| o.clone(), now);
+            (registry, ledger)
         }
 
-        fn with<R>(&self, f: impl FnOnce(&View<'_>) -> R) -> R {
-            let (registry, ledger) = self.state();
+        fn with<R>(&self, now: u64, f: impl FnOnce(&View<'_>) -> R) -> R {
+            let (registry, ledger) = self.state(now);
             let v = View {
                 constants: &self.c,
                 curve: &self.curve,
@@ -416,7 +497,7 @@ mod tests {
         w.history.insert(1, decided(&[("p1", 128)]));
         w.history.insert(2, decided(&[("p2", 255)]));
         // Epoch 3 has no record: faulty.
-        let claim = w.with(|v| next_claim(v, "i/a", 5_500)).unwrap();
+        let claim = w.with(5_500, |v| next_claim(v, "i/a", "p1", 5_500)).unwrap();
         assert_eq!((claim.from, claim.to), (0, 3));
         let per = w.c.nd_license_cap() / 1_080;
         let avail: Vec<u8> = claim.parts.iter().map(|p| p.availability).collect();
@@ -436,51 +517,97 @@ mod tests {
     fn settled_by_a_majority_and_a_second_claim_of_the_same_epochs_is_refused() {
         let mut w = World::new();
         w.statements.push(link("a", "p1", Class::Nd, 10));
-        let claim = w.with(|v| next_claim(v, "i/a", 3_500)).unwrap();
+        let claim = w.with(3_500, |v| next_claim(v, "i/a", "p1", 3_500)).unwrap();
         assert_eq!((claim.from, claim.to), (0, 1));
-        w.with(|v| judge(v, &claim, "p1", 3_600)).unwrap();
+        w.with(3_600, |v| judge(v, &claim, "p1", 3_600)).unwrap();
         assert_eq!(
-            w.with(|v| judge(v, &claim, "p2", 3_600)).unwrap_err(),
+            w.with(3_600, |v| judge(v, &claim, "p2", 3_600)).unwrap_err(),
             "the claim names node p1, not its writer p2"
         );
         w.accept("o1", &claim);
-        assert_eq!(w.state().1.claimed_through("i/a"), None, "1 of 3 settles nothing");
+        assert_eq!(w.state(3_600).1.claimed_through("i/a"), None, "1 of 3 settles nothing");
         w.accept("o2", &claim);
-        assert_eq!(w.state().1.claimed_through("i/a"), Some(1));
-        // The same claim again: epoch 0 is claimed.
-        let again = w.with(|v| judge(v, &claim, "p1", 3_700)).unwrap_err();
-        assert_eq!(again, "double claim: epochs 0..=1 are already claimed");
+        assert_eq!(w.state(3_600).1.claimed_through("i/a"), Some(1));
+        // The same epochs again, in a new claim: refused.
+        let mut again = claim.clone();
+        again.made_ms = 3_700;
+        let why = w.with(3_700, |v| judge(v, &again, "p1", 3_700)).unwrap_err();
+        assert_eq!(why, "double claim: epochs 0..=1 are already claimed");
         // Nothing more to claim yet; later, from epoch 2.
-        assert!(w.with(|v| next_claim(v, "i/a", 3_900)).unwrap_err().starts_with("nothing to claim"));
-        let next = w.with(|v| next_claim(v, "i/a", 4_100)).unwrap();
+        assert!(w.with(3_900, |v| next_claim(v, "i/a", "p1", 3_900)).unwrap_err().starts_with("nothing to claim"));
+        let next = w.with(4_100, |v| next_claim(v, "i/a", "p1", 4_100)).unwrap();
         assert_eq!((next.from, next.to), (2, 2));
         // An accept from an unregistered writer counts for nothing.
         let mut w2 = World::new();
+        w2.statements.push(link("a", "p1", Class::Nd, 10));
         w2.accept("o1", &claim);
         w2.accept("rogue", &claim);
-        assert_eq!(w2.state().1.claimed_through("i/a"), None);
+        assert_eq!(w2.state(3_600).1.claimed_through("i/a"), None);
     }
 
     #[test]
-    fn a_claim_after_a_refused_unlink_does_not_apply_it() {
+    fn a_quorum_cannot_settle_what_the_records_do_not_pay() {
         let mut w = World::new();
         w.statements.push(link("a", "p1", Class::Nd, 10));
-        w.statements.push(Statement {
-            action: Action::Unlink,
-            peer: None,
-            class: None,
-            assigned: None,
-            at: 3_500,
-            ..link("a", "p1", Class::Nd, 0)
-        });
-        assert_eq!(w.state().0.licenses["i/a"].peer(), Some("p1"), "nothing claimed: refused");
-        let claim = w.with(|v| next_claim(v, "i/a", 3_600)).unwrap();
-        w.accept("o1", &claim);
-        w.accept("o2", &claim);
-        let (registry, ledger) = w.state();
-        assert_eq!(ledger.claimed_through("i/a"), Some(1));
-        assert_eq!(registry.licenses["i/a"].peer(), Some("p1"), "still refused: the claim came after it");
-        assert!(registry.licenses["i/a"].refused[0].reason.contains("not claimed"));
+        w.history.insert(0, decided(&[("p1", 10)]));
+        let honest = w.with(3_500, |v| next_claim(v, "i/a", "p1", 3_500)).unwrap();
+        // Two lying oracles accept an inflated claim, one of epochs not
+        // claimable yet, and one out of the chain.
+        let mut inflated = honest.clone();
+        inflated.parts[0].availability = 255;
+        inflated.parts[0].amount = w.c.nd_license_cap() / 1_080;
+        inflated.amount = inflated.parts.iter().map(|p| p.amount).sum();
+        for o in ["o1", "o2"] {
+            w.accept(o, &inflated);
+        }
+        assert_eq!(w.state(3_500).1.claimed_through("i/a"), None);
+        let ahead = w.with(9_000, |v| compute(v, "i/a", "p1", 0, 7, 3_500)).unwrap();
+        let gap = w.with(9_000, |v| compute(v, "i/a", "p1", 1, 1, 3_500)).unwrap();
+        let mut w3 = World::new();
+        w3.statements = w.statements.clone();
+        w3.history = w.history.clone();
+        for o in ["o1", "o2"] {
+            w3.accept(o, &ahead);
+            w3.accept(o, &gap);
+        }
+        assert_eq!(w3.state(3_500).1.claimed_through("i/a"), None, "epoch 7 is not claimable at 3.5 s; 1 skips 0");
+        // The honest claim, accepted by the honest oracle and one more.
+        w.accepts.clear();
+        w.accept("o2", &honest);
+        w.accept("o3", &honest);
+        assert_eq!(w.state(3_500).1.claimed_through("i/a"), Some(1));
+    }
+
+    #[test]
+    fn an_unlinked_node_still_claims_its_epochs_and_a_ban_pays_nothing() {
+        let mut w = World::new();
+        // p1 holds a from epoch 0, unlinked in epoch 4 (earns 0..=2); p2
+        // from epoch 6; banned in epoch 7 (its end), unbanned in 8.
+        w.statements.extend([
+            link("a", "p1", Class::Nd, 10),
+            act("a", Action::Unlink, 4_100),
+            link("a", "p2", Class::Nd, 6_100),
+            act("a", Action::Ban, 7_100),
+            act("a", Action::Unban, 8_100),
+        ]);
+        let old = w.with(20_000, |v| next_claim(v, "i/a", "p1", 20_000)).unwrap();
+        assert_eq!((old.from, old.to), (0, 2));
+        let new = w.with(20_000, |v| next_claim(v, "i/a", "p2", 20_000)).unwrap();
+        assert_eq!((new.from, new.to), (6, 18));
+        let banned: Vec<u64> = new.parts.iter().filter(|p| p.record == "banned").map(|p| p.epoch).collect();
+        assert_eq!(banned, [7], "the epoch that ended during the ban");
+        assert_eq!(new.parts[1].amount, 0);
+        for o in ["o1", "o2"] {
+            w.accept(o, &old);
+            w.accept(o, &new);
+        }
+        let (_, ledger) = w.state(20_000);
+        assert_eq!(ledger.claimed_through("i/a"), Some(18));
+        assert!(w.with(20_000, |v| next_claim(v, "i/a", "p1", 20_000)).unwrap_err().contains("are claimed"));
+        assert!(w.with(20_000, |v| next_claim(v, "i/a", "p3", 20_000)).unwrap_err().contains("never linked to p3"));
+        // While banned, nothing can be claimed.
+        w.statements.push(act("a", Action::Ban, 19_000));
+        assert_eq!(w.with(22_000, |v| next_claim(v, "i/a", "p2", 22_000)).unwrap_err(), "license i/a is banned");
     }
 
     #[test]
@@ -488,28 +615,23 @@ mod tests {
         let mut w = World::new();
         w.statements.push(link("a", "p1", Class::Nd, 10));
         w.history.insert(0, decided(&[("p1", 100)]));
-        let claim = w.with(|v| next_claim(v, "i/a", 2_500)).unwrap();
+        let claim = w.with(2_500, |v| next_claim(v, "i/a", "p1", 2_500)).unwrap();
+        let judge_at = |w: &World, c: &Claim| w.with(2_500, |v| judge(v, c, "p1", 2_500));
         let mut inflated = claim.clone();
         inflated.parts[0].availability = 255;
-        assert!(w.with(|v| judge(v, &inflated, "p1", 2_500)).unwrap_err().starts_with("epoch 0: availability 100"));
+        assert!(judge_at(&w, &inflated).unwrap_err().starts_with("epoch 0: availability 100"));
         let mut more = claim.clone();
         more.amount += 1;
-        assert!(w.with(|v| judge(v, &more, "p1", 2_500)).unwrap_err().contains("totals differ"));
+        assert!(judge_at(&w, &more).unwrap_err().contains("totals differ"));
         let mut ahead = claim.clone();
         ahead.to = 2;
-        assert!(w.with(|v| judge(v, &ahead, "p1", 2_500)).unwrap_err().contains("cannot be claimed"));
-        let mut stale = claim.clone();
-        stale.made_ms = 100;
-        assert!(w.with(|v| judge(v, &stale, "p1", 2_500)).unwrap_err().contains("too far from now"));
-        w.statements.push(Statement {
-            action: Action::Ban,
-            peer: None,
-            class: None,
-            assigned: None,
-            at: 2_000,
-            ..link("a", "p1", Class::Nd, 0)
-        });
-        assert_eq!(w.with(|v| judge(v, &claim, "p1", 2_500)).unwrap_err(), "license i/a is banned");
+        assert!(judge_at(&w, &ahead).unwrap_err().contains("cannot be claimed"));
+        let mut future = claim.clone();
+        future.made_ms = 100_000;
+        assert!(judge_at(&w, &future).unwrap_err().contains("ahead of this oracle's clock"));
+        let mut huge = claim.clone();
+        huge.to = u64::MAX;
+        assert!(judge_at(&w, &huge).is_err());
     }
 
     #[test]
@@ -518,16 +640,16 @@ mod tests {
         w.c = Constants { mnd_cliff: 0, ..Constants::default() };
         w.statements.push(link("m", "p9", Class::Mnd, 10));
         w.statements.push(link("n", "p1", Class::Nd, 10));
-        let first = w.with(|v| next_claim(v, "i/m", 4_500)).unwrap();
+        let first = w.with(4_500, |v| next_claim(v, "i/m", "p9", 4_500)).unwrap();
         assert_eq!((first.from, first.to), (0, 2));
         // One ND sold of 7,500: adoption is tiny; most is withheld.
         assert!(first.buffer > 0 && first.amount > 0 && first.buffer > first.amount);
         w.accept("o1", &first);
         w.accept("o3", &first);
-        let second = w.with(|v| next_claim(v, "i/m", 5_500)).unwrap();
+        let second = w.with(5_500, |v| next_claim(v, "i/m", "p9", 5_500)).unwrap();
         assert_eq!(second.from, 3);
-        let (registry, ledger) = w.state();
-        let manual = w.with(|v| compute(v, "i/m", 3, 3, 5_500)).unwrap();
+        let (registry, ledger) = w.state(5_500);
+        let manual = w.with(5_500, |v| compute(v, "i/m", "p9", 3, 3, 5_500)).unwrap();
         assert_eq!(manual, second);
         assert!(second.buffer > first.buffer, "the buffer carries over");
         let t = totals(&w.c, &registry, &ledger);

@@ -5,16 +5,18 @@
 //! - a license is linked to one node at a time, and a node holds one
 //!   license;
 //! - it is not linked again within `relink` of its last link;
-//! - it is unlinked only once its rewards are claimed up to the last epoch
-//!   closed before the unlink;
-//! - a banned license is not linked and its rewards are not paid, until
-//!   unbanned;
+//! - its rewards are claimed before it is unlinked: here an unlink always
+//!   applies and the unlinked node keeps the right to claim the epochs of
+//!   its link (no reward is lost or paid twice, and a dead node's license
+//!   can still move; docs/economy.md);
+//! - a banned license is not linked and claims nothing while banned, and
+//!   the epochs that end during a ban pay nothing;
 //! - MND and GND links carry what the license may earn, within the caps.
 //!
 //! Statements only accumulate (CSTORE never deletes them), and every node
 //! folds the same set in the same order (time, then key), so every node
-//! reaches the same registry. A statement the rules refuse stays refused
-//! and is listed with its reason.
+//! reaches the same registry: it depends on nothing but the statements,
+//! so a statement refused stays refused, and is listed with its reason.
 
 use super::{check_mnd_assignment, Constants};
 use crate::dauth::license::{Action, Class, Statement};
@@ -58,10 +60,34 @@ pub struct License {
     /// Every link, oldest first; the last is current when open.
     pub links: Vec<Link>,
     pub banned: bool,
+    /// Ban periods `[from, to)` in Unix ms, oldest first.
+    pub bans: Vec<(u64, Option<u64>)>,
     pub refused: Vec<Refused>,
 }
 
 impl License {
+    /// Whether `t_ms` falls in a ban.
+    pub fn banned_at(&self, t_ms: u64) -> bool {
+        self.bans.iter().any(|(from, to)| *from <= t_ms && to.is_none_or(|to| t_ms < to))
+    }
+
+    /// The epochs a link earns: from the one it was made in to, once it is
+    /// closed, the last one claimable at its unlink (`None`: no end yet;
+    /// `first > last`: none).
+    pub fn earns(link: &Link, epochs: &Epochs) -> (u64, Option<u64>) {
+        let first = epochs.at(link.from_ms).unwrap_or(0);
+        let last = link.to_ms.map(|t| epochs.at(t).unwrap_or(0).saturating_sub(super::ledger::CLAIM_DELAY_EPOCHS));
+        (first, last)
+    }
+
+    /// The link of `peer` that earns `epoch`.
+    pub fn link_for(&self, peer: &str, epoch: u64, epochs: &Epochs) -> Option<&Link> {
+        self.links.iter().find(|l| {
+            let (first, last) = Self::earns(l, epochs);
+            l.peer == peer && first <= epoch && last.is_none_or(|last| epoch <= last)
+        })
+    }
+
     /// The node it is linked to now.
     pub fn peer(&self) -> Option<&str> {
         self.links.last().filter(|l| l.to_ms.is_none()).map(|l| l.peer.as_str())
@@ -71,12 +97,6 @@ impl License {
     /// mining starts at it (or the cliff).
     pub fn first_epoch(&self, epochs: &Epochs) -> Option<u64> {
         self.links.first().map(|l| epochs.at(l.from_ms).unwrap_or(0))
-    }
-
-    /// The epochs the current link earns: those ending after it was made.
-    pub fn linked_since_epoch(&self, epochs: &Epochs) -> Option<u64> {
-        let l = self.links.last().filter(|l| l.to_ms.is_none())?;
-        Some(epochs.at(l.from_ms).unwrap_or(0))
     }
 }
 
@@ -105,12 +125,6 @@ pub struct Registry {
 pub struct Context<'a> {
     pub rules: Rules,
     pub constants: &'a Constants,
-    pub epochs: Epochs,
-    /// The last epoch a license's rewards are claimed through by settled
-    /// claims made before a time (Unix ms): an unlink counts only the
-    /// claims before it, so a later claim cannot turn a refused unlink
-    /// into an applied one.
-    pub claimed_through: &'a dyn Fn(&str, u64) -> Option<u64>,
 }
 
 /// Folds verified statements (any order; sorted here by time, then
@@ -129,6 +143,7 @@ pub fn fold<'a>(statements: impl IntoIterator<Item = &'a Statement>, cx: &Contex
             assigned: 0,
             links: vec![],
             banned: false,
+            bans: vec![],
             refused: vec![],
         });
         if let Err(reason) = apply(&mut reg, s, cx) {
@@ -161,7 +176,7 @@ fn apply(reg: &mut Registry, s: &Statement, cx: &Context<'_>) -> Result<(), Stri
                 Class::Mnd => {
                     check_mnd_assignment(cx.constants, assigned, others(Class::Mnd)).map_err(|e| e.to_string())?
                 }
-                Class::Gnd if assigned + others(Class::Gnd) > cx.constants.gnd_total() => {
+                Class::Gnd if assigned.saturating_add(others(Class::Gnd)) > cx.constants.gnd_total() => {
                     return Err(format!("GND licenses together may be assigned at most {}", cx.constants.gnd_total()))
                 }
                 _ => {}
@@ -182,11 +197,11 @@ fn apply(reg: &mut Registry, s: &Statement, cx: &Context<'_>) -> Result<(), Stri
             if let Some(p) = l.peer() {
                 return Err(format!("the license is linked to {p}: unlink it first"));
             }
-            if let Some(last) = l.links.last().filter(|last| s.at < last.from_ms + cx.rules.relink_ms) {
+            if let Some(last) = l.links.last().filter(|last| s.at < last.from_ms.saturating_add(cx.rules.relink_ms)) {
                 return Err(format!(
                     "linked last at {} ms: no new link before {} ms",
                     last.from_ms,
-                    last.from_ms + cx.rules.relink_ms
+                    last.from_ms.saturating_add(cx.rules.relink_ms)
                 ));
             }
             l.links.push(Link { peer: peer.clone(), from_ms: s.at, to_ms: None });
@@ -196,18 +211,8 @@ fn apply(reg: &mut Registry, s: &Statement, cx: &Context<'_>) -> Result<(), Stri
         Action::Unlink => {
             let l = reg.licenses.get_mut(&key).ok_or("not known")?;
             let peer = l.peer().ok_or("the license is not linked")?.to_string();
-            // Its rewards up to the last epoch claimable at the unlink
-            // must be claimed (they are paid to the linked node); the
-            // epochs after it are forfeited.
-            let since = l.linked_since_epoch(&cx.epochs).unwrap_or(0);
-            let claimable = cx.epochs.at(s.at).and_then(|e| e.checked_sub(super::ledger::CLAIM_DELAY_EPOCHS));
-            if let Some(last_closed) = claimable.filter(|c| *c >= since) {
-                let through = (cx.claimed_through)(&key, s.at);
-                if through.is_none_or(|t| t < last_closed) {
-                    let from = through.map_or(since, |t| (t + 1).max(since));
-                    return Err(format!("rewards of epochs {from}..={last_closed} are not claimed"));
-                }
-            }
+            // The unlinked node may still claim the link's epochs up to
+            // the last one claimable now; the rest are forfeited.
             if let Some(link) = l.links.last_mut() {
                 link.to_ms = Some(s.at);
             }
@@ -216,6 +221,15 @@ fn apply(reg: &mut Registry, s: &Statement, cx: &Context<'_>) -> Result<(), Stri
         }
         Action::Ban | Action::Unban => {
             let l = reg.licenses.get_mut(&key).ok_or("not known")?;
+            match (s.action, l.banned) {
+                (Action::Ban, false) => l.bans.push((s.at, None)),
+                (Action::Unban, true) => {
+                    if let Some(b) = l.bans.last_mut() {
+                        b.1 = Some(s.at);
+                    }
+                }
+                _ => {}
+            }
             l.banned = s.action == Action::Ban;
             Ok(())
         }
@@ -245,22 +259,19 @@ mod tests {
         st(id, Action::Link, Some(peer), Some(Class::Nd), at)
     }
 
-    fn fold_with(statements: &[Statement], claimed: Option<u64>) -> Registry {
+    fn fold_with(statements: &[Statement]) -> Registry {
         let c = Constants::default();
-        let claimed_through = move |_: &str, _: u64| claimed;
-        let cx = Context {
-            rules: Rules { relink_ms: 5_000 },
-            constants: &c,
-            epochs: Epochs { genesis_ms: 0, length_ms: L },
-            claimed_through: &claimed_through,
-        };
+        let cx = Context { rules: Rules { relink_ms: 5_000 }, constants: &c };
         fold(statements, &cx)
+    }
+
+    fn epochs() -> Epochs {
+        Epochs { genesis_ms: 0, length_ms: L }
     }
 
     #[test]
     fn one_node_per_license_and_one_license_per_node() {
-        let reg =
-            fold_with(&[link("a", "p1", 10), link("a", "p2", 20), link("b", "p1", 30), link("b", "p3", 40)], None);
+        let reg = fold_with(&[link("a", "p1", 10), link("a", "p2", 20), link("b", "p1", 30), link("b", "p3", 40)]);
         let a = &reg.licenses["issuer/a"];
         assert_eq!(a.peer(), Some("p1"));
         assert!(a.refused[0].reason.contains("unlink it first"), "{:?}", a.refused);
@@ -272,27 +283,30 @@ mod tests {
     }
 
     #[test]
-    fn relink_waits_and_unlink_needs_the_rewards_claimed() {
-        // Linked at 10 (epoch 0); unlink at 3,500 (epoch 3): epochs 0 and 1
-        // are claimable then (claims reach two epochs back).
+    fn relink_waits_and_an_unlinked_link_earns_up_to_its_last_claimable_epoch() {
+        // Linked at 10 (epoch 0); unlinked at 3,500 (epoch 3): the link
+        // earns epochs 0..=1 (claims reach two epochs back).
         let s = [link("a", "p1", 10), st("a", Action::Unlink, None, None, 3_500), link("a", "p2", 3_600)];
-        let reg = fold_with(&s, Some(0));
-        let a = &reg.licenses["issuer/a"];
-        assert_eq!(a.peer(), Some("p1"), "unlink refused: epoch 1 unclaimed");
-        assert!(a.refused[0].reason.contains("epochs 1..=1 are not claimed"), "{:?}", a.refused);
-        let reg = fold_with(&s, Some(1));
+        let reg = fold_with(&s);
         let a = &reg.licenses["issuer/a"];
         assert_eq!(a.peer(), None);
         assert!(a.refused[0].reason.contains("no new link before 5010"), "{:?}", a.refused);
+        assert_eq!(License::earns(&a.links[0], &epochs()), (0, Some(1)));
+        assert!(a.link_for("p1", 1, &epochs()).is_some());
+        assert!(a.link_for("p1", 2, &epochs()).is_none());
+        assert!(a.link_for("p2", 0, &epochs()).is_none());
         let mut later = s.to_vec();
         later.push(link("a", "p2", 5_010));
-        let reg = fold_with(&later, Some(1));
-        assert_eq!(reg.licenses["issuer/a"].peer(), Some("p2"));
-        assert_eq!(reg.licenses["issuer/a"].links.len(), 2);
-        assert_eq!(reg.licenses["issuer/a"].first_epoch(&Epochs { genesis_ms: 0, length_ms: L }), Some(0));
-        // An unlink in the epoch of the link owes nothing.
-        let reg = fold_with(&[link("b", "p3", 1_010), st("b", Action::Unlink, None, None, 2_500)], None);
-        assert_eq!(reg.licenses["issuer/b"].peer(), None);
+        let reg = fold_with(&later);
+        let a = &reg.licenses["issuer/a"];
+        assert_eq!(a.peer(), Some("p2"));
+        assert_eq!(License::earns(&a.links[1], &epochs()), (5, None));
+        assert_eq!(a.first_epoch(&epochs()), Some(0));
+        assert!(!reg.by_peer.contains_key("p1"));
+        // Unlinked in the epoch after the link: it earns nothing.
+        let reg = fold_with(&[link("b", "p3", 1_010), st("b", Action::Unlink, None, None, 2_500)]);
+        let (first, last) = License::earns(&reg.licenses["issuer/b"].links[0], &epochs());
+        assert!(last.is_some_and(|l| l < first));
     }
 
     #[test]
@@ -305,15 +319,17 @@ mod tests {
             st("a", Action::Unban, None, None, 7_000),
             link("a", "p1", 8_000),
         ];
-        let reg = fold_with(&s, None);
+        let reg = fold_with(&s);
         let a = &reg.licenses["issuer/a"];
         assert!(!a.banned);
+        assert_eq!(a.bans, [(200, Some(7_000))]);
+        assert!(a.banned_at(200) && a.banned_at(6_999) && !a.banned_at(7_000) && !a.banned_at(199));
         assert_eq!(a.peer(), Some("p1"));
         assert_eq!(a.refused.len(), 1);
         assert_eq!(a.refused[0].reason, "the license is banned");
         let mut rev = s.to_vec();
         rev.reverse();
-        assert_eq!(fold_with(&rev, None), reg);
+        assert_eq!(fold_with(&rev), reg);
     }
 
     #[test]
@@ -327,7 +343,7 @@ mod tests {
         ok.at = 20;
         let mut none = st("n", Action::Link, Some("p2"), Some(Class::Gnd), 30);
         none.assigned = None;
-        let reg = fold_with(&[big, ok, none], None);
+        let reg = fold_with(&[big, ok, none]);
         assert_eq!(reg.licenses["issuer/m"].assigned, one);
         assert_eq!(reg.licenses["issuer/m"].refused.len(), 1, "{:?}", reg.licenses["issuer/m"]);
         assert!(reg.licenses["issuer/n"].peer().is_none());

@@ -46,8 +46,8 @@ struct Mirror {
     claims: BTreeMap<Place, Claim>,
     /// (oracle, license, from) → the claim it accepted.
     accepts: BTreeMap<Place, Claim>,
-    /// (license, from) → oracle → reason.
-    refusals: BTreeMap<(String, u64), BTreeMap<String, String>>,
+    /// (license, from) → oracle → (digest of the claim refused, reason).
+    refusals: BTreeMap<(String, u64), BTreeMap<String, (String, String)>>,
 }
 
 impl Mirror {
@@ -76,15 +76,22 @@ impl Mirror {
                 let claim = value
                     .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
                     .and_then(|v| serde_json::from_value::<Claim>(v.get("claim")?.clone()).ok());
-                match claim {
-                    Some(c) => self.accepts.insert(k, c),
-                    None => self.accepts.remove(&k),
-                };
+                // An accept stands as first seen: a changed or deleted one
+                // (an oracle taking its vote back) is ignored.
+                match (claim, self.accepts.get(&k)) {
+                    (Some(c), None) => {
+                        self.accepts.insert(k, c);
+                    }
+                    (Some(c), Some(held)) if c != *held => {
+                        tracing::warn!(oracle = %k.0, license = %k.1, from = k.2, "an oracle changed its accept; the first stands");
+                    }
+                    _ => {}
+                }
             }
             Key::Refuse { oracle, license, from } => {
-                let reason = value
-                    .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
-                    .and_then(|v| v.get("reason")?.as_str().map(String::from));
+                let reason = value.and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok()).and_then(|v| {
+                    Some((v.get("digest")?.as_str()?.to_string(), v.get("reason")?.as_str()?.to_string()))
+                });
                 let slot = self.refusals.entry((license, from)).or_default();
                 match reason {
                     Some(r) => slot.insert(oracle, r),
@@ -208,11 +215,18 @@ impl Economy {
         }))
     }
 
+    /// With what the license's last linked node may claim now.
     fn license_view(v: &View<'_>, l: &License, now: u64) -> LicenseView {
-        let claimable = ledger::claimable(v, &l.name, now)
-            .and_then(|(from, to)| ledger::compute(v, &l.name, from, to, now))
+        let peer = l.links.last().map(|k| k.peer.as_str());
+        let claimable = peer
+            .ok_or_else(|| "never linked".to_string())
+            .and_then(|p| ledger::next_claim(v, &l.name, p, now))
             .map(|c| Claimable { from: c.from, to: c.to, amount: c.amount });
         LicenseView { license: l.clone(), claimed_through: v.ledger.claimed_through(&l.name), claimable }
+    }
+
+    pub fn totals(&self) -> Option<Totals> {
+        self.with_view(|v| ledger::totals(v.constants, v.registry, v.ledger))
     }
 
     pub fn status(&self) -> Option<EconomyStatus> {
@@ -253,7 +267,8 @@ impl Economy {
             let views = claims
                 .into_iter()
                 .map(|((from, digest), c)| {
-                    let registered = self.inner.oracle.registered_at(c.made_ms);
+                    let when = v.epochs.bounds(c.to.saturating_add(ledger::CLAIM_DELAY_EPOCHS)).0;
+                    let registered = self.inner.oracle.registered_at(when);
                     let accepted_by: Vec<String> = mirror
                         .accepts
                         .iter()
@@ -264,7 +279,15 @@ impl Economy {
                         .collect();
                     let settled =
                         v.ledger.settled.get(&name).and_then(|s| s.get(&from)).is_some_and(|s| s.digest() == digest);
-                    let refused = mirror.refusals.get(&(name.clone(), from)).cloned().unwrap_or_default();
+                    // Refusals of exactly this claim, by the oracles that count.
+                    let refused = mirror
+                        .refusals
+                        .get(&(name.clone(), from))
+                        .into_iter()
+                        .flatten()
+                        .filter(|(o, (d, _))| *d == digest && registered.contains(*o))
+                        .map(|(o, (_, why))| (o.clone(), why.clone()))
+                        .collect();
                     ClaimView { claim: c.clone(), digest, settled, accepted_by, registered: registered.len(), refused }
                 })
                 .collect();
@@ -284,14 +307,26 @@ impl Economy {
                 if l.banned {
                     return Err(format!("license {name} is banned"));
                 }
-                if l.peer() != Some(me.as_str()) {
+                if !l.links.iter().any(|k| k.peer == me) {
                     let at = l.peer().map_or("no node".to_string(), |p| format!("node {p}"));
                     return Err(format!("license {name} is linked to {at}; claim through that node's operator"));
                 }
-                ledger::next_claim(v, &name, now())
+                ledger::next_claim(v, &name, &me, now())
             })
             .unwrap_or_else(|| Err("the epoch clock is not known yet".into()))?;
         let key = ledger::claim_key(&me, &name, claim.from);
+        // A claim of these epochs already out and not refused is followed,
+        // not replaced: a second one would split the oracles' votes.
+        let pending = {
+            let m = self.inner.mirror.read().expect("mirror lock");
+            let refused = |c: &Claim| {
+                m.refusals.get(&(name.clone(), c.from)).is_some_and(|r| r.values().any(|(d, _)| *d == c.digest()))
+            };
+            m.claims.get(&(me.clone(), name.clone(), claim.from)).filter(|c| !refused(c)).cloned()
+        };
+        if let Some(c) = pending {
+            return Ok((key, c));
+        }
         let value = serde_json::to_value(&claim).expect("claim serializes");
         self.inner
             .cstore
@@ -338,15 +373,20 @@ async fn load(m: &mut Mirror, store: &Cstore, trust: &TrustStore) -> bool {
 
 fn refold(inner: &Inner, m: &Mirror) {
     let Some(epochs) = inner.view.read().expect("view lock").clock else { return };
-    let ledger = ledger::settle(&m.accepts, &|t| inner.oracle.registered_at(t));
-    let through = |l: &str, t: u64| ledger.claimed_through_before(l, t);
-    let cx = registry::Context {
-        rules: inner.cfg.registry,
-        constants: &inner.cfg.constants,
-        epochs,
-        claimed_through: &through,
-    };
+    let cx = registry::Context { rules: inner.cfg.registry, constants: &inner.cfg.constants };
     let registry = registry::fold(m.statements.values(), &cx);
+    let empty = Ledger::default();
+    let ledger = inner.oracle.with_history(|history| {
+        let base = View {
+            constants: &inner.cfg.constants,
+            curve: &inner.curve,
+            epochs,
+            registry: &registry,
+            ledger: &empty,
+            history,
+        };
+        ledger::settle(&base, &m.accepts, &|t| inner.oracle.registered_at(t), now())
+    });
     *inner.folded.write().expect("folded lock") = Folded { registry, ledger };
 }
 
@@ -358,6 +398,7 @@ async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
     // Verdicts written here: (license, from, digest) → accepted, or the
     // refusal's reason (written again only when it changes).
     let mut judged: BTreeMap<(String, u64, String), Result<(), String>> = BTreeMap::new();
+    let mut stamp = None;
     loop {
         if p.view.read().expect("view lock").clock.is_none() {
             tick.tick().await;
@@ -401,7 +442,12 @@ async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
             _ = tick.tick() => {}
         }
         let Some(inner) = weak.upgrade() else { return };
-        {
+        // Folded again on a change of the records, of the final epochs or
+        // oracles, or of the epoch (what is claimable moves).
+        let epoch = p.view.read().expect("view lock").clock.and_then(|c| c.at(now()));
+        let now_stamp = (inner.oracle.with_history(|h| h.len()), inner.oracle.registered_at(u64::MAX).len(), epoch);
+        if fresh.is_some() || !batch.is_empty() || stamp != Some(now_stamp) {
+            stamp = Some(now_stamp);
             let mut m = inner.mirror.write().expect("mirror lock");
             if let Some(f) = fresh {
                 *m = f;
@@ -415,7 +461,7 @@ async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
         if economy.inner.oracle.status().oracle {
             judge_all(&economy, &p, &mut judged).await;
         }
-        if let Some(t) = economy.status().map(|s| s.totals) {
+        if let Some(t) = economy.totals() {
             p.metrics.economy.settled_claims.set(t.settled_claims as i64);
             p.metrics.economy.minted_r1.set(t.minted as f64 / super::UNIT as f64);
         }
@@ -427,18 +473,27 @@ async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
 async fn judge_all(e: &Economy, p: &Parts, judged: &mut BTreeMap<(String, u64, String), Result<(), String>>) {
     let Some(me) = p.cstore.peer_id().map(|m| m.to_string()) else { return };
     let now = now();
-    let Some(length) = e.epochs().map(|c| c.length_ms) else { return };
+    // Writers that were ever linked to the license they claim: others get
+    // no verdict (any peer can write claims; refusing each in CSTORE
+    // would let it make the oracles write for it).
+    let linked = |license: &str, peer: &str| {
+        let folded = e.inner.folded.read().expect("folded lock");
+        folded.registry.licenses.get(license).is_some_and(|l| l.links.iter().any(|k| k.peer == peer))
+    };
     // (claim, the claim this oracle accepted for its license and epoch).
     let todo: Vec<(Place, Claim, Option<Claim>)> = {
         let m = e.inner.mirror.read().expect("mirror lock");
         m.claims
             .iter()
-            // Accepted here already, or too old to judge: skipped. One
-            // accept per license and epoch, ever: another claim of them
-            // is judged (refused as a double claim).
-            .filter(|((_, l, f), c)| {
+            // Accepted here already: skipped. One accept per license and
+            // epoch, ever: another claim of them is judged (refused as a
+            // double claim). A claim must name its own key's license and
+            // epoch.
+            .filter(|((p, l, f), c)| {
                 m.accepts.get(&(me.clone(), l.clone(), *f)).is_none_or(|a| a.digest() != c.digest())
-                    && c.made_ms + length >= now
+                    && c.license == *l
+                    && c.from == *f
+                    && linked(l, p)
             })
             .map(|((p, l, f), c)| {
                 ((p.clone(), l.clone(), *f), c.clone(), m.accepts.get(&(me.clone(), l.clone(), *f)).cloned())

@@ -356,13 +356,13 @@ async fn run(cfg: OracleConfig, p: Parts, status: std::sync::Weak<Inner>) {
             reports: c.reports.iter().cloned().collect(),
         };
         *inner.status.write().expect("status lock") = st;
-        // Both only grow: copied when they did.
+        // Copied when they changed (the history only grows).
         if inner.history.read().expect("history lock").len() != c.history.len() {
             *inner.history.write().expect("history lock") = c.history.clone();
         }
-        if inner.registered.read().expect("registered lock").len() != c.registered.len() {
-            *inner.registered.write().expect("registered lock") =
-                c.registered.iter().map(|(p, r)| (p.clone(), r.since_ms)).collect();
+        let registered: BTreeMap<String, u64> = c.registered.iter().map(|(p, r)| (p.clone(), r.since_ms)).collect();
+        if *inner.registered.read().expect("registered lock") != registered {
+            *inner.registered.write().expect("registered lock") = registered;
         }
     }
 }

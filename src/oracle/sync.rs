@@ -261,7 +261,7 @@ impl Collector {
                 // old. Unregistered writers are not oracles: not looked at.
                 let v = rec.value.as_ref()?;
                 // Older than the epochs planned: only the history wants it.
-                if step == Step::Final && e + 3 < current && self.registered.contains_key(peer) {
+                if step == Step::Final && e.saturating_add(3) < current && self.registered.contains_key(peer) {
                     self.observe_old_final(e, v.get(), trust);
                 }
                 if e < Self::horizon(current) || e > current || !self.registered.contains_key(peer) {
