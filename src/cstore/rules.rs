@@ -85,6 +85,14 @@ pub fn check(rec: &Record, writer: &PeerId, trust: &TrustStore) -> Result<(), In
         if tail.is_empty() || owner != writer.to_string() {
             return Err(Invalid::NotOwner);
         }
+        // An oracle's accept of a claim is a vote: it lasts, and is not
+        // taken back by deleting it.
+        if key.starts_with(LEDGER_PREFIX)
+            && tail.starts_with("accept/")
+            && (rec.expires.is_some() || rec.value.is_none())
+        {
+            return Err(Invalid::NotOwner);
+        }
         return Ok(());
     }
     if let Some(rest) = key.strip_prefix(REVOCATION_PREFIX) {
@@ -131,6 +139,15 @@ mod tests {
         assert!(check(&rec(format!("node/{peer}/state"), None), &peer, &trust).is_ok());
         assert!(check(&rec(format!("node/{peer}/apps"), Some("x")), &peer, &trust).is_ok());
         assert!(check(&rec(format!("deeploy/{peer}/intent/x"), None), &peer, &trust).is_ok());
+        // Accepts are votes: no TTL, no deletion.
+        let accept = format!("ledger/{peer}/accept/i/a/3");
+        assert!(check(&rec(accept.clone(), None), &peer, &trust).is_ok());
+        let mut gone = rec(accept.clone(), None);
+        gone.value = None;
+        assert_eq!(check(&gone, &peer, &trust), Err(Invalid::NotOwner));
+        let mut ttl = rec(accept, None);
+        ttl.expires = Some(1);
+        assert_eq!(check(&ttl, &peer, &trust), Err(Invalid::NotOwner));
         for key in [
             format!("node/{other}/state"),
             format!("node/{peer}/"),

@@ -158,12 +158,12 @@ impl View<'_> {
 }
 
 /// The first epoch of `link` not claimed yet (the ledger chains each
-/// link's claims from its first epoch).
-fn next_from(v: &View<'_>, license: &str, link: &Link) -> u64 {
-    let (first, last) = License::earns(link, &v.epochs);
+/// link's claims from its first epoch); `None` if it earns none.
+fn next_from(v: &View<'_>, license: &str, link: &Link) -> Option<u64> {
+    let (first, last) = License::earns(link, &v.epochs)?;
     let claimed =
         v.ledger.settled.get(license).and_then(|s| s.range(first..=last.unwrap_or(u64::MAX)).map(|(_, c)| c.to).max());
-    claimed.map_or(first, |t| t.saturating_add(1).max(first))
+    Some(claimed.map_or(first, |t| t.saturating_add(1).max(first)))
 }
 
 /// The epochs `peer`'s next claim of `license` may cover at `now_ms`: from
@@ -174,31 +174,35 @@ pub fn claimable(v: &View<'_>, license: &str, peer: &str, now_ms: u64) -> Result
     if l.banned {
         return Err(format!("license {license} is banned"));
     }
-    let mut linked = false;
     let now = v.last_claimable(now_ms);
-    for link in l.links.iter().rev().filter(|k| k.peer == peer) {
-        linked = true;
-        let (_, end) = License::earns(link, &v.epochs);
-        let from = next_from(v, license, link);
+    let links: Vec<&Link> = l.links.iter().filter(|k| k.peer == peer).collect();
+    if links.is_empty() {
+        return Err(format!("license {license} was never linked to {peer}"));
+    }
+    // Oldest link first: each link's epochs, in order.
+    let mut waiting = None;
+    for link in links {
+        let Some((_, end)) = License::earns(link, &v.epochs) else { continue };
+        let Some(from) = next_from(v, license, link) else { continue };
+        if end.is_some_and(|e| from > e) {
+            continue;
+        }
         let last = match (now, end) {
             (Some(n), Some(e)) => n.min(e),
             (Some(n), None) => n,
-            (None, _) => continue,
+            (None, _) => u64::MAX,
         };
-        if from <= last {
+        if now.is_some() && from <= last {
             return Ok((from, last));
         }
-        if end.is_none() {
-            return Err(format!(
-                "nothing to claim: epoch {from} cannot be claimed yet (claims reach {CLAIM_DELAY_EPOCHS} epochs back)"
-            ));
-        }
+        waiting = Some(from);
     }
-    if linked {
-        Err(format!("nothing to claim: the epochs {peer} earned with license {license} are claimed"))
-    } else {
-        Err(format!("license {license} was never linked to {peer}"))
-    }
+    Err(match waiting {
+        Some(from) => format!(
+            "nothing to claim: epoch {from} cannot be claimed yet (claims reach {CLAIM_DELAY_EPOCHS} epochs back)"
+        ),
+        None => format!("nothing to claim: the epochs {peer} earned with license {license} are claimed"),
+    })
 }
 
 /// `peer`'s claim of `license` for exactly `from..=to`, made at `made_ms`.
@@ -208,12 +212,19 @@ pub fn compute(v: &View<'_>, license: &str, peer: &str, from: u64, to: u64, made
     if to < from || to - from >= MAX_CLAIM_EPOCHS {
         return Err(format!("epochs {from}..={to}: a claim covers 1 to {MAX_CLAIM_EPOCHS} epochs"));
     }
-    if l.link_for(peer, from, &v.epochs).is_none() || l.link_for(peer, to, &v.epochs).is_none() {
-        return Err(format!("license {license} was not linked to {peer} in epochs {from}..={to}"));
+    // One link earns them all.
+    let within = l
+        .link_for(peer, from, &v.epochs)
+        .and_then(|k| License::earns(k, &v.epochs))
+        .is_some_and(|(_, end)| end.is_none_or(|end| to <= end));
+    if !within {
+        return Err(format!("license {license} was not linked to {peer} through epochs {from}..={to}"));
     }
     let first = l.first_epoch(&v.epochs).unwrap_or(0);
     let mnd = MndLicense { assigned: l.assigned, first_mining_epoch: first };
-    let mut buffer = v.ledger.last(license).map_or(0, |c| c.buffer);
+    // The buffer left by the settled claim just before these epochs.
+    let mut buffer =
+        v.ledger.settled.get(license).and_then(|s| s.range(..from).next_back()).map_or(0, |(_, c)| c.buffer);
     let (mut parts, mut amount) = (vec![], 0u128);
     for e in from..=to {
         let (availability, record) = if l.banned_at(v.epochs.bounds(e).1.saturating_sub(1)) {
@@ -330,8 +341,10 @@ pub fn settle(
     // (license, from) → digest → the claim and who accepted it.
     type Votes<'c> = BTreeMap<(&'c str, u64), BTreeMap<String, (&'c Claim, BTreeSet<&'c str>)>>;
     let mut votes: Votes<'_> = BTreeMap::new();
+    // Accepts of writers never registered count for nothing: not hashed.
+    let ever = registered_at(u64::MAX);
     for ((oracle, license, from), claim) in accepts {
-        if claim.license != *license || claim.from != *from {
+        if claim.license != *license || claim.from != *from || !ever.contains(oracle) {
             continue;
         }
         let by = votes.entry((license.as_str(), *from)).or_default();
@@ -352,9 +365,12 @@ pub fn settle(
             }
             let v = View { ledger: &ledger, ..*base };
             let Ok(l) = v.license(license) else { continue };
-            let chained =
-                l.link_for(&claim.peer, claim.from, &v.epochs).is_some_and(|k| next_from(&v, license, k) == claim.from);
-            if chained && check(&v, claim).is_ok() {
+            let chained = l
+                .link_for(&claim.peer, claim.from, &v.epochs)
+                .is_some_and(|k| next_from(&v, license, k) == Some(claim.from));
+            // No epoch paid twice, whatever the quorum says.
+            let fresh = (claim.from..=claim.to).all(|e| v.ledger.covering(license, e).is_none());
+            if chained && fresh && check(&v, claim).is_ok() {
                 ledger.settled.entry(license.to_string()).or_default().insert(claim.from, (*claim).clone());
                 break;
             }
@@ -608,6 +624,46 @@ mod tests {
         // While banned, nothing can be claimed.
         w.statements.push(act("a", Action::Ban, 19_000));
         assert_eq!(w.with(22_000, |v| next_claim(v, "i/a", "p2", 22_000)).unwrap_err(), "license i/a is banned");
+    }
+
+    #[test]
+    fn a_claim_cannot_span_two_links_nor_pay_an_epoch_twice() {
+        let mut w = World::new();
+        // p1: epochs 0..=2 (unlinked at 4.1 s); p2 from 6; p1 again from 8
+        // (relink window 1 s). A short link of p3 in between earns none.
+        w.statements.extend([
+            link("a", "p1", Class::Nd, 10),
+            act("a", Action::Unlink, 4_100),
+            link("a", "p3", Class::Nd, 5_200),
+            act("a", Action::Unlink, 5_300),
+            link("a", "p2", Class::Nd, 6_400),
+            act("a", Action::Unlink, 8_100),
+            link("a", "p1", Class::Nd, 9_500),
+        ]);
+        let span = w.with(30_000, |v| compute(v, "i/a", "p1", 0, 20, 30_000)).unwrap_err();
+        assert!(span.contains("not linked to p1 through epochs 0..=20"), "{span}");
+        // p3's empty link: nothing to claim, and no panic once claims exist.
+        let old = w.with(30_000, |v| next_claim(v, "i/a", "p1", 30_000)).unwrap();
+        assert_eq!((old.from, old.to), (0, 2));
+        for o in ["o1", "o2"] {
+            w.accept(o, &old);
+        }
+        let p3 = w.with(30_000, |v| next_claim(v, "i/a", "p3", 30_000)).unwrap_err();
+        assert!(p3.contains("are claimed"), "{p3}");
+        // p1's second link, once its first is claimed.
+        let again = w.with(30_000, |v| next_claim(v, "i/a", "p1", 30_000)).unwrap();
+        assert_eq!(again.from, 9);
+        // Lying oracles accept a claim of p2's epochs by p1 (computed as
+        // if p1 held them): it does not settle over p2's settled claim.
+        let p2 = w.with(30_000, |v| next_claim(v, "i/a", "p2", 30_000)).unwrap();
+        assert_eq!((p2.from, p2.to), (6, 6));
+        for o in ["o1", "o2"] {
+            w.accept(o, &p2);
+        }
+        let (_, ledger) = w.state(30_000);
+        assert_eq!(ledger.covering("i/a", 6).map(|c| c.peer.as_str()), Some("p2"));
+        assert_eq!(ledger.covering("i/a", 0).map(|c| c.peer.as_str()), Some("p1"));
+        assert!(ledger.covering("i/a", 4).is_none(), "no link earned epoch 4");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod ledger;
 pub mod metrics;
+pub mod poai;
 pub mod registry;
 pub mod service;
 
@@ -262,6 +263,12 @@ pub fn adoption(c: &Constants, licenses_sold: u128, poai_volume: u128) -> u128 {
     a.min(UNIT)
 }
 
+/// `⌊a × f / UNIT⌋` for a fraction `f ≤ UNIT`, without overflow for any
+/// amount `a` (`a × f` alone passes `u128` from about 3.4 × 10²⁰ R1).
+fn times_fraction(a: u128, f: u128) -> u128 {
+    a / UNIT * f + a % UNIT * f / UNIT
+}
+
 /// One MND epoch: what is paid and what goes to or comes from the buffer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MndEpoch {
@@ -308,8 +315,8 @@ pub fn mnd_epoch(
     let x = epoch - first;
     let max = if x < c.mnd_epochs { curve.max_at(assigned, x) } else { assigned / c.mnd_epochs as u128 };
     let full = if x < c.mnd_epochs { by_availability(max, avail) } else { 0 };
-    let adopted = full * adoption / UNIT;
-    let released = buffer.min(max) * adoption / UNIT;
+    let adopted = times_fraction(full, adoption);
+    let released = times_fraction(buffer.min(max), adoption);
     MndEpoch { paid: adopted + released, withheld: full - adopted, released }
 }
 
@@ -491,6 +498,24 @@ mod tests {
         assert_eq!(job_cost(&c, UNIT, 1, 29), Err(EconomyError::TooShort(30, 29)));
         assert_eq!(job_cost(&c, u128::MAX / 2, 3, 30), Err(EconomyError::Overflow));
         assert_eq!(sale_split(&c, 1_000), (800, 200));
+    }
+
+    #[test]
+    fn fractions_of_large_amounts_do_not_overflow() {
+        let big = u128::MAX / 3;
+        assert_eq!(times_fraction(big, UNIT), big);
+        assert_eq!(times_fraction(big, 0), 0);
+        assert_eq!(times_fraction(10 * UNIT + 7, UNIT / 2), 5 * UNIT + 3);
+        // The largest MND at the window's peak, with a buffer as large as
+        // the window: no overflow at any adoption.
+        let c = Constants::default();
+        let curve = MndCurve::new(&c);
+        let (one, _) = c.mnd_caps();
+        let lic = MndLicense { assigned: one, first_mining_epoch: 0 };
+        for adoption in [1, UNIT / 3, UNIT] {
+            let e = mnd_epoch(&c, &curve, &lic, c.mnd_cliff + 899, 255, adoption, one);
+            assert!(e.paid <= one && e.released <= one);
+        }
     }
 
     #[test]

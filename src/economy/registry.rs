@@ -72,19 +72,24 @@ impl License {
     }
 
     /// The epochs a link earns: from the one it was made in to, once it is
-    /// closed, the last one claimable at its unlink (`None`: no end yet;
-    /// `first > last`: none).
-    pub fn earns(link: &Link, epochs: &Epochs) -> (u64, Option<u64>) {
+    /// closed, the last one claimable at its unlink (`None` in second
+    /// place: no end yet). `None`: it earns none (unlinked within two
+    /// epochs, or before genesis).
+    pub fn earns(link: &Link, epochs: &Epochs) -> Option<(u64, Option<u64>)> {
         let first = epochs.at(link.from_ms).unwrap_or(0);
-        let last = link.to_ms.map(|t| epochs.at(t).unwrap_or(0).saturating_sub(super::ledger::CLAIM_DELAY_EPOCHS));
-        (first, last)
+        let last = match link.to_ms {
+            None => None,
+            Some(t) => Some(epochs.at(t)?.checked_sub(super::ledger::CLAIM_DELAY_EPOCHS)?),
+        };
+        last.is_none_or(|l| l >= first).then_some((first, last))
     }
 
     /// The link of `peer` that earns `epoch`.
     pub fn link_for(&self, peer: &str, epoch: u64, epochs: &Epochs) -> Option<&Link> {
         self.links.iter().find(|l| {
-            let (first, last) = Self::earns(l, epochs);
-            l.peer == peer && first <= epoch && last.is_none_or(|last| epoch <= last)
+            l.peer == peer
+                && Self::earns(l, epochs)
+                    .is_some_and(|(first, last)| first <= epoch && last.is_none_or(|last| epoch <= last))
         })
     }
 
@@ -291,7 +296,7 @@ mod tests {
         let a = &reg.licenses["issuer/a"];
         assert_eq!(a.peer(), None);
         assert!(a.refused[0].reason.contains("no new link before 5010"), "{:?}", a.refused);
-        assert_eq!(License::earns(&a.links[0], &epochs()), (0, Some(1)));
+        assert_eq!(License::earns(&a.links[0], &epochs()), Some((0, Some(1))));
         assert!(a.link_for("p1", 1, &epochs()).is_some());
         assert!(a.link_for("p1", 2, &epochs()).is_none());
         assert!(a.link_for("p2", 0, &epochs()).is_none());
@@ -300,13 +305,15 @@ mod tests {
         let reg = fold_with(&later);
         let a = &reg.licenses["issuer/a"];
         assert_eq!(a.peer(), Some("p2"));
-        assert_eq!(License::earns(&a.links[1], &epochs()), (5, None));
+        assert_eq!(License::earns(&a.links[1], &epochs()), Some((5, None)));
         assert_eq!(a.first_epoch(&epochs()), Some(0));
         assert!(!reg.by_peer.contains_key("p1"));
         // Unlinked in the epoch after the link: it earns nothing.
         let reg = fold_with(&[link("b", "p3", 1_010), st("b", Action::Unlink, None, None, 2_500)]);
-        let (first, last) = License::earns(&reg.licenses["issuer/b"].links[0], &epochs());
-        assert!(last.is_some_and(|l| l < first));
+        assert_eq!(License::earns(&reg.licenses["issuer/b"].links[0], &epochs()), None);
+        // Unlinked in epoch 1 or before genesis: none either.
+        let reg = fold_with(&[link("c", "p4", 10), st("c", Action::Unlink, None, None, 1_500)]);
+        assert_eq!(License::earns(&reg.licenses["issuer/c"].links[0], &epochs()), None);
     }
 
     #[test]

@@ -510,7 +510,12 @@ async fn judge_all(e: &Economy, p: &Parts, judged: &mut BTreeMap<(String, u64, S
             None => e.with_view(|v| ledger::judge(v, &claim, &claimant, now)).unwrap_or(Err("no clock".into())),
         };
         let id = (license.clone(), from, digest.clone());
-        if judged.get(&id) == Some(&verdict) {
+        // Written already, unless a refusal has expired since.
+        let held = verdict.is_ok() || {
+            let m = e.inner.mirror.read().expect("mirror lock");
+            m.refusals.get(&(license.clone(), from)).and_then(|r| r.get(&me)).is_some_and(|(d, _)| *d == digest)
+        };
+        if judged.get(&id) == Some(&verdict) && held {
             continue;
         }
         let (key, value, ttl) = match &verdict {
