@@ -110,6 +110,23 @@ pub struct Change {
     pub record: Option<Record>,
 }
 
+/// `first` (a watch's next change) and every change already queued behind
+/// it, to fold once; `None` when the watch ended (the watcher fell behind:
+/// read everything again).
+pub fn drain_ready(
+    first: Option<Change>,
+    changes: &mut (impl futures::Stream<Item = Change> + Unpin),
+) -> Option<Vec<Change>> {
+    let mut batch = vec![first?];
+    loop {
+        match futures::FutureExt::now_or_never(futures::StreamExt::next(changes)) {
+            Some(Some(c)) => batch.push(c),
+            Some(None) => return None,
+            None => return Some(batch),
+        }
+    }
+}
+
 /// The running network as CSTORE needs it (absent while it is down).
 pub type NetworkSource = Arc<dyn Fn() -> Option<NetworkHandle> + Send + Sync>;
 

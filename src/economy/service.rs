@@ -422,23 +422,10 @@ async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
         }
         let mut batch = vec![];
         tokio::select! {
-            ch = changes.next() => {
-                let mut next = ch;
-                // Takes in everything already queued, then folds once.
-                loop {
-                    match next {
-                        Some(c) => batch.push(c),
-                        None => {
-                            loads = u64::MAX;
-                            break;
-                        }
-                    }
-                    match futures::FutureExt::now_or_never(changes.next()) {
-                        Some(n) => next = n,
-                        None => break,
-                    }
-                }
-            }
+            ch = changes.next() => match crate::cstore::drain_ready(ch, &mut changes) {
+                Some(b) => batch = b,
+                None => loads = u64::MAX,
+            },
             _ = tick.tick() => {}
         }
         let Some(inner) = weak.upgrade() else { return };

@@ -250,24 +250,15 @@ async fn run(cfg: OracleConfig, p: Parts, status: std::sync::Weak<Inner>) {
         let (_, end) = epochs.bounds(current);
         tokio::select! {
             ch = changes.next() => {
-                let mut next = ch;
                 // Takes in everything already queued, then plans at once.
-                loop {
-                    match next {
-                        Some(Change { record: Some(r), .. }) => {
+                match crate::cstore::drain_ready(ch, &mut changes) {
+                    Some(batch) => {
+                        for r in batch.into_iter().filter_map(|ch| ch.record) {
                             c.observe(&r, &p.trust, current, now());
                         }
-                        Some(_) => {}
-                        None => {
-                            // Fell behind: reload on the next turn.
-                            loads = u64::MAX;
-                            break;
-                        }
                     }
-                    match futures::FutureExt::now_or_never(changes.next()) {
-                        Some(n) => next = n,
-                        None => break,
-                    }
+                    // Fell behind: reload on the next turn.
+                    None => loads = u64::MAX,
                 }
             }
             _ = tick.tick() => {}
