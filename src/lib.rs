@@ -10,6 +10,7 @@ pub mod cstore;
 pub mod dauth;
 pub mod deeploy;
 pub mod economy;
+pub mod edil;
 pub mod http;
 pub mod identity;
 pub mod leader;

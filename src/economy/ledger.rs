@@ -28,9 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Most epochs one claim covers (bounds a record; claim again for more).
 pub const MAX_CLAIM_EPOCHS: u64 = 100;
-/// Epochs after its end before an epoch can be claimed: OracleSync's
-/// steps (at most 3 × L/4) are over by then.
-pub const CLAIM_DELAY_EPOCHS: u64 = 2;
+pub use super::registry::CLAIM_DELAY_EPOCHS;
 
 /// One epoch of a claim.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,6 +24,11 @@ use crate::oracle::epoch::Epochs;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
+/// Epochs after its end before an epoch can be claimed: OracleSync's
+/// steps (at most 3 × L/4) are over by then. A link earns up to the last
+/// epoch claimable at its unlink.
+pub const CLAIM_DELAY_EPOCHS: u64 = 2;
+
 /// A license's registry name: `<issuer key id>/<license id>`.
 pub fn name(iss: &str, id: &str) -> String {
     format!("{iss}/{id}")
@@ -79,7 +84,7 @@ impl License {
         let first = epochs.at(link.from_ms).unwrap_or(0);
         let last = match link.to_ms {
             None => None,
-            Some(t) => Some(epochs.at(t)?.checked_sub(super::ledger::CLAIM_DELAY_EPOCHS)?),
+            Some(t) => Some(epochs.at(t)?.checked_sub(CLAIM_DELAY_EPOCHS)?),
         };
         last.is_none_or(|l| l >= first).then_some((first, last))
     }

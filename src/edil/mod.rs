@@ -1,0 +1,4 @@
+//! EDIL: federated learning with homomorphically encrypted aggregation
+//! (docs/edil.md). Built so far: the cryptography ([`crypto`]).
+
+pub mod crypto;
