@@ -10,8 +10,8 @@
 //!
 //! Run: `cargo bench --bench edil` (`cargo test` runs it small).
 
-use ratio1::edil::crypto::{Aggregate, Encoding, OwnerKey, ParticipantKey, Update, DIM};
 use rand::Rng;
+use ratio1::edil::crypto::{Aggregate, Encoding, OwnerKey, ParticipantKey, Update, DIM};
 use std::time::Instant;
 
 mod common;
@@ -32,11 +32,15 @@ fn main() {
         let range = enc.range() as f32;
         // Every participant's key and quantised update, made up front.
         let keys: Vec<ParticipantKey> = (0..n).map(|_| owner.public_key()).collect();
-        let updates: Vec<Vec<i32>> =
-            (0..n).map(|_| enc.quantise(&(0..v).map(|_| rng.gen_range(-range..=range)).collect::<Vec<f32>>())).collect();
+        let updates: Vec<Vec<i32>> = (0..n)
+            .map(|_| enc.quantise(&(0..v).map(|_| rng.gen_range(-range..=range)).collect::<Vec<f32>>()))
+            .collect();
         let t = Instant::now();
-        let wires: Vec<Vec<u8>> =
-            keys.iter().zip(&updates).map(|(k, q)| k.encrypt(q).unwrap_or_else(|e| fail(&e.to_string())).to_bytes()).collect();
+        let wires: Vec<Vec<u8>> = keys
+            .iter()
+            .zip(&updates)
+            .map(|(k, q)| k.encrypt(q).unwrap_or_else(|e| fail(&e.to_string())).to_bytes())
+            .collect();
         let t_enc = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let mut agg = Aggregate::new(v, enc).unwrap_or_else(|e| fail(&e.to_string()));
