@@ -211,8 +211,11 @@ async fn licenses_link_by_the_rules_and_claims_pay_by_the_final_records_once() {
     let unlink = ["license", "unlink", "--issuer-key", &key, "--id", "nd-c6"];
     let (ok, out, err) = ratio1(ports[0], &unlink).await;
     assert!(ok && out.contains("Unlink applied"), "{out}{err}");
-    let lic = license(port2, &name).await.unwrap();
-    assert!(lic["license"]["links"][0]["toMs"].is_u64(), "{lic}");
+    // Replicated to the node itself (the CLI waited on node 0's view).
+    wait_for(20, "the unlink on node 2", || async {
+        license(port2, &name).await?["license"]["links"][0]["toMs"].as_u64()
+    })
+    .await;
     let (ok, _, err) = run(ports[0], link("nd-c6", &ids[2])).await;
     assert!(!ok && err.contains("no new link before"), "{err}");
     let (ok, _, err) = ratio1(ports[0], &["license", "ban", "--issuer-key", &key, "--id", "nd-c6"]).await;
