@@ -112,7 +112,12 @@ async fn licenses_link_by_the_rules_and_claims_pay_by_the_final_records_once() {
     })
     .await;
     assert!(claimed.contains("accepted by 2 of 2 oracles"), "{claimed}");
-    let lic = license(ports[0], &name).await.unwrap();
+    // Settled on node 0 too, once the accepts reach it.
+    let lic = wait_for(20, "the claim settled on node 0", || async {
+        let l = license(ports[0], &name).await?;
+        l["claims"].as_array()?.iter().any(|c| c["settled"] == true).then_some(l)
+    })
+    .await;
     let settled: Vec<Claim> = lic["claims"]
         .as_array()
         .unwrap()
@@ -188,10 +193,13 @@ async fn licenses_link_by_the_rules_and_claims_pay_by_the_final_records_once() {
 
     // 6. The economy: minted is the settled claim; the node's R1Node shows
     // its license and what it may claim next.
-    let (ok, out, err) = ratio1(ports[1], &["economy", "status"]).await;
-    assert!(ok, "{err}");
     let minted = ratio1::economy::show_r1(claim.amount);
-    assert!(out.contains(&minted) && out.contains("1 ND"), "{out}");
+    let out = wait_for(20, "the claim minted on node 1", || async {
+        let (ok, out, _) = ratio1(ports[1], &["economy", "status"]).await;
+        (ok && out.contains(&minted)).then_some(out)
+    })
+    .await;
+    assert!(out.contains("1 ND"), "{out}");
     let api: Api<R1Node> = Api::all(client(fed.nodes[2].cluster).await);
     let node = fed.nodes[2].name.clone();
     let st = wait_for(60, "R1Node unclaimed rewards", || {
