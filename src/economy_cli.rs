@@ -2,8 +2,9 @@
 //! `ratio1 economy status`: the license registry and the ledger through a
 //! running operator's API.
 
+use crate::{query, read_issuer_key};
 use clap::Subcommand;
-use ratio1::dauth::license::{decode_secret, issue_statement, key_id, Action, Class, Statement};
+use ratio1::dauth::license::{issue_statement, key_id, Action, Class, Statement};
 use ratio1::economy::{parse_r1, show_r1};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -19,8 +20,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     fn url(&self, path: &str, pairs: &[(&str, &str)]) -> String {
-        let q = serde_urlencoded::to_string(pairs).expect("string pairs encode");
-        format!("{}{path}?{q}", self.endpoint.trim_end_matches('/'))
+        format!("{}{path}?{}", self.endpoint.trim_end_matches('/'), query(pairs))
     }
 }
 
@@ -106,8 +106,9 @@ pub enum EconomyCmd {
     },
 }
 
+/// One call to the operator's API, with no body.
 async fn call(method: http::Method, url: &str) -> anyhow::Result<Value> {
-    ratio1::http::request_json(method, url, None, Duration::from_secs(30)).await
+    crate::call(method, url, None).await
 }
 
 fn amount(v: &Value) -> String {
@@ -131,9 +132,7 @@ pub async fn registry(cmd: RegistryCmd) -> anyhow::Result<()> {
         RegistryCmd::Ban { change } => (change, Action::Ban, None, None, None),
         RegistryCmd::Unban { change } => (change, Action::Unban, None, None, None),
     };
-    let text = std::fs::read_to_string(&change.issuer_key)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", change.issuer_key.display()))?;
-    let kp = decode_secret(&text).map_err(anyhow::Error::msg)?;
+    let kp = read_issuer_key(&change.issuer_key)?;
     ratio1::cstore::record::check_name("license id", &change.id).map_err(anyhow::Error::msg)?;
     let iss = key_id(&kp.public());
     let at = ratio1::p2p::now_ms() as u64;
@@ -141,7 +140,7 @@ pub async fn registry(cmd: RegistryCmd) -> anyhow::Result<()> {
     let key = ratio1::cstore::rules::statement_key(&iss, &change.id, at);
     let body = serde_json::json!({ "proof": issue_statement(&kp, &s) }).to_string();
     let url = change.api.url("/v1/cstore/set", &[("key", &key)]);
-    ratio1::http::request_json(http::Method::PUT, &url, Some(body), Duration::from_secs(30)).await?;
+    crate::call(http::Method::PUT, &url, Some(body)).await?;
     let name = format!("{iss}/{}", change.id);
     eprintln!("{action:?} of {name} written to CSTORE ({key}); waiting for the registry");
     // The registry folds every statement; this one is in once the license

@@ -652,9 +652,7 @@ async fn license(cmd: LicenseCmd) -> anyhow::Result<()> {
             Ok(())
         }
         LicenseCmd::Issue { issuer_key, peer_id, class, days, id } => {
-            let text = std::fs::read_to_string(&issuer_key)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", issuer_key.display()))?;
-            let kp = decode_secret(&text).map_err(anyhow::Error::msg)?;
+            let kp = read_issuer_key(&issuer_key)?;
             peer_id.parse::<libp2p_identity::PeerId>().map_err(|_| anyhow::anyhow!("{peer_id:?} is not a PeerId"))?;
             anyhow::ensure!(days > 0, "--days must be positive");
             let now = unix_now();
@@ -879,10 +877,8 @@ async fn call(method: http::Method, url: &str, body: Option<String>) -> anyhow::
 
 /// Signs a revocation with the issuer's key and writes it to CSTORE.
 async fn revoke(issuer_key: PathBuf, id: String, endpoint: String) -> anyhow::Result<()> {
-    use ratio1::dauth::license::{decode_secret, issue_revocation, key_id};
-    let text = std::fs::read_to_string(&issuer_key)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", issuer_key.display()))?;
-    let kp = decode_secret(&text).map_err(anyhow::Error::msg)?;
+    use ratio1::dauth::license::{issue_revocation, key_id};
+    let kp = read_issuer_key(&issuer_key)?;
     ratio1::cstore::record::check_name("license id", &id).map_err(anyhow::Error::msg)?;
     let proof = issue_revocation(&kp, &id, unix_now());
     let key = ratio1::cstore::rules::revocation_key(&key_id(&kp.public()), &id);
@@ -890,6 +886,12 @@ async fn revoke(issuer_key: PathBuf, id: String, endpoint: String) -> anyhow::Re
     call(http::Method::PUT, &url, Some(serde_json::json!({ "proof": proof }).to_string())).await?;
     println!("revoked {id}: {key} written to CSTORE; every node disconnects its holder as the record reaches it");
     Ok(())
+}
+
+/// The issuer's key pair, from a file written by `license keygen`.
+fn read_issuer_key(path: &std::path::Path) -> anyhow::Result<libp2p_identity::ed25519::Keypair> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    ratio1::dauth::license::decode_secret(&text).map_err(anyhow::Error::msg)
 }
 
 /// A query string of `pairs`, percent-encoded.

@@ -366,9 +366,12 @@ pub fn settle(
             let chained = l
                 .link_for(&claim.peer, claim.from, &v.epochs)
                 .is_some_and(|k| next_from(&v, license, k) == Some(claim.from));
+            // The span is bounded before any per-epoch work: a hostile
+            // accept may name any range (compute refuses it too).
+            let bounded = claim.from <= claim.to && claim.to - claim.from < MAX_CLAIM_EPOCHS;
             // No epoch paid twice, whatever the quorum says.
-            let fresh = (claim.from..=claim.to).all(|e| v.ledger.covering(license, e).is_none());
-            if chained && fresh && check(&v, claim).is_ok() {
+            let fresh = || (claim.from..=claim.to).all(|e| v.ledger.covering(license, e).is_none());
+            if chained && bounded && fresh() && check(&v, claim).is_ok() {
                 ledger.settled.entry(license.to_string()).or_default().insert(claim.from, (*claim).clone());
                 break;
             }

@@ -359,7 +359,7 @@ async fn load(m: &mut Mirror, store: &Cstore, trust: &TrustStore) -> bool {
         match store.list(prefix).await {
             Ok(records) => {
                 for r in records {
-                    m.observe(&r.slot.key.clone(), Some(&r), trust);
+                    m.observe(&r.slot.key, Some(&r), trust);
                 }
             }
             Err(e) => {
@@ -429,28 +429,32 @@ async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
             _ = tick.tick() => {}
         }
         let Some(inner) = weak.upgrade() else { return };
+        let economy = Economy { inner };
+        let inner = &economy.inner;
         // Folded again on a change of the records, of the final epochs or
         // oracles, or of the epoch (what is claimable moves).
         let epoch = p.view.read().expect("view lock").clock.and_then(|c| c.at(now()));
         let now_stamp = (inner.oracle.with_history(|h| h.len()), inner.oracle.registered_at(u64::MAX).len(), epoch);
         if fresh.is_some() || !batch.is_empty() || stamp != Some(now_stamp) {
             stamp = Some(now_stamp);
-            let mut m = inner.mirror.write().expect("mirror lock");
-            if let Some(f) = fresh {
-                *m = f;
+            {
+                let mut m = inner.mirror.write().expect("mirror lock");
+                if let Some(f) = fresh {
+                    *m = f;
+                }
+                for c in batch {
+                    m.observe(&c.slot.key, c.record.as_ref(), &p.trust);
+                }
+                refold(inner, &m);
             }
-            for c in batch {
-                m.observe(&c.slot.key, c.record.as_ref(), &p.trust);
+            // The totals move only with a fold.
+            if let Some(t) = economy.totals() {
+                p.metrics.economy.settled_claims.set(t.settled_claims as i64);
+                p.metrics.economy.minted_r1.set(t.minted as f64 / super::UNIT as f64);
             }
-            refold(&inner, &m);
         }
-        let economy = Economy { inner };
-        if economy.inner.oracle.status().oracle {
+        if inner.oracle.status().oracle {
             judge_all(&economy, &p, &mut judged).await;
-        }
-        if let Some(t) = economy.totals() {
-            p.metrics.economy.settled_claims.set(t.settled_claims as i64);
-            p.metrics.economy.minted_r1.set(t.minted as f64 / super::UNIT as f64);
         }
     }
 }
@@ -475,15 +479,11 @@ async fn judge_all(e: &Economy, p: &Parts, judged: &mut BTreeMap<(String, u64, S
             // Accepted here already: skipped. One accept per license and
             // epoch, ever: another claim of them is judged (refused as a
             // double claim). A claim must name its own key's license and
-            // epoch.
-            .filter(|((p, l, f), c)| {
-                m.accepts.get(&(me.clone(), l.clone(), *f)).is_none_or(|a| a.digest() != c.digest())
-                    && c.license == *l
-                    && c.from == *f
-                    && linked(l, p)
-            })
-            .map(|((p, l, f), c)| {
-                ((p.clone(), l.clone(), *f), c.clone(), m.accepts.get(&(me.clone(), l.clone(), *f)).cloned())
+            // epoch. (Claims compare whole: no digest per claim per pass.)
+            .filter_map(|((p, l, f), c)| {
+                let mine = m.accepts.get(&(me.clone(), l.clone(), *f));
+                let judge = mine.is_none_or(|a| a != c) && c.license == *l && c.from == *f && linked(l, p);
+                judge.then(|| ((p.clone(), l.clone(), *f), c.clone(), mine.cloned()))
             })
             .collect()
     };
