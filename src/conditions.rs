@@ -113,11 +113,18 @@ pub struct Invalid {
     /// CamelCase condition reason, from a fixed set.
     pub reason: &'static str,
     pub message: String,
+    /// The cause may go away without a change of the object (funds
+    /// arrive, a service starts): look again after this long.
+    pub retry: Option<std::time::Duration>,
 }
 
 impl Invalid {
     pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
-        Self { reason, message: message.into() }
+        Self { reason, message: message.into(), retry: None }
+    }
+
+    pub fn retry(self, after: std::time::Duration) -> Self {
+        Self { retry: Some(after), ..self }
     }
 }
 

@@ -99,7 +99,8 @@ pub enum RewardsCmd {
 #[derive(Subcommand)]
 pub enum EconomyCmd {
     /// The economy in one table: supply, minted per class, the MND buffer,
-    /// licenses linked, settled claims; then every license.
+    /// PoAI escrow, payments, burn and refunds, whether the books balance;
+    /// then every license, every PoAI job and each license's balance.
     Status {
         #[command(flatten)]
         api: Endpoint,
@@ -291,6 +292,16 @@ pub async fn economy(cmd: EconomyCmd) -> anyhow::Result<()> {
     }
     println!("{:<28} {:>30}", "MND buffer (withheld)", amount(&t["mndBuffer"]));
     println!("{:<28} {:>30}", "not yet minted", show_r1(cap.saturating_sub(minted)));
+    let p = &v["poai"];
+    println!("{:<28} {:>30}", "PoAI escrowed", amount(&p["escrowed"]));
+    println!("{:<28} {:>30}", "  paid to licenses (85%)", amount(&p["toLicenses"]));
+    println!("{:<28} {:>30}", "  burned (15%)", amount(&p["burned"]));
+    println!("{:<28} {:>30}", "  refunded", amount(&p["refunded"]));
+    println!("{:<28} {:>30}", "  still in escrow", amount(&p["inEscrow"]));
+    let burned = p["burned"].as_str().and_then(|s| s.parse::<u128>().ok()).unwrap_or(0);
+    println!("{:<28} {:>30}", "circulating (minted-burned)", show_r1(minted.saturating_sub(burned)));
+    let balanced = if v["balanced"] == true { "yes" } else { "NO" };
+    println!("{:<28} {:>30}", "books balance", balanced);
     let linked: Vec<String> = t["linked"].as_object().into_iter().flatten().map(|(c, n)| format!("{n} {c}")).collect();
     println!(
         "\nlicenses linked: {}; banned: {}; settled claims: {}",
@@ -318,6 +329,43 @@ pub async fn economy(cmd: EconomyCmd) -> anyhow::Result<()> {
             l["class"].as_str().unwrap_or(""),
             node.unwrap_or("-")
         );
+    }
+    let jobs = p["jobs"].as_object().filter(|j| !j.is_empty());
+    if let Some(jobs) = jobs {
+        println!(
+            "
+{:<36} {:<40} {:>7} {:>6} {:>16} {:>16} STATE",
+            "JOB", "PAYER", "EPOCHS", "PAID", "ESCROWED", "LEFT"
+        );
+        for j in jobs.values() {
+            let job = &j["job"];
+            let state = match (j["unfunded"].as_str(), j["over"] == true) {
+                (Some(why), _) => format!("unfunded: {why}"),
+                (None, true) => "over (left refunded)".into(),
+                (None, false) => "escrowed".into(),
+            };
+            println!(
+                "{:<36} {:<40} {:>7} {:>6} {:>16} {:>16} {state}",
+                format!("{}/{}", job["namespace"].as_str().unwrap_or(""), job["name"].as_str().unwrap_or("")),
+                j["payer"].as_str().unwrap_or("-"),
+                format!("{}+{}", job["start"], job["epochs"]),
+                j["paid"].as_array().map_or(0, |p| p.len()),
+                amount(&job["cost"]),
+                amount(&j["left"]),
+            );
+        }
+    }
+    let balances = p["balances"].as_object().filter(|b| !b.is_empty());
+    if let Some(b) = balances {
+        println!(
+            "
+{:<40} {:>30} {:>30}",
+            "LICENSE", "BALANCE (R1)", "POAI CREDITS (R1)"
+        );
+        for (l, bal) in b {
+            let credit = p["credits"].get(l).map_or("0".to_string(), amount);
+            println!("{l:<40} {:>30} {credit:>30}", amount(bal));
+        }
     }
     Ok(())
 }

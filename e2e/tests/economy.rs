@@ -231,3 +231,174 @@ async fn licenses_link_by_the_rules_and_claims_pay_by_the_final_records_once() {
     let (ok, _, err) = ratio1(port2, &["rewards", "claim", "nd-c6", "--wait-secs", "5"]).await;
     assert!(!ok && err.contains("banned"), "{err}");
 }
+
+/// The whole economy status of a node (`GET /v1/economy`).
+async fn economy(port: u16) -> Option<serde_json::Value> {
+    serde_json::from_str(&http_get(port, "/v1/economy").await?).ok()
+}
+
+fn units(v: &serde_json::Value) -> u128 {
+    v.as_str().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("not an amount: {v}"))
+}
+
+/// A Service pipeline of one replica of the sample server, on `node`.
+fn paid_pipeline(ns: &str, name: &str, node: &str, price: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "ratio1.ai/v1alpha1", "kind": "R1Pipeline",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "replicas": 1,
+            "placement": {"nodes": [node]},
+            "budget": {"pricePerEpoch": price, "epochs": 3},
+            "template": {"spec": {"containers": [{
+                "name": "server", "image": "ratio1.local/model-server:0.1", "imagePullPolicy": "Never",
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}},
+                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}}]}}
+        }
+    })
+}
+
+/// PoAI between three operators (clusters 4 and 5: the oracles; 5 also
+/// the origin, paying from its ND license; 6: the target, with a worker
+/// node where the pipeline's pod really runs), on 20 s epochs and jobs of
+/// 3 epochs at least: a budget the origin's license cannot hold stalls
+/// the pipeline and escrows nothing; one it can is escrowed, the oracles
+/// agree each epoch that node 6 ran it, 85% of each epoch's price goes to
+/// node 6's license and 15% is burned, exactly; once over, the rest is
+/// refunded and the books balance on every node.
+#[tokio::test]
+async fn poai_pays_the_node_that_ran_a_job_from_its_origins_escrow() {
+    let _turn = CLUSTERS_4_TO_6.lock().await;
+    // Pipelines of an earlier run on the same control plane would be
+    // escrowed again by the new origin: gone first.
+    let all: Api<ratio1::crd::R1Pipeline> = Api::all(client(5).await);
+    for p in all.list(&Default::default()).await.unwrap() {
+        let ns = p.metadata.namespace.clone().unwrap_or_default();
+        if ns.starts_with("poai-") {
+            let _ = Api::<ratio1::crd::R1Pipeline>::namespaced(client(5).await, &ns)
+                .delete(&p.metadata.name.clone().unwrap_or_default(), &Default::default())
+                .await;
+        }
+    }
+    let constants = log_dir().join("poai-constants.json");
+    std::fs::write(&constants, r#"{"poai_min_epochs": 3}"#).unwrap();
+    let constants = format!("--economy-constants={}", constants.display());
+    let (fed, _etcds) = cstore::federation_oracles(&[4, 5, 6], 2, |_, o| {
+        o.extra_args.extend(
+            ["--epoch-genesis-ms=0", "--epoch-length-secs=20", "--oracle-phase-secs=2", constants.as_str()]
+                .map(String::from),
+        );
+    })
+    .await;
+    for i in 0..3 {
+        fed.wait_peers(i, 2, 60).await;
+    }
+    let ids: Vec<String> = fed.nodes.iter().map(|n| n.peer_id.clone()).collect();
+    let ports: Vec<u16> = fed.nodes.iter().map(|n| n.op().api_port).collect();
+    let key = log_dir().join("poai-issuer.key");
+    std::fs::write(&key, ratio1::dauth::license::encode_secret(&fed.issuer)).unwrap();
+    let key = key.to_str().unwrap().to_string();
+    let iss = ratio1::dauth::license::key_id(&fed.issuer.public());
+    let (payer, runner) = (format!("{iss}/nd-c5"), format!("{iss}/nd-c6"));
+    wait_for(90, "a first final epoch", || async {
+        let s: serde_json::Value = serde_json::from_str(&http_get(ports[0], "/v1/oracle").await?).ok()?;
+        s["lastFinal"].as_u64()
+    })
+    .await;
+    for (id, peer) in [("nd-c5", &ids[1]), ("nd-c6", &ids[2])] {
+        let args = ["license", "link", "--issuer-key", &key, "--id", id, "--peer-id", peer, "--class", "ND"];
+        let (ok, out, err) = ratio1(ports[0], &args).await;
+        assert!(ok && out.contains("Link applied"), "{out}{err}");
+    }
+    let linked = now() / EPOCH_MS;
+
+    // 1. The origin's license earns, and claims, its first rewards.
+    tokio::time::sleep(std::time::Duration::from_millis(((linked + 2) * EPOCH_MS + 1_000).saturating_sub(now()))).await;
+    wait_for(120, "the origin's settled claim", || async {
+        let (ok, out, err) = ratio1(ports[1], &["rewards", "claim", "nd-c5", "--wait-secs", "40"]).await;
+        if !ok {
+            eprintln!("claim: {err}");
+        }
+        (ok && out.contains("settled")).then_some(())
+    })
+    .await;
+    let minted = wait_for(20, "the claim settled on node 1", || async {
+        let e = economy(ports[1]).await?;
+        let b = e["poai"]["balances"][&payer].as_str()?.parse::<u128>().ok()?;
+        (b > 0).then_some(b)
+    })
+    .await;
+
+    // 2. A budget the license cannot hold: stalled, nothing escrowed.
+    // (A namespace of this run: a pipeline of an earlier run on the same
+    // control plane would show an earlier escrow.)
+    let ns = format!("poai-{}", now() % 1_000_000_000);
+    let c5 = client(5).await;
+    ensure_namespace(&c5, &ns).await;
+    let pipes: Api<ratio1::crd::R1Pipeline> = Api::namespaced(c5.clone(), &ns);
+    let ssa = kube::api::PatchParams::apply("e2e").force();
+    let huge = paid_pipeline(&ns, "too-dear", "node-c6", "1000000");
+    pipes.patch("too-dear", &ssa, &kube::api::Patch::Apply(&huge)).await.unwrap();
+    let stalled = wait_for(60, "too-dear stalled for its budget", || async {
+        let p = pipes.get("too-dear").await.ok()?;
+        let c = p.status?.conditions.into_iter().find(|c| c.type_ == "Stalled" && c.status == "True")?;
+        (c.reason == "InsufficientFunds").then_some(c.message)
+    })
+    .await;
+    assert!(stalled.contains(&payer) && stalled.contains("costs 3000000 R1"), "{stalled}");
+
+    // 3. One it can: escrowed at once, run on node 6's worker.
+    let price: u128 = ratio1::economy::UNIT / 100;
+    pipes.patch("paid", &ssa, &kube::api::Patch::Apply(paid_pipeline(&ns, "paid", "node-c6", "0.01"))).await.unwrap();
+    let st = wait_for(120, "paid escrowed and running on node 6", || async {
+        let st = pipes.get("paid").await.ok()?.status?;
+        (st.budget.is_some() && st.ready_replicas == 1).then_some(st)
+    })
+    .await;
+    let budget = st.budget.unwrap();
+    assert_eq!((budget.payer.as_deref(), budget.escrowed.as_str()), (Some(payer.as_str()), "0.03"), "{budget:?}");
+    let uid = pipes.get("paid").await.unwrap().metadata.uid.unwrap();
+    let e = economy(ports[1]).await.unwrap();
+    assert!(e["poai"]["jobs"].get(pipes.get("too-dear").await.unwrap().metadata.uid.unwrap()).is_none(), "{e}");
+
+    // 4. Each epoch the oracles agree node 6 ran it: 85% to its license,
+    // 15% burned, exact; the job over, the rest refunded. Every node
+    // folds the same books.
+    let (share, burn) = (price * 85 / 100, price - price * 85 / 100);
+    for port in [ports[0], ports[2]] {
+        let e = wait_for(200, "the job over, paid and balanced", || async {
+            let e = economy(port).await?;
+            let j = &e["poai"]["jobs"][&uid];
+            (j["over"] == true && !j["paid"].as_array()?.is_empty() && e["balanced"] == true).then_some(e)
+        })
+        .await;
+        let p = &e["poai"];
+        let j = &p["jobs"][&uid];
+        let paid = j["paid"].as_array().unwrap();
+        for epoch in paid {
+            assert_eq!(epoch["credited"], serde_json::json!({ &ids[2]: &runner }), "{epoch}");
+            assert_eq!((units(&epoch["toLicenses"]), units(&epoch["burned"])), (share, burn), "{epoch}");
+        }
+        let n = paid.len() as u128;
+        assert!(n >= 2, "node 6 ran it through the job's epochs: {j}");
+        assert_eq!(units(&p["escrowed"]), 3 * price, "{p}");
+        assert_eq!((units(&p["toLicenses"]), units(&p["burned"])), (n * share, n * burn), "{p}");
+        assert_eq!(units(&p["refunded"]), 3 * price - n * price, "{p}");
+        assert_eq!(units(&p["inEscrow"]), 0, "{p}");
+        assert_eq!(units(&p["credits"][&runner]), n * share, "{p}");
+        assert_eq!(units(&p["balances"][&runner]), n * share, "node 6 claimed no PoA reward: {p}");
+        assert_eq!(units(&p["balances"][&payer]), minted - n * price, "{p}");
+    }
+    let (ok, out, err) = ratio1(ports[2], &["economy", "status"]).await;
+    assert!(ok && out.contains("over (left refunded)"), "{out}{err}");
+    assert!(out.lines().any(|l| l.starts_with("books balance") && l.ends_with("yes")), "{out}");
+    let budget = wait_for(30, "the pipeline's status shows the job over", || async {
+        let b = pipes.get("paid").await.ok()?.status?.budget?;
+        b.over.then_some(b)
+    })
+    .await;
+    assert!(budget.paid_epochs >= 2 && budget.burned != "0", "{budget:?}");
+    let proposals = counter(&fed, 0, "ratio1_poai_proposals_total", "").await;
+    assert!(proposals >= 2.0, "{proposals}");
+}

@@ -1013,6 +1013,15 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
         }
         Ok((sched, placed, waiting, desired))
     });
+    // A paid pipeline is escrowed before it is placed (and only once it
+    // is valid: nothing is escrowed for a pipeline that cannot run).
+    let (checked, budget) = match checked {
+        Ok(c) => match budget::escrow(&p, &ctx, &mode).await {
+            Ok(b) => (Ok(c), b),
+            Err(bad) => (Err(bad), old.budget.clone()),
+        },
+        Err(bad) => (Err(bad), old.budget.clone()),
+    };
 
     let (wanted, placements, action) = match checked {
         Err(bad) => {
@@ -1026,7 +1035,8 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
             // it names, of the R1Node; for a name conflict, the deletion of
             // the object in the way, seen by the names watch) instead of
             // retrying in a loop.
-            (conditions::stalled(bad.reason, &bad.message), old.placements.clone(), Action::await_change())
+            let action = bad.retry.map_or_else(Action::await_change, Action::requeue);
+            (conditions::stalled(bad.reason, &bad.message), old.placements.clone(), action)
         }
         Ok((sched, placed, waiting, desired)) => {
             if let (network::Mode::Origin(d, _), Some(placed)) = (&mode, &placed) {
@@ -1067,7 +1077,13 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
                 let placements = network::placements(d, me, placed, local);
                 let wanted =
                     network::conditions(&p, &placements, sched.unmet.as_ref(), waiting.as_deref(), problem.as_ref());
-                (wanted, placements, Action::requeue(ctx.resync))
+                // A running escrow moves with the epochs, not the object:
+                // its status follows them.
+                let next = match &budget {
+                    Some(b) if !b.over => ctx.resync.min(budget::FOLLOW),
+                    _ => ctx.resync,
+                };
+                (wanted, placements, Action::requeue(next))
             } else {
                 match sched.unmet {
                     Some((reason, msg)) => {
@@ -1126,6 +1142,7 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
         clusters: placements.len() as i32,
         placements,
         content,
+        budget,
         conditions: vec![],
     };
     finish(&ctx, &pipelines, p.as_ref(), p.status.as_ref(), status, &wanted).await?;
@@ -1145,6 +1162,7 @@ pub fn mounting(
         .collect()
 }
 
+mod budget;
 mod network;
 
 #[cfg(test)]

@@ -574,15 +574,16 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
             let o = crate::oracle::service::Oracle::start(cfg.oracle.clone(), oracle);
             let _ = ctx.oracle.set(o.clone());
             tracing::info!(phase = ?cfg.oracle.phase, "OracleSync started");
+            let (d, wakes) = crate::deeploy::Deeploy::start(cfg.deeploy.clone(), parts);
             let economy = crate::economy::service::Parts {
                 cstore: store.clone(),
                 oracle: o,
                 view: ctx.view.clone(),
                 trust: cfg.net.trust.clone(),
                 metrics: metrics.clone(),
+                deeploy: d.clone(),
             };
             let _ = ctx.economy.set(crate::economy::service::Economy::start(cfg.economy.clone(), economy));
-            let (d, wakes) = crate::deeploy::Deeploy::start(cfg.deeploy.clone(), parts);
             let _ = ctx.deeploy.set(d);
             tracing::info!(failover_after = ?cfg.deeploy.failover_after, "Deeploy started");
             let pipelines =

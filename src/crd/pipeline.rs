@@ -55,6 +55,28 @@ pub struct R1PipelineSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub inputs: Vec<InputMount>,
+    /// Proof-of-AI: what the pipeline pays the nodes that run it, from the
+    /// origin's license. Escrowed once (`price × nodes × epochs`, where
+    /// `nodes` is `placement.nodes`' count, else `placement.clusters`) when
+    /// the origin first places it; while the license cannot hold the cost
+    /// the pipeline is `Stalled` (`InsufficientFunds`). Without a budget
+    /// it runs unpaid. Fixed once escrowed: a changed budget is reported,
+    /// not applied (docs/economy.md, "PoAI").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+}
+
+/// What a pipeline pays per node and epoch, and for how many epochs.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Budget {
+    /// R1 per node and epoch, up to 18 decimals (e.g. `"0.5"`).
+    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[0-9]+(\.[0-9]{1,18})?$"))]
+    pub price_per_epoch: String,
+    /// Epochs paid (the network's least, 30 by default, is checked by the
+    /// operator: it is a network constant).
+    #[schemars(range(min = 1, max = 100000))]
+    pub epochs: u64,
 }
 
 fn default_replicas() -> i32 {
@@ -160,10 +182,37 @@ pub struct R1PipelineStatus {
     /// delivers content).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub content: Vec<ContentStatus>,
+    /// The PoAI escrow of `spec.budget`, as the ledger holds it (on the
+    /// origin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetStatus>,
     /// `Ready`, `Scheduled`, `Reconciling`, `Stalled`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::crd::schema::conditions")]
     pub conditions: Vec<Condition>,
+}
+
+/// A pipeline's escrow. Amounts are R1 as decimal strings.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetStatus {
+    /// The license that paid the escrow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payer: Option<String>,
+    /// `price × nodes × epochs`, escrowed.
+    pub escrowed: String,
+    /// The epochs paid: from `firstEpoch`, `epochs` of them.
+    pub first_epoch: u64,
+    pub epochs: u64,
+    pub nodes: u64,
+    /// Epochs the oracles agreed who ran it, and so far paid.
+    pub paid_epochs: u64,
+    /// Paid to the nodes' licenses (85%) and burned (15%) so far.
+    pub paid: String,
+    pub burned: String,
+    /// Still in escrow, or refunded once the last epoch is over.
+    pub left: String,
+    pub over: bool,
 }
 
 /// One model or input of the pipeline, as delivered here.

@@ -85,10 +85,11 @@ pub fn check(rec: &Record, writer: &PeerId, trust: &TrustStore) -> Result<(), In
         if tail.is_empty() || owner != writer.to_string() {
             return Err(Invalid::NotOwner);
         }
-        // An oracle's accept of a claim is a vote: it lasts, and is not
-        // taken back by deleting it.
+        // An oracle's accept of a claim and its PoAI proposal are votes,
+        // and a job is an escrow: they last, and are not taken back by
+        // deleting them.
         if key.starts_with(LEDGER_PREFIX)
-            && tail.starts_with("accept/")
+            && ["accept/", "poai/", "job/"].iter().any(|k| tail.starts_with(k))
             && (rec.expires.is_some() || rec.value.is_none())
         {
             return Err(Invalid::NotOwner);
@@ -148,6 +149,13 @@ mod tests {
         let mut ttl = rec(accept, None);
         ttl.expires = Some(1);
         assert_eq!(check(&ttl, &peer, &trust), Err(Invalid::NotOwner));
+        // So are PoAI proposals and escrowed jobs.
+        for key in [format!("ledger/{peer}/poai/3"), format!("ledger/{peer}/job/uid-1")] {
+            assert!(check(&rec(key.clone(), None), &peer, &trust).is_ok());
+            let mut gone = rec(key, None);
+            gone.value = None;
+            assert_eq!(check(&gone, &peer, &trust), Err(Invalid::NotOwner));
+        }
         for key in [
             format!("node/{other}/state"),
             format!("node/{peer}/"),

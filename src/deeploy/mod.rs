@@ -132,6 +132,8 @@ pub fn spec_hash(spec: &R1PipelineSpec) -> String {
     let mut v = serde_json::to_value(spec).expect("spec serializes");
     if let Some(o) = v.as_object_mut() {
         o.remove("placement");
+        // The budget is the origin's escrow: copies do not carry it.
+        o.remove("budget");
     }
     let d = <sha2::Sha256 as sha2::Digest>::digest(v.to_string().as_bytes());
     d.iter().take(8).map(|b| format!("{b:02x}")).collect()
@@ -442,6 +444,37 @@ impl Deeploy {
             })),
             "reports": reports,
         })
+    }
+
+    /// The targets running the pipeline `namespace/name` of `origin` (the
+    /// object `uid`) now, as PoAI's oracles see it: each target its
+    /// current intent names whose report is about the intent's spec, not
+    /// refused, running (every replica it was asked for ready), and which
+    /// is heard from (a report stays in CSTORE after its writer died).
+    /// `None`: no intent for that object.
+    pub fn running(&self, origin: &str, namespace: &str, name: &str, uid: &str) -> Option<BTreeSet<String>> {
+        let now = now_ms();
+        let fresh = self.fresh_peers(now);
+        let me = self.me();
+        let m = self.inner.mirror.read().expect("mirror lock");
+        let i = m.intents.get(&intent::intent_key(origin, namespace, name)).filter(|i| i.uid == uid)?;
+        let heard = |t: &str| me.as_deref() == Some(t) || matches!(fresh.get(t), Some(Ok(())));
+        Some(
+            i.targets
+                .iter()
+                .filter(|(t, want)| {
+                    let r = m.reports.get(&intent::report_key(t, origin, namespace, name));
+                    r.is_some_and(|(_, r)| {
+                        r.spec_hash == i.spec_hash
+                            && r.refused.is_none()
+                            && r.phase == PlacementPhase::Running
+                            && r.ready_replicas >= **want
+                            && **want > 0
+                    }) && heard(t)
+                })
+                .map(|(t, _)| t.clone())
+                .collect(),
+        )
     }
 
     /// Origins of the pipelines named `namespace/name` (for status lookups
@@ -1074,6 +1107,7 @@ pub fn copy_of(i: &Intent, me: &str) -> Result<R1Pipeline, String> {
         pod.automount_service_account_token = Some(false);
     }
     spec.placement = crate::crd::Placement { clusters: 1, cluster_selector: None, nodes: vec![me.to_string()] };
+    spec.budget = None;
     let mut p = R1Pipeline::new(&i.name, spec);
     p.metadata.namespace = Some(i.namespace.clone());
     p.metadata.labels = Some(

@@ -85,14 +85,43 @@ pub fn verdict_key(oracle: &str, accept: bool, license: &str, from: u64) -> Stri
 /// A ledger key, parsed.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Key {
-    Claim { peer: String, license: String, from: u64 },
-    Accept { oracle: String, license: String, from: u64 },
-    Refuse { oracle: String, license: String, from: u64 },
+    Claim {
+        peer: String,
+        license: String,
+        from: u64,
+    },
+    Accept {
+        oracle: String,
+        license: String,
+        from: u64,
+    },
+    Refuse {
+        oracle: String,
+        license: String,
+        from: u64,
+    },
+    /// A PoAI job its origin escrowed (`super::poai::job_key`).
+    Job {
+        origin: String,
+        uid: String,
+    },
+    /// An oracle's PoAI proposal for an epoch (`super::poai::proposal_key`).
+    Proposal {
+        oracle: String,
+        epoch: u64,
+    },
 }
 
 pub fn parse_key(key: &str) -> Option<Key> {
     let rest = key.strip_prefix(LEDGER_PREFIX)?;
     let mut p = rest.split('/');
+    if let [who, kind, last] = p.clone().collect::<Vec<_>>()[..] {
+        return match kind {
+            "job" if !last.is_empty() => Some(Key::Job { origin: who.into(), uid: last.into() }),
+            "poai" => Some(Key::Proposal { oracle: who.into(), epoch: last.parse().ok()? }),
+            _ => None,
+        };
+    }
     let (who, kind, iss, id, from) = (p.next()?, p.next()?, p.next()?, p.next()?, p.next()?.parse().ok()?);
     if p.next().is_some() {
         return None;
@@ -724,5 +753,11 @@ mod tests {
         assert_eq!(parse_key(&k), Some(Key::Refuse { oracle: "o1".into(), license: "i/a".into(), from: 7 }));
         assert_eq!(parse_key("ledger/p1/claim/i/a/7/x"), None);
         assert_eq!(parse_key("ledger/p1/other/i/a/7"), None);
+        let k = super::super::poai::job_key("p1", "u-1");
+        assert_eq!(parse_key(&k), Some(Key::Job { origin: "p1".into(), uid: "u-1".into() }));
+        let k = super::super::poai::proposal_key("o1", 9);
+        assert_eq!(parse_key(&k), Some(Key::Proposal { oracle: "o1".into(), epoch: 9 }));
+        assert_eq!(parse_key("ledger/o1/poai/x"), None);
+        assert_eq!(parse_key("ledger/p1/job/"), None);
     }
 }

@@ -10,6 +10,7 @@
 //! rewards).
 
 use super::ledger::{self, Claim, Key, Ledger, Totals, View};
+use super::poai::{self, Job, JobView, Poai, Proposal};
 use super::registry::{self, License, Registry};
 use super::{Constants, MndCurve};
 use crate::cstore::rules::{LEDGER_PREFIX, LICENSE_PREFIX};
@@ -19,7 +20,7 @@ use crate::metrics::{Metrics, ReasonLabels};
 use crate::oracle::service::Oracle;
 use futures::StreamExt;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -48,6 +49,10 @@ struct Mirror {
     accepts: BTreeMap<Place, Claim>,
     /// (license, from) → oracle → (digest of the claim refused, reason).
     refusals: BTreeMap<(String, u64), BTreeMap<String, (String, String)>>,
+    /// (origin, uid) → the PoAI job it escrowed (checked when folded).
+    jobs: BTreeMap<(String, String), Job>,
+    /// Epoch → oracle → its PoAI proposal (bounded).
+    proposals: BTreeMap<u64, BTreeMap<String, Proposal>>,
 }
 
 impl Mirror {
@@ -98,6 +103,18 @@ impl Mirror {
                     None => slot.remove(&oracle),
                 };
             }
+            // Jobs and proposals last (a CSTORE rule): a rewrite replaces.
+            Key::Job { origin, uid } => {
+                if let Some(j) = value.and_then(|v| serde_json::from_str::<Job>(v).ok()) {
+                    self.jobs.insert((origin, uid), j);
+                }
+            }
+            Key::Proposal { oracle, epoch } => {
+                let p = value.and_then(|v| serde_json::from_str::<Proposal>(v).ok()).filter(poai::proposal_bounded);
+                if let Some(p) = p {
+                    self.proposals.entry(epoch).or_default().insert(oracle, p);
+                }
+            }
         }
     }
 }
@@ -107,6 +124,7 @@ impl Mirror {
 struct Folded {
     registry: Registry,
     ledger: Ledger,
+    poai: Poai,
 }
 
 struct Inner {
@@ -117,6 +135,9 @@ struct Inner {
     oracle: Oracle,
     cstore: Cstore,
     view: crate::p2p::SharedView,
+    metrics: Arc<Metrics>,
+    /// One escrow at a time: each is checked against the ones before.
+    escrowing: tokio::sync::Mutex<()>,
 }
 
 /// The economy, once this replica leads with CSTORE on. Clones share it.
@@ -134,6 +155,17 @@ pub struct Parts {
     pub view: crate::p2p::SharedView,
     pub trust: TrustStore,
     pub metrics: Arc<Metrics>,
+    /// Who runs what: PoAI's oracles sample it.
+    pub deeploy: crate::deeploy::Deeploy,
+}
+
+/// Why an escrow was not written.
+#[derive(Debug)]
+pub enum EscrowError {
+    /// The payer cannot pay (or the job is not one the ledger takes).
+    Unfunded(String),
+    /// Not now: CSTORE or the clock is not there.
+    Unavailable(String),
 }
 
 /// `GET /v1/economy`.
@@ -142,6 +174,10 @@ pub struct Parts {
 pub struct EconomyStatus {
     pub totals: Totals,
     pub licenses: Vec<LicenseView>,
+    pub poai: Poai,
+    /// The books close: minted within the supply cap, and every escrowed
+    /// R1 paid, burned, refunded or still held.
+    pub balanced: bool,
 }
 
 /// A license with its settled claims and what it may claim now.
@@ -190,6 +226,8 @@ impl Economy {
             oracle: p.oracle.clone(),
             cstore: p.cstore.clone(),
             view: p.view.clone(),
+            metrics: p.metrics.clone(),
+            escrowing: Default::default(),
         });
         tokio::spawn(run(p, Arc::downgrade(&inner)));
         Self { inner }
@@ -231,10 +269,73 @@ impl Economy {
 
     pub fn status(&self) -> Option<EconomyStatus> {
         let now = now();
-        self.with_view(|v| EconomyStatus {
-            totals: ledger::totals(v.constants, v.registry, v.ledger),
-            licenses: v.registry.licenses.values().map(|l| Self::license_view(v, l, now)).collect(),
+        let poai = self.inner.folded.read().expect("folded lock").poai.clone();
+        self.with_view(|v| {
+            let totals = ledger::totals(v.constants, v.registry, v.ledger);
+            EconomyStatus {
+                balanced: poai.balanced() && totals.minted <= totals.supply_cap,
+                totals,
+                licenses: v.registry.licenses.values().map(|l| Self::license_view(v, l, now)).collect(),
+                poai,
+            }
         })
+    }
+
+    pub fn constants(&self) -> &Constants {
+        &self.inner.cfg.constants
+    }
+
+    /// The PoAI job `uid` of origin `origin`, as the ledger holds it.
+    pub fn job(&self, origin: &str, uid: &str) -> Option<JobView> {
+        let folded = self.inner.folded.read().expect("folded lock");
+        folded.poai.jobs.get(uid).filter(|j| j.job.origin == origin).cloned()
+    }
+
+    /// The current epoch.
+    pub fn now_epoch(&self) -> Option<u64> {
+        self.epochs()?.at(now())
+    }
+
+    /// Escrows a job of this node's pipeline: refused (with why) unless
+    /// the license linked to this node holds its cost, counting every
+    /// escrow before it. Written to CSTORE, where every node checks it
+    /// the same way.
+    pub async fn escrow(&self, job: Job) -> Result<JobView, EscrowError> {
+        use EscrowError::{Unavailable, Unfunded};
+        let _one = self.inner.escrowing.lock().await;
+        let me = self.inner.cstore.peer_id().ok_or(Unavailable("this node has no identity yet".into()))?.to_string();
+        if let Some(j) = self.job(&me, &job.uid) {
+            return Ok(j);
+        }
+        job.check(self.constants(), &me, &job.uid).map_err(Unfunded)?;
+        let now_epoch = self.now_epoch().ok_or(Unavailable("the epoch clock is not known yet".into()))?;
+        let trial = {
+            let m = self.inner.mirror.read().expect("mirror lock");
+            let mut jobs: Vec<Job> = valid_jobs(&self.inner.cfg.constants, &m);
+            jobs.push(job.clone());
+            fold_poai(&self.inner, &m, &self.inner.folded.read().expect("folded lock"), &jobs, now_epoch)
+        };
+        let label = |r| ReasonLabels { reason: r };
+        let view = trial.jobs.get(&job.uid).cloned().ok_or(Unavailable("the job did not fold".into()))?;
+        if let Some(why) = &view.unfunded {
+            self.inner.metrics.economy.escrows.get_or_create(&label("unfunded")).inc();
+            return Err(Unfunded(why.clone()));
+        }
+        let key = poai::job_key(&me, &job.uid);
+        let value = serde_json::to_value(&job).expect("job serializes");
+        let rec = self
+            .inner
+            .cstore
+            .set(&key, &value, None)
+            .await
+            .map_err(|e| Unavailable(format!("cannot write the escrow to CSTORE: {e}")))?;
+        self.inner.metrics.economy.escrows.get_or_create(&label("escrowed")).inc();
+        tracing::info!(uid = %job.uid, cost = %super::show_r1(job.cost), payer = ?view.payer, "PoAI job escrowed");
+        // Taken in at once: the next escrow counts it.
+        let mut m = self.inner.mirror.write().expect("mirror lock");
+        m.observe(&key, Some(&rec), &TrustStore::default());
+        refold(&self.inner, &m);
+        Ok(view)
     }
 
     /// The license named `name` (`<issuer>/<id>`, or an `<id>` only one
@@ -371,6 +472,40 @@ async fn load(m: &mut Mirror, store: &Cstore, trust: &TrustStore) -> bool {
     true
 }
 
+/// The jobs whose records are consistent (`Job::check`).
+fn valid_jobs(c: &Constants, m: &Mirror) -> Vec<Job> {
+    m.jobs
+        .iter()
+        .filter(|((origin, uid), j)| match j.check(c, origin, uid) {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::debug!(%origin, %uid, %why, "a PoAI job record is ignored");
+                false
+            }
+        })
+        .map(|(_, j)| j.clone())
+        .collect()
+}
+
+/// PoAI over `jobs`, with the registry and ledger of `folded`.
+fn fold_poai(inner: &Inner, m: &Mirror, folded: &Folded, jobs: &[Job], now_epoch: u64) -> Poai {
+    let Some(epochs) = inner.view.read().expect("view lock").clock else { return Poai::default() };
+    let mut minted: BTreeMap<String, u128> = BTreeMap::new();
+    for c in folded.ledger.claims() {
+        *minted.entry(c.license.clone()).or_default() += c.amount;
+    }
+    let registered = |e: u64| -> BTreeSet<String> { inner.oracle.registered_at(epochs.bounds(e).0) };
+    let books = poai::Books {
+        constants: &inner.cfg.constants,
+        registry: &folded.registry,
+        epochs: &epochs,
+        minted: &minted,
+        proposals: &m.proposals,
+        registered_at: &registered,
+    };
+    poai::fold(&books, jobs, now_epoch)
+}
+
 fn refold(inner: &Inner, m: &Mirror) {
     let Some(epochs) = inner.view.read().expect("view lock").clock else { return };
     let cx = registry::Context { rules: inner.cfg.registry, constants: &inner.cfg.constants };
@@ -387,7 +522,10 @@ fn refold(inner: &Inner, m: &Mirror) {
         };
         ledger::settle(&base, &m.accepts, &|t| inner.oracle.registered_at(t), now())
     });
-    *inner.folded.write().expect("folded lock") = Folded { registry, ledger };
+    let mut folded = Folded { registry, ledger, poai: Poai::default() };
+    let now_epoch = epochs.at(now()).unwrap_or(0);
+    folded.poai = fold_poai(inner, m, &folded, &valid_jobs(&inner.cfg.constants, m), now_epoch);
+    *inner.folded.write().expect("folded lock") = folded;
 }
 
 async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
@@ -399,6 +537,7 @@ async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
     // refusal's reason (written again only when it changes).
     let mut judged: BTreeMap<(String, u64, String), Result<(), String>> = BTreeMap::new();
     let mut stamp = None;
+    let mut sampler = Sampler::default();
     loop {
         if p.view.read().expect("view lock").clock.is_none() {
             tick.tick().await;
@@ -452,9 +591,93 @@ async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
                 p.metrics.economy.settled_claims.set(t.settled_claims as i64);
                 p.metrics.economy.minted_r1.set(t.minted as f64 / super::UNIT as f64);
             }
+            let folded = inner.folded.read().expect("folded lock");
+            p.metrics.economy.in_escrow_r1.set(folded.poai.in_escrow as f64 / super::UNIT as f64);
+            p.metrics.economy.burned_r1.set(folded.poai.burned as f64 / super::UNIT as f64);
         }
         if inner.oracle.status().oracle {
             judge_all(&economy, &p, &mut judged).await;
+            sampler.sample(&economy, &p).await;
+        }
+    }
+}
+
+/// An oracle's view of who runs each PoAI job, sampled about once a
+/// second through an epoch; proposed when the epoch is over.
+#[derive(Default)]
+struct Sampler {
+    epoch: Option<u64>,
+    last: Option<tokio::time::Instant>,
+    samples: u32,
+    /// Job uid → target → samples it ran in.
+    ran: BTreeMap<String, BTreeMap<String, u32>>,
+}
+
+impl Sampler {
+    async fn sample(&mut self, e: &Economy, p: &Parts) {
+        let Some(epochs) = e.epochs() else { return };
+        let Some(now_epoch) = epochs.at(now()) else { return };
+        if self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(900)) {
+            return;
+        }
+        self.last = Some(tokio::time::Instant::now());
+        if self.epoch != Some(now_epoch) {
+            if let Some(done) = self.epoch.filter(|d| *d + 1 == now_epoch) {
+                self.propose(e, p, done, epochs.length_ms).await;
+            }
+            *self = Sampler { epoch: Some(now_epoch), last: self.last, ..Default::default() };
+        }
+        self.samples += 1;
+        let jobs: Vec<Job> = {
+            let folded = e.inner.folded.read().expect("folded lock");
+            folded
+                .poai
+                .jobs
+                .values()
+                .filter(|j| j.unfunded.is_none() && j.job.pays(now_epoch))
+                .map(|j| j.job.clone())
+                .collect()
+        };
+        for j in jobs {
+            let Some(running) = p.deeploy.running(&j.origin, &j.namespace, &j.name, &j.uid) else { continue };
+            let slot = self.ran.entry(j.uid).or_default();
+            for t in running {
+                *slot.entry(t).or_default() += 1;
+            }
+        }
+    }
+
+    /// Proposes, for the epoch `done`, each job's nodes seen running in at
+    /// least half of the samples; nothing when this oracle sampled less
+    /// than half the epoch (it came up late: it does not know).
+    async fn propose(&self, e: &Economy, p: &Parts, done: u64, length_ms: u64) {
+        let expected = (length_ms / 1_000).max(1) as u32;
+        if self.samples * 2 < expected {
+            tracing::debug!(epoch = done, samples = self.samples, "too few PoAI samples to propose");
+            return;
+        }
+        let proposal: Proposal = self
+            .ran
+            .iter()
+            .map(|(uid, seen)| {
+                (uid.clone(), seen.iter().filter(|(_, n)| **n * 2 >= self.samples).map(|(t, _)| t.clone()).collect())
+            })
+            .filter(|(_, set): &(String, BTreeSet<String>)| !set.is_empty())
+            .take(poai::MAX_PROPOSAL_JOBS)
+            .collect();
+        if proposal.is_empty() {
+            return;
+        }
+        let Some(me) = p.cstore.peer_id().map(|m| m.to_string()) else { return };
+        let key = poai::proposal_key(&me, done);
+        let value = serde_json::to_value(&proposal).expect("proposal serializes");
+        match p.cstore.set(&key, &value, None).await {
+            Ok(rec) => {
+                p.metrics.economy.proposals.inc();
+                tracing::info!(epoch = done, jobs = proposal.len(), "PoAI proposal written");
+                e.inner.mirror.write().expect("mirror lock").observe(&key, Some(&rec), &p.trust);
+            }
+            Err(err) => tracing::warn!(%key, error = %err, "cannot write a PoAI proposal"),
         }
     }
 }

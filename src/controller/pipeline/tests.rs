@@ -24,6 +24,7 @@ fn pipeline(mode: PipelineMode, containers: Vec<Container>) -> R1Pipeline {
             placement: Default::default(),
             models: vec![],
             inputs: vec![],
+            budget: None,
         },
     );
     p.metadata.namespace = Some("ns".into());
