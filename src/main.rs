@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod economy_cli;
+mod edil_cli;
 
 #[derive(Parser)]
 #[command(name = "ratio1", version, about = "Ratio1 decentralized AI meta-OS on Kubernetes")]
@@ -59,6 +60,10 @@ enum Command {
     Deeploy(DeeployArgs),
     /// R1FS, the network's content store.
     Fs(FsArgs),
+    /// EDIL by hand: owner keys, encrypt, aggregate and decrypt updates,
+    /// train the built-in model (no network).
+    #[command(subcommand)]
+    Edil(edil_cli::EdilCmd),
     /// Print the version.
     Version,
 }
@@ -1362,6 +1367,7 @@ async fn main() -> ExitCode {
         Command::Rewards(cmd) => economy_cli::rewards(cmd).await,
         Command::Economy(cmd) => economy_cli::economy(cmd).await,
         Command::Fs(a) => fs(a).await,
+        Command::Edil(cmd) => edil_cli::edil(cmd),
         Command::Operator(a) => match net_options(&a)
             .and_then(|n| Ok((n, cstore_config(&a)?, deeploy_config(&a)?, oracle_config(&a)?, economy_config(&a)?)))
         {

@@ -1,7 +1,7 @@
 //! End-to-end tests against a real kube-apiserver + controller-manager +
 //! etcd (`e2e/kube/up.sh`), with the operator as a real process.
 //! Run them with `bash e2e/test.sh`, which starts and stops that control plane
-//! (`docs` needs none: it checks the docs against the CLI). CSTORE's tests
+//! (`docs` and `edil` need none: they run the CLI alone). CSTORE's tests
 //! start their own etcd per cluster.
 
 mod harness;
@@ -10,6 +10,7 @@ mod cstore;
 mod deeploy;
 mod docs;
 mod economy;
+mod edil;
 mod federation;
 mod hostile;
 mod install;

@@ -83,6 +83,7 @@ enum Kind {
     SecretKey = 1,
     PublicKey = 2,
     Update = 3,
+    Aggregate = 4,
 }
 
 fn wrap(kind: Kind, count: u32, body: &impl Serialize) -> Vec<u8> {
@@ -286,6 +287,12 @@ impl Update {
         wrap(Kind::Update, self.values as u32, &self.list)
     }
 
+    /// The number of values an update on the wire says it holds (its
+    /// header only: [`Update::from_bytes`] checks the rest).
+    pub fn values_in(bytes: &[u8]) -> Result<usize, EdilError> {
+        Ok(unwrap(bytes, Kind::Update, "update")?.0 as usize)
+    }
+
     /// Parses an update of exactly `expected` values with the round's
     /// parameters (anything else is refused before it is added).
     pub fn from_bytes(bytes: &[u8], expected: usize) -> Result<Self, EdilError> {
@@ -296,19 +303,7 @@ impl Update {
         if count as usize != expected {
             return Err(EdilError::Length { got: count as usize, want: expected });
         }
-        // Mask and body of each 2,048-value chunk, 8 bytes each, plus slack.
-        let chunks = expected.div_ceil(DIM).max(1) as u64;
-        let limit = chunks * (DIM as u64) * 16 + 4096;
-        let list: LweCompactCiphertextListOwned<u64> = decode(body, "update", limit)?;
-        let conf = LweCiphertextListConformanceParams {
-            lwe_dim: LweDimension(DIM),
-            lwe_ciphertext_count_constraint: ListSizeConstraint::exact_size(expected),
-            ct_modulus: modulus(),
-        };
-        if !list.is_conformant(&conf) {
-            return Err(EdilError::NotConformant);
-        }
-        Ok(Self { list, values: expected })
+        Ok(Self { list: update_list(body, expected, "update")?, values: expected })
     }
 }
 
@@ -346,6 +341,66 @@ impl Aggregate {
     pub fn count(&self) -> u32 {
         self.count
     }
+
+    pub fn values(&self) -> usize {
+        self.values
+    }
+
+    /// As [`Update::values_in`], for an aggregate.
+    pub fn values_in(bytes: &[u8]) -> Result<usize, EdilError> {
+        Ok(unwrap(bytes, Kind::Aggregate, "aggregate")?.0 as usize)
+    }
+
+    /// The aggregate on the wire: the header's count is the number of
+    /// values; the number of updates summed follows it (u32, little
+    /// endian), then the list.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = wrap(Kind::Aggregate, self.values as u32, &());
+        out.extend_from_slice(&self.count.to_le_bytes());
+        bincode::serialize_into(&mut out, &self.list).expect("tfhe objects serialize");
+        out
+    }
+
+    /// Parses an aggregate of exactly `expected` values, with the round's
+    /// parameters and no more updates than `encoding` has headroom for.
+    pub fn from_bytes(bytes: &[u8], expected: usize, encoding: Encoding) -> Result<Self, EdilError> {
+        if expected > MAX_VALUES {
+            return Err(EdilError::TooLarge(expected));
+        }
+        let (values, body) = unwrap(bytes, Kind::Aggregate, "aggregate")?;
+        if values as usize != expected {
+            return Err(EdilError::Length { got: values as usize, want: expected });
+        }
+        let count = body.get(..4).ok_or(EdilError::Header("aggregate"))?;
+        let count = u32::from_le_bytes(count.try_into().expect("4 bytes"));
+        if count > encoding.max_participants {
+            return Err(EdilError::Full(count));
+        }
+        let list = update_list(&body[4..], expected, "aggregate")?;
+        Ok(Self { list, values: expected, count, encoding })
+    }
+}
+
+/// A ciphertext list of exactly `expected` values with the fixed
+/// parameters, read within a bound of its size.
+fn update_list(
+    body: &[u8],
+    expected: usize,
+    what: &'static str,
+) -> Result<LweCompactCiphertextListOwned<u64>, EdilError> {
+    // Mask and body of each 2,048-value chunk, 8 bytes each, plus slack.
+    let chunks = expected.div_ceil(DIM).max(1) as u64;
+    let limit = chunks * (DIM as u64) * 16 + 4096;
+    let list: LweCompactCiphertextListOwned<u64> = decode(body, what, limit)?;
+    let conf = LweCiphertextListConformanceParams {
+        lwe_dim: LweDimension(DIM),
+        lwe_ciphertext_count_constraint: ListSizeConstraint::exact_size(expected),
+        ct_modulus: modulus(),
+    };
+    if !list.is_conformant(&conf) {
+        return Err(EdilError::NotConformant);
+    }
+    Ok(list)
 }
 
 /// An update signed by its participant: what travels.
