@@ -19,7 +19,7 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    fn url(&self, path: &str, pairs: &[(&str, &str)]) -> String {
+    pub fn url(&self, path: &str, pairs: &[(&str, &str)]) -> String {
         format!("{}{path}?{}", self.endpoint.trim_end_matches('/'), query(pairs))
     }
 }
@@ -108,7 +108,7 @@ pub enum EconomyCmd {
 }
 
 /// One call to the operator's API, with no body.
-async fn call(method: http::Method, url: &str) -> anyhow::Result<Value> {
+pub async fn call(method: http::Method, url: &str) -> anyhow::Result<Value> {
     crate::call(method, url, None).await
 }
 

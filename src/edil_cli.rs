@@ -3,6 +3,7 @@
 //! an update, sum encrypted updates, decrypt and average the sum, train
 //! the built-in model on a CSV shard.
 
+use crate::economy_cli::{call, Endpoint};
 use clap::Subcommand;
 use ratio1::edil::crypto::{Aggregate, Encoding, OwnerKey, ParticipantKey, Update};
 use ratio1::edil::trainer::{self, Dataset};
@@ -10,6 +11,15 @@ use std::path::{Path, PathBuf};
 
 #[derive(Subcommand)]
 pub enum EdilCmd {
+    /// The federated trainings a running operator owns (the R1Models of
+    /// its cluster with `spec.training`): rounds, participants,
+    /// aggregator, accuracy, the last failure.
+    Status {
+        /// Only this model (`namespace/name`, or a name).
+        model: Option<String>,
+        #[command(flatten)]
+        api: Endpoint,
+    },
     /// Make a model owner's keys: the secret key (DIR/owner.key, mode
     /// 0600: it never leaves the owner) and one public key per participant
     /// (DIR/participant-<i>.pk: each participant its own).
@@ -92,8 +102,36 @@ fn encoding(max_participants: u32) -> anyhow::Result<Encoding> {
     Encoding::new(max_participants).map_err(|e| anyhow::anyhow!("--max-participants: {e}"))
 }
 
-pub fn edil(cmd: EdilCmd) -> anyhow::Result<()> {
+pub async fn edil(cmd: EdilCmd) -> anyhow::Result<()> {
     match cmd {
+        EdilCmd::Status { model, api } => {
+            let v = call(http::Method::GET, &api.url("/v1/edil", &[])).await?;
+            let all = v["trainings"].as_object().cloned().unwrap_or_default();
+            let hit =
+                |k: &str| model.as_deref().is_none_or(|m| k == m || k.rsplit_once('/').is_some_and(|(_, n)| n == m));
+            let rows: Vec<_> = all.iter().filter(|(k, _)| hit(k)).collect();
+            if let (Some(m), true) = (&model, rows.is_empty()) {
+                anyhow::bail!("model {m} is not trained by this operator (the R1Model's own cluster trains it)");
+            }
+            println!(
+                "{:<32} {:>7} {:>6} {:<30} {:<16} {:>9} LAST FAILURE",
+                "MODEL", "DONE", "ROUND", "PARTICIPANTS", "AGGREGATOR", "ACCURACY"
+            );
+            for (k, t) in rows {
+                let names: Vec<&str> =
+                    t["participants"].as_array().into_iter().flatten().filter_map(|p| p.as_str()).collect();
+                println!(
+                    "{k:<32} {:>7} {:>6} {:<30} {:<16} {:>9} {}",
+                    format!("{}/{}", t["completedRounds"], t["rounds"]),
+                    t["round"].as_i64().map_or("-".into(), |r| r.to_string()),
+                    names.join(","),
+                    t["aggregator"].as_str().unwrap_or("-"),
+                    t["accuracy"].as_f64().map_or("-".into(), |a| format!("{a:.3}")),
+                    t["lastFailure"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
         EdilCmd::Keygen { out, participants } => {
             anyhow::ensure!((1..=1_000).contains(&participants), "--participants must be 1..=1000");
             std::fs::create_dir_all(&out).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;

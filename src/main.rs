@@ -488,6 +488,11 @@ struct OperatorArgs {
     /// to change (docs/economy.md); Ratio1's values otherwise.
     #[arg(long)]
     economy_constants: Option<PathBuf>,
+    /// A dataset this node holds for EDIL's federated training, as
+    /// NAME=PATH (a CSV of numbers, the 0/1 label last); repeatable. It
+    /// never leaves this node: only encrypted updates trained on it do.
+    #[arg(long = "edil-dataset", value_name = "NAME=PATH")]
+    edil_datasets: Vec<String>,
     /// Directory of the operator's data: R1FS blocks and pins under
     /// `r1fs/`. None: R1FS off. Without CSTORE, R1FS holds, serves and
     /// fetches content but replicates nothing.
@@ -550,6 +555,21 @@ fn oracle_config(a: &OperatorArgs) -> anyhow::Result<ratio1::oracle::service::Or
             online_permille: a.oracle_online_permille,
         },
     })
+}
+
+fn edil_config(a: &OperatorArgs) -> anyhow::Result<ratio1::edil::service::EdilConfig> {
+    let mut datasets = std::collections::BTreeMap::new();
+    for d in &a.edil_datasets {
+        let (name, path) =
+            d.split_once('=').ok_or_else(|| anyhow::anyhow!("--edil-dataset {d:?}: NAME=PATH expected"))?;
+        anyhow::ensure!(!name.is_empty() && !path.is_empty(), "--edil-dataset {d:?}: NAME=PATH expected");
+        anyhow::ensure!(std::path::Path::new(path).is_file(), "--edil-dataset {name}: {path} is not a file");
+        anyhow::ensure!(
+            datasets.insert(name.to_string(), PathBuf::from(path)).is_none(),
+            "--edil-dataset {name} twice"
+        );
+    }
+    Ok(ratio1::edil::service::EdilConfig { datasets })
 }
 
 fn economy_config(a: &OperatorArgs) -> anyhow::Result<ratio1::economy::service::EconomyConfig> {
@@ -1367,12 +1387,13 @@ async fn main() -> ExitCode {
         Command::Rewards(cmd) => economy_cli::rewards(cmd).await,
         Command::Economy(cmd) => economy_cli::economy(cmd).await,
         Command::Fs(a) => fs(a).await,
-        Command::Edil(cmd) => edil_cli::edil(cmd),
+        Command::Edil(cmd) => edil_cli::edil(cmd).await,
         Command::Operator(a) => match net_options(&a)
             .and_then(|n| Ok((n, cstore_config(&a)?, deeploy_config(&a)?, oracle_config(&a)?, economy_config(&a)?)))
+            .and_then(|c| Ok((c, edil_config(&a)?)))
         {
             Err(e) => Err(e),
-            Ok((net, cstore, deeploy, oracle, economy)) => {
+            Ok(((net, cstore, deeploy, oracle, economy), edil)) => {
                 let r1fs = r1fs_config(&a);
                 let cfg = OperatorConfig {
                     namespace: a.namespace,
@@ -1393,6 +1414,7 @@ async fn main() -> ExitCode {
                     deeploy,
                     oracle,
                     economy,
+                    edil,
                     r1fs,
                 };
                 // Checked before anything starts: such timing could let two

@@ -85,6 +85,7 @@ pub struct Metrics {
     pub r1fs: crate::r1fs::metrics::R1fsMetrics,
     pub oracle: crate::oracle::metrics::OracleMetrics,
     pub economy: crate::economy::metrics::EconomyMetrics,
+    pub edil: crate::edil::metrics::EdilMetrics,
 }
 
 impl Default for Metrics {
@@ -156,6 +157,7 @@ impl Default for Metrics {
         let r1fs = crate::r1fs::metrics::R1fsMetrics::register(&mut registry);
         let oracle = crate::oracle::metrics::OracleMetrics::register(&mut registry);
         let economy = crate::economy::metrics::EconomyMetrics::register(&mut registry);
+        let edil = crate::edil::metrics::EdilMetrics::register(&mut registry);
         Self {
             registry,
             reconciles,
@@ -181,6 +183,7 @@ impl Default for Metrics {
             r1fs,
             oracle,
             economy,
+            edil,
         }
     }
 }

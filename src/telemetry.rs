@@ -102,20 +102,9 @@ pub async fn serve(
 pub async fn serve_api(
     listener: tokio::net::TcpListener,
     view: crate::p2p::SharedView,
-    cstore: crate::cstore::api::Slot,
-    deeploy: crate::deeploy::api::Slot,
-    r1fs: crate::r1fs::api::Slot,
-    oracle: crate::oracle::service::Slot,
-    economy: crate::economy::service::Slot,
+    services: Router,
 ) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/v1/network", get(network))
-        .with_state(view)
-        .merge(crate::cstore::api::routes(cstore))
-        .merge(crate::deeploy::api::routes(deeploy))
-        .merge(crate::r1fs::api::routes(r1fs))
-        .merge(crate::oracle::service::routes(oracle))
-        .merge(crate::economy::service::routes(economy));
+    let app = Router::new().route("/v1/network", get(network)).with_state(view).merge(services);
     axum::serve(listener, app).await
 }
 

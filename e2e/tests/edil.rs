@@ -1,10 +1,22 @@
-//! `ratio1 edil` as a user runs it (processes, files; no cluster): the
-//! owner's keys, three participants each training the built-in model on
-//! its own CSV shard and encrypting its weights under its own public key,
-//! the aggregator summing the files with no key, the owner decrypting the
-//! average, which does about as well as central training; what must be
-//! refused is, with a one-line cause and a non-zero exit.
+//! EDIL end to end.
+//!
+//! - `ratio1 edil` as a user runs it (processes, files; no cluster): the
+//!   owner's keys, three participants each training the built-in model on
+//!   its own CSV shard and encrypting its weights under its own public
+//!   key, the aggregator summing the files with no key, the owner
+//!   decrypting the average, which does about as well as central training;
+//!   what must be refused is, with a one-line cause and a non-zero exit.
+//! - Federated training across three operators (clusters 4, 5, 6, each
+//!   with its own CSTORE etcd, real libp2p): an R1Model with
+//!   `spec.training` on cluster 4 trains over rounds in which each cluster
+//!   trains on its own shard, the aggregator (never the owner) sums
+//!   ciphertexts, and the owner averages; the result is within a few
+//!   points of central training. A round in which fewer than the least
+//!   participants send an update releases nothing.
 
+use crate::harness::cstore;
+use crate::harness::federation::*;
+use crate::harness::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -32,6 +44,11 @@ fn accuracy(data: &Path, model: &Path) -> f64 {
 /// Deterministic samples of a noisy linear rule in 3 features; shard `k`
 /// of 3 holds those whose first feature falls in its third of the range.
 fn csv(seed: u64, n: usize, shard: Option<usize>) -> String {
+    csv_of(seed, n, shard, 3)
+}
+
+/// As [`csv`], with `features` columns (the rule uses the first three).
+fn csv_of(seed: u64, n: usize, shard: Option<usize>, features: usize) -> String {
     let mut x = seed;
     let mut next = move || {
         x ^= x << 13;
@@ -39,14 +56,16 @@ fn csv(seed: u64, n: usize, shard: Option<usize>) -> String {
         x ^= x << 17;
         (x % 10_000) as f64 / 2_500.0 - 2.0
     };
-    let mut rows = vec!["f1,f2,f3,label".to_string()];
+    let header: Vec<String> = (1..=features).map(|i| format!("f{i}")).collect();
+    let mut rows = vec![format!("{},label", header.join(","))];
     while rows.len() <= n {
-        let f: Vec<f64> = (0..3).map(|_| next()).collect();
+        let f: Vec<f64> = (0..features.max(3)).map(|_| next()).collect();
         let z = 1.2 * f[0] - 1.8 * f[1] + 0.6 * f[2] + 0.2 + next() * 0.8;
         if shard.is_some_and(|k| ((f[0] + 2.0) / 4.0 * 3.0).floor() as usize != k) {
             continue;
         }
-        rows.push(format!("{:.4},{:.4},{:.4},{}", f[0], f[1], f[2], (z > 0.0) as u8));
+        let cells: Vec<String> = f[..features].iter().map(|v| format!("{v:.4}")).collect();
+        rows.push(format!("{},{}", cells.join(","), (z > 0.0) as u8));
     }
     rows.join("\n")
 }
@@ -148,4 +167,124 @@ fn edil_by_hand_trains_three_shards_under_encryption_and_refuses_bad_input() {
     std::fs::write(dir.join("bad.csv"), "1,2,1\n1,2,7\n").unwrap();
     refused(&["train", "--data", s(&dir.join("bad.csv"))], "line 2: the label (last column) is 7");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn model(name: &str, training: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "ratio1.ai/v1alpha1", "kind": "R1Model",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "source": {"cid": "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"},
+            "training": training
+        }
+    })
+}
+
+#[tokio::test]
+async fn federated_training_across_three_clusters_matches_central_training() {
+    let _turn = CLUSTERS_4_TO_6.lock().await;
+    let dir = log_dir().join("edil-net");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Each cluster its own shard of `train` (split by the first feature:
+    // not the same distribution), and of `wide`, which cluster 6 holds
+    // with a fourth column: it cannot train the 3-feature model on it.
+    let shard = |k: usize, name: &str, text: String| {
+        let p = dir.join(format!("{name}-{k}.csv"));
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let args: Vec<Vec<String>> = (0..3)
+        .map(|k| {
+            let train = shard(k, "train", csv(20 + k as u64, 300, Some(k)));
+            let wide = shard(k, "wide", csv_of(30 + k as u64, 50, None, if k == 2 { 4 } else { 3 }));
+            vec![format!("--edil-dataset=train={}", train.display()), format!("--edil-dataset=wide={}", wide.display())]
+        })
+        .collect();
+    let (fed, _etcds) = cstore::federation_each(&[4, 5, 6], |k, o| o.extra_args.extend(args[k].clone())).await;
+    for i in 0..3 {
+        fed.wait_peers(i, 2, 60).await;
+    }
+    let models: kube::Api<ratio1::crd::R1Model> = kube::Api::namespaced(client(4).await, "default");
+    let ssa = kube::api::PatchParams::apply("e2e").force();
+    for name in ["edil-lr", "edil-short"] {
+        let _ = models.delete(name, &Default::default()).await;
+    }
+    let (rounds, steps) = (5, 10);
+    let training = serde_json::json!({"rounds": rounds, "dataset": "train", "features": 3, "localSteps": steps,
+        "learningRate": 0.5, "minParticipants": 3, "roundTimeoutSeconds": 30});
+    models.patch("edil-lr", &ssa, &kube::api::Patch::Apply(model("edil-lr", training))).await.unwrap();
+
+    let st = wait_for(180, "edil-lr trained", || async {
+        let st = models.get("edil-lr").await.ok()?.status?;
+        let done = st.conditions.iter().any(|c| c.type_ == "Training" && c.reason == "Trained");
+        done.then_some(st)
+    })
+    .await;
+    let t = st.training.clone().unwrap();
+    assert_eq!((t.completed_rounds, st.round), (rounds, Some(rounds)), "{t:?}");
+    let names = ["node-c4", "node-c5", "node-c6"].map(String::from);
+    assert_eq!(t.participants, names, "every cluster holding the dataset took part: {t:?}");
+    let agg = t.aggregator.clone().unwrap();
+    assert!(agg == "node-c5" || agg == "node-c6", "the owner never aggregates: {agg}");
+    assert!(t.last_round_seconds.is_some_and(|s| s > 0.0) && t.accuracy.is_some_and(|a| a > 0.5), "{t:?}");
+    let endpoint = format!("http://127.0.0.1:{}", fed.nodes[0].op().api_port);
+    let (ok, out, err) = ratio1(&["status", "edil-lr", "--endpoint", &endpoint]);
+    assert!(ok && out.contains("default/edil-lr") && out.contains(&format!("{rounds}/{rounds}")), "{out}{err}");
+    let (ok, _, err) = ratio1(&["status", "nope", "--endpoint", &endpoint]);
+    assert!(!ok && err.contains("not trained by this operator"), "{err}");
+
+    // The federated model against the same one trained centrally on all
+    // the shards, on held-out data.
+    use ratio1::edil::trainer::{evaluate, train, Dataset};
+    let mut all = Dataset::default();
+    for k in 0..3 {
+        let d = Dataset::parse_csv(&std::fs::read_to_string(dir.join(format!("train-{k}.csv"))).unwrap()).unwrap();
+        all.features = d.features;
+        all.x.extend(d.x);
+        all.y.extend(d.y);
+    }
+    let test = Dataset::parse_csv(&csv(99, 600, None)).unwrap();
+    let central = train(&[0.0; 4], &all, (rounds * steps) as u32, 0.5).unwrap();
+    let fed_w: Vec<f32> = t.weights.iter().map(|v| *v as f32).collect();
+    let (f, c) = (evaluate(&fed_w, &test).unwrap(), evaluate(&central, &test).unwrap());
+    assert!(c.accuracy > 0.75 && (f.accuracy - c.accuracy).abs() <= 0.04, "federated {f:?} vs central {c:?}");
+
+    // No record the network carries holds a secret key: only public keys,
+    // ciphertexts and the published weights.
+    let aggregator = fed.nodes.iter().find(|n| n.name == agg).unwrap().op().api_port;
+    let keys: Vec<String> =
+        serde_json::from_str(&http_get(aggregator, "/v1/cstore/keys?prefix=edil/").await.unwrap()).unwrap();
+    assert!(keys.iter().any(|k| k.contains("/key/")) && keys.iter().any(|k| k.contains("/sum/")), "{keys:?}");
+    use base64::Engine;
+    for k in keys.iter().filter(|k| k.contains("/key/")) {
+        let v = cstore::value(aggregator, k).await.unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD.decode(v["key"].as_str().unwrap()).unwrap();
+        assert!(ratio1::edil::crypto::ParticipantKey::from_bytes(&bytes).is_ok(), "{k} holds a public key");
+        assert!(ratio1::edil::crypto::OwnerKey::from_bytes(&bytes).is_err(), "{k} holds no secret key");
+    }
+
+    // Cluster 6 cannot train the `wide` model (its shard has a fourth
+    // column): each round holds 2 of the least 3 updates, and the
+    // aggregator releases nothing.
+    let short = serde_json::json!({"rounds": 1, "dataset": "wide", "features": 3, "localSteps": 2,
+        "minParticipants": 3, "roundTimeoutSeconds": 10});
+    models.patch("edil-short", &ssa, &kube::api::Patch::Apply(model("edil-short", short))).await.unwrap();
+    let t = wait_for(90, "edil-short's round withheld", || async {
+        let t = models.get("edil-short").await.ok()?.status?.training?;
+        t.last_failure.as_deref().is_some_and(|f| f.contains("no sum is released")).then_some(t)
+    })
+    .await;
+    assert!(t.last_failure.as_deref().unwrap().contains("2 of the least 3 participants"), "{t:?}");
+    assert_eq!(t.completed_rounds, 0, "{t:?}");
+    let withheld: f64 = {
+        let mut n = 0.0;
+        for i in 0..3 {
+            n += counter(&fed, i, "ratio1_edil_sums_total", "withheld").await;
+        }
+        n
+    };
+    assert!(withheld >= 1.0, "{withheld}");
+    let _ = models.delete("edil-short", &Default::default()).await;
+    let _ = models.delete("edil-lr", &Default::default()).await;
 }

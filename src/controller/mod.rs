@@ -219,6 +219,8 @@ pub struct Context {
     pub oracle: crate::oracle::service::Slot,
     /// License registry and ledger (with OracleSync).
     pub economy: crate::economy::service::Slot,
+    /// EDIL's rounds (set once this replica leads, when CSTORE is on).
+    pub edil: crate::edil::service::Slot,
     /// The Deeploy profile of this cluster's R1Node (the node reconciler
     /// sets it; Deeploy publishes it).
     pub deeploy_profile: tokio::sync::watch::Sender<Option<crate::deeploy::plan::Profile>>,
@@ -249,6 +251,7 @@ impl Context {
             r1fs: Default::default(),
             oracle: Default::default(),
             economy: Default::default(),
+            edil: Default::default(),
             deeploy_profile: tokio::sync::watch::channel(None).0,
         }
     }

@@ -11,7 +11,7 @@
 
 use super::{apply, finish, Context, Error, Result};
 use crate::conditions::{self, Invalid, Want};
-use crate::crd::{ModelSource, R1Model, R1ModelStatus, VolumeSource};
+use crate::crd::{ModelSource, R1Model, R1ModelStatus, TrainingStatus, VolumeSource};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     EnvVar, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Volume, VolumeMount,
@@ -71,7 +71,7 @@ pub fn evaluate(
     holders: Option<&dyn Fn(&str) -> Holders>,
     import: Option<&Import>,
 ) -> Result<(Vec<Want>, Option<String>), Invalid> {
-    let mut wanted = match &m.spec.source {
+    let wanted = match &m.spec.source {
         ModelSource { cid: Some(_), volume: Some(_) } | ModelSource { cid: None, volume: None } => {
             // The schema's oneOf rejects these; kept for API servers that
             // were given an older CRD.
@@ -123,10 +123,46 @@ pub fn evaluate(
             }
         }
     };
-    if m.spec.training.is_some() {
-        wanted.0.push(Want::new("Training", false, "AwaitingEDIL", "federated training waits for EDIL"));
-    }
     Ok(wanted)
+}
+
+/// The `Training` condition of a model with `spec.training`, from EDIL's
+/// status of it here (`running`: EDIL runs on this node).
+pub fn training_condition(running: bool, t: Option<&TrainingStatus>) -> Want {
+    let Some(t) = t else {
+        return match running {
+            true => Want::new("Training", true, "Starting", "the first round is being prepared"),
+            false => Want::new(
+                "Training",
+                false,
+                "AwaitingNetwork",
+                "federated training runs where CSTORE and the network run (an R1Node, --cstore-endpoints)",
+            ),
+        };
+    };
+    let acc = t.accuracy.map_or(String::new(), |a| format!("; accuracy {a:.3} on the participants' shards"));
+    if t.completed_rounds >= t.rounds {
+        return Want::new("Training", false, "Trained", format!("{} rounds done{acc}", t.completed_rounds));
+    }
+    match (t.round, &t.aggregator) {
+        (Some(r), Some(a)) => Want::new(
+            "Training",
+            true,
+            "RoundInProgress",
+            format!(
+                "round {r}: {} of {} rounds done; {} participants, aggregator {a}{acc}",
+                t.completed_rounds,
+                t.rounds,
+                t.participants.len()
+            ),
+        ),
+        _ => Want::new(
+            "Training",
+            false,
+            "WaitingForParticipants",
+            t.last_failure.clone().unwrap_or_else(|| "waiting for participants".into()),
+        ),
+    }
 }
 
 #[tracing::instrument(skip_all, fields(kind = "R1Model", namespace = %m.namespace().unwrap_or_default(), name = %m.name_any(), generation = ?m.metadata.generation))]
@@ -149,7 +185,9 @@ pub async fn reconcile(m: Arc<R1Model>, ctx: Arc<Context>) -> Result<Action> {
     };
     let lookup = |cid: &str| r1fs.expect("only called when R1FS runs").holders(cid);
     let holders = r1fs.map(|_| &lookup as &dyn Fn(&str) -> Holders);
-    let (wanted, cid, action) = match evaluate(&m, holders, import.as_ref()) {
+    let edil = ctx.edil.get();
+    let training = m.uid().and_then(|uid| edil.and_then(|e| e.status(&uid))).filter(|_| m.spec.training.is_some());
+    let (mut wanted, cid, mut action) = match evaluate(&m, holders, import.as_ref()) {
         // An import in progress is looked at again soon; otherwise R1FS
         // wakes models when holders change, and the resync is a backstop.
         Ok((wanted, cid)) if matches!(import, Some(Import::Running { .. })) => {
@@ -173,13 +211,22 @@ pub async fn reconcile(m: Arc<R1Model>, ctx: Arc<Context>) -> Result<Action> {
         }
         _ => (None, None, vec![]),
     };
-    // round is EDIL's to fill: not claimed here.
+    if m.spec.training.is_some() {
+        let t = training_condition(edil.is_some(), training.as_ref());
+        // Rounds move without a change of the object: followed.
+        if t.status == Some(true) || (edil.is_some() && t.reason != "Trained") {
+            action = Action::requeue(std::time::Duration::from_secs(3));
+        }
+        wanted.push(t);
+    }
     let status = R1ModelStatus {
         observed_generation: m.metadata.generation,
         cid,
         size,
         replicas,
         holders,
+        round: training.as_ref().map(|t| t.completed_rounds),
+        training,
         ..Default::default()
     };
     finish(&ctx, &api, m.as_ref(), m.status.as_ref(), status, &wanted).await?;

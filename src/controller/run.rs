@@ -55,6 +55,8 @@ pub struct OperatorConfig {
     pub oracle: crate::oracle::service::OracleConfig,
     /// License registry and ledger (run with OracleSync).
     pub economy: crate::economy::service::EconomyConfig,
+    /// EDIL's rounds (run when CSTORE is on).
+    pub edil: crate::edil::service::EdilConfig,
     /// R1FS (runs when set and CSTORE is on).
     pub r1fs: Option<crate::r1fs::service::R1fsConfig>,
 }
@@ -369,15 +371,15 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} for the local API", cfg.api_addr))?;
     tracing::info!(addr = %api_listener.local_addr()?, "serving the local API (/v1/network, /v1/cstore, /v1/deeploy)");
-    tokio::spawn(telemetry::serve_api(
-        api_listener,
-        ctx.view.clone(),
-        cstore_slot.clone(),
-        ctx.deeploy.clone(),
-        ctx.r1fs.clone(),
-        ctx.oracle.clone(),
-        ctx.economy.clone(),
-    ));
+    // Each service's routes answer 503 until the service runs here.
+    let services = axum::Router::new()
+        .merge(crate::cstore::api::routes(cstore_slot.clone()))
+        .merge(crate::deeploy::api::routes(ctx.deeploy.clone()))
+        .merge(crate::r1fs::api::routes(ctx.r1fs.clone()))
+        .merge(crate::oracle::service::routes(ctx.oracle.clone()))
+        .merge(crate::economy::service::routes(ctx.economy.clone()))
+        .merge(crate::edil::service::routes(ctx.edil.clone()));
+    tokio::spawn(telemetry::serve_api(api_listener, ctx.view.clone(), services));
     if let Some(addr) = cfg.r1fs.as_ref().and_then(|r| r.gateway_addr) {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -584,6 +586,14 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
                 deeploy: d.clone(),
             };
             let _ = ctx.economy.set(crate::economy::service::Economy::start(cfg.economy.clone(), economy));
+            let edil = crate::edil::service::Parts {
+                cstore: store.clone(),
+                view: ctx.view.clone(),
+                profile: ctx.deeploy_profile.subscribe(),
+                models: models_cache.clone(),
+                metrics: metrics.clone(),
+            };
+            let _ = ctx.edil.set(crate::edil::service::Edil::start(cfg.edil.clone(), edil));
             let _ = ctx.deeploy.set(d);
             tracing::info!(failover_after = ?cfg.deeploy.failover_after, "Deeploy started");
             let pipelines =

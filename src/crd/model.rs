@@ -36,8 +36,9 @@ pub struct R1ModelSpec {
     #[serde(default = "default_replication")]
     #[schemars(range(min = 1, max = 64), extend("default" = 3))]
     pub replication: i32,
-    /// Encrypted federated training (EDIL); absent means no training. Until
-    /// EDIL lands the model reports `Training=False, reason=AwaitingEDIL`.
+    /// Encrypted federated training (EDIL) with the built-in trainer;
+    /// absent means no training. Progress is in `status.training` and the
+    /// `Training` condition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training: Option<TrainingSpec>,
     /// The artifact is sealed R1FS content (AES-256-GCM, as `ratio1 fs add
@@ -119,6 +120,25 @@ pub struct TrainingSpec {
     /// Number of federated rounds.
     #[schemars(range(min = 1, max = 10000))]
     pub rounds: i32,
+    /// The dataset the participants train on: each participant cluster
+    /// holds its own shard under this name (`ratio1 operator
+    /// --edil-dataset NAME=PATH`, a CSV of numbers with the 0/1 label
+    /// last), which never leaves it. Every fresh peer holding it takes
+    /// part (at most 100).
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub dataset: String,
+    /// Features per sample (the CSV's columns less the label): the
+    /// built-in model, logistic regression, has `features + 1` weights.
+    #[schemars(range(min = 1, max = 511))]
+    pub features: i32,
+    /// Gradient steps each participant takes per round on its shard.
+    #[serde(default = "default_local_steps")]
+    #[schemars(range(min = 1, max = 10000), extend("default" = 10))]
+    pub local_steps: i32,
+    /// Learning rate of those steps.
+    #[serde(default = "default_learning_rate")]
+    #[schemars(range(min = 0.000001, max = 100.0), extend("default" = 0.5))]
+    pub learning_rate: f64,
     /// Participants needed before a round aggregates.
     #[serde(default = "default_min_participants")]
     #[schemars(range(min = 1, max = 1000), extend("default" = 2))]
@@ -135,6 +155,48 @@ fn default_min_participants() -> i32 {
 
 fn default_round_timeout() -> i32 {
     600
+}
+
+fn default_local_steps() -> i32 {
+    10
+}
+
+fn default_learning_rate() -> f64 {
+    0.5
+}
+
+/// Where a model's federated training stands (on its owner's cluster).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainingStatus {
+    /// Rounds completed, of `rounds` asked.
+    pub completed_rounds: i32,
+    pub rounds: i32,
+    /// The round under way (attempts are numbered: a failed round is
+    /// tried again with the next number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<i64>,
+    /// R1Node names (or PeerIds) of the participants and the aggregator
+    /// of the last round.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub participants: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregator: Option<String>,
+    /// Seconds from publishing the last completed round to its average.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_round_seconds: Option<f64>,
+    /// Loss and accuracy of the last completed round, as its participants
+    /// measured them on their own shards (weighted by samples).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    /// The model's weights after the last completed round (the bias last).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weights: Vec<f64>,
+    /// Why the last attempt failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
 }
 
 /// Observed state of a model.
@@ -158,9 +220,12 @@ pub struct R1ModelStatus {
     /// R1Node names of those nodes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub holders: Vec<String>,
-    /// Last completed EDIL round. Reserved for EDIL: not computed yet.
+    /// Rounds of federated training completed (EDIL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub round: Option<i32>,
+    /// Federated training (EDIL), on the model's own cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<TrainingStatus>,
     /// `Ready`, `Available`, `Training`, `Reconciling`, `Stalled`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::crd::schema::conditions")]

@@ -282,6 +282,11 @@ impl Cstore {
         self.inner.identity.read().expect("identity lock").clone().ok_or(CstoreError::NoIdentity)
     }
 
+    /// The key this node signs with (EDIL signs its updates with it too).
+    pub fn keypair(&self) -> Option<Keypair> {
+        self.identity().ok()
+    }
+
     /// How many times the replica was loaded from a full scan (see
     /// [`Cstore::watch`]: a watcher re-reads when it changes).
     pub fn loads(&self) -> u64 {

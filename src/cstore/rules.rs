@@ -13,6 +13,9 @@
 //! - `ledger/<peerId>/…`: only `<peerId>` writes (the reward claims it
 //!   makes as a license's node, its verdicts on claims as an oracle;
 //!   src/economy/ledger.rs).
+//! - `edil/<peerId>/…`: only `<peerId>` writes (the datasets it holds, the
+//!   rounds and keys it publishes as a model's owner, its encrypted
+//!   updates as a participant, its sums as an aggregator; src/edil).
 //! - `revocation/<issuer key id>/<license id>`: anyone may carry it, but
 //!   the value must hold `proof`, a revocation of exactly that license
 //!   signed by that issuer, one the receiver trusts; never deleted.
@@ -35,6 +38,8 @@ pub const R1FS_PREFIX: &str = "r1fs/";
 pub const ORACLE_PREFIX: &str = "oracle/";
 /// Prefix of each node's ledger records (owned like `node/`).
 pub const LEDGER_PREFIX: &str = "ledger/";
+/// Prefix of each node's EDIL records (owned like `node/`).
+pub const EDIL_PREFIX: &str = "edil/";
 /// Prefix of issuer-signed license revocations.
 pub const REVOCATION_PREFIX: &str = "revocation/";
 /// Prefix of issuer-signed license registry statements.
@@ -77,7 +82,7 @@ fn carried_proof<'a>(
 /// against the rules.
 pub fn check(rec: &Record, writer: &PeerId, trust: &TrustStore) -> Result<(), Invalid> {
     let key = rec.slot.key.as_str();
-    let owned = [NODE_PREFIX, DEEPLOY_PREFIX, R1FS_PREFIX, ORACLE_PREFIX, LEDGER_PREFIX]
+    let owned = [NODE_PREFIX, DEEPLOY_PREFIX, R1FS_PREFIX, ORACLE_PREFIX, LEDGER_PREFIX, EDIL_PREFIX]
         .iter()
         .find_map(|p| key.strip_prefix(p));
     if let Some(rest) = owned {
@@ -140,6 +145,8 @@ mod tests {
         assert!(check(&rec(format!("node/{peer}/state"), None), &peer, &trust).is_ok());
         assert!(check(&rec(format!("node/{peer}/apps"), Some("x")), &peer, &trust).is_ok());
         assert!(check(&rec(format!("deeploy/{peer}/intent/x"), None), &peer, &trust).is_ok());
+        assert!(check(&rec(format!("edil/{peer}/update/m/1"), None), &peer, &trust).is_ok());
+        assert_eq!(check(&rec(format!("edil/{other}/update/m/1"), None), &peer, &trust), Err(Invalid::NotOwner));
         // Accepts are votes: no TTL, no deletion.
         let accept = format!("ledger/{peer}/accept/i/a/3");
         assert!(check(&rec(accept.clone(), None), &peer, &trust).is_ok());

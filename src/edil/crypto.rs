@@ -55,7 +55,7 @@ fn modulus() -> CiphertextModulus<u64> {
 }
 
 /// Why EDIL input is refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum EdilError {
     #[error("not an EDIL {0} (bad header)")]
     Header(&'static str),

@@ -1,6 +1,11 @@
 //! EDIL: federated learning with homomorphically encrypted aggregation
-//! (docs/edil.md). Built so far: the cryptography ([`crypto`]) and the
-//! built-in trainer ([`trainer`]), with `ratio1 edil` to use both by hand.
+//! (docs/edil.md): the cryptography ([`crypto`]), the built-in trainer
+//! ([`trainer`]), the rules of a round ([`round`]) and the task that runs
+//! rounds over CSTORE ([`service`]); `ratio1 edil` runs the first two by
+//! hand.
 
 pub mod crypto;
+pub mod metrics;
+pub mod round;
+pub mod service;
 pub mod trainer;

@@ -1,0 +1,35 @@
+//! EDIL's Prometheus metrics (labels from fixed sets only).
+
+pub use crate::metrics::ReasonLabels;
+use prometheus_client::metrics::{counter::Counter, family::Family};
+use prometheus_client::registry::Registry;
+
+pub struct EdilMetrics {
+    /// Updates this node sent as a participant.
+    pub updates_sent: Counter,
+    /// Updates this aggregator refused, per reason (`Refusal::label`).
+    pub updates_refused: Family<ReasonLabels, Counter>,
+    /// Sums this aggregator wrote: `released`, or `withheld` (fewer than
+    /// the least participants).
+    pub sums: Family<ReasonLabels, Counter>,
+    /// Rounds this owner completed, or failed (`failed`: no sum by the
+    /// deadline, a withheld sum, a sum that did not open).
+    pub rounds: Family<ReasonLabels, Counter>,
+}
+
+impl EdilMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            updates_sent: Default::default(),
+            updates_refused: Default::default(),
+            sums: Default::default(),
+            rounds: Default::default(),
+        };
+        let r = registry.sub_registry_with_prefix("edil");
+        r.register("updates_sent", "Encrypted updates this node sent as a participant", m.updates_sent.clone());
+        r.register("updates_refused", "Updates this aggregator refused, per reason", m.updates_refused.clone());
+        r.register("sums", "Sums this aggregator wrote, released or withheld", m.sums.clone());
+        r.register("rounds", "Rounds this owner completed or failed", m.rounds.clone());
+        m
+    }
+}

@@ -1,0 +1,394 @@
+//! EDIL rounds (pure): what a model's owner publishes for a round, and the
+//! rules the aggregator and the owner apply to what they receive
+//! (docs/edil.md, "Rounds").
+//!
+//! - The owner publishes the round: the participants (each encrypts under
+//!   its own public key of the owner's), the aggregator, the global
+//!   weights to train from, the deadline and the least participants.
+//! - Each participant trains, encrypts, signs its update for exactly this
+//!   model and round, and sends it to the aggregator.
+//! - The aggregator ([`Collector`]) adds, with no key, every update that is
+//!   its writer's own, signed for this round, of the round's shape, first
+//!   of its participant and in time; it releases the sum only when it
+//!   holds at least the least participants.
+//! - The owner ([`open`]) decrypts only a released sum of at least that
+//!   many listed participants, and averages it.
+//!
+//! The aggregator is never the owner: the owner holds the secret key, and
+//! would otherwise see each update alone.
+
+use super::crypto::{Aggregate, EdilError, Encoding, OwnerKey, SignedUpdate, Update};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Most participants of a round over the network.
+pub const MAX_ROUND_PARTICIPANTS: usize = 100;
+/// Most values of a model trained over CSTORE records (an update of one
+/// 2,048-value chunk, base64, fits a 32 KiB record up to about 700).
+pub const MAX_ROUND_VALUES: usize = 512;
+
+/// A round, as its owner publishes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Round {
+    /// The model: the R1Model's uid (namespace and name for people).
+    pub model: String,
+    pub namespace: String,
+    pub name: String,
+    pub round: u64,
+    /// PeerIds of the owner, of the aggregator, of the participants
+    /// (sorted, no repeats).
+    pub owner: String,
+    pub aggregator: String,
+    pub participants: Vec<String>,
+    /// Fewest updates whose sum may be released.
+    pub min_participants: u32,
+    /// Unix ms after which no update is added.
+    pub deadline_ms: u64,
+    /// The weights every participant trains from, and how many rounds'
+    /// sums made them.
+    pub global: Vec<f32>,
+    pub trained: u64,
+    /// The built-in trainer's settings and the dataset each participant
+    /// holds under this name.
+    pub dataset: String,
+    pub steps: u32,
+    pub lr: f32,
+}
+
+impl Round {
+    /// The encoding of the round: headroom for every participant.
+    pub fn encoding(&self) -> Result<Encoding, EdilError> {
+        Encoding::new(self.participants.len() as u32)
+    }
+
+    /// Whether a round record read from `writer` is one to act on.
+    pub fn check(&self, writer: &str) -> Result<(), String> {
+        if self.owner != writer {
+            return Err("a round must be its owner's".into());
+        }
+        let n = self.participants.len();
+        if n == 0 || n > MAX_ROUND_PARTICIPANTS {
+            return Err(format!("a round has 1..={MAX_ROUND_PARTICIPANTS} participants"));
+        }
+        if !self.participants.windows(2).all(|w| w[0] < w[1]) {
+            return Err("participants must be sorted and distinct".into());
+        }
+        if self.min_participants == 0 || self.min_participants as usize > n {
+            return Err(format!("least participants {} is not in 1..={n}", self.min_participants));
+        }
+        if self.aggregator == self.owner {
+            return Err("the owner cannot aggregate: it would see each update alone".into());
+        }
+        if self.global.is_empty() || self.global.len() > MAX_ROUND_VALUES {
+            return Err(format!("a model of 1..={MAX_ROUND_VALUES} values"));
+        }
+        if !self.global.iter().all(|v| v.is_finite()) || !self.lr.is_finite() || self.lr <= 0.0 {
+            return Err("weights and learning rate must be finite".into());
+        }
+        if [&self.model, &self.namespace, &self.name, &self.dataset].iter().any(|s| s.is_empty() || s.len() > 253) {
+            return Err("names are 1..=253 bytes".into());
+        }
+        Ok(())
+    }
+}
+
+/// Picks a round's aggregator among `candidates` (fresh licensed peers):
+/// never the owner; a peer that is not a participant when there is one;
+/// among equals, by a hash of the model and round (so that it rotates).
+pub fn choose_aggregator(
+    model: &str,
+    round: u64,
+    owner: &str,
+    participants: &[String],
+    candidates: &BTreeSet<String>,
+) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let rank = |peer: &str| -> [u8; 32] {
+        Sha256::digest(format!("ratio1/edil/aggregator/{model}/{round}/{peer}").as_bytes()).into()
+    };
+    let pick = |only_outsiders: bool| {
+        candidates
+            .iter()
+            .filter(|c| c.as_str() != owner && (!only_outsiders || !participants.contains(c)))
+            .min_by_key(|c| rank(c))
+            .cloned()
+    };
+    pick(true).or_else(|| pick(false))
+}
+
+/// The sum an aggregator releases.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Released {
+    pub model: String,
+    pub round: u64,
+    /// The participants whose updates it sums.
+    pub participants: Vec<String>,
+    /// [`Aggregate::to_bytes`], base64.
+    pub aggregate: String,
+}
+
+/// Why an update is not added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0} is not a participant of the round")]
+    NotListed(String),
+    #[error("the update names {named}, its record was written by {writer}")]
+    NotItsOwn { named: String, writer: String },
+    #[error("the signature does not verify")]
+    BadSignature,
+    #[error("signed for model {model} round {round}, not this round")]
+    OtherRound { model: String, round: u64 },
+    #[error("past the round's deadline")]
+    Late,
+    #[error("{0} already sent its update")]
+    Twice(String),
+    #[error("{0}")]
+    Shape(EdilError),
+}
+
+impl Refusal {
+    /// A fixed label (metrics).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::NotListed(_) => "not_listed",
+            Refusal::NotItsOwn { .. } => "not_its_own",
+            Refusal::BadSignature => "bad_signature",
+            Refusal::OtherRound { .. } => "other_round",
+            Refusal::Late => "late",
+            Refusal::Twice(_) => "twice",
+            Refusal::Shape(_) => "shape",
+        }
+    }
+}
+
+/// The aggregator's state for one round: no key, only ciphertexts.
+pub struct Collector {
+    round: Round,
+    agg: Aggregate,
+    from: BTreeSet<String>,
+}
+
+impl Collector {
+    pub fn new(round: Round) -> Result<Self, EdilError> {
+        let agg = Aggregate::new(round.global.len(), round.encoding()?)?;
+        Ok(Self { round, agg, from: BTreeSet::new() })
+    }
+
+    pub fn round(&self) -> &Round {
+        &self.round
+    }
+
+    /// The participants added so far.
+    pub fn from(&self) -> &BTreeSet<String> {
+        &self.from
+    }
+
+    /// Adds the update `writer` wrote at `now_ms`, if the round takes it.
+    /// The first update of a participant stands.
+    pub fn offer(&mut self, writer: &str, u: &SignedUpdate, now_ms: u64) -> Result<(), Refusal> {
+        let r = &self.round;
+        if !r.participants.iter().any(|p| p == writer) {
+            return Err(Refusal::NotListed(writer.to_string()));
+        }
+        if u.participant != writer {
+            return Err(Refusal::NotItsOwn { named: u.participant.clone(), writer: writer.to_string() });
+        }
+        if u.verify().map_err(|_| Refusal::BadSignature)?.to_string() != writer {
+            return Err(Refusal::BadSignature);
+        }
+        if u.model != r.model || u.round != r.round {
+            return Err(Refusal::OtherRound { model: u.model.clone(), round: u.round });
+        }
+        if now_ms > r.deadline_ms {
+            return Err(Refusal::Late);
+        }
+        if self.from.contains(writer) {
+            return Err(Refusal::Twice(writer.to_string()));
+        }
+        let update = Update::from_bytes(&u.update, r.global.len()).map_err(Refusal::Shape)?;
+        self.agg.add(&update).map_err(Refusal::Shape)?;
+        self.from.insert(writer.to_string());
+        Ok(())
+    }
+
+    /// Whether the round is over for the aggregator: every participant
+    /// in, or the deadline passed.
+    pub fn done(&self, now_ms: u64) -> bool {
+        self.from.len() == self.round.participants.len() || now_ms > self.round.deadline_ms
+    }
+
+    /// The sum to release, or why there is none: fewer updates than the
+    /// least participants are never released (one update alone would be
+    /// decryptable by the owner).
+    pub fn close(&self) -> Result<Released, String> {
+        let (have, min) = (self.from.len(), self.round.min_participants as usize);
+        if have < min {
+            return Err(format!("{have} of the least {min} participants sent an update: no sum is released"));
+        }
+        use base64::Engine;
+        Ok(Released {
+            model: self.round.model.clone(),
+            round: self.round.round,
+            participants: self.from.iter().cloned().collect(),
+            aggregate: base64::engine::general_purpose::STANDARD.encode(self.agg.to_bytes()),
+        })
+    }
+}
+
+/// The owner's step: the new global weights from a released sum. Refused
+/// unless it sums at least the least participants, all of them listed, as
+/// many as the aggregate says it holds.
+pub fn open(owner: &OwnerKey, round: &Round, r: &Released) -> Result<Vec<f32>, String> {
+    if r.model != round.model || r.round != round.round {
+        return Err(format!("a sum of model {} round {}, not this round", r.model, r.round));
+    }
+    let listed: BTreeSet<&String> = round.participants.iter().collect();
+    let from: BTreeSet<&String> = r.participants.iter().collect();
+    if from.len() != r.participants.len() || !from.is_subset(&listed) {
+        return Err("the sum names participants that are not the round's, or one twice".into());
+    }
+    if from.len() < round.min_participants as usize {
+        return Err(format!("the sum holds {} updates, fewer than the least {}", from.len(), round.min_participants));
+    }
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(&r.aggregate).map_err(|e| e.to_string())?;
+    let enc = round.encoding().map_err(|e| e.to_string())?;
+    let agg = Aggregate::from_bytes(&bytes, round.global.len(), enc).map_err(|e| e.to_string())?;
+    if agg.count() as usize != from.len() {
+        return Err(format!("the sum holds {} updates but names {}", agg.count(), from.len()));
+    }
+    Ok(enc.average(&owner.decrypt(&agg), agg.count() as u64))
+}
+
+/// Per participant, its public key of the owner's (what the owner
+/// publishes with the round, once per model).
+pub type Keys = BTreeMap<String, super::crypto::ParticipantKey>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edil::crypto::ParticipantKey;
+    use libp2p_identity::Keypair;
+
+    struct Net {
+        owner: OwnerKey,
+        ids: Vec<Keypair>,
+        keys: Vec<ParticipantKey>,
+        round: Round,
+    }
+
+    fn net(n: usize, min: u32) -> Net {
+        let owner = OwnerKey::generate();
+        let mut ids: Vec<Keypair> = (0..n).map(|_| Keypair::generate_ed25519()).collect();
+        ids.sort_by_key(|k| k.public().to_peer_id().to_string());
+        let keys = ids.iter().map(|_| owner.public_key()).collect();
+        let participants: Vec<String> = ids.iter().map(|k| k.public().to_peer_id().to_string()).collect();
+        let round = Round {
+            model: "uid-1".into(),
+            namespace: "ns".into(),
+            name: "m".into(),
+            round: 3,
+            owner: "owner".into(),
+            aggregator: "agg".into(),
+            participants,
+            min_participants: min,
+            deadline_ms: 10_000,
+            global: vec![0.0; 4],
+            trained: 0,
+            dataset: "d".into(),
+            steps: 1,
+            lr: 0.5,
+        };
+        Net { owner, ids, keys, round }
+    }
+
+    fn update(n: &Net, i: usize, x: &[f32], round: u64) -> SignedUpdate {
+        let enc = n.round.encoding().unwrap();
+        let u = n.keys[i].encrypt(&enc.quantise(x)).unwrap();
+        SignedUpdate::sign(&n.ids[i], &n.round.model, round, &u)
+    }
+
+    fn peer(n: &Net, i: usize) -> String {
+        n.round.participants[i].clone()
+    }
+
+    #[test]
+    fn a_round_sums_its_participants_updates_and_the_owner_averages_them() {
+        let n = net(3, 2);
+        assert_eq!(n.round.check("owner"), Ok(()));
+        let mut c = Collector::new(n.round.clone()).unwrap();
+        let xs = [[1.0, -2.0, 0.5, 0.0], [3.0, 2.0, -0.5, 1.0], [2.0, 0.0, 0.0, -1.0]];
+        for (i, x) in xs.iter().enumerate() {
+            assert!(!c.done(0));
+            c.offer(&peer(&n, i), &update(&n, i, x, 3), 5_000).unwrap();
+        }
+        assert!(c.done(0), "every participant in");
+        let avg = open(&n.owner, &n.round, &c.close().unwrap()).unwrap();
+        assert_eq!(avg, vec![2.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn hostile_updates_are_refused_and_a_sum_below_the_least_is_never_released() {
+        let n = net(3, 2);
+        let mut c = Collector::new(n.round.clone()).unwrap();
+        let x = [1.0, 1.0, 1.0, 1.0];
+        let u0 = update(&n, 0, &x, 3);
+        // Written by someone else, or by a peer not in the round.
+        assert!(matches!(c.offer(&peer(&n, 1), &u0, 0), Err(Refusal::NotItsOwn { .. })));
+        assert!(matches!(c.offer("stranger", &u0, 0), Err(Refusal::NotListed(_))));
+        // Signed for another round (a replay), tampered, or late.
+        assert!(matches!(c.offer(&peer(&n, 0), &update(&n, 0, &x, 2), 0), Err(Refusal::OtherRound { .. })));
+        let mut bent = u0.clone();
+        bent.update[100] ^= 1;
+        assert_eq!(c.offer(&peer(&n, 0), &bent, 0), Err(Refusal::BadSignature));
+        assert_eq!(c.offer(&peer(&n, 0), &u0, 10_001), Err(Refusal::Late));
+        // Of another shape (signed by its participant all the same).
+        let enc = n.round.encoding().unwrap();
+        let wide = SignedUpdate::sign(&n.ids[2], "uid-1", 3, &n.keys[2].encrypt(&enc.quantise(&[1.0; 5])).unwrap());
+        assert!(matches!(c.offer(&peer(&n, 2), &wide, 0), Err(Refusal::Shape(EdilError::Length { .. }))));
+        // The first update of a participant stands.
+        c.offer(&peer(&n, 0), &u0, 0).unwrap();
+        assert_eq!(c.offer(&peer(&n, 0), &update(&n, 0, &[9.0; 4], 3), 0), Err(Refusal::Twice(peer(&n, 0))));
+        // One update at the deadline: nothing is released.
+        assert!(c.done(10_001));
+        assert!(c.close().unwrap_err().contains("1 of the least 2"));
+        // A lying aggregator's release of one update is not opened either.
+        let mut lone = Collector::new(Round { min_participants: 1, ..n.round.clone() }).unwrap();
+        lone.offer(&peer(&n, 0), &u0, 0).unwrap();
+        let r = lone.close().unwrap();
+        assert!(open(&n.owner, &n.round, &r).unwrap_err().contains("fewer than the least 2"));
+        let padded = Released { participants: vec![peer(&n, 0), peer(&n, 1)], ..r };
+        assert!(open(&n.owner, &n.round, &padded).unwrap_err().contains("holds 1 updates but names 2"));
+        let foreign = Released { participants: vec![peer(&n, 0), "x".into()], ..padded };
+        assert!(open(&n.owner, &n.round, &foreign).is_err());
+    }
+
+    #[test]
+    fn rounds_are_checked_and_the_owner_never_aggregates() {
+        let n = net(3, 2);
+        assert!(n.round.check("other").is_err(), "only the owner publishes its rounds");
+        let bad = |f: fn(&mut Round)| {
+            let mut r = n.round.clone();
+            f(&mut r);
+            r.check("owner").unwrap_err()
+        };
+        assert!(bad(|r| r.aggregator = "owner".into()).contains("cannot aggregate"));
+        assert!(bad(|r| r.min_participants = 4).contains("least participants"));
+        assert!(bad(|r| r.participants.reverse()).contains("sorted"));
+        assert!(bad(|r| r.global = vec![0.0; MAX_ROUND_VALUES + 1]).contains("values"));
+        assert!(bad(|r| r.lr = f32::NAN).contains("finite"));
+        let cands: BTreeSet<String> = ["owner", "a", "b", "c"].map(String::from).into();
+        let parts = vec!["a".to_string(), "b".to_string()];
+        for round in 0..20 {
+            let agg = choose_aggregator("m", round, "owner", &parts, &cands).unwrap();
+            assert_eq!(agg, "c", "the only outsider");
+        }
+        let picks: BTreeSet<String> = (0..20)
+            .map(|round| choose_aggregator("m", round, "owner", &["a".into(), "b".into(), "c".into()], &cands).unwrap())
+            .collect();
+        assert!(!picks.contains("owner") && picks.len() > 1, "rotates among participants: {picks:?}");
+        assert_eq!(choose_aggregator("m", 0, "owner", &parts, &["owner".to_string()].into()), None);
+    }
+}
