@@ -6,7 +6,10 @@
 //! updates exactly, for every value (the noise analysis of docs/edil.md
 //! at N = 1,000). Baseline, same run: the plaintext sum of the same
 //! quantised updates (i64 additions). Prints values per second of each
-//! step and the ratios.
+//! step and the ratios, the bytes on the wire per value, and the compute
+//! time of a whole round: one participant's encryption (participants
+//! encrypt in parallel, each on its own machine), the aggregator's
+//! additions and the owner's decryption.
 //!
 //! Run: `cargo bench --bench edil` (`cargo test` runs it small).
 
@@ -19,11 +22,21 @@ use common::fail;
 
 fn main() {
     let smoke = !std::env::args().any(|a| a == "--bench");
-    let cases: &[(u32, usize)] = if smoke { &[(3, DIM)] } else { &[(100, 4 * DIM), (1_000, DIM)] };
+    let cases: &[(u32, usize)] =
+        if smoke { &[(3, DIM)] } else { &[(10, ratio1::edil::crypto::MAX_VALUES), (100, 4 * DIM), (1_000, DIM)] };
     println!("EDIL: encrypted sum of N updates of V values (tfhe core_crypto, n = {DIM}), one process");
     println!(
-        "{:>6} {:>7} {:>14} {:>14} {:>14} {:>16} {:>10} {:>10}",
-        "N", "V", "encrypt (v/s)", "add (v/s)", "decrypt (v/s)", "plain add (v/s)", "add ratio", "exact"
+        "{:>6} {:>8} {:>14} {:>14} {:>14} {:>16} {:>10} {:>8} {:>10} {:>6}",
+        "N",
+        "V",
+        "encrypt (v/s)",
+        "add (v/s)",
+        "decrypt (v/s)",
+        "plain add (v/s)",
+        "add ratio",
+        "B/value",
+        "round (s)",
+        "exact"
     );
     let mut rng = rand::thread_rng();
     for &(n, v) in cases {
@@ -66,13 +79,16 @@ fn main() {
             fail(&format!("{wrong} of {v} sums decrypted wrong with {n} participants"));
         }
         let total = (n as usize * v) as f64;
+        let bytes = wires[0].len() as f64 / v as f64;
         println!(
-            "{n:>6} {v:>7} {:>14.0} {:>14.0} {:>14.0} {:>16.0} {:>10.1} {:>10}",
+            "{n:>6} {v:>8} {:>14.0} {:>14.0} {:>14.0} {:>16.0} {:>10.1} {:>8.1} {:>10.2} {:>6}",
             total / t_enc,
             total / t_add,
             v as f64 / t_dec,
             total / t_plain,
             t_add / t_plain,
+            bytes,
+            t_enc / n as f64 + t_add + t_dec,
             "yes"
         );
     }
