@@ -35,13 +35,23 @@ async fn license(port: u16, name: &str) -> Option<serde_json::Value> {
     serde_json::from_str(&http_get(port, &format!("/v1/economy/license?name={name}")).await?).ok()
 }
 
-#[tokio::test]
-async fn licenses_link_by_the_rules_and_claims_pay_by_the_final_records_once() {
-    let _turn = CLUSTERS_4_TO_6.lock().await;
-    let (mut fed, _etcds) = cstore::federation_oracles(&[4, 5, 6], 2, |_, o| {
+/// Clusters 4 and 5 (MND oracles) and 6, on 20 s epochs with `flag`,
+/// each connected to the others, with the issuer's key in `key_file`
+/// (for the CLI), once the oracles made a first final record.
+struct Economy {
+    fed: Federation,
+    _etcds: Vec<crate::harness::cstore::Etcd>,
+    ids: Vec<String>,
+    ports: Vec<u16>,
+    /// The issuer's key file and key id.
+    key: String,
+    iss: String,
+}
+
+async fn economy_network(flag: &str, key_file: &str) -> Economy {
+    let (fed, _etcds) = cstore::federation_oracles(&[4, 5, 6], 2, |_, o| {
         o.extra_args.extend(
-            ["--epoch-genesis-ms=0", "--epoch-length-secs=20", "--oracle-phase-secs=2", "--relink-secs=600"]
-                .map(String::from),
+            ["--epoch-genesis-ms=0", "--epoch-length-secs=20", "--oracle-phase-secs=2", flag].map(String::from),
         );
     })
     .await;
@@ -50,17 +60,25 @@ async fn licenses_link_by_the_rules_and_claims_pay_by_the_final_records_once() {
     }
     let ids: Vec<String> = fed.nodes.iter().map(|n| n.peer_id.clone()).collect();
     let ports: Vec<u16> = fed.nodes.iter().map(|n| n.op().api_port).collect();
-    let key = log_dir().join("economy-issuer.key");
+    let key = log_dir().join(key_file);
     std::fs::write(&key, ratio1::dauth::license::encode_secret(&fed.issuer)).unwrap();
     let key = key.to_str().unwrap().to_string();
     let iss = ratio1::dauth::license::key_id(&fed.issuer.public());
-    let name = format!("{iss}/nd-c6");
     // Links in an epoch the oracles see whole: after their first final one.
     wait_for(90, "a first final epoch", || async {
         let s: serde_json::Value = serde_json::from_str(&http_get(ports[0], "/v1/oracle").await?).ok()?;
         s["lastFinal"].as_u64()
     })
     .await;
+    Economy { fed, _etcds, ids, ports, key, iss }
+}
+
+#[tokio::test]
+async fn licenses_link_by_the_rules_and_claims_pay_by_the_final_records_once() {
+    let _turn = CLUSTERS_4_TO_6.lock().await;
+    let Economy { mut fed, _etcds, ids, ports, key, iss } =
+        economy_network("--relink-secs=600", "economy-issuer.key").await;
+    let name = format!("{iss}/nd-c6");
 
     // 1. The issuer links the ND license to node 2, through node 0's API;
     // a second link of the license, or of the node, is refused with why.
@@ -284,28 +302,8 @@ async fn poai_pays_the_node_that_ran_a_job_from_its_origins_escrow() {
     let constants = log_dir().join("poai-constants.json");
     std::fs::write(&constants, r#"{"poai_min_epochs": 3}"#).unwrap();
     let constants = format!("--economy-constants={}", constants.display());
-    let (fed, _etcds) = cstore::federation_oracles(&[4, 5, 6], 2, |_, o| {
-        o.extra_args.extend(
-            ["--epoch-genesis-ms=0", "--epoch-length-secs=20", "--oracle-phase-secs=2", constants.as_str()]
-                .map(String::from),
-        );
-    })
-    .await;
-    for i in 0..3 {
-        fed.wait_peers(i, 2, 60).await;
-    }
-    let ids: Vec<String> = fed.nodes.iter().map(|n| n.peer_id.clone()).collect();
-    let ports: Vec<u16> = fed.nodes.iter().map(|n| n.op().api_port).collect();
-    let key = log_dir().join("poai-issuer.key");
-    std::fs::write(&key, ratio1::dauth::license::encode_secret(&fed.issuer)).unwrap();
-    let key = key.to_str().unwrap().to_string();
-    let iss = ratio1::dauth::license::key_id(&fed.issuer.public());
+    let Economy { fed, _etcds, ids, ports, key, iss } = economy_network(&constants, "poai-issuer.key").await;
     let (payer, runner) = (format!("{iss}/nd-c5"), format!("{iss}/nd-c6"));
-    wait_for(90, "a first final epoch", || async {
-        let s: serde_json::Value = serde_json::from_str(&http_get(ports[0], "/v1/oracle").await?).ok()?;
-        s["lastFinal"].as_u64()
-    })
-    .await;
     for (id, peer) in [("nd-c5", &ids[1]), ("nd-c6", &ids[2])] {
         let args = ["license", "link", "--issuer-key", &key, "--id", id, "--peer-id", peer, "--class", "ND"];
         let (ok, out, err) = ratio1(ports[0], &args).await;
@@ -358,9 +356,12 @@ async fn poai_pays_the_node_that_ran_a_job_from_its_origins_escrow() {
     .await;
     let budget = st.budget.unwrap();
     assert_eq!((budget.payer.as_deref(), budget.escrowed.as_str()), (Some(payer.as_str()), "0.03"), "{budget:?}");
-    let uid = pipes.get("paid").await.unwrap().metadata.uid.unwrap();
+    // A job is known by its origin and uid.
+    let job_id = |uid: String| format!("{}/{uid}", ids[1]);
+    let uid = job_id(pipes.get("paid").await.unwrap().metadata.uid.unwrap());
     let e = economy(ports[1]).await.unwrap();
-    assert!(e["poai"]["jobs"].get(pipes.get("too-dear").await.unwrap().metadata.uid.unwrap()).is_none(), "{e}");
+    assert!(e["poai"]["jobs"].get(&uid).is_some(), "{e}");
+    assert!(e["poai"]["jobs"].get(job_id(pipes.get("too-dear").await.unwrap().metadata.uid.unwrap())).is_none(), "{e}");
 
     // 4. Each epoch the oracles agree node 6 ran it: 85% to its license,
     // 15% burned, exact; the job over, the rest refunded. Every node
@@ -370,7 +371,8 @@ async fn poai_pays_the_node_that_ran_a_job_from_its_origins_escrow() {
         let e = wait_for(200, "the job over, paid and balanced", || async {
             let e = economy(port).await?;
             let j = &e["poai"]["jobs"][&uid];
-            (j["over"] == true && !j["paid"].as_array()?.is_empty() && e["balanced"] == true).then_some(e)
+            let done = j["over"] == true && !j["paid"].as_array()?.is_empty() && e["balanced"] == true;
+            done.then_some(e)
         })
         .await;
         let p = &e["poai"];

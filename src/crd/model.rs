@@ -139,9 +139,10 @@ pub struct TrainingSpec {
     #[serde(default = "default_learning_rate")]
     #[schemars(range(min = 0.000001, max = 100.0), extend("default" = 0.5))]
     pub learning_rate: f64,
-    /// Participants needed before a round aggregates.
+    /// Participants needed before a round aggregates: at least 2 (one
+    /// update alone is never summed), at most 100 (a round's most).
     #[serde(default = "default_min_participants")]
-    #[schemars(range(min = 1, max = 1000), extend("default" = 2))]
+    #[schemars(range(min = 2, max = 100), extend("default" = 2))]
     pub min_participants: i32,
     /// Seconds a round waits for updates.
     #[serde(default = "default_round_timeout")]

@@ -60,8 +60,9 @@ pub struct R1PipelineSpec {
     /// `nodes` is `placement.nodes`' count, else `placement.clusters`) when
     /// the origin first places it; while the license cannot hold the cost
     /// the pipeline is `Stalled` (`InsufficientFunds`). Without a budget
-    /// it runs unpaid. Fixed once escrowed: a changed budget is reported,
-    /// not applied (docs/economy.md, "PoAI").
+    /// it runs unpaid. Fixed once escrowed: a changed budget is not
+    /// applied, `status.budget` shows the escrowed one (docs/economy.md,
+    /// "PoAI").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<Budget>,
 }

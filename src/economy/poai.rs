@@ -74,6 +74,12 @@ impl Job {
         })
     }
 
+    /// The job's id in the network: its origin and uid (a uid alone is
+    /// only unique in its origin's cluster, and anyone can write one).
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.origin, self.uid)
+    }
+
     /// Whether `epoch` is one the job pays.
     pub fn pays(&self, epoch: u64) -> bool {
         epoch >= self.start && epoch - self.start < self.epochs
@@ -96,7 +102,8 @@ pub fn decided(epoch: u64, now_epoch: u64) -> bool {
     epoch.saturating_add(DECIDED_AFTER_EPOCHS) <= now_epoch
 }
 
-/// One oracle's proposal for an epoch: job uid → the nodes it saw run it.
+/// One oracle's proposal for an epoch: job id ([`Job::id`]) → the nodes
+/// it saw run it.
 pub type Proposal = BTreeMap<String, BTreeSet<String>>;
 
 /// The agreed set of nodes that ran `job` in an epoch, from the proposals
@@ -117,10 +124,14 @@ pub fn agree_set(
     for s in sets {
         *counts.entry(s).or_default() += 1;
     }
-    // The most proposed set; of equals, the first in order (deterministic).
-    let (set, count) =
-        counts.into_iter().fold((None, 0), |(best, bc), (s, c)| if c > bc { (Some(s), c) } else { (best, bc) });
-    set.filter(|_| count > n / 3).cloned()
+    // The most proposed set; a tie for the most agrees on nothing (else a
+    // liar's set would win by how it sorts).
+    let top = counts.values().copied().max().unwrap_or(0);
+    let mut best = counts.into_iter().filter(|(_, c)| *c == top);
+    match (best.next(), best.next()) {
+        (Some((set, count)), None) if count > n / 3 => Some(set.clone()),
+        _ => None,
+    }
 }
 
 /// What one epoch of a job paid.
@@ -149,6 +160,9 @@ pub fn proposal_key(oracle: &str, epoch: u64) -> String {
     format!("{LEDGER_PREFIX}{oracle}/poai/{epoch}")
 }
 
+/// Most epochs a job pays (the CRD's bound).
+pub const MAX_JOB_EPOCHS: u64 = 100_000;
+
 /// Bounds of a proposal read from the wire (CSTORE bounds the record at
 /// 32 KiB; this bounds what a fold walks).
 pub const MAX_PROPOSAL_JOBS: usize = 256;
@@ -171,10 +185,18 @@ impl Job {
         if self.nodes == 0 || self.nodes > MAX_PROPOSAL_NODES as u64 {
             return Err(format!("a job pays 1..={MAX_PROPOSAL_NODES} nodes"));
         }
+        if self.epochs > MAX_JOB_EPOCHS {
+            return Err(format!("a job pays at most {MAX_JOB_EPOCHS} epochs"));
+        }
         if [&self.namespace, &self.name, &self.uid].iter().any(|s| s.len() > 253) {
             return Err("names are at most 253 bytes".into());
         }
         match job_cost(c, self.price, self.nodes, self.epochs) {
+            // No job costs more than the whole supply: the fold's signed
+            // sums stay far from overflowing.
+            Ok(cost) if cost > c.supply_units() => {
+                Err(format!("a job of {} R1 costs more than the whole supply", super::show_r1(cost)))
+            }
             Ok(cost) if cost == self.cost => Ok(()),
             Ok(cost) => Err(format!("cost {} is not price × nodes × epochs = {cost}", self.cost)),
             Err(e) => Err(e.to_string()),
@@ -265,15 +287,19 @@ pub struct Poai {
     /// Left in escrow when their jobs ended, given back.
     #[serde(with = "super::units")]
     pub refunded: u128,
-    /// Per job uid.
+    /// Per job id ([`Job::id`]).
     pub jobs: BTreeMap<String, JobView>,
+    /// Every R1 is somewhere: the balances, what was burned and what is
+    /// held in escrow add up to what was minted, and no balance is
+    /// negative.
+    pub conserved: bool,
 }
 
 impl Poai {
     /// Escrow is conserved: paid + burned + refunded + still held =
     /// escrowed.
     pub fn balanced(&self) -> bool {
-        self.to_licenses + self.burned + self.refunded + self.in_escrow == self.escrowed
+        self.conserved && self.to_licenses + self.burned + self.refunded + self.in_escrow == self.escrowed
     }
 }
 
@@ -313,7 +339,7 @@ pub fn fold(b: &Books<'_>, jobs: &[Job], now_epoch: u64) -> Poai {
         minted + events.get(license).map_or(0, |m| m.range(..before).map(|(_, d)| d).sum::<i128>())
     };
     let mut order: Vec<&Job> = jobs.iter().collect();
-    order.sort_by(|a, b| (a.start, &a.uid).cmp(&(b.start, &b.uid)));
+    order.sort_by_key(|j| (j.start, j.id()));
     let empty = BTreeMap::new();
     for job in order {
         let escrow_epoch = job.start.saturating_sub(1);
@@ -346,7 +372,7 @@ pub fn fold(b: &Books<'_>, jobs: &[Job], now_epoch: u64) -> Poai {
             Ok(p) => p,
             Err(why) => {
                 view.unfunded = Some(why);
-                out.jobs.insert(job.uid.clone(), view);
+                out.jobs.insert(job.id(), view);
                 continue;
             }
         };
@@ -355,7 +381,7 @@ pub fn fold(b: &Books<'_>, jobs: &[Job], now_epoch: u64) -> Poai {
         let last = job.start.saturating_add(job.epochs);
         for e in (job.start..last).take_while(|e| decided(*e, now_epoch)) {
             let registered = (b.registered_at)(e);
-            let Some(set) = agree_set(b.proposals.get(&e).unwrap_or(&empty), &registered, &job.uid) else {
+            let Some(set) = agree_set(b.proposals.get(&e).unwrap_or(&empty), &registered, &job.id()) else {
                 continue;
             };
             let p = pay(c, job, e, &set, b.registry, b.epochs);
@@ -375,7 +401,7 @@ pub fn fold(b: &Books<'_>, jobs: &[Job], now_epoch: u64) -> Poai {
         } else {
             out.in_escrow += view.left;
         }
-        out.jobs.insert(job.uid.clone(), view);
+        out.jobs.insert(job.id(), view);
     }
     let mut credits: BTreeMap<String, u128> = BTreeMap::new();
     let mut balances: BTreeMap<String, i128> = b.minted.iter().map(|(l, m)| (l.clone(), *m as i128)).collect();
@@ -391,6 +417,9 @@ pub fn fold(b: &Books<'_>, jobs: &[Job], now_epoch: u64) -> Poai {
         }
     }
     out.credits = credits.into_iter().map(|(l, v)| (l, v.to_string())).collect();
+    let minted: i128 = b.minted.values().map(|m| *m as i128).sum();
+    let held: i128 = balances.values().sum();
+    out.conserved = balances.values().all(|v| *v >= 0) && held + out.burned as i128 + out.in_escrow as i128 == minted;
     out.balances = balances.into_iter().map(|(l, v)| (l, v.max(0).to_string())).collect();
     out
 }
@@ -407,7 +436,7 @@ mod tests {
     }
 
     fn proposals(entries: &[(&str, &[&str])]) -> BTreeMap<String, Proposal> {
-        entries.iter().map(|(o, s)| (o.to_string(), BTreeMap::from([("job".to_string(), set(s))]))).collect()
+        entries.iter().map(|(o, s)| (o.to_string(), BTreeMap::from([("origin/job".to_string(), set(s))]))).collect()
     }
 
     #[test]
@@ -415,20 +444,23 @@ mod tests {
         let reg = set(&["o1", "o2", "o3", "o4", "o5", "o6"]);
         // 6 oracles: 4 proposals needed, 3 of one set.
         let p = proposals(&[("o1", &["a", "b"]), ("o2", &["a", "b"]), ("o3", &["a"])]);
-        assert_eq!(agree_set(&p, &reg, "job"), None, "3 proposals of 6: too few");
+        assert_eq!(agree_set(&p, &reg, "origin/job"), None, "3 proposals of 6: too few");
         let p = proposals(&[("o1", &["a", "b"]), ("o2", &["a", "b"]), ("o3", &["a"]), ("o4", &["a", "b"])]);
-        assert_eq!(agree_set(&p, &reg, "job"), Some(set(&["a", "b"])));
+        assert_eq!(agree_set(&p, &reg, "origin/job"), Some(set(&["a", "b"])));
         let p = proposals(&[("o1", &["a", "b"]), ("o2", &["a", "b"]), ("o3", &["a"]), ("o4", &["a", "c"])]);
-        assert_eq!(agree_set(&p, &reg, "job"), None, "2 of one set: not a third");
+        assert_eq!(agree_set(&p, &reg, "origin/job"), None, "2 of one set: not a third");
         // Proposals of unregistered oracles do not count.
         let p = proposals(&[("o1", &["a"]), ("x", &["a"]), ("y", &["a"]), ("z", &["a"])]);
-        assert_eq!(agree_set(&p, &reg, "job"), None);
+        assert_eq!(agree_set(&p, &reg, "origin/job"), None);
         // 3 oracles: 2 proposals, 2 of one set (⌊3/3⌋ + 1).
         let reg3 = set(&["o1", "o2", "o3"]);
         let p = proposals(&[("o1", &["a"]), ("o2", &["a"])]);
-        assert_eq!(agree_set(&p, &reg3, "job"), Some(set(&["a"])));
+        assert_eq!(agree_set(&p, &reg3, "origin/job"), Some(set(&["a"])));
         let p = proposals(&[("o1", &["a"]), ("o2", &["b"])]);
-        assert_eq!(agree_set(&p, &reg3, "job"), None);
+        assert_eq!(agree_set(&p, &reg3, "origin/job"), None);
+        // A tie for the most agrees on nothing, however the sets sort.
+        let p = proposals(&[("o1", &["a", "b"]), ("o2", &["a", "b"]), ("o3", &["a"]), ("o4", &["a"])]);
+        assert_eq!(agree_set(&p, &reg, "origin/job"), None);
     }
 
     fn link(id: &str, peer: &str, class: Class, at: u64) -> Statement {
@@ -489,8 +521,8 @@ mod tests {
         assert_eq!(p.burned, 3 * burn);
         assert_eq!(p.credits["i/n1"], (2 * node).to_string());
         assert_eq!(p.credits["i/n2"], node.to_string());
-        assert_eq!(p.jobs["job"].paid[0].unpaid, ["m", "origin"]);
-        assert_eq!(p.jobs["job"].payer.as_deref(), Some("i/o"));
+        assert_eq!(p.jobs["origin/job"].paid[0].unpaid, ["m", "origin"]);
+        assert_eq!(p.jobs["origin/job"].payer.as_deref(), Some("i/o"));
         assert_eq!(p.escrowed, job.cost);
         assert_eq!(p.in_escrow, job.cost - 3 * job.price);
         assert_eq!(p.refunded, 0);
@@ -526,7 +558,7 @@ mod tests {
         let d = Job::new(&c, "ns", "d", "D", "y", UNIT, 1, 2, 0).unwrap();
         let nobody = Job::new(&c, "ns", "n", "N", "z", UNIT, 1, 2, 1).unwrap();
         let mut props: BTreeMap<u64, BTreeMap<String, Proposal>> = BTreeMap::new();
-        props.insert(1, BTreeMap::from([("o1".to_string(), BTreeMap::from([("A".to_string(), set(&["y"]))]))]));
+        props.insert(1, BTreeMap::from([("o1".to_string(), BTreeMap::from([("x/A".to_string(), set(&["y"]))]))]));
         let minted = BTreeMap::from([("i/x".to_string(), 10 * UNIT)]);
         let registered = |_| reg.clone();
         let books = Books {
@@ -538,17 +570,36 @@ mod tests {
             registered_at: &registered,
         };
         let p = fold(&books, &[nobody, d, cj, b, a.clone()], 10);
-        assert_eq!(p.jobs["A"].unfunded, None);
-        assert_eq!(p.jobs["A"].paid.len(), 1, "epoch 1 agreed, epoch 2 not");
-        assert!(p.jobs["B"].unfunded.as_ref().unwrap().contains("held 2 R1 before epoch 2"), "{:?}", p.jobs["B"]);
-        assert_eq!(p.jobs["C"].unfunded, None, "{:?}", p.jobs["C"]);
-        assert!(p.jobs["D"].unfunded.is_some(), "y's credit of epoch 1 is not before epoch 1");
-        assert!(p.jobs["N"].unfunded.as_ref().unwrap().contains("no license"));
+        assert_eq!(p.jobs["x/A"].unfunded, None);
+        assert_eq!(p.jobs["x/A"].paid.len(), 1, "epoch 1 agreed, epoch 2 not");
+        assert!(p.jobs["x/B"].unfunded.as_ref().unwrap().contains("held 2 R1 before epoch 2"), "{:?}", p.jobs["x/B"]);
+        assert_eq!(p.jobs["y/C"].unfunded, None, "{:?}", p.jobs["y/C"]);
+        assert!(p.jobs["y/D"].unfunded.is_some(), "y's credit of epoch 1 is not before epoch 1");
+        assert!(p.jobs["z/N"].unfunded.as_ref().unwrap().contains("no license"));
         assert_eq!(p.escrowed, a.cost + 2 * UNIT);
         assert_eq!(p.credits["i/y"], (4 * UNIT * 85 / 100).to_string());
         // x: 10 − 8 + the 4 R1 of A's unagreed epoch 2, refunded.
         assert_eq!(p.balances["i/x"], (6 * UNIT).to_string());
         assert_eq!(p.balances["i/y"], (4 * UNIT * 85 / 100).to_string(), "C over with nothing paid: refunded");
         assert!(p.balanced());
+        // A job of another origin under the same uid is another job.
+        let twin = Job::new(&c, "ns", "a", "A", "y", UNIT, 1, 2, 0).unwrap();
+        let p = fold(&books, &[a.clone(), twin], 10);
+        assert!(p.jobs["x/A"].unfunded.is_none() && p.jobs["y/A"].unfunded.is_some(), "{:?}", p.jobs);
+        assert_eq!(p.jobs["x/A"].paid.len(), 1, "its own agreement only");
+    }
+
+    #[test]
+    fn jobs_that_cost_more_than_the_supply_or_run_for_ever_are_refused() {
+        let c = Constants::default();
+        let dear = Job::new(&c, "ns", "p", "u", "o", 1_000_000_000_000_000_000 * UNIT, 1, 200, 0);
+        // job_cost itself fits u128 here: the check is the supply.
+        if let Ok(j) = dear {
+            assert!(j.check(&c, "o", "u").unwrap_err().contains("more than the whole supply"));
+        }
+        let mut long = Job::new(&c, "ns", "p", "u", "o", 1, 1, 30, 0).unwrap();
+        long.epochs = MAX_JOB_EPOCHS + 1;
+        long.cost = long.price * long.epochs as u128;
+        assert!(long.check(&c, "o", "u").unwrap_err().contains("at most"));
     }
 }

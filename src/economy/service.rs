@@ -49,10 +49,12 @@ struct Mirror {
     accepts: BTreeMap<Place, Claim>,
     /// (license, from) → oracle → (digest of the claim refused, reason).
     refusals: BTreeMap<(String, u64), BTreeMap<String, (String, String)>>,
-    /// (origin, uid) → the PoAI job it escrowed (checked when folded).
-    jobs: BTreeMap<(String, String), Job>,
-    /// Epoch → oracle → its PoAI proposal (bounded).
-    proposals: BTreeMap<u64, BTreeMap<String, Proposal>>,
+    /// (origin, uid) → the PoAI job it escrowed (checked when folded) and
+    /// when it was written (the writer's clock).
+    jobs: BTreeMap<(String, String), (Job, u64)>,
+    /// Epoch → oracle → its PoAI proposal (bounded) and when it was
+    /// written.
+    proposals: BTreeMap<u64, BTreeMap<String, (Proposal, u64)>>,
 }
 
 impl Mirror {
@@ -103,16 +105,37 @@ impl Mirror {
                     None => slot.remove(&oracle),
                 };
             }
-            // Jobs and proposals last (a CSTORE rule): a rewrite replaces.
+            // Jobs and proposals last (a CSTORE rule), and, like accepts,
+            // stand as first seen: an escrow or a vote is not rewritten
+            // after the fact.
             Key::Job { origin, uid } => {
+                let at = rec.map_or(0, |r| r.hlc.wall_ms());
                 if let Some(j) = value.and_then(|v| serde_json::from_str::<Job>(v).ok()) {
-                    self.jobs.insert((origin, uid), j);
+                    match self.jobs.get(&(origin.clone(), uid.clone())) {
+                        None => {
+                            self.jobs.insert((origin, uid), (j, at));
+                        }
+                        Some((held, _)) if *held != j => {
+                            tracing::warn!(%origin, %uid, "an origin rewrote its PoAI job; the first stands");
+                        }
+                        Some(_) => {}
+                    }
                 }
             }
             Key::Proposal { oracle, epoch } => {
+                let at = rec.map_or(0, |r| r.hlc.wall_ms());
                 let p = value.and_then(|v| serde_json::from_str::<Proposal>(v).ok()).filter(poai::proposal_bounded);
                 if let Some(p) = p {
-                    self.proposals.entry(epoch).or_default().insert(oracle, p);
+                    let slot = self.proposals.entry(epoch).or_default();
+                    match slot.get(&oracle) {
+                        None => {
+                            slot.insert(oracle, (p, at));
+                        }
+                        Some((held, _)) if *held != p => {
+                            tracing::warn!(%oracle, epoch, "an oracle rewrote its PoAI proposal; the first stands");
+                        }
+                        Some(_) => {}
+                    }
                 }
             }
         }
@@ -288,7 +311,7 @@ impl Economy {
     /// The PoAI job `uid` of origin `origin`, as the ledger holds it.
     pub fn job(&self, origin: &str, uid: &str) -> Option<JobView> {
         let folded = self.inner.folded.read().expect("folded lock");
-        folded.poai.jobs.get(uid).filter(|j| j.job.origin == origin).cloned()
+        folded.poai.jobs.get(&format!("{origin}/{uid}")).cloned()
     }
 
     /// The current epoch.
@@ -307,27 +330,31 @@ impl Economy {
         if let Some(j) = self.job(&me, &job.uid) {
             return Ok(j);
         }
+        // Written already (not folded yet, or not valid): never twice.
+        if self.inner.mirror.read().expect("mirror lock").jobs.contains_key(&(me.clone(), job.uid.clone())) {
+            return Err(Unavailable("the escrow is written and not folded yet".into()));
+        }
         job.check(self.constants(), &me, &job.uid).map_err(Unfunded)?;
         let now_epoch = self.now_epoch().ok_or(Unavailable("the epoch clock is not known yet".into()))?;
         let trial = {
             let m = self.inner.mirror.read().expect("mirror lock");
-            let mut jobs: Vec<Job> = valid_jobs(&self.inner.cfg.constants, &m);
+            let epochs = self.epochs().ok_or(Unavailable("the epoch clock is not known yet".into()))?;
+            let mut jobs: Vec<Job> = valid_jobs(&self.inner.cfg.constants, &m, &epochs);
             jobs.push(job.clone());
             fold_poai(&self.inner, &m, &self.inner.folded.read().expect("folded lock"), &jobs, now_epoch)
         };
         let label = |r| ReasonLabels { reason: r };
-        let view = trial.jobs.get(&job.uid).cloned().ok_or(Unavailable("the job did not fold".into()))?;
+        let view = trial.jobs.get(&job.id()).cloned().ok_or(Unavailable("the job did not fold".into()))?;
         if let Some(why) = &view.unfunded {
             self.inner.metrics.economy.escrows.get_or_create(&label("unfunded")).inc();
             return Err(Unfunded(why.clone()));
         }
         let key = poai::job_key(&me, &job.uid);
         let value = serde_json::to_value(&job).expect("job serializes");
-        let rec = self
-            .inner
-            .cstore
-            .set(&key, &value, None)
+        // Bounded: the escrow lock waits on this write.
+        let rec = tokio::time::timeout(Duration::from_secs(10), self.inner.cstore.set(&key, &value, None))
             .await
+            .map_err(|_| Unavailable("CSTORE did not take the escrow within 10 s".into()))?
             .map_err(|e| Unavailable(format!("cannot write the escrow to CSTORE: {e}")))?;
         self.inner.metrics.economy.escrows.get_or_create(&label("escrowed")).inc();
         tracing::info!(uid = %job.uid, cost = %super::show_r1(job.cost), payer = ?view.payer, "PoAI job escrowed");
@@ -472,18 +499,28 @@ async fn load(m: &mut Mirror, store: &Cstore, trust: &TrustStore) -> bool {
     true
 }
 
-/// The jobs whose records are consistent (`Job::check`).
-fn valid_jobs(c: &Constants, m: &Mirror) -> Vec<Job> {
+/// The jobs whose records are consistent (`Job::check`), escrowed when
+/// written: the first epoch paid is the one after the epoch the record
+/// was written in (one either way for clock skew), so no job is backdated
+/// into a license's past.
+fn valid_jobs(c: &Constants, m: &Mirror, epochs: &crate::oracle::epoch::Epochs) -> Vec<Job> {
     m.jobs
         .iter()
-        .filter(|((origin, uid), j)| match j.check(c, origin, uid) {
-            Ok(()) => true,
-            Err(why) => {
-                tracing::debug!(%origin, %uid, %why, "a PoAI job record is ignored");
-                false
+        .filter(|((origin, uid), (j, at))| {
+            let when = epochs.at(*at).map(|e| e + 1);
+            let checked = j.check(c, origin, uid).and_then(|()| match when {
+                Some(w) if j.start.abs_diff(w) <= 1 => Ok(()),
+                _ => Err(format!("first epoch {} is not the one after it was written ({when:?})", j.start)),
+            });
+            match checked {
+                Ok(()) => true,
+                Err(why) => {
+                    tracing::debug!(%origin, %uid, %why, "a PoAI job record is ignored");
+                    false
+                }
             }
         })
-        .map(|(_, j)| j.clone())
+        .map(|(_, (j, _))| j.clone())
         .collect()
 }
 
@@ -495,12 +532,22 @@ fn fold_poai(inner: &Inner, m: &Mirror, folded: &Folded, jobs: &[Job], now_epoch
         *minted.entry(c.license.clone()).or_default() += c.amount;
     }
     let registered = |e: u64| -> BTreeSet<String> { inner.oracle.registered_at(epochs.bounds(e).0) };
+    // Proposals count only if written before the epoch is decided: what
+    // an epoch paid never moves once shown.
+    let proposals: BTreeMap<u64, BTreeMap<String, Proposal>> = m
+        .proposals
+        .iter()
+        .map(|(e, by)| {
+            let until = epochs.bounds(e.saturating_add(poai::DECIDED_AFTER_EPOCHS)).0;
+            (*e, by.iter().filter(|(_, (_, at))| *at < until).map(|(o, (p, _))| (o.clone(), p.clone())).collect())
+        })
+        .collect();
     let books = poai::Books {
         constants: &inner.cfg.constants,
         registry: &folded.registry,
         epochs: &epochs,
         minted: &minted,
-        proposals: &m.proposals,
+        proposals: &proposals,
         registered_at: &registered,
     };
     poai::fold(&books, jobs, now_epoch)
@@ -524,7 +571,7 @@ fn refold(inner: &Inner, m: &Mirror) {
     });
     let mut folded = Folded { registry, ledger, poai: Poai::default() };
     let now_epoch = epochs.at(now()).unwrap_or(0);
-    folded.poai = fold_poai(inner, m, &folded, &valid_jobs(&inner.cfg.constants, m), now_epoch);
+    folded.poai = fold_poai(inner, m, &folded, &valid_jobs(&inner.cfg.constants, m, &epochs), now_epoch);
     *inner.folded.write().expect("folded lock") = folded;
 }
 
@@ -609,7 +656,7 @@ struct Sampler {
     epoch: Option<u64>,
     last: Option<tokio::time::Instant>,
     samples: u32,
-    /// Job uid → target → samples it ran in.
+    /// Job id → target → samples it ran in.
     ran: BTreeMap<String, BTreeMap<String, u32>>,
 }
 
@@ -640,7 +687,7 @@ impl Sampler {
         };
         for j in jobs {
             let Some(running) = p.deeploy.running(&j.origin, &j.namespace, &j.name, &j.uid) else { continue };
-            let slot = self.ran.entry(j.uid).or_default();
+            let slot = self.ran.entry(j.id()).or_default();
             for t in running {
                 *slot.entry(t).or_default() += 1;
             }

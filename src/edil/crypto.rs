@@ -75,6 +75,8 @@ pub enum EdilError {
     Full(u32),
     #[error("the update's signature does not verify")]
     BadSignature,
+    #[error("sealed update: {0}")]
+    Seal(String),
 }
 
 #[derive(Clone, Copy)]

@@ -7,5 +7,6 @@
 pub mod crypto;
 pub mod metrics;
 pub mod round;
+pub mod seal;
 pub mod service;
 pub mod trainer;

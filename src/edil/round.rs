@@ -14,8 +14,11 @@
 //! - The owner ([`open`]) decrypts only a released sum of at least that
 //!   many listed participants, and averages it.
 //!
-//! The aggregator is never the owner: the owner holds the secret key, and
-//! would otherwise see each update alone.
+//! The owner holds the secret key, so it never aggregates, never takes
+//! part (it would know its own update, and so the other one of two), and
+//! a round has at least two participants. Each update travels sealed to
+//! the aggregator ([`super::seal`]): the owner, which receives every
+//! record, cannot open one alone.
 
 use super::crypto::{Aggregate, EdilError, Encoding, OwnerKey, SignedUpdate, Update};
 use serde::{Deserialize, Serialize};
@@ -49,6 +52,10 @@ pub struct Round {
     /// sums made them.
     pub global: Vec<f32>,
     pub trained: u64,
+    /// Per participant, the fingerprint of the public key this round's
+    /// update is encrypted under ([`fingerprint`]): keys are new each
+    /// round, and a participant uses only the one the round names.
+    pub keys: BTreeMap<String, String>,
     /// The built-in trainer's settings and the dataset each participant
     /// holds under this name.
     pub dataset: String,
@@ -56,7 +63,28 @@ pub struct Round {
     pub lr: f32,
 }
 
+/// Most local steps a round may ask of a participant.
+pub const MAX_STEPS: u32 = 10_000;
+
+/// A public key's fingerprint: SHA-256 of its wire bytes, hex.
+pub fn fingerprint(key_bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(key_bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl Round {
+    /// The round's model in the network: the owner and the model's uid
+    /// (a uid alone can be claimed by another owner). Updates are signed
+    /// for it, sums name it.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.owner, self.model)
+    }
+
+    /// What an update's seal is bound to.
+    pub fn seal_context(&self) -> Vec<u8> {
+        format!("{}/{}", self.id(), self.round).into_bytes()
+    }
+
     /// The encoding of the round: headroom for every participant.
     pub fn encoding(&self) -> Result<Encoding, EdilError> {
         Encoding::new(self.participants.len() as u32)
@@ -74,11 +102,23 @@ impl Round {
         if !self.participants.windows(2).all(|w| w[0] < w[1]) {
             return Err("participants must be sorted and distinct".into());
         }
-        if self.min_participants == 0 || self.min_participants as usize > n {
-            return Err(format!("least participants {} is not in 1..={n}", self.min_participants));
+        if self.min_participants < 2 || self.min_participants as usize > n {
+            return Err(format!(
+                "least participants {} is not in 2..={n}: one update alone is never summed",
+                self.min_participants
+            ));
         }
         if self.aggregator == self.owner {
             return Err("the owner cannot aggregate: it would see each update alone".into());
+        }
+        if self.participants.contains(&self.owner) {
+            return Err("the owner cannot take part: knowing its own update, it would learn the others'".into());
+        }
+        if self.keys.len() != n || !self.participants.iter().all(|p| self.keys.contains_key(p)) {
+            return Err("every participant needs its key's fingerprint".into());
+        }
+        if self.steps == 0 || self.steps > MAX_STEPS {
+            return Err(format!("local steps are 1..={MAX_STEPS}"));
         }
         if self.global.is_empty() || self.global.len() > MAX_ROUND_VALUES {
             return Err(format!("a model of 1..={MAX_ROUND_VALUES} values"));
@@ -118,15 +158,22 @@ pub fn choose_aggregator(
 }
 
 /// The sum an aggregator releases.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Released {
+    /// [`Round::id`].
     pub model: String,
     pub round: u64,
     /// The participants whose updates it sums.
     pub participants: Vec<String>,
     /// [`Aggregate::to_bytes`], base64.
     pub aggregate: String,
+    /// The participants' loss and accuracy on their own shards, weighted
+    /// by their samples (what they reported, sealed with their updates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
 }
 
 /// Why an update is not added.
@@ -146,6 +193,8 @@ pub enum Refusal {
     Twice(String),
     #[error("{0}")]
     Shape(EdilError),
+    #[error("the sealed update does not open here")]
+    Sealed,
 }
 
 impl Refusal {
@@ -159,6 +208,7 @@ impl Refusal {
             Refusal::Late => "late",
             Refusal::Twice(_) => "twice",
             Refusal::Shape(_) => "shape",
+            Refusal::Sealed => "sealed",
         }
     }
 }
@@ -168,12 +218,14 @@ pub struct Collector {
     round: Round,
     agg: Aggregate,
     from: BTreeSet<String>,
+    /// Σ loss·samples, Σ accuracy·samples, Σ samples of the added updates.
+    metrics: (f64, f64, f64),
 }
 
 impl Collector {
     pub fn new(round: Round) -> Result<Self, EdilError> {
         let agg = Aggregate::new(round.global.len(), round.encoding()?)?;
-        Ok(Self { round, agg, from: BTreeSet::new() })
+        Ok(Self { round, agg, from: BTreeSet::new(), metrics: (0.0, 0.0, 0.0) })
     }
 
     pub fn round(&self) -> &Round {
@@ -185,9 +237,16 @@ impl Collector {
         &self.from
     }
 
-    /// Adds the update `writer` wrote at `now_ms`, if the round takes it.
-    /// The first update of a participant stands.
-    pub fn offer(&mut self, writer: &str, u: &SignedUpdate, now_ms: u64) -> Result<(), Refusal> {
+    /// Adds the update `writer` wrote at `now_ms`, if the round takes it,
+    /// with the loss, accuracy and sample count it reported. The first
+    /// update of a participant stands.
+    pub fn offer(
+        &mut self,
+        writer: &str,
+        u: &SignedUpdate,
+        now_ms: u64,
+        reported: Option<(f64, f64, u64)>,
+    ) -> Result<(), Refusal> {
         let r = &self.round;
         if !r.participants.iter().any(|p| p == writer) {
             return Err(Refusal::NotListed(writer.to_string()));
@@ -198,7 +257,7 @@ impl Collector {
         if u.verify().map_err(|_| Refusal::BadSignature)?.to_string() != writer {
             return Err(Refusal::BadSignature);
         }
-        if u.model != r.model || u.round != r.round {
+        if u.model != r.id() || u.round != r.round {
             return Err(Refusal::OtherRound { model: u.model.clone(), round: u.round });
         }
         if now_ms > r.deadline_ms {
@@ -210,6 +269,12 @@ impl Collector {
         let update = Update::from_bytes(&u.update, r.global.len()).map_err(Refusal::Shape)?;
         self.agg.add(&update).map_err(Refusal::Shape)?;
         self.from.insert(writer.to_string());
+        if let Some((loss, acc, n)) = reported.filter(|(l, a, _)| l.is_finite() && (0.0..=1.0).contains(a)) {
+            let n = n.clamp(1, 1_000_000_000) as f64;
+            self.metrics.0 += loss * n;
+            self.metrics.1 += acc * n;
+            self.metrics.2 += n;
+        }
         Ok(())
     }
 
@@ -228,11 +293,14 @@ impl Collector {
             return Err(format!("{have} of the least {min} participants sent an update: no sum is released"));
         }
         use base64::Engine;
+        let (l, a, n) = self.metrics;
         Ok(Released {
-            model: self.round.model.clone(),
+            model: self.round.id(),
             round: self.round.round,
             participants: self.from.iter().cloned().collect(),
             aggregate: base64::engine::general_purpose::STANDARD.encode(self.agg.to_bytes()),
+            loss: (n > 0.0).then(|| l / n),
+            accuracy: (n > 0.0).then(|| a / n),
         })
     }
 }
@@ -241,7 +309,7 @@ impl Collector {
 /// unless it sums at least the least participants, all of them listed, as
 /// many as the aggregate says it holds.
 pub fn open(owner: &OwnerKey, round: &Round, r: &Released) -> Result<Vec<f32>, String> {
-    if r.model != round.model || r.round != round.round {
+    if r.model != round.id() || r.round != round.round {
         return Err(format!("a sum of model {} round {}, not this round", r.model, r.round));
     }
     let listed: BTreeSet<&String> = round.participants.iter().collect();
@@ -283,8 +351,9 @@ mod tests {
         let owner = OwnerKey::generate();
         let mut ids: Vec<Keypair> = (0..n).map(|_| Keypair::generate_ed25519()).collect();
         ids.sort_by_key(|k| k.public().to_peer_id().to_string());
-        let keys = ids.iter().map(|_| owner.public_key()).collect();
+        let keys: Vec<ParticipantKey> = ids.iter().map(|_| owner.public_key()).collect();
         let participants: Vec<String> = ids.iter().map(|k| k.public().to_peer_id().to_string()).collect();
+        let prints = participants.iter().zip(&keys).map(|(p, k)| (p.clone(), fingerprint(&k.to_bytes()))).collect();
         let round = Round {
             model: "uid-1".into(),
             namespace: "ns".into(),
@@ -297,6 +366,7 @@ mod tests {
             deadline_ms: 10_000,
             global: vec![0.0; 4],
             trained: 0,
+            keys: prints,
             dataset: "d".into(),
             steps: 1,
             lr: 0.5,
@@ -307,7 +377,7 @@ mod tests {
     fn update(n: &Net, i: usize, x: &[f32], round: u64) -> SignedUpdate {
         let enc = n.round.encoding().unwrap();
         let u = n.keys[i].encrypt(&enc.quantise(x)).unwrap();
-        SignedUpdate::sign(&n.ids[i], &n.round.model, round, &u)
+        SignedUpdate::sign(&n.ids[i], &n.round.id(), round, &u)
     }
 
     fn peer(n: &Net, i: usize) -> String {
@@ -322,10 +392,12 @@ mod tests {
         let xs = [[1.0, -2.0, 0.5, 0.0], [3.0, 2.0, -0.5, 1.0], [2.0, 0.0, 0.0, -1.0]];
         for (i, x) in xs.iter().enumerate() {
             assert!(!c.done(0));
-            c.offer(&peer(&n, i), &update(&n, i, x, 3), 5_000).unwrap();
+            c.offer(&peer(&n, i), &update(&n, i, x, 3), 5_000, Some((0.5, 0.8, 10))).unwrap();
         }
         assert!(c.done(0), "every participant in");
-        let avg = open(&n.owner, &n.round, &c.close().unwrap()).unwrap();
+        let released = c.close().unwrap();
+        assert_eq!((released.loss, released.accuracy), (Some(0.5), Some(0.8)));
+        let avg = open(&n.owner, &n.round, &released).unwrap();
         assert_eq!(avg, vec![2.0, 0.0, 0.0, 0.0]);
     }
 
@@ -336,27 +408,33 @@ mod tests {
         let x = [1.0, 1.0, 1.0, 1.0];
         let u0 = update(&n, 0, &x, 3);
         // Written by someone else, or by a peer not in the round.
-        assert!(matches!(c.offer(&peer(&n, 1), &u0, 0), Err(Refusal::NotItsOwn { .. })));
-        assert!(matches!(c.offer("stranger", &u0, 0), Err(Refusal::NotListed(_))));
+        assert!(matches!(c.offer(&peer(&n, 1), &u0, 0, None), Err(Refusal::NotItsOwn { .. })));
+        assert!(matches!(c.offer("stranger", &u0, 0, None), Err(Refusal::NotListed(_))));
         // Signed for another round (a replay), tampered, or late.
-        assert!(matches!(c.offer(&peer(&n, 0), &update(&n, 0, &x, 2), 0), Err(Refusal::OtherRound { .. })));
+        assert!(matches!(c.offer(&peer(&n, 0), &update(&n, 0, &x, 2), 0, None), Err(Refusal::OtherRound { .. })));
         let mut bent = u0.clone();
         bent.update[100] ^= 1;
-        assert_eq!(c.offer(&peer(&n, 0), &bent, 0), Err(Refusal::BadSignature));
-        assert_eq!(c.offer(&peer(&n, 0), &u0, 10_001), Err(Refusal::Late));
+        assert_eq!(c.offer(&peer(&n, 0), &bent, 0, None), Err(Refusal::BadSignature));
+        assert_eq!(c.offer(&peer(&n, 0), &u0, 10_001, None), Err(Refusal::Late));
         // Of another shape (signed by its participant all the same).
         let enc = n.round.encoding().unwrap();
-        let wide = SignedUpdate::sign(&n.ids[2], "uid-1", 3, &n.keys[2].encrypt(&enc.quantise(&[1.0; 5])).unwrap());
-        assert!(matches!(c.offer(&peer(&n, 2), &wide, 0), Err(Refusal::Shape(EdilError::Length { .. }))));
+        let wide =
+            SignedUpdate::sign(&n.ids[2], &n.round.id(), 3, &n.keys[2].encrypt(&enc.quantise(&[1.0; 5])).unwrap());
+        // Signed for the same uid of another owner: another model.
+        let other = SignedUpdate::sign(&n.ids[1], "intruder/uid-1", 3, &n.keys[1].encrypt(&enc.quantise(&x)).unwrap());
+        assert!(matches!(c.offer(&peer(&n, 1), &other, 0, None), Err(Refusal::OtherRound { .. })));
+        assert!(matches!(c.offer(&peer(&n, 2), &wide, 0, None), Err(Refusal::Shape(EdilError::Length { .. }))));
         // The first update of a participant stands.
-        c.offer(&peer(&n, 0), &u0, 0).unwrap();
-        assert_eq!(c.offer(&peer(&n, 0), &update(&n, 0, &[9.0; 4], 3), 0), Err(Refusal::Twice(peer(&n, 0))));
+        c.offer(&peer(&n, 0), &u0, 0, None).unwrap();
+        assert_eq!(c.offer(&peer(&n, 0), &update(&n, 0, &[9.0; 4], 3), 0, None), Err(Refusal::Twice(peer(&n, 0))));
         // One update at the deadline: nothing is released.
         assert!(c.done(10_001));
         assert!(c.close().unwrap_err().contains("1 of the least 2"));
-        // A lying aggregator's release of one update is not opened either.
+        // A lying aggregator's release of one update is not opened either
+        // (a collector of a round with a least of 1, which no check lets
+        // through, stands in for it).
         let mut lone = Collector::new(Round { min_participants: 1, ..n.round.clone() }).unwrap();
-        lone.offer(&peer(&n, 0), &u0, 0).unwrap();
+        lone.offer(&peer(&n, 0), &u0, 0, None).unwrap();
         let r = lone.close().unwrap();
         assert!(open(&n.owner, &n.round, &r).unwrap_err().contains("fewer than the least 2"));
         let padded = Released { participants: vec![peer(&n, 0), peer(&n, 1)], ..r };
@@ -376,6 +454,18 @@ mod tests {
         };
         assert!(bad(|r| r.aggregator = "owner".into()).contains("cannot aggregate"));
         assert!(bad(|r| r.min_participants = 4).contains("least participants"));
+        assert!(bad(|r| r.min_participants = 1).contains("never summed"));
+        assert!(bad(|r| {
+            r.participants.insert(0, "owner".into());
+            r.participants.sort();
+            r.keys.insert("owner".into(), "f".into());
+        })
+        .contains("cannot take part"));
+        assert!(bad(|r| {
+            r.keys.pop_first();
+        })
+        .contains("fingerprint"));
+        assert!(bad(|r| r.steps = MAX_STEPS + 1).contains("local steps"));
         assert!(bad(|r| r.participants.reverse()).contains("sorted"));
         assert!(bad(|r| r.global = vec![0.0; MAX_ROUND_VALUES + 1]).contains("values"));
         assert!(bad(|r| r.lr = f32::NAN).contains("finite"));

@@ -8,19 +8,22 @@
 //!   averages it and starts the next round;
 //! - **participant** of every round that lists it: trains the built-in
 //!   model on its own shard (`--edil-dataset`), encrypts the weights under
-//!   its key, signs and writes them;
+//!   the key the round names, signs them and seals them to the aggregator
+//!   ([`super::seal`]: CSTORE copies records to every node, the owner
+//!   too, and the owner must not open one update alone);
 //! - **aggregator** of every round that names it: adds the updates with no
 //!   key ([`super::round::Collector`]) and releases the sum, or withholds
 //!   it when fewer than the least participants sent one.
 //!
 //! Records, each written by the peer it names:
-//! `edil/<peer>/datasets`, `edil/<owner>/round/<model uid>/<round>`,
-//! `edil/<owner>/key/<model uid>/<participant>`,
-//! `edil/<participant>/update/<model uid>/<round>`,
-//! `edil/<aggregator>/sum/<model uid>/<round>`.
+//! `edil/<peer>/datasets` (every node running EDIL, refreshed: a TTL),
+//! `edil/<owner>/round/<model uid>/<round>`,
+//! `edil/<owner>/key/<model uid>/<participant>` (new each round),
+//! `edil/<participant>/update/<owner>/<model uid>/<round>` (sealed),
+//! `edil/<aggregator>/sum/<owner>/<model uid>/<round>`.
 
 use super::crypto::{OwnerKey, ParticipantKey, SignedUpdate};
-use super::round::{choose_aggregator, open, Collector, Released, Round};
+use super::round::{choose_aggregator, fingerprint, open, Collector, Refusal, Released, Round};
 use super::trainer::{self, Dataset, Metrics as TrainMetrics};
 use crate::crd::{R1Model, TrainingStatus};
 use crate::cstore::rules::EDIL_PREFIX;
@@ -45,6 +48,13 @@ const TTL: Duration = Duration::from_secs(86_400);
 const GRACE_MS: u64 = 15_000;
 /// A peer counts as fresh (may take part) when heard from this recently.
 const FRESH_MS: i64 = 15_000;
+/// The datasets record lives this long, written again at half of it: a
+/// node that stops (or drops a dataset) leaves the list by itself.
+const ADVERT_TTL: Duration = Duration::from_secs(60);
+/// After a failed round, the owner waits this long before the next.
+const BACKOFF_MS: u64 = 5_000;
+/// A round whose deadline is further than this is not served.
+const MAX_ROUND_MS: u64 = 86_400_000;
 
 /// Settings of `ratio1 operator` for EDIL.
 #[derive(Clone, Debug, Default)]
@@ -63,7 +73,7 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
 }
 
-/// A participant's update record.
+/// What a participant seals to the aggregator.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct UpdateRecord {
@@ -71,6 +81,13 @@ struct UpdateRecord {
     /// Loss and accuracy on its own shard after training, and its size.
     metrics: TrainMetrics,
     samples: u64,
+}
+
+/// A participant's record: its [`UpdateRecord`], sealed, base64.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SealedRecord {
+    sealed: String,
 }
 
 /// An aggregator's record: the sum, or why there is none.
@@ -83,9 +100,11 @@ enum SumRecord {
 
 /// (writer, model uid, round).
 type Place = (String, String, u64);
+/// (writer, owner, model uid, round).
+type Reply = (String, String, String, u64);
 
-/// A round to sum, with each update: (writer, record, first seen).
-type ToSum = (Round, Vec<(String, UpdateRecord, u64)>);
+/// A round to sum, with each update: (writer, sealed bytes, written at).
+type ToSum = (Round, Vec<(String, Vec<u8>, u64)>);
 
 #[derive(Default)]
 struct Mirror {
@@ -93,10 +112,10 @@ struct Mirror {
     rounds: BTreeMap<Place, Round>,
     /// (owner, model uid, participant) → key (wire bytes).
     keys: BTreeMap<(String, String, String), Vec<u8>>,
-    /// Updates and when this node first saw each (its own clock: the
-    /// aggregator's deadline is judged by it).
-    updates: BTreeMap<Place, (UpdateRecord, u64)>,
-    sums: BTreeMap<Place, SumRecord>,
+    /// Sealed updates and when each was written (the writer's clock,
+    /// never later than when this node saw it). The first stands.
+    updates: BTreeMap<Reply, (Vec<u8>, u64)>,
+    sums: BTreeMap<Reply, SumRecord>,
 }
 
 impl Mirror {
@@ -131,20 +150,28 @@ impl Mirror {
                     None => self.keys.remove(&place),
                 };
             }
-            [p, "update", uid, r] => {
+            [p, "update", owner, uid, r] => {
                 let Ok(r) = r.parse::<u64>() else { return };
-                let place = (p.to_string(), uid.to_string(), r);
-                match value.and_then(|v| serde_json::from_value::<UpdateRecord>(v).ok()) {
-                    Some(u) => {
-                        let seen = self.updates.get(&place).map_or(now, |(_, t)| *t);
-                        self.updates.insert(place, (u, seen))
+                let place = (p.to_string(), owner.to_string(), uid.to_string(), r);
+                let sealed = value
+                    .and_then(|v| serde_json::from_value::<SealedRecord>(v).ok())
+                    .and_then(|v| B64.decode(v.sealed).ok())
+                    .filter(|b| b.len() <= 48 * 1024);
+                let at = rec.map_or(now, |r| r.hlc.wall_ms().min(now));
+                match sealed {
+                    // The first version stands (a rewrite is not a second
+                    // chance past the deadline).
+                    Some(b) => {
+                        self.updates.entry(place).or_insert((b, at));
                     }
-                    None => self.updates.remove(&place),
-                };
+                    None => {
+                        self.updates.remove(&place);
+                    }
+                }
             }
-            [a, "sum", uid, r] => {
+            [a, "sum", owner, uid, r] => {
                 let Ok(r) = r.parse::<u64>() else { return };
-                let place = (a.to_string(), uid.to_string(), r);
+                let place = (a.to_string(), owner.to_string(), uid.to_string(), r);
                 match value.and_then(|v| serde_json::from_value::<SumRecord>(v).ok()) {
                     Some(s) => self.sums.insert(place, s),
                     None => self.sums.remove(&place),
@@ -158,13 +185,17 @@ impl Mirror {
 /// An owner's training of one model (in memory: the secret key too).
 struct Training {
     key: OwnerKey,
-    /// Participant → its public key, as published.
-    keys: BTreeMap<String, ParticipantKey>,
+    /// What the training was set up from (a changed spec starts over).
+    spec: crate::crd::TrainingSpec,
     global: Vec<f32>,
     trained: u64,
     /// The round under way, and when it was published (Unix ms).
     current: Option<(Round, u64)>,
     next_round: u64,
+    /// No new round before this (Unix ms): after a failure.
+    retry_at: u64,
+    /// The aggregator of the last failed round (not chosen next).
+    failed_aggregator: Option<String>,
     status: TrainingStatus,
 }
 
@@ -249,10 +280,11 @@ async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut owned: BTreeMap<String, Training> = BTreeMap::new();
-    // (model uid, round) this node trained for or summed already.
-    let mut trained: BTreeSet<(String, u64)> = BTreeSet::new();
-    let mut summed: BTreeSet<(String, u64)> = BTreeSet::new();
-    let mut advertised = false;
+    // Rounds (owner, model uid, round) this node trained for or summed
+    // already; forgotten with the round's record.
+    let mut trained: BTreeSet<Place> = BTreeSet::new();
+    let mut summed: BTreeSet<Place> = BTreeSet::new();
+    let mut advertised: Option<tokio::time::Instant> = None;
     loop {
         if loads != p.cstore.loads() {
             loads = p.cstore.loads();
@@ -268,7 +300,6 @@ async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
                         m.observe(&r.slot.key, Some(&r), now());
                     }
                     *inner.mirror.write().expect("mirror lock") = m;
-                    advertised = false;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "EDIL cannot read CSTORE; reading again");
@@ -295,16 +326,24 @@ async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
         let Some(inner) = weak.upgrade() else { return };
         let e = Edil { inner };
         let Some(me) = p.cstore.peer_id().map(|m| m.to_string()) else { continue };
-        if !advertised && !e.inner.cfg.datasets.is_empty() {
+        // Every node running EDIL says so (with the datasets it holds):
+        // aggregators are chosen among them.
+        if advertised.is_none_or(|t| t.elapsed() >= ADVERT_TTL / 2) {
             let names: Vec<&String> = e.inner.cfg.datasets.keys().collect();
             let key = format!("{EDIL_PREFIX}{me}/datasets");
-            match p.cstore.set(&key, &serde_json::json!({ "datasets": names }), None).await {
+            match p.cstore.set(&key, &serde_json::json!({ "datasets": names }), Some(ADVERT_TTL)).await {
                 Ok(rec) => {
                     e.inner.mirror.write().expect("mirror lock").observe(&key, Some(&rec), now());
-                    advertised = true;
+                    advertised = Some(tokio::time::Instant::now());
                 }
                 Err(err) => tracing::warn!(error = %err, "cannot advertise EDIL datasets"),
             }
+        }
+        {
+            // Records expire: so do the rounds this node remembers.
+            let m = e.inner.mirror.read().expect("mirror lock");
+            trained.retain(|k| m.rounds.contains_key(k));
+            summed.retain(|k| m.rounds.contains_key(k));
         }
         participate(&e, &p, &me, &mut trained).await;
         aggregate(&e, &p, &me, &mut summed).await;
@@ -313,30 +352,40 @@ async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
 }
 
 /// As a participant: an update for every round that lists this node and
-/// that it has not answered.
-async fn participate(e: &Edil, p: &Parts, me: &str, done: &mut BTreeSet<(String, u64)>) {
+/// that it has not answered, encrypted under the key the round names and
+/// sealed to the round's aggregator.
+async fn participate(e: &Edil, p: &Parts, me: &str, done: &mut BTreeSet<Place>) {
     let now = now();
-    let todo: Vec<(Round, Option<Vec<u8>>)> = {
+    let todo: Vec<(Round, Vec<u8>)> = {
         let m = e.inner.mirror.read().expect("mirror lock");
         m.rounds
-            .values()
-            .filter(|r| r.participants.iter().any(|x| x == me) && now <= r.deadline_ms)
-            .filter(|r| !done.contains(&(r.model.clone(), r.round)))
-            .filter(|r| !m.updates.contains_key(&(me.to_string(), r.model.clone(), r.round)))
-            .map(|r| (r.clone(), m.keys.get(&(r.owner.clone(), r.model.clone(), me.to_string())).cloned()))
+            .iter()
+            .filter(|(k, r)| {
+                r.participants.iter().any(|x| x == me)
+                    && now <= r.deadline_ms
+                    && r.deadline_ms <= now + MAX_ROUND_MS
+                    && !done.contains(*k)
+                    && !m.updates.contains_key(&(me.to_string(), r.owner.clone(), r.model.clone(), r.round))
+            })
+            .filter_map(|(_, r)| {
+                // Only the key the round names: a key of another round (or
+                // of the owner before a restart) would not decrypt.
+                let key = m.keys.get(&(r.owner.clone(), r.model.clone(), me.to_string()))?;
+                (r.keys.get(me) == Some(&fingerprint(key))).then(|| (r.clone(), key.clone()))
+            })
             .collect()
     };
     for (round, key) in todo {
-        let Some(key) = key else { continue };
-        done.insert((round.model.clone(), round.round));
+        let Some(keypair) = p.cstore.keypair() else { return };
+        done.insert((round.owner.clone(), round.model.clone(), round.round));
         let Some(path) = e.inner.cfg.datasets.get(&round.dataset).cloned() else {
             tracing::warn!(dataset = %round.dataset, "a round lists this node for a dataset it does not hold");
             continue;
         };
-        let Some(keypair) = p.cstore.keypair() else { continue };
+        let Ok(aggregator) = round.aggregator.parse::<libp2p_identity::PeerId>() else { continue };
         // Training and encryption are CPU work: off the async threads.
         let r = round.clone();
-        let made = tokio::task::spawn_blocking(move || -> Result<UpdateRecord, String> {
+        let made = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
             let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             let data = Dataset::parse_csv(&text).map_err(|e| format!("{}: {e}", path.display()))?;
             let w = trainer::train(&r.global, &data, r.steps, r.lr).map_err(|e| e.to_string())?;
@@ -344,28 +393,31 @@ async fn participate(e: &Edil, p: &Parts, me: &str, done: &mut BTreeSet<(String,
             let key = ParticipantKey::from_bytes(&key).map_err(|e| e.to_string())?;
             let enc = r.encoding().map_err(|e| e.to_string())?;
             let update = key.encrypt(&enc.quantise(&w)).map_err(|e| e.to_string())?;
-            let update = SignedUpdate::sign(&keypair, &r.model, r.round, &update);
-            Ok(UpdateRecord { update, metrics, samples: data.len() as u64 })
+            let update = SignedUpdate::sign(&keypair, &r.id(), r.round, &update);
+            let rec = UpdateRecord { update, metrics, samples: data.len() as u64 };
+            let plain = serde_json::to_vec(&rec).expect("update serializes");
+            super::seal::seal(&keypair, &aggregator, &r.seal_context(), &plain).map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r);
-        let rec = match made {
-            Ok(rec) => rec,
+        let sealed = match made {
+            Ok(s) => s,
             Err(why) => {
                 tracing::warn!(model = %round.model, round = round.round, %why, "cannot train for a round");
                 continue;
             }
         };
-        let k = format!("{EDIL_PREFIX}{me}/update/{}/{}", round.model, round.round);
-        match p.cstore.set(&k, &serde_json::to_value(&rec).expect("update serializes"), Some(TTL)).await {
+        let k = format!("{EDIL_PREFIX}{me}/update/{}/{}/{}", round.owner, round.model, round.round);
+        let value = serde_json::json!({ "sealed": B64.encode(&sealed) });
+        match p.cstore.set(&k, &value, Some(TTL)).await {
             Ok(_) => {
                 p.metrics.edil.updates_sent.inc();
-                tracing::info!(model = %round.model, round = round.round, loss = rec.metrics.loss, "EDIL update sent");
+                tracing::info!(model = %round.model, round = round.round, "EDIL update sent");
             }
             Err(err) => {
                 tracing::warn!(error = %err, "cannot write an EDIL update; trying again");
-                done.remove(&(round.model.clone(), round.round));
+                done.remove(&(round.owner.clone(), round.model.clone(), round.round));
             }
         }
     }
@@ -373,30 +425,47 @@ async fn participate(e: &Edil, p: &Parts, me: &str, done: &mut BTreeSet<(String,
 
 /// As an aggregator: the sum of every round that names this node, once
 /// every participant sent an update or the deadline passed.
-async fn aggregate(e: &Edil, p: &Parts, me: &str, done: &mut BTreeSet<(String, u64)>) {
+async fn aggregate(e: &Edil, p: &Parts, me: &str, done: &mut BTreeSet<Place>) {
     let now = now();
+    let Some(keypair) = p.cstore.keypair() else { return };
     let rounds: Vec<ToSum> = {
         let m = e.inner.mirror.read().expect("mirror lock");
         m.rounds
-            .values()
-            .filter(|r| r.aggregator == me && !done.contains(&(r.model.clone(), r.round)))
-            .filter(|r| !m.sums.contains_key(&(me.to_string(), r.model.clone(), r.round)))
-            .map(|r| {
+            .iter()
+            .filter(|(k, r)| r.aggregator == me && r.deadline_ms <= now + MAX_ROUND_MS && !done.contains(*k))
+            .filter(|(_, r)| !m.sums.contains_key(&(me.to_string(), r.owner.clone(), r.model.clone(), r.round)))
+            .map(|(_, r)| {
                 let ups = m
                     .updates
                     .iter()
-                    .filter(|((_, uid, n), _)| *uid == r.model && *n == r.round)
-                    .map(|((w, ..), (u, seen))| (w.clone(), u.clone(), *seen))
+                    .filter(|((_, o, uid, n), _)| *o == r.owner && *uid == r.model && *n == r.round)
+                    .map(|((w, ..), (sealed, at))| (w.clone(), sealed.clone(), *at))
                     .collect();
                 (r.clone(), ups)
             })
             .collect()
     };
     for (round, updates) in rounds {
+        let everyone = updates.len() == round.participants.len();
+        if !everyone && now <= round.deadline_ms {
+            continue;
+        }
         let Ok(mut c) = Collector::new(round.clone()) else { continue };
         let mut refused = vec![];
-        for (writer, u, seen) in &updates {
-            if let Err(why) = c.offer(writer, &u.update, *seen) {
+        for (writer, sealed, at) in &updates {
+            let opened = writer
+                .parse::<libp2p_identity::PeerId>()
+                .ok()
+                .and_then(|from| super::seal::open(&keypair, &from, &round.seal_context(), sealed).ok())
+                .and_then(|b| serde_json::from_slice::<UpdateRecord>(&b).ok());
+            let outcome = match opened {
+                None => Err(Refusal::Sealed),
+                Some(u) => {
+                    let m = &u.metrics;
+                    c.offer(writer, &u.update, *at, Some((m.loss as f64, m.accuracy as f64, u.samples)))
+                }
+            };
+            if let Err(why) = outcome {
                 refused.push((writer.clone(), why));
             }
         }
@@ -411,10 +480,10 @@ async fn aggregate(e: &Edil, p: &Parts, me: &str, done: &mut BTreeSet<(String, u
             Ok(r) => (SumRecord::Released(r), "released"),
             Err(why) => (SumRecord::Withheld(why), "withheld"),
         };
-        let k = format!("{EDIL_PREFIX}{me}/sum/{}/{}", round.model, round.round);
+        let k = format!("{EDIL_PREFIX}{me}/sum/{}/{}/{}", round.owner, round.model, round.round);
         match p.cstore.set(&k, &serde_json::to_value(&rec).expect("sum serializes"), Some(TTL)).await {
             Ok(_) => {
-                done.insert((round.model.clone(), round.round));
+                done.insert((round.owner.clone(), round.model.clone(), round.round));
                 p.metrics.edil.sums.get_or_create(&ReasonLabels { reason: label }).inc();
                 tracing::info!(model = %round.model, round = round.round, updates = c.from().len(), label, "EDIL sum written");
             }
@@ -431,7 +500,11 @@ async fn own(e: &Edil, p: &Parts, me: &str, owned: &mut BTreeMap<String, Trainin
     e.inner.trainings.lock().expect("trainings lock").retain(|uid, _| live.contains(uid));
     for m in models {
         let (Some(uid), Some(spec)) = (m.uid(), m.spec.training.clone()) else { continue };
-        let t = owned.entry(uid.clone()).or_insert_with(|| resume(e, me, &uid, &spec));
+        // A changed spec starts the training over.
+        if owned.get(&uid).is_some_and(|t| t.spec != spec) {
+            owned.remove(&uid);
+        }
+        let t = owned.entry(uid.clone()).or_insert_with(|| resume(e, me, &m, &uid, &spec));
         if let Err(err) = step(e, p, me, &m, &uid, &spec, t).await {
             tracing::warn!(model = %m.name_any(), error = %err, "EDIL owner step failed; trying again");
         }
@@ -440,27 +513,35 @@ async fn own(e: &Edil, p: &Parts, me: &str, owned: &mut BTreeMap<String, Trainin
     }
 }
 
-/// A training as the records leave it: after a restart, from the last
-/// round this node published (its sum cannot be opened: the key was in
-/// memory), numbered on.
-fn resume(e: &Edil, me: &str, uid: &str, spec: &crate::crd::TrainingSpec) -> Training {
-    let m = e.inner.mirror.read().expect("mirror lock");
-    let last =
-        m.rounds.range((me.to_string(), uid.to_string(), 0)..=(me.to_string(), uid.to_string(), u64::MAX)).last();
+/// A training as it stands after a start: from the model's status (the
+/// rounds completed and their weights), numbered after the last round
+/// this node published. The key is new: a round published before the
+/// restart cannot be opened.
+fn resume(e: &Edil, me: &str, m: &R1Model, uid: &str, spec: &crate::crd::TrainingSpec) -> Training {
     let params = spec.features.max(1) as usize + 1;
-    let (global, trained, next) = match last {
-        Some((_, r)) if r.global.len() == params => (r.global.clone(), r.trained, r.round + 1),
-        Some((_, r)) => (vec![0.0; params], 0, r.round + 1),
-        None => (vec![0.0; params], 0, 1),
+    let mx = e.inner.mirror.read().expect("mirror lock");
+    let last =
+        mx.rounds.range((me.to_string(), uid.to_string(), 0)..=(me.to_string(), uid.to_string(), u64::MAX)).last();
+    let next_round = last.map_or(1, |(_, r)| r.round + 1);
+    let before = m.status.as_ref().and_then(|s| s.training.clone()).filter(|t| t.weights.len() == params);
+    let (global, trained, status) = match before {
+        Some(t) => (
+            t.weights.iter().map(|v| *v as f32).collect(),
+            t.completed_rounds.max(0) as u64,
+            TrainingStatus { round: None, aggregator: None, ..t },
+        ),
+        None => (vec![0.0; params], 0, TrainingStatus { rounds: spec.rounds, ..Default::default() }),
     };
     Training {
         key: OwnerKey::generate(),
-        keys: BTreeMap::new(),
+        spec: spec.clone(),
         global,
         trained,
         current: None,
-        next_round: next,
-        status: TrainingStatus { completed_rounds: trained as i32, rounds: spec.rounds, ..Default::default() },
+        next_round,
+        retry_at: 0,
+        failed_aggregator: None,
+        status,
     }
 }
 
@@ -478,10 +559,10 @@ async fn step(
     if let Some((round, published)) = t.current.clone() {
         let sum = {
             let mx = e.inner.mirror.read().expect("mirror lock");
-            mx.sums.get(&(round.aggregator.clone(), uid.to_string(), round.round)).cloned()
+            mx.sums.get(&(round.aggregator.clone(), me.to_string(), uid.to_string(), round.round)).cloned()
         };
         let outcome = match sum {
-            Some(SumRecord::Released(r)) => open(&t.key, &round, &r).map(|w| (w, r.participants)),
+            Some(SumRecord::Released(r)) => open(&t.key, &round, &r).map(|w| (w, r)),
             Some(SumRecord::Withheld(why)) => Err(format!("round {}: {why}", round.round)),
             None if now > round.deadline_ms + GRACE_MS => Err(format!(
                 "round {}: no sum from aggregator {} by the deadline",
@@ -491,27 +572,18 @@ async fn step(
             None => return Ok(()),
         };
         t.current = None;
+        t.status.round = None;
         match outcome {
-            Ok((w, from)) => {
-                let mx = e.inner.mirror.read().expect("mirror lock");
-                let (mut loss, mut acc, mut n) = (0f64, 0f64, 0f64);
-                for peer in &from {
-                    if let Some((u, _)) = mx.updates.get(&(peer.clone(), uid.to_string(), round.round)) {
-                        let s = u.samples.max(1) as f64;
-                        loss += u.metrics.loss as f64 * s;
-                        acc += u.metrics.accuracy as f64 * s;
-                        n += s;
-                    }
-                }
-                drop(mx);
+            Ok((w, r)) => {
                 t.global = w;
                 t.trained += 1;
+                t.failed_aggregator = None;
                 p.metrics.edil.rounds.get_or_create(&ReasonLabels { reason: "completed" }).inc();
                 let s = &mut t.status;
                 s.completed_rounds = t.trained as i32;
-                s.participants = e.names_of(&from);
+                s.participants = e.names_of(&r.participants);
                 s.last_round_seconds = Some((now.saturating_sub(published)) as f64 / 1000.0);
-                (s.loss, s.accuracy) = if n > 0.0 { (Some(loss / n), Some(acc / n)) } else { (None, None) };
+                (s.loss, s.accuracy) = (r.loss, r.accuracy);
                 s.weights = t.global.iter().map(|v| *v as f64).collect();
                 s.last_failure = None;
                 tracing::info!(model = %m.name_any(), round = round.round, trained = t.trained, "EDIL round completed");
@@ -520,26 +592,31 @@ async fn step(
                 p.metrics.edil.rounds.get_or_create(&ReasonLabels { reason: "failed" }).inc();
                 tracing::warn!(model = %m.name_any(), %why, "EDIL round failed; a new one starts");
                 t.status.last_failure = Some(why);
+                t.retry_at = now + BACKOFF_MS;
+                t.failed_aggregator = Some(round.aggregator.clone());
             }
         }
     }
-    if t.trained >= spec.rounds.max(0) as u64 {
-        t.status.round = None;
+    if t.trained >= spec.rounds.max(0) as u64 || now < t.retry_at {
         return Ok(());
     }
-    // A new round: every fresh peer holding the dataset (and this node,
-    // if it does), and an aggregator that is not this node.
+    // A new round: every fresh peer holding the dataset but this node (it
+    // would know its own update), and an aggregator among the fresh peers
+    // running EDIL that is not this node.
     let fresh = e.fresh();
-    let participants: Vec<String> = {
+    let (participants, edil_peers): (Vec<String>, BTreeSet<String>) = {
         let mx = e.inner.mirror.read().expect("mirror lock");
-        mx.datasets
+        let participants = mx
+            .datasets
             .iter()
-            .filter(|(peer, names)| (fresh.contains(*peer) || *peer == me) && names.contains(&spec.dataset))
+            .filter(|(peer, names)| fresh.contains(*peer) && *peer != me && names.contains(&spec.dataset))
             .map(|(peer, _)| peer.clone())
             .take(super::round::MAX_ROUND_PARTICIPANTS)
-            .collect()
+            .collect();
+        (participants, mx.datasets.keys().filter(|p| fresh.contains(*p)).cloned().collect())
     };
-    let min = spec.min_participants.max(1) as usize;
+    let min = spec.min_participants.max(2) as usize;
+    t.status.aggregator = None;
     if participants.len() < min {
         t.status.last_failure = Some(format!(
             "waiting for participants: {} fresh peers hold dataset {:?}, {min} needed",
@@ -548,23 +625,28 @@ async fn step(
         ));
         return Ok(());
     }
-    let Some(aggregator) = choose_aggregator(uid, t.next_round, me, &participants, &fresh) else {
-        t.status.last_failure = Some("waiting for an aggregator: no fresh peer but this node".into());
+    let mut candidates = edil_peers;
+    if let Some(f) = &t.failed_aggregator {
+        if candidates.len() > 1 {
+            candidates.remove(f);
+        }
+    }
+    let Some(aggregator) = choose_aggregator(uid, t.next_round, me, &participants, &candidates) else {
+        t.status.last_failure = Some("waiting for an aggregator: no fresh peer runs EDIL but this node".into());
         return Ok(());
     };
+    // New keys each round, one per participant: the round names each.
+    let mut prints = BTreeMap::new();
     for peer in &participants {
-        if t.keys.contains_key(peer) {
-            continue;
-        }
-        let pk = t.key.public_key();
+        let pk = t.key.public_key().to_bytes();
+        prints.insert(peer.clone(), fingerprint(&pk));
         let k = format!("{EDIL_PREFIX}{me}/key/{uid}/{peer}");
         let rec = p
             .cstore
-            .set(&k, &serde_json::json!({ "key": B64.encode(pk.to_bytes()) }), Some(TTL))
+            .set(&k, &serde_json::json!({ "key": B64.encode(&pk) }), Some(TTL))
             .await
             .map_err(|e| format!("cannot write a participant key: {e}"))?;
         e.inner.mirror.write().expect("mirror lock").observe(&k, Some(&rec), now);
-        t.keys.insert(peer.clone(), pk);
     }
     let round = Round {
         model: uid.to_string(),
@@ -578,6 +660,7 @@ async fn step(
         deadline_ms: now + spec.round_timeout_seconds.max(1) as u64 * 1000,
         global: t.global.clone(),
         trained: t.trained,
+        keys: prints,
         dataset: spec.dataset.clone(),
         steps: spec.local_steps.max(1) as u32,
         lr: spec.learning_rate as f32,
