@@ -60,8 +60,9 @@ enum Command {
     Deeploy(DeeployArgs),
     /// R1FS, the network's content store.
     Fs(FsArgs),
-    /// EDIL by hand: owner keys, encrypt, aggregate and decrypt updates,
-    /// train the built-in model (no network).
+    /// EDIL: the federated trainings an operator runs (`status`), and its
+    /// cryptography and built-in trainer by hand (keys, train, encrypt,
+    /// aggregate, decrypt: files, no network).
     #[command(subcommand)]
     Edil(edil_cli::EdilCmd),
     /// Print the version.
