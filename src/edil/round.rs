@@ -20,7 +20,7 @@
 //! the aggregator ([`super::seal`]): the owner, which receives every
 //! record, cannot open one alone.
 
-use super::crypto::{Aggregate, EdilError, Encoding, OwnerKey, SignedUpdate, Update};
+use super::crypto::{Aggregate, EdilError, Encoding, OwnerKey, SignedUpdate};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -266,8 +266,8 @@ impl Collector {
         if self.from.contains(writer) {
             return Err(Refusal::Twice(writer.to_string()));
         }
-        let update = Update::from_bytes(&u.update, r.global.len()).map_err(Refusal::Shape)?;
-        self.agg.add(&update).map_err(Refusal::Shape)?;
+        // Checked and added straight from the bytes (`Aggregate::add_wire`).
+        self.agg.add_wire(&u.update).map_err(Refusal::Shape)?;
         self.from.insert(writer.to_string());
         if let Some((loss, acc, n)) = reported.filter(|(l, a, _)| l.is_finite() && (0.0..=1.0).contains(a)) {
             let n = n.clamp(1, 1_000_000_000) as f64;
