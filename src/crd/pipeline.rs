@@ -125,6 +125,16 @@ pub struct Placement {
     pub nodes: Vec<String>,
 }
 
+impl Placement {
+    /// How many clusters it asks for: each named one, else `clusters`.
+    pub fn wanted(&self) -> usize {
+        match self.nodes.len() {
+            0 => self.clusters.max(1) as usize,
+            n => n,
+        }
+    }
+}
+
 impl Default for Placement {
     fn default() -> Self {
         Self { clusters: default_clusters(), cluster_selector: None, nodes: vec![] }

@@ -474,7 +474,7 @@ pub fn plan(inp: &Inputs) -> Result<Plan, String> {
             .or_else(|| room("GPUs", "", o.gpus, u.gpus, total.gpus))
             .map(|r| (r, true))
     };
-    let wanted = if pl.nodes.is_empty() { pl.clusters.max(1) as usize } else { pl.nodes.len() };
+    let wanted = pl.wanted();
     let mut fits = vec![];
     let mut verdicts = vec![];
     for c in inp.candidates {

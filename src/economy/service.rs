@@ -335,10 +335,10 @@ impl Economy {
             return Err(Unavailable("the escrow is written and not folded yet".into()));
         }
         job.check(self.constants(), &me, &job.uid).map_err(Unfunded)?;
-        let now_epoch = self.now_epoch().ok_or(Unavailable("the epoch clock is not known yet".into()))?;
+        let epochs = self.epochs().ok_or(Unavailable("the epoch clock is not known yet".into()))?;
+        let now_epoch = epochs.at(now()).ok_or(Unavailable("the epoch clock has not started".into()))?;
         let trial = {
             let m = self.inner.mirror.read().expect("mirror lock");
-            let epochs = self.epochs().ok_or(Unavailable("the epoch clock is not known yet".into()))?;
             let mut jobs: Vec<Job> = valid_jobs(&self.inner.cfg.constants, &m, &epochs);
             jobs.push(job.clone());
             fold_poai(&self.inner, &m, &self.inner.folded.read().expect("folded lock"), &jobs, now_epoch)

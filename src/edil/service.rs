@@ -500,7 +500,8 @@ async fn own(e: &Edil, p: &Parts, me: &str, owned: &mut BTreeMap<String, Trainin
     e.inner.trainings.lock().expect("trainings lock").retain(|uid, _| live.contains(uid));
     for m in models {
         let (Some(uid), Some(spec)) = (m.uid(), m.spec.training.clone()) else { continue };
-        // A changed spec starts the training over.
+        // A changed spec starts a new training: new keys and rounds, from
+        // the weights in the model's status while their size still fits.
         if owned.get(&uid).is_some_and(|t| t.spec != spec) {
             owned.remove(&uid);
         }

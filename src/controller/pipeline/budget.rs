@@ -43,10 +43,7 @@ pub async fn escrow(p: &R1Pipeline, ctx: &Context, mode: &Mode<'_>) -> Result<Op
         None => {
             let price = parse_r1(&budget.price_per_epoch)
                 .map_err(|e| Invalid::new("InvalidBudget", format!("spec.budget.pricePerEpoch: {e}")))?;
-            let nodes = match p.spec.placement.nodes.len() {
-                0 => p.spec.placement.clusters.max(1) as u64,
-                n => n as u64,
-            };
+            let nodes = p.spec.placement.wanted() as u64;
             let now_epoch = economy
                 .now_epoch()
                 .ok_or_else(|| Invalid::new("BudgetNeedsNetwork", "the epoch clock is not known yet").retry(RETRY))?;
