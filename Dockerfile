@@ -6,8 +6,9 @@
 # lists, uid/gid 65532).
 
 FROM rust:1-bookworm AS build
-# protoc: for crates that compile protobufs at build time (etcd-client).
-RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compiler && rm -rf /var/lib/apt/lists/*
+# protoc and the well-known types etcd's protobufs import: for crates that
+# compile protobufs at build time (etcd-client).
+RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Dependencies first, so that a source change reuses their layer. Every
 # target Cargo.toml declares must exist for cargo to read the manifest:
