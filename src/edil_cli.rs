@@ -117,7 +117,7 @@ pub async fn edil(cmd: EdilCmd) -> anyhow::Result<()> {
                 "{:<32} {:>7} {:>6} {:<30} {:<16} {:>9} LAST FAILURE",
                 "MODEL", "DONE", "ROUND", "PARTICIPANTS", "AGGREGATOR", "ACCURACY"
             );
-            for (k, t) in rows {
+            for (k, t) in &rows {
                 let names: Vec<&str> =
                     t["participants"].as_array().into_iter().flatten().filter_map(|p| p.as_str()).collect();
                 println!(
@@ -129,6 +129,16 @@ pub async fn edil(cmd: EdilCmd) -> anyhow::Result<()> {
                     t["accuracy"].as_f64().map_or("-".into(), |a| format!("{a:.3}")),
                     t["lastFailure"].as_str().unwrap_or("")
                 );
+            }
+            // One model asked for: its rounds' models in R1FS too.
+            if let (Some(_), [(_, t)]) = (&model, rows.as_slice()) {
+                let models = t["models"].as_array().cloned().unwrap_or_default();
+                if !models.is_empty() {
+                    println!("\n{:>7} MODEL IN R1FS (ratio1 r1fs cat CID)", "ROUND");
+                    for m in models {
+                        println!("{:>7} {}", m["round"], m["cid"].as_str().unwrap_or("-"));
+                    }
+                }
             }
             Ok(())
         }

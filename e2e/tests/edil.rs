@@ -197,14 +197,21 @@ async fn federated_training_across_three_clusters_matches_central_training() {
         std::fs::write(&p, text).unwrap();
         p
     };
+    // Every cluster runs R1FS (a data dir): the owner stores each round's
+    // model there, and the others can fetch it.
     let args: Vec<Vec<String>> = (0..3)
         .map(|k| {
+            let data = format!("--data-dir={}", dir.join(format!("data-{k}")).display());
             if k == 0 {
-                return vec![];
+                return vec![data];
             }
             let train = shard(k, "train", csv(20 + k as u64, 300, Some(k)));
             let wide = shard(k, "wide", csv_of(30 + k as u64, 50, None, if k == 2 { 4 } else { 3 }));
-            vec![format!("--edil-dataset=train={}", train.display()), format!("--edil-dataset=wide={}", wide.display())]
+            vec![
+                data,
+                format!("--edil-dataset=train={}", train.display()),
+                format!("--edil-dataset=wide={}", wide.display()),
+            ]
         })
         .collect();
     let (fed, _etcds) = cstore::federation_each(&[4, 5, 6], |k, o| o.extra_args.extend(args[k].clone())).await;
@@ -239,6 +246,24 @@ async fn federated_training_across_three_clusters_matches_central_training() {
     assert!(ok && out.contains("default/edil-lr") && out.contains(&format!("{rounds}/{rounds}")), "{out}{err}");
     let (ok, _, err) = ratio1(&["status", "nope", "--endpoint", &endpoint]);
     assert!(!ok && err.contains("not trained by this operator"), "{err}");
+
+    // Each round's model is R1FS content the owner pins, and a
+    // participant's node fetches the last one from it by CID: the very
+    // weights of the status.
+    assert_eq!(t.models.iter().map(|m| m.round).collect::<Vec<_>>(), (1..=rounds).collect::<Vec<_>>(), "{t:?}");
+    let last = t.models.last().unwrap().cid.clone();
+    assert!(out.contains(&last), "`edil status edil-lr` lists each round's model: {out}");
+    let doc = wait_for(60, "cluster 5 fetches the last round's model", || async {
+        let body = http_get(fed.nodes[1].op().api_port, &format!("/ipfs/{last}")).await?;
+        serde_json::from_str::<serde_json::Value>(&body).ok()
+    })
+    .await;
+    let weights: Vec<f64> = serde_json::from_value(doc["weights"].clone()).unwrap();
+    assert_eq!((weights, doc["round"].as_i64()), (t.weights.clone(), Some(rounds as i64)), "{doc}");
+    let uid = models.get("edil-lr").await.unwrap().metadata.uid.unwrap();
+    let owner_port = fed.nodes[0].op().api_port;
+    let pins = http_get(owner_port, "/v1/r1fs/pins").await.unwrap();
+    assert!(pins.contains(&last) && pins.contains(&format!("edil-{uid}")), "{pins}");
 
     // The federated model against the same one trained centrally on all
     // the shards, on held-out data.
@@ -296,4 +321,10 @@ async fn federated_training_across_three_clusters_matches_central_training() {
     assert!(withheld >= 1.0, "{withheld}");
     let _ = models.delete("edil-short", &Default::default()).await;
     let _ = models.delete("edil-lr", &Default::default()).await;
+    // Its trained models' pins go with the R1Model.
+    wait_for(90, "edil-lr's model pins released", || async {
+        let pins = http_get(owner_port, "/v1/r1fs/pins").await?;
+        (!pins.contains(&format!("edil-{uid}"))).then_some(())
+    })
+    .await;
 }

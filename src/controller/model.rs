@@ -186,7 +186,13 @@ pub async fn reconcile(m: Arc<R1Model>, ctx: Arc<Context>) -> Result<Action> {
     let lookup = |cid: &str| r1fs.expect("only called when R1FS runs").holders(cid);
     let holders = r1fs.map(|_| &lookup as &dyn Fn(&str) -> Holders);
     let edil = ctx.edil.get();
-    let training = m.uid().and_then(|uid| edil.and_then(|e| e.status(&uid))).filter(|_| m.spec.training.is_some());
+    // Until EDIL has taken the training up (just after a start), the status
+    // keeps what it said: the rounds, weights and models EDIL resumes from.
+    let training = m.spec.training.as_ref().and_then(|_| {
+        m.uid()
+            .and_then(|uid| edil.and_then(|e| e.status(&uid)))
+            .or_else(|| m.status.as_ref().and_then(|s| s.training.clone()))
+    });
     let (mut wanted, cid, mut action) = match evaluate(&m, holders, import.as_ref()) {
         // An import in progress is looked at again soon; otherwise R1FS
         // wakes models when holders change, and the resync is a backstop.

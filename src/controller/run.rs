@@ -591,6 +591,8 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
                 view: ctx.view.clone(),
                 profile: ctx.deeploy_profile.subscribe(),
                 models: models_cache.clone(),
+                models_ready: models_ready.clone(),
+                r1fs: ctx.r1fs.clone(),
                 metrics: metrics.clone(),
             };
             let _ = ctx.edil.set(crate::edil::service::Edil::start(cfg.edil.clone(), edil));

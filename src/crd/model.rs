@@ -198,6 +198,22 @@ pub struct TrainingStatus {
     /// Why the last attempt failed, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<String>,
+    /// The model after each completed round as R1FS content (a JSON
+    /// document: round, features, weights, loss, accuracy, participants),
+    /// pinned on the owner's node; the latest last, at most 16 (an older
+    /// one's pin is released when it leaves this list, and every pin when
+    /// the R1Model or its training goes). Empty where R1FS does not run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<RoundModel>,
+}
+
+/// The model a completed round produced, in R1FS.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoundModel {
+    /// Completed rounds when it was made (1 for the first).
+    pub round: i32,
+    pub cid: String,
 }
 
 /// Observed state of a model.

@@ -15,6 +15,9 @@ pub struct EdilMetrics {
     /// Rounds this owner completed, or failed (`failed`: no sum by the
     /// deadline, a withheld sum, a sum that did not open).
     pub rounds: Family<ReasonLabels, Counter>,
+    /// Rounds' models this owner stored in R1FS (`stored`), or could not
+    /// (`failed`).
+    pub models: Family<ReasonLabels, Counter>,
 }
 
 impl EdilMetrics {
@@ -24,12 +27,14 @@ impl EdilMetrics {
             updates_refused: Default::default(),
             sums: Default::default(),
             rounds: Default::default(),
+            models: Default::default(),
         };
         let r = registry.sub_registry_with_prefix("edil");
         r.register("updates_sent", "Encrypted updates this node sent as a participant", m.updates_sent.clone());
         r.register("updates_refused", "Updates this aggregator refused, per reason", m.updates_refused.clone());
         r.register("sums", "Sums this aggregator wrote, released or withheld", m.sums.clone());
         r.register("rounds", "Rounds this owner completed or failed", m.rounds.clone());
+        r.register("models", "Rounds' models this owner stored in R1FS, or failed to", m.models.clone());
         m
     }
 }

@@ -25,7 +25,7 @@
 use super::crypto::{OwnerKey, ParticipantKey, SignedUpdate};
 use super::round::{choose_aggregator, fingerprint, open, Collector, Refusal, Released, Round};
 use super::trainer::{self, Dataset, Metrics as TrainMetrics};
-use crate::crd::{R1Model, TrainingStatus};
+use crate::crd::{R1Model, RoundModel, TrainingStatus};
 use crate::cstore::rules::EDIL_PREFIX;
 use crate::cstore::{Change, Cstore};
 use crate::metrics::{Metrics, ReasonLabels};
@@ -55,6 +55,13 @@ const ADVERT_TTL: Duration = Duration::from_secs(60);
 const BACKOFF_MS: u64 = 5_000;
 /// A round whose deadline is further than this is not served.
 const MAX_ROUND_MS: u64 = 86_400_000;
+/// Trained models listed (and pinned) per training: the latest.
+const MODELS_KEPT: usize = 16;
+/// Owners of the pins of trained models: this prefix and the model's uid
+/// (reserved: the API refuses it for users' pins).
+pub const PIN_PREFIX: &str = "edil-";
+/// How often pins of trained models no training lists are looked for.
+const RELEASE_EVERY: Duration = Duration::from_secs(30);
 
 /// Settings of `ratio1 operator` for EDIL.
 #[derive(Clone, Debug, Default)]
@@ -70,6 +77,11 @@ pub struct Parts {
     /// This cluster's profile (its R1Node name, for status).
     pub profile: tokio::sync::watch::Receiver<Option<crate::deeploy::plan::Profile>>,
     pub models: Store<R1Model>,
+    /// Set once the models' cache is filled (before, a model missing from
+    /// it may exist: its trained models' pins are kept).
+    pub models_ready: crate::objects::Filled,
+    /// Where each round's model is stored (while R1FS runs here).
+    pub r1fs: crate::r1fs::api::Slot,
     pub metrics: Arc<Metrics>,
 }
 
@@ -285,6 +297,7 @@ async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
     let mut trained: BTreeSet<Place> = BTreeSet::new();
     let mut summed: BTreeSet<Place> = BTreeSet::new();
     let mut advertised: Option<tokio::time::Instant> = None;
+    let mut released: Option<tokio::time::Instant> = None;
     loop {
         if loads != p.cstore.loads() {
             loads = p.cstore.loads();
@@ -347,7 +360,14 @@ async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
         }
         participate(&e, &p, &me, &mut trained).await;
         aggregate(&e, &p, &me, &mut summed).await;
+        // (Read before `own` looks at the cache: a cache filled in between
+        // would look like models gone.)
+        let models_ready = p.models_ready.is_set();
         own(&e, &p, &me, &mut owned).await;
+        if models_ready && released.is_none_or(|t| t.elapsed() >= RELEASE_EVERY) {
+            release_models(&p, &owned).await;
+            released = Some(tokio::time::Instant::now());
+        }
     }
 }
 
@@ -502,15 +522,89 @@ async fn own(e: &Edil, p: &Parts, me: &str, owned: &mut BTreeMap<String, Trainin
         let (Some(uid), Some(spec)) = (m.uid(), m.spec.training.clone()) else { continue };
         // A changed spec starts a new training: new keys and rounds, from
         // the weights in the model's status while their size still fits.
+        // The models stored so far stay listed (and pinned): the ones in
+        // memory, newer than the status written last.
+        let mut carried = None;
         if owned.get(&uid).is_some_and(|t| t.spec != spec) {
-            owned.remove(&uid);
+            carried = owned.remove(&uid).map(|t| t.status.models);
         }
         let t = owned.entry(uid.clone()).or_insert_with(|| resume(e, me, &m, &uid, &spec));
+        if let Some(models) = carried {
+            t.status.models = models;
+        }
         if let Err(err) = step(e, p, me, &m, &uid, &spec, t).await {
             tracing::warn!(model = %m.name_any(), error = %err, "EDIL owner step failed; trying again");
         }
         let name = format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any());
         e.inner.trainings.lock().expect("trainings lock").insert(uid, (name, t.status.clone()));
+    }
+}
+
+/// The model a round produced, as R1FS content pinned for the model
+/// (`edil-<uid>`), listed in its status. A failure costs the round
+/// nothing: its weights are in the status; only the CID is missing.
+async fn store_model(
+    r1fs: &crate::r1fs::service::R1fs,
+    p: &Parts,
+    m: &R1Model,
+    uid: &str,
+    round: &Round,
+    t: &mut Training,
+) {
+    let s = &t.status;
+    let doc = serde_json::json!({
+        "kind": "ratio1.ai/edil-model",
+        "version": 1,
+        "model": format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any()),
+        "uid": uid,
+        "round": s.completed_rounds,
+        "attempt": round.round,
+        "features": t.spec.features,
+        "weights": s.weights,
+        "biasLast": true,
+        "loss": s.loss,
+        "accuracy": s.accuracy,
+        "participants": s.participants,
+    });
+    let bytes = serde_json::to_vec_pretty(&doc).expect("a model document serializes");
+    match r1fs.add_bytes(bytes, &format!("{PIN_PREFIX}{uid}")).await {
+        Ok((cid, _)) => {
+            let models = &mut t.status.models;
+            models.push(RoundModel { round: t.status.completed_rounds, cid: crate::r1fs::cid::canonical(&cid) });
+            let over = models.len().saturating_sub(MODELS_KEPT);
+            models.drain(..over);
+            p.metrics.edil.models.get_or_create(&ReasonLabels { reason: "stored" }).inc();
+        }
+        Err(e) => {
+            p.metrics.edil.models.get_or_create(&ReasonLabels { reason: "failed" }).inc();
+            tracing::warn!(model = %m.name_any(), error = %e, "cannot store the round's model in R1FS");
+        }
+    }
+}
+
+/// Releases the pins of trained models no training lists any more (fallen
+/// off the list, or their R1Model or its training is gone); called only
+/// once the models' cache was filled before `own` read it. The R1FS GC
+/// then collects them.
+async fn release_models(p: &Parts, owned: &BTreeMap<String, Training>) {
+    let Some(r1fs) = p.r1fs.get() else { return };
+    let Ok(pins) = r1fs.pins() else { return };
+    for (cid, owners) in pins {
+        for owner in owners.keys() {
+            let Some(uid) = owner.strip_prefix(PIN_PREFIX) else { continue };
+            let listed = owned.get(uid).is_some_and(|t| {
+                let c = crate::r1fs::cid::canonical(&cid);
+                t.status.models.iter().any(|m| m.cid == c)
+            });
+            if !listed {
+                match r1fs.unpin(cid, owner).await {
+                    Ok(_) => {
+                        tracing::info!(cid = %crate::r1fs::cid::canonical(&cid), %owner, "released a trained model's pin")
+                    }
+                    Err(e) => tracing::warn!(error = %e, %owner, "cannot release a trained model's pin"),
+                }
+            }
+        }
     }
 }
 
@@ -531,7 +625,16 @@ fn resume(e: &Edil, me: &str, m: &R1Model, uid: &str, spec: &crate::crd::Trainin
             t.completed_rounds.max(0) as u64,
             TrainingStatus { round: None, aggregator: None, ..t },
         ),
-        None => (vec![0.0; params], 0, TrainingStatus { rounds: spec.rounds, ..Default::default() }),
+        // A training of another size starts from zero, but the models
+        // stored before stay listed.
+        None => {
+            let models = m.status.as_ref().and_then(|s| s.training.as_ref()).map(|t| t.models.clone());
+            (
+                vec![0.0; params],
+                0,
+                TrainingStatus { rounds: spec.rounds, models: models.unwrap_or_default(), ..Default::default() },
+            )
+        }
     };
     Training {
         key: OwnerKey::generate(),
@@ -588,6 +691,9 @@ async fn step(
                 s.weights = t.global.iter().map(|v| *v as f64).collect();
                 s.last_failure = None;
                 tracing::info!(model = %m.name_any(), round = round.round, trained = t.trained, "EDIL round completed");
+                if let Some(r1fs) = p.r1fs.get() {
+                    store_model(r1fs, p, m, uid, &round, t).await;
+                }
             }
             Err(why) => {
                 p.metrics.edil.rounds.get_or_create(&ReasonLabels { reason: "failed" }).inc();

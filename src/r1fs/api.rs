@@ -205,7 +205,12 @@ struct PinParams {
 fn owner_of(p: &PinParams) -> Result<String, ApiError> {
     let o = p.owner.clone().unwrap_or_else(|| DEFAULT_OWNER.into());
     // ≤ 150 bytes: its base64url file name stays within 255.
-    if o.is_empty() || o.len() > 150 || o == super::pins::REPLICA || o.starts_with(super::service::IMPORT_PREFIX) {
+    if o.is_empty()
+        || o.len() > 150
+        || o == super::pins::REPLICA
+        || o.starts_with(super::service::IMPORT_PREFIX)
+        || o.starts_with(crate::edil::service::PIN_PREFIX)
+    {
         return Err(error(StatusCode::BAD_REQUEST, format!("owner {o:?} is not a valid pin owner")));
     }
     Ok(o)

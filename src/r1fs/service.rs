@@ -697,6 +697,17 @@ impl R1fs {
         Ok(pin)
     }
 
+    /// Adds `bytes` as one file (the CID `ipfs add --cid-version 1` gives)
+    /// and pins it for `owner`: content a service of this node makes, such
+    /// as EDIL's trained models.
+    pub async fn add_bytes(&self, bytes: Vec<u8>, owner: &str) -> Result<(Cid, Pin), R1fsError> {
+        let (added, _, _) = self
+            .blocking(move |s| s.put_own_all(|sink| super::add::add_reader(bytes.as_slice(), sink, &mut |_| {})))
+            .await??;
+        let pin = self.pin(added.cid, owner).await?;
+        Ok((added.cid, pin))
+    }
+
     /// Releases `owner`'s pin; the `have` record goes with the last owner.
     pub async fn unpin(&self, cid: Cid, owner: &str) -> Result<usize, R1fsError> {
         let left = self.inner.pins.unpin(&cid, owner)?;
@@ -1069,5 +1080,36 @@ mod tests {
         assert!(parse_key("r1fs/p/have/not-a-cid").is_none());
         assert!(parse_key("r1fs/p/other").is_none());
         assert!(parse_key("node/p/have/x").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_service_adds_bytes_as_the_cid_ipfs_gives_pins_them_and_releases_them() {
+        let root = std::env::temp_dir().join(format!("r1fs-add-bytes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (models, _writer) = kube::runtime::reflector::store();
+        let parts = Parts {
+            cstore: None,
+            view: Default::default(),
+            network: Arc::new(|| None),
+            metrics: Default::default(),
+            models,
+            models_ready: Default::default(),
+            profile: watch::channel(None).1,
+        };
+        let r = R1fs::start(R1fsConfig::new(root.clone()), parts, mpsc::channel(1).1).unwrap();
+        // Two chunks and a bit: a DAG, not a lone leaf.
+        let bytes: Vec<u8> = (0..2 * super::super::add::CHUNK + 10).map(|i| (i * 7 % 251) as u8).collect();
+        let want = super::super::add::add_reader(bytes.as_slice(), &mut |_, _| Ok(()), &mut |_| {}).unwrap();
+        let (cid, pin) = r.add_bytes(bytes.clone(), "edil-m1").await.unwrap();
+        assert_eq!((cid, pin.blocks, pin.dag_size), (want.cid, want.blocks, want.dag_size));
+        let mut back = vec![];
+        r.store().cat(&cid, &mut back).unwrap();
+        assert_eq!(back, bytes);
+        assert!(r.pins().unwrap()[&cid].contains_key("edil-m1"));
+        // The same bytes again: the same CID, one pin per owner.
+        assert_eq!(r.add_bytes(bytes, "edil-m1").await.unwrap().0, cid);
+        assert_eq!(r.unpin(cid, "edil-m1").await.unwrap(), 0);
+        assert!(!r.pins().unwrap().contains_key(&cid));
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
