@@ -198,6 +198,12 @@ pub struct Context {
     /// and the child's generation or resourceVersion): a child whose cache
     /// entry still matches needs no new apply.
     applied: Mutex<HashMap<String, (String, String)>>,
+    /// The last status written per object (UID → the resourceVersion of
+    /// the object it was computed from, and a digest of the status without
+    /// condition times), until the cache shows a newer object: a reconcile
+    /// that runs before the watch has brought back its own write sees the
+    /// old status, and would write the same status again.
+    written: Mutex<HashMap<String, (String, u64)>>,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// How long a healthy object waits before it is checked for drift.
@@ -241,6 +247,7 @@ impl Context {
             local_node_changes: tokio::sync::watch::channel(0).0,
             caches: Caches::default(),
             applied: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             resync: Duration::from_secs(300),
             net: NetOptions::default(),
@@ -298,9 +305,34 @@ impl Context {
         }
     }
 
-    /// Forgets a deleted child.
+    /// Forgets a deleted child (or a deleted object's last status).
     pub fn forget_applied(&self, uid: &str) {
         self.applied.lock().expect("applied lock").remove(uid);
+        self.written.lock().expect("written lock").remove(uid);
+    }
+
+    /// Whether `digest` is the status this process last wrote for `obj` as
+    /// the cache still has it (the write has not come back yet). Forgets
+    /// the entry once the cache holds a newer object.
+    fn wrote_already<K: Resource>(&self, obj: &K, digest: u64) -> bool {
+        let (Some(uid), Some(rv)) = (obj.meta().uid.as_deref(), obj.meta().resource_version.as_deref()) else {
+            return false;
+        };
+        let mut w = self.written.lock().expect("written lock");
+        match w.get(uid) {
+            Some((from, d)) if from == rv => *d == digest,
+            Some(_) => {
+                w.remove(uid);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn remember_written<K: Resource>(&self, obj: &K, digest: u64) {
+        if let (Some(uid), Some(rv)) = (obj.meta().uid.clone(), obj.meta().resource_version.clone()) {
+            self.written.lock().expect("written lock").insert(uid, (rv, digest));
+        }
     }
 }
 
@@ -393,6 +425,16 @@ pub fn status_changed<S: Status>(old: &S, new: &S) -> bool {
     a != b
 }
 
+/// A digest of `status` without condition times.
+fn status_digest<S: Status>(status: &S) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut s = status.clone();
+    conditions::without_times(s.conditions_mut());
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&s).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
 /// The end of every reconcile: states the full set of conditions `wanted`
 /// (replacing the old set), writes status only when it changed (ignoring
 /// condition times, since a write wakes the controller again), publishes an
@@ -415,8 +457,10 @@ where
     if conditions::is_true(status.conditions(), conditions::STALLED) {
         ctx.metrics.stalled.get_or_create(&crate::metrics::KindLabels { kind: kind_label::<K>() }).inc();
     }
-    if status_changed(&old, &status) {
+    let digest = status_digest(&status);
+    if status_changed(&old, &status) && !ctx.wrote_already(obj, digest) {
         patch_status(api, obj, &status).await?;
+        ctx.remember_written(obj, digest);
         report_transition(ctx, obj, old.conditions(), status.conditions()).await;
     }
     ctx.succeeded(obj);

@@ -1042,18 +1042,23 @@ pub async fn reconcile(p: Arc<R1Pipeline>, ctx: Arc<Context>) -> Result<Action> 
             if let (network::Mode::Origin(d, _), Some(placed)) = (&mode, &placed) {
                 network::commit(d, placed).await?;
             }
-            let mut applied_dep = None;
             let mut applied_job = None;
-            match &desired.deployment {
-                Some(d) => applied_dep = Some(apply_child(&ctx, &deployments, &name, d, cur_dep.as_ref()).await?),
-                None => remove_if_owned(&deployments, cur_dep.as_ref(), &p).await?,
-            }
-            match &desired.service {
-                Some(s) => {
-                    apply_child(&ctx, &services, &name, s, cur_svc.as_ref()).await?;
+            // The Deployment and the Service at once: neither waits on the
+            // other, and a new pipeline's first reconcile is one round trip
+            // shorter.
+            let dep = async {
+                match &desired.deployment {
+                    Some(d) => apply_child(&ctx, &deployments, &name, d, cur_dep.as_ref()).await.map(Some),
+                    None => remove_if_owned(&deployments, cur_dep.as_ref(), &p).await.map(|_| None),
                 }
-                None => remove_if_owned(&services, cur_svc.as_ref(), &p).await?,
-            }
+            };
+            let svc = async {
+                match &desired.service {
+                    Some(s) => apply_child(&ctx, &services, &name, s, cur_svc.as_ref()).await.map(|_| ()),
+                    None => remove_if_owned(&services, cur_svc.as_ref(), &p).await,
+                }
+            };
+            let (applied_dep, ()) = tokio::try_join!(dep, svc)?;
             match &desired.job {
                 Some(j) => {
                     let stale = cur_job

@@ -543,6 +543,7 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
     let pipeline_events =
         cached("r1pipelines", Api::<R1Pipeline>::all(client.clone()), wc(), pipelines_writer, &watches, trim)
             .inspect(pipelines_ready.on_init_done())
+            .inspect(forget_deleted(ctx.clone()))
             .inspect({
                 let ctx = ctx.clone();
                 move |ev| {

@@ -527,6 +527,70 @@ mod mocked_api {
         assert!(tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await.is_err());
     }
 
+    /// A reconcile woken before the watch brought back its own status write
+    /// (by the children's echo, say) sees the old status in the cache: it
+    /// does not write the same status again. Once the cache holds a newer
+    /// object whose status differs (someone else's write), it does.
+    #[tokio::test]
+    async fn a_status_is_not_written_twice_while_the_cache_has_not_seen_the_first_write() {
+        use kube::runtime::reflector;
+        use kube::runtime::watcher::Event;
+        let (deps, mut deps_w) = reflector::store::<Deployment>();
+        let (svcs, mut svcs_w) = reflector::store::<Service>();
+        let caches =
+            crate::controller::Caches { deployments: deps.clone(), services: svcs.clone(), ..Default::default() };
+        let (ctx, mut handle) = mocked_context_with(caches);
+        let ctx = Arc::new(ctx);
+        let mut p = pipeline(PipelineMode::Service, vec![container("a", &[8080])]);
+        p.metadata.resource_version = Some("5".into());
+
+        let server = tokio::spawn(async move {
+            for kind in ["deployments", "services"] {
+                let (_, _, send) = next(&mut handle, Method::GET, &format!("/{kind}/web")).await;
+                send.send_response(not_found());
+            }
+            let mut stored_children = vec![];
+            for (kind, uid) in [("deployments", "d-uid"), ("services", "s-uid")] {
+                let (_, body, send) = next(&mut handle, Method::PATCH, &format!("/{kind}/web")).await;
+                let body = stored(body, uid);
+                stored_children.push(body.clone());
+                send.send_response(json_response(StatusCode::OK, body));
+            }
+            let (_, _, send) = next(&mut handle, Method::PATCH, "/r1pipelines/web/status").await;
+            send.send_response(json_response(
+                StatusCode::OK,
+                serde_json::to_value(pipeline(PipelineMode::Service, vec![])).unwrap(),
+            ));
+            (handle, stored_children)
+        });
+        reconcile(Arc::new(p.clone()), ctx.clone()).await.unwrap();
+        let (mut handle, children) = server.await.unwrap();
+        deps_w.apply_watcher_event(&Event::Apply(serde_json::from_value(children[0].clone()).unwrap()));
+        svcs_w.apply_watcher_event(&Event::Apply(serde_json::from_value(children[1].clone()).unwrap()));
+
+        // The same cached pipeline (resourceVersion 5, no status yet).
+        reconcile(Arc::new(p.clone()), ctx.clone()).await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await.is_err(),
+            "the same status was written a second time"
+        );
+
+        // A newer object without that status: written again.
+        p.metadata.resource_version = Some("9".into());
+        let server = tokio::spawn(async move {
+            let (_, body, send) = next(&mut handle, Method::PATCH, "/r1pipelines/web/status").await;
+            assert_eq!(body["status"]["observedGeneration"], 1);
+            send.send_response(json_response(
+                StatusCode::OK,
+                serde_json::to_value(pipeline(PipelineMode::Service, vec![])).unwrap(),
+            ));
+            handle
+        });
+        reconcile(Arc::new(p), ctx.clone()).await.unwrap();
+        let mut handle = server.await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await.is_err());
+    }
+
     /// With the names caches filled and no object of the pipeline's name in
     /// them, the children are created without a GET first; an object of
     /// that name that the names cache knows is looked up (a user's object
