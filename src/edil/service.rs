@@ -57,9 +57,8 @@ const BACKOFF_MS: u64 = 5_000;
 const MAX_ROUND_MS: u64 = 86_400_000;
 /// Trained models listed (and pinned) per training: the latest.
 const MODELS_KEPT: usize = 16;
-/// Owners of the pins of trained models: this prefix and the model's uid
-/// (reserved: the API refuses it for users' pins).
-pub const PIN_PREFIX: &str = "edil-";
+/// Owners of the pins of trained models: this prefix and the model's uid.
+const PIN_PREFIX: &str = crate::r1fs::pins::EDIL_PREFIX;
 /// How often pins of trained models no training lists are looked for.
 const RELEASE_EVERY: Duration = Duration::from_secs(30);
 

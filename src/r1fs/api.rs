@@ -209,7 +209,7 @@ fn owner_of(p: &PinParams) -> Result<String, ApiError> {
         || o.len() > 150
         || o == super::pins::REPLICA
         || o.starts_with(super::service::IMPORT_PREFIX)
-        || o.starts_with(crate::edil::service::PIN_PREFIX)
+        || o.starts_with(super::pins::EDIL_PREFIX)
     {
         return Err(error(StatusCode::BAD_REQUEST, format!("owner {o:?} is not a valid pin owner")));
     }

@@ -15,6 +15,10 @@ use std::path::{Path, PathBuf};
 /// Owner of the pins this node keeps as a network replica.
 pub const REPLICA: &str = "replica";
 
+/// Owners of EDIL's trained models: this prefix and the model's uid
+/// (reserved: the API refuses it for users' pins).
+pub const EDIL_PREFIX: &str = "edil-";
+
 /// What a pin records.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
