@@ -134,7 +134,7 @@ pub async fn edil(cmd: EdilCmd) -> anyhow::Result<()> {
             if let (Some(_), [(_, t)]) = (&model, rows.as_slice()) {
                 let models = t["models"].as_array().cloned().unwrap_or_default();
                 if !models.is_empty() {
-                    println!("\n{:>7} MODEL IN R1FS (ratio1 r1fs cat CID)", "ROUND");
+                    println!("\n{:>7} MODEL IN R1FS (ratio1 fs cat CID)", "ROUND");
                     for m in models {
                         println!("{:>7} {}", m["round"], m["cid"].as_str().unwrap_or("-"));
                     }
