@@ -382,6 +382,37 @@ mod mocked_api {
         (Request::from_parts(parts, Body::empty()), json, send)
     }
 
+    /// A new service pipeline's first reconcile with empty caches: GET
+    /// (miss) and apply each child, write status. Returns the handle, the
+    /// children as the server stored them, and the status body sent.
+    async fn first_reconcile(
+        p: &R1Pipeline,
+        ctx: &Arc<Context>,
+        mut handle: Handle,
+    ) -> (Handle, Vec<serde_json::Value>, serde_json::Value) {
+        let server = tokio::spawn(async move {
+            for kind in ["deployments", "services"] {
+                let (_, _, send) = next(&mut handle, Method::GET, &format!("/{kind}/web")).await;
+                send.send_response(not_found());
+            }
+            let mut stored_children = vec![];
+            for (kind, uid) in [("deployments", "d-uid"), ("services", "s-uid")] {
+                let (_, body, send) = next(&mut handle, Method::PATCH, &format!("/{kind}/web")).await;
+                let body = stored(body, uid);
+                stored_children.push(body.clone());
+                send.send_response(json_response(StatusCode::OK, body));
+            }
+            let (_, status, send) = next(&mut handle, Method::PATCH, "/r1pipelines/web/status").await;
+            send.send_response(json_response(
+                StatusCode::OK,
+                serde_json::to_value(pipeline(PipelineMode::Service, vec![])).unwrap(),
+            ));
+            (handle, stored_children, status)
+        });
+        reconcile(Arc::new(p.clone()), ctx.clone()).await.unwrap();
+        server.await.unwrap()
+    }
+
     #[tokio::test]
     async fn service_pipeline_applies_children_then_status() {
         let (ctx, mut handle) = mocked_context();
@@ -471,33 +502,13 @@ mod mocked_api {
         let (svcs, mut svcs_w) = reflector::store::<Service>();
         let caches =
             crate::controller::Caches { deployments: deps.clone(), services: svcs.clone(), ..Default::default() };
-        let (ctx, mut handle) = mocked_context_with(caches);
+        let (ctx, handle) = mocked_context_with(caches);
         let ctx = Arc::new(ctx);
         let p = pipeline(PipelineMode::Service, vec![container("a", &[8080])]);
 
         // First reconcile: GET (miss), apply, status; remember what the
         // server returned.
-        let server = tokio::spawn(async move {
-            for kind in ["deployments", "services"] {
-                let (_, _, send) = next(&mut handle, Method::GET, &format!("/{kind}/web")).await;
-                send.send_response(not_found());
-            }
-            let mut stored_children = vec![];
-            for (kind, uid) in [("deployments", "d-uid"), ("services", "s-uid")] {
-                let (_, body, send) = next(&mut handle, Method::PATCH, &format!("/{kind}/web")).await;
-                let body = stored(body, uid);
-                stored_children.push(body.clone());
-                send.send_response(json_response(StatusCode::OK, body));
-            }
-            let (_, status, send) = next(&mut handle, Method::PATCH, "/r1pipelines/web/status").await;
-            send.send_response(json_response(
-                StatusCode::OK,
-                serde_json::to_value(pipeline(PipelineMode::Service, vec![])).unwrap(),
-            ));
-            (handle, stored_children, status)
-        });
-        reconcile(Arc::new(p.clone()), ctx.clone()).await.unwrap();
-        let (mut handle, children, status) = server.await.unwrap();
+        let (mut handle, children, status) = first_reconcile(&p, &ctx, handle).await;
 
         // The watches deliver the children; the pipeline carries its status.
         deps_w.apply_watcher_event(&Event::Apply(serde_json::from_value(children[0].clone()).unwrap()));
@@ -539,32 +550,12 @@ mod mocked_api {
         let (svcs, mut svcs_w) = reflector::store::<Service>();
         let caches =
             crate::controller::Caches { deployments: deps.clone(), services: svcs.clone(), ..Default::default() };
-        let (ctx, mut handle) = mocked_context_with(caches);
+        let (ctx, handle) = mocked_context_with(caches);
         let ctx = Arc::new(ctx);
         let mut p = pipeline(PipelineMode::Service, vec![container("a", &[8080])]);
         p.metadata.resource_version = Some("5".into());
 
-        let server = tokio::spawn(async move {
-            for kind in ["deployments", "services"] {
-                let (_, _, send) = next(&mut handle, Method::GET, &format!("/{kind}/web")).await;
-                send.send_response(not_found());
-            }
-            let mut stored_children = vec![];
-            for (kind, uid) in [("deployments", "d-uid"), ("services", "s-uid")] {
-                let (_, body, send) = next(&mut handle, Method::PATCH, &format!("/{kind}/web")).await;
-                let body = stored(body, uid);
-                stored_children.push(body.clone());
-                send.send_response(json_response(StatusCode::OK, body));
-            }
-            let (_, _, send) = next(&mut handle, Method::PATCH, "/r1pipelines/web/status").await;
-            send.send_response(json_response(
-                StatusCode::OK,
-                serde_json::to_value(pipeline(PipelineMode::Service, vec![])).unwrap(),
-            ));
-            (handle, stored_children)
-        });
-        reconcile(Arc::new(p.clone()), ctx.clone()).await.unwrap();
-        let (mut handle, children) = server.await.unwrap();
+        let (mut handle, children, _) = first_reconcile(&p, &ctx, handle).await;
         deps_w.apply_watcher_event(&Event::Apply(serde_json::from_value(children[0].clone()).unwrap()));
         svcs_w.apply_watcher_event(&Event::Apply(serde_json::from_value(children[1].clone()).unwrap()));
 
