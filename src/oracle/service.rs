@@ -234,9 +234,12 @@ async fn run(cfg: OracleConfig, p: Parts, status: std::sync::Weak<Inner>) {
             // one counts from.
             let registered = std::mem::take(&mut c.registered);
             let history = std::mem::take(&mut c.history);
+            let (reported, reports) = (std::mem::take(&mut c.reported), std::mem::take(&mut c.reports));
             c = Collector {
                 registered,
                 history,
+                reported,
+                reports,
                 clock: Some(epochs),
                 registration_skew_ms: (epochs.length_ms / 4).min(REGISTRATION_SKEW_MS),
                 ..Default::default()

@@ -28,7 +28,7 @@
 
 use super::agree::{self, Agreed, EpochRecord, OracleSignature, Rules, Table};
 use super::epoch::Epochs;
-use crate::cstore::record::Record;
+use crate::cstore::record::{Hlc, Record};
 use crate::dauth::license::TrustStore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -121,6 +121,11 @@ pub struct Published {
     pub signed_digest: Option<[u8; 32]>,
     /// Published two different values for one step: ignored this epoch.
     pub equivocated: bool,
+    /// The newest version of each step record taken in. A version older
+    /// than it is stale, not a second publication: CSTORE's watch can
+    /// bring this node's first final copy after its second one, which
+    /// `set` already returned.
+    pub newest: BTreeMap<Step, Hlc>,
 }
 
 /// Kinds of misbehaviour (metric labels).
@@ -184,6 +189,9 @@ pub struct Collector {
     /// The epoch clock, once known: old final records are checked
     /// against it before they enter the history.
     pub clock: Option<Epochs>,
+    /// Each misbehaviour reported, by oracle, epoch and kind: reported
+    /// once, also when a reload reads the same records again.
+    pub reported: BTreeSet<(String, Option<u64>, &'static str)>,
 }
 
 /// A record's key, parsed.
@@ -224,6 +232,9 @@ enum Parsed {
 impl Collector {
     fn report(&mut self, oracle: &str, epoch: Option<u64>, kind: &'static str, detail: String, now_ms: u64) -> Report {
         let r = Report { oracle: oracle.to_string(), epoch, kind, detail, at_ms: now_ms };
+        if !self.reported.insert((r.oracle.clone(), epoch, kind)) {
+            return r;
+        }
         self.reports.push_back(r.clone());
         self.unseen.push(r.clone());
         while self.reports.len() > MAX_REPORTS {
@@ -245,6 +256,7 @@ impl Collector {
         self.finals.retain(|e, _| e.saturating_add(1) >= h);
         self.final_seen_ms.retain(|e, _| e.saturating_add(1) >= h);
         self.conflicts.retain(|e| *e >= h);
+        self.reported.retain(|(_, e, _)| e.is_none_or(|e| e >= h));
     }
 
     /// Takes in one record (already signature- and rule-checked by
@@ -267,6 +279,12 @@ impl Collector {
                 if e < Self::horizon(current) || e > current || !self.registered.contains_key(peer) {
                     return None;
                 }
+                // (an equal clock with another value is still a conflict)
+                let newest = &mut self.epochs.entry(e).or_default().entry(peer.to_string()).or_default().newest;
+                if newest.get(&step).is_some_and(|held| rec.hlc < *held) {
+                    return None;
+                }
+                newest.insert(step, rec.hlc);
                 let parsed = match step {
                     Step::Local => serde_json::from_str::<Local>(v.get()).map(|l| (l.epoch, Parsed::Local(l.table))),
                     Step::Median => serde_json::from_str::<Median>(v.get()).map(|m| (m.epoch, Parsed::Median(m))),
@@ -782,7 +800,7 @@ pub fn plan(c: &mut Collector, i: &Inputs<'_>) -> (Vec<Write>, Vec<EpochState>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cstore::record::{to_raw, Hlc, Slot};
+    use crate::cstore::record::{to_raw, Slot};
     use crate::dauth::license::{issue, key_id, Claims, Class};
     use crate::oracle::sim::{Conduct, Sim, L, PHASE};
     use libp2p_identity::{ed25519, Keypair};
@@ -937,6 +955,40 @@ mod tests {
             c.reports.iter().filter(|r| r.kind != "bad_signature").map(|r| r.oracle.as_str()).collect();
         assert!(flagged.contains(sim.ids[2].as_str()), "{:?}", c.reports);
         assert_eq!(c.finals[&1].agreed, t1, "the first final table stands");
+    }
+
+    #[test]
+    fn a_copy_older_than_the_one_held_is_stale_not_a_second_record() {
+        let mut sim = Sim::new(&[Conduct::Honest; 3], 5);
+        sim.run_epoch(PHASE);
+        let held = sim.collectors[0].finals[&1].clone();
+        assert_eq!(held.signatures.len(), 3);
+        let mut fewer = held.clone();
+        fewer.signatures.remove(&sim.ids[2]);
+        let key = step_key(&sim.ids[0], 1, Step::Final);
+        let at = |value: &EpochRecord, ms: u64| {
+            let v = Some(to_raw(&serde_json::to_value(value).unwrap()).unwrap());
+            Record::sign(&sim.keys[0], Slot::flat(&key), v, Hlc::new(sim.now + ms, 0), None)
+        };
+        let (current, now) = (sim.epochs.at(sim.now).unwrap(), sim.now);
+        let mut c = sim.collectors[1].clone();
+        // The watch brings oracle 0's first copy (2 signatures) after its
+        // second (3): stale, nothing to report.
+        c.observe(&at(&held, 20), &sim.trust, current, now);
+        assert_eq!(c.observe(&at(&fewer, 10), &sim.trust, current, now), None);
+        let p = &c.epochs[&1][&sim.ids[0]];
+        assert!(!p.equivocated && p.last.as_ref() == Some(&held), "{p:?}");
+        assert!(c.unseen.is_empty(), "{:?}", c.unseen);
+        // A newer copy that drops a signature is a second record: reported
+        // once, also when read again (a reload).
+        let dropped = at(&fewer, 30);
+        let r = c.observe(&dropped, &sim.trust, current, now).expect("reported");
+        assert_eq!((r.oracle.as_str(), r.kind), (sim.ids[0].as_str(), "conflicting_final"));
+        let mut again = Collector { reported: c.reported.clone(), ..sim.collectors[1].clone() };
+        again.observe(&at(&held, 20), &sim.trust, current, now);
+        again.observe(&dropped, &sim.trust, current, now);
+        assert_eq!(c.unseen.len(), 1);
+        assert!(again.unseen.is_empty(), "counted once: {:?}", again.unseen);
     }
 
     #[test]
