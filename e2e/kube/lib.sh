@@ -22,11 +22,21 @@ exited() { ! running "$1"; }
 # port_busy HOST PORT: something accepts connections there
 port_busy() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
-# start PIDFILE LOGFILE CMD...: background, own session, record pid
+# start PIDFILE LOGFILE CMD...: background, own session, record pid; returns
+# once the pid runs CMD (or has exited). Until the forked subshell execs,
+# its cmdline is this script's, and `alive` would call it dead: on a busy
+# machine a check right after start took a live kube-proxy for an exited one.
 start() {
-  local pidfile="$1" logfile="$2"; shift 2
+  local pidfile="$1" logfile="$2" pid self i; shift 2
   setsid "$@" >"$logfile" 2>&1 </dev/null &
-  echo $! >"$pidfile"
+  pid=$!
+  echo "$pid" >"$pidfile"
+  self="$(tr '\0' ' ' </proc/$$/cmdline)"
+  for ((i = 0; i < 200; i++)); do
+    running "$pid" || return 0
+    [ "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" != "$self" ] && return 0
+    sleep 0.05
+  done
 }
 
 # wait_until SECONDS WHAT CMD...: run CMD (in this shell: functions work,
