@@ -153,7 +153,14 @@ impl EventLoop {
     }
 
     pub(super) async fn run(mut self) {
-        let mut heartbeat = tokio::time::interval(self.cfg.tuning.heartbeat_interval);
+        // The first beat at a random point of the interval: nodes started
+        // together (a simulation, a fleet rolled out at once) would
+        // otherwise publish in the same instant every interval, and each
+        // burst queues behind itself on every relay.
+        let every = self.cfg.tuning.heartbeat_interval;
+        let phase = every.mul_f64(rand::random::<f64>());
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + phase, every);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut maintenance = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
