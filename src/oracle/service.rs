@@ -244,6 +244,7 @@ async fn run(cfg: OracleConfig, p: Parts, status: std::sync::Weak<Inner>) {
                 registration_skew_ms: (epochs.length_ms / 4).min(REGISTRATION_SKEW_MS),
                 ..Default::default()
             };
+            c.exclude_reported();
             if !load(&mut c, &p.cstore, &p.trust, current, &p.metrics).await {
                 loads = u64::MAX;
                 tick.tick().await;

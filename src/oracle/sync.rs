@@ -230,17 +230,46 @@ enum Parsed {
 }
 
 impl Collector {
-    fn report(&mut self, oracle: &str, epoch: Option<u64>, kind: &'static str, detail: String, now_ms: u64) -> Report {
-        let r = Report { oracle: oracle.to_string(), epoch, kind, detail, at_ms: now_ms };
-        if !self.reported.insert((r.oracle.clone(), epoch, kind)) {
-            return r;
+    /// Records a misbehaviour; `None` when it was reported already.
+    fn report(
+        &mut self,
+        oracle: &str,
+        epoch: Option<u64>,
+        kind: &'static str,
+        detail: String,
+        now_ms: u64,
+    ) -> Option<Report> {
+        // Reports without an epoch (registrations) are not pruned with the
+        // epochs: bounded here, as any licensed peer can carry
+        // registrations signed by throwaway keys.
+        if epoch.is_none() && self.reported.iter().filter(|r| r.1.is_none()).count() >= 1_024 {
+            self.reported.retain(|r| r.1.is_some());
         }
+        if !self.reported.insert((oracle.to_string(), epoch, kind)) {
+            return None;
+        }
+        let r = Report { oracle: oracle.to_string(), epoch, kind, detail, at_ms: now_ms };
         self.reports.push_back(r.clone());
         self.unseen.push(r.clone());
         while self.reports.len() > MAX_REPORTS {
             self.reports.pop_front();
         }
-        r
+        Some(r)
+    }
+
+    /// After a reload: an oracle reported for two values in an epoch stays
+    /// out of it, although CSTORE now holds only its last value.
+    pub fn exclude_reported(&mut self) {
+        let out: Vec<(String, u64)> = self
+            .reported
+            .iter()
+            .filter(|(_, _, kind)| matches!(*kind, "equivocation" | "conflicting_final"))
+            .filter_map(|(o, e, _)| Some((o.clone(), (*e)?)))
+            .filter(|(o, _)| !o.is_empty())
+            .collect();
+        for (o, e) in out {
+            self.epochs.entry(e).or_default().entry(o).or_default().equivocated = true;
+        }
     }
 
     /// Oldest epoch still kept at `current`.
@@ -297,20 +326,20 @@ impl Collector {
                     Ok((epoch, p)) if epoch == e => p,
                     Ok(_) => {
                         let detail = format!("{} record names another epoch", step.name());
-                        return Some(self.report(peer, Some(e), "malformed", detail, now_ms));
+                        return self.report(peer, Some(e), "malformed", detail, now_ms);
                     }
                     Err(err) => {
-                        return Some(self.report(peer, Some(e), "malformed", format!("{}: {err}", step.name()), now_ms))
+                        return self.report(peer, Some(e), "malformed", format!("{}: {err}", step.name()), now_ms)
                     }
                 };
                 match &parsed {
                     Parsed::Signed(s) => {
                         if let Err(why) = agree::check_signature(&s.agreed, peer, &s.signature, trust) {
-                            return Some(self.report(peer, Some(e), "bad_signature", why, now_ms));
+                            return self.report(peer, Some(e), "bad_signature", why, now_ms);
                         }
                     }
                     Parsed::Final(r) => match r.verify_with(trust, &|o, s| self.checked(e, &r.agreed, o, s, trust)) {
-                        Err(why) => return Some(self.report(peer, Some(e), "bad_signature", why, now_ms)),
+                        Err(why) => return self.report(peer, Some(e), "bad_signature", why, now_ms),
                         Ok(v) if !v.ignored.is_empty() => {
                             // Keep only the signatures that verified.
                             let mut r = r.clone();
@@ -351,7 +380,7 @@ impl Collector {
                         _ => ("equivocation", format!("published two different {} tables", step.name())),
                     };
                     if first {
-                        report = Some(self.report(peer, Some(e), kind, detail, now_ms));
+                        report = self.report(peer, Some(e), kind, detail, now_ms);
                     }
                 } else {
                     match parsed {
@@ -372,7 +401,7 @@ impl Collector {
                             q.equivocated = true;
                             let detail = "signed two different tables".to_string();
                             let r = self.report(&o, Some(e), "equivocation", detail, now_ms);
-                            report = report.or(Some(r));
+                            report = report.or(r);
                         }
                         Some(_) => {}
                     }
@@ -388,7 +417,7 @@ impl Collector {
         let v = rec.value.as_ref()?;
         let reg: Registration = match serde_json::from_str(v.get()) {
             Ok(r) => r,
-            Err(e) => return Some(self.report(peer, None, "malformed", format!("registration: {e}"), now_ms)),
+            Err(e) => return self.report(peer, None, "malformed", format!("registration: {e}"), now_ms),
         };
         match trust.verify(&reg.license, peer, (now_ms / 1000) as i64) {
             Ok(c) if c.class.may_be_oracle() => {
@@ -402,9 +431,9 @@ impl Collector {
             }
             Ok(c) => {
                 let detail = format!("registered with an {} license", c.class);
-                Some(self.report(peer, None, "not_an_oracle", detail, now_ms))
+                self.report(peer, None, "not_an_oracle", detail, now_ms)
             }
-            Err(e) => Some(self.report(peer, None, "not_an_oracle", format!("license: {e}"), now_ms)),
+            Err(e) => self.report(peer, None, "not_an_oracle", format!("license: {e}"), now_ms),
         }
     }
 
@@ -984,11 +1013,15 @@ mod tests {
         let dropped = at(&fewer, 30);
         let r = c.observe(&dropped, &sim.trust, current, now).expect("reported");
         assert_eq!((r.oracle.as_str(), r.kind), (sim.ids[0].as_str(), "conflicting_final"));
-        let mut again = Collector { reported: c.reported.clone(), ..sim.collectors[1].clone() };
+        let registered = sim.collectors[1].registered.clone();
+        let mut again = Collector { registered, reported: c.reported.clone(), loaded: true, ..Default::default() };
+        again.exclude_reported();
         again.observe(&at(&held, 20), &sim.trust, current, now);
         again.observe(&dropped, &sim.trust, current, now);
         assert_eq!(c.unseen.len(), 1);
         assert!(again.unseen.is_empty(), "counted once: {:?}", again.unseen);
+        // and still out of the epoch, though CSTORE holds only one copy now
+        assert!(again.epochs[&1][&sim.ids[0]].equivocated);
     }
 
     #[test]
