@@ -34,9 +34,10 @@ start() {
   self="$(tr '\0' ' ' </proc/$$/cmdline)"
   for ((i = 0; i < 200; i++)); do
     running "$pid" || return 0
-    [ "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" != "$self" ] && return 0
+    [ "$( { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null)" != "$self" ] && return 0
     sleep 0.05
   done
+  echo "start: pid $pid ($1) has not exec'd after 10 s; going on" >&2
 }
 
 # wait_until SECONDS WHAT CMD...: run CMD (in this shell: functions work,
