@@ -531,15 +531,31 @@ fn score_params() -> gossipsub::PeerScoreParams {
 /// How long a pruned mesh link waits before it may be grafted again.
 const PRUNE_BACKOFF: Duration = Duration::from_secs(5);
 
-/// A gossip message's id: its author's PeerId bytes and sequence number.
-/// The same fact as gossipsub's default id, without rendering the PeerId
-/// in base58 for every copy received (duplicates included: a few percent
-/// of a 100-node network's CPU). Ids only name messages between peers in
-/// IHAVE/IWANT; a peer computing them the old way still gets every message.
-fn message_id(m: &gossipsub::Message) -> gossipsub::MessageId {
-    let mut id = m.source.map(|p| p.to_bytes()).unwrap_or_default();
-    id.extend_from_slice(&m.sequence_number.unwrap_or_default().to_be_bytes());
-    gossipsub::MessageId(id)
+/// Gossip message ids, in gossipsub's default form (the author's PeerId in
+/// base58, then the sequence number in decimal) so that nodes of earlier
+/// versions name messages alike in IHAVE/IWANT, with each author's base58
+/// string kept: the default renders it for every copy received,
+/// duplicates included (a few percent of a 100-node network's CPU).
+#[derive(Clone, Default)]
+struct MessageIds {
+    names: Arc<std::sync::Mutex<std::collections::HashMap<PeerId, String>>>,
+}
+
+impl MessageIds {
+    /// Authors kept (the licensed network's size, with room).
+    const MAX: usize = 4_096;
+
+    fn id(&self, m: &gossipsub::Message) -> gossipsub::MessageId {
+        let source = m.source.unwrap_or_else(|| PeerId::from_bytes(&[0, 1, 0]).expect("valid PeerId"));
+        let mut names = self.names.lock().expect("message id lock");
+        if names.len() >= Self::MAX && !names.contains_key(&source) {
+            names.clear();
+        }
+        let mut id = names.entry(source).or_insert_with(|| source.to_base58()).clone();
+        drop(names);
+        id.push_str(&m.sequence_number.unwrap_or_default().to_string());
+        gossipsub::MessageId::from(id)
+    }
 }
 
 fn behaviour(
@@ -563,7 +579,10 @@ fn behaviour(
         .validate_messages()
         .max_transmit_size(if cstore { protocol::MAX_SERVICE_GOSSIP_BYTES } else { protocol::MAX_GOSSIP_BYTES })
         .flood_publish(t.flood_publish)
-        .message_id_fn(message_id)
+        .message_id_fn({
+            let ids = MessageIds::default();
+            move |m| ids.id(m)
+        })
         // A GRAFT from a peer not yet admitted here is answered with a PRUNE
         // (its score is negative until admission), and both sides then wait
         // out the backoff before grafting again. The Hello's answerer admits
@@ -572,6 +591,9 @@ fn behaviour(
         // none (200 simulated nodes: mesh sizes 0, every message by lazy
         // gossip). Peers are licensed: a short backoff costs little.
         .prune_backoff(PRUNE_BACKOFF)
+        // (a GRAFT this soon after a PRUNE costs extra: gossipsub's 10 s of
+        // 60, scaled)
+        .graft_flood_threshold(PRUNE_BACKOFF / 6)
         .build()?;
     let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Author(peer), gossip_cfg)?;
     gossipsub.with_peer_score(score_params(), gossipsub::PeerScoreThresholds::default())?;
@@ -880,13 +902,15 @@ mod gossip_id_tests {
     }
 
     #[test]
-    fn a_message_id_names_author_and_sequence_number_and_nothing_else() {
+    fn message_ids_are_gossipsubs_default_ones() {
         let (a, b) = (PeerId::random(), PeerId::random());
-        assert_eq!(message_id(&msg(Some(a), Some(7))), message_id(&msg(Some(a), Some(7))));
-        assert_ne!(message_id(&msg(Some(a), Some(7))), message_id(&msg(Some(a), Some(8))));
-        assert_ne!(message_id(&msg(Some(a), Some(7))), message_id(&msg(Some(b), Some(7))));
-        // Fixed-width sequence number: no two (author, seq) pairs run together.
-        let id = message_id(&msg(Some(a), Some(7))).0;
-        assert_eq!(id, [a.to_bytes(), 7u64.to_be_bytes().to_vec()].concat());
+        let ids = MessageIds::default();
+        for (p, seq) in [(a, 7), (a, 7), (a, 8), (b, 7)] {
+            let default = format!("{}{seq}", p.to_base58());
+            assert_eq!(ids.id(&msg(Some(p), Some(seq))), gossipsub::MessageId::from(default));
+        }
+        let anonymous = PeerId::from_bytes(&[0, 1, 0]).unwrap().to_base58() + "0";
+        assert_eq!(ids.id(&msg(None, None)), gossipsub::MessageId::from(anonymous));
+        assert_ne!(ids.id(&msg(Some(a), Some(7))), ids.id(&msg(Some(b), Some(7))));
     }
 }
