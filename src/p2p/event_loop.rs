@@ -153,10 +153,12 @@ impl EventLoop {
     }
 
     pub(super) async fn run(mut self) {
-        // The first beat at a random point of the interval: nodes started
-        // together (a simulation, a fleet rolled out at once) would
-        // otherwise publish in the same instant every interval, and each
-        // burst queues behind itself on every relay.
+        // One beat at once (status shows the node live), then beats from a
+        // random point of the interval: nodes started together (a
+        // simulation, a fleet rolled out at once) would otherwise publish
+        // in the same instant every interval, and each burst queues behind
+        // itself on every relay.
+        self.publish_heartbeat();
         let every = self.cfg.tuning.heartbeat_interval;
         let phase = every.mul_f64(rand::random::<f64>());
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + phase, every);
