@@ -14,7 +14,9 @@
 //!   ciphertexts; the owner averages. The result is within a few points of
 //!   central training, and no update record is readable on the owner's
 //!   node. A round in which fewer than the least participants send an
-//!   update releases nothing.
+//!   update releases nothing. A model too large for CSTORE records (601
+//!   weights) trains alongside, its round's model, updates and sum
+//!   travelling through R1FS.
 
 use crate::harness::cstore;
 use crate::harness::federation::*;
@@ -70,6 +72,72 @@ fn csv_of(seed: u64, n: usize, shard: Option<usize>, features: usize) -> String 
         rows.push(format!("{},{}", cells.join(","), (z > 0.0) as u8));
     }
     rows.join("\n")
+}
+
+/// Features of the model whose rounds travel through R1FS (601 weights:
+/// more than the 512 that records carry).
+const BIG_FEATURES: usize = 600;
+
+/// The 601-weight model trained alongside `edil-lr`: its rounds name the
+/// owner's model document in R1FS, each update and sum is R1FS content
+/// its record names, sealed as the inline ones are, and a participant's
+/// node fetches the trained model with the status's CID: the weights
+/// every round started from came through R1FS.
+async fn big_model_travels_through_r1fs(fed: &Federation, models: &kube::Api<ratio1::crd::R1Model>) {
+    let st = wait_for(180, "edil-big trained", || async {
+        let st = models.get("edil-big").await.ok()?.status?;
+        let done = st.conditions.iter().any(|c| c.type_ == "Training" && c.reason == "Trained");
+        done.then_some(st)
+    })
+    .await;
+    let t = st.training.clone().unwrap();
+    assert_eq!(t.completed_rounds, 2, "{:?}", t.last_failure);
+    assert_eq!(t.participants, ["node-c5", "node-c6"].map(String::from), "{t:?}");
+    assert!(t.accuracy.is_some_and(|a| a > 0.6), "{:?}", t.accuracy);
+    // The model each round started from is stored too (round 0: zeros).
+    assert_eq!(t.models.iter().map(|m| m.round).collect::<Vec<_>>(), vec![0, 1, 2], "{t:?}");
+    let last = t.models.last().unwrap().cid.clone();
+    let doc = wait_for(60, "cluster 6 fetches edil-big's model", || async {
+        let body = http_get(fed.nodes[2].op().api_port, &format!("/ipfs/{last}")).await?;
+        serde_json::from_str::<serde_json::Value>(&body).ok()
+    })
+    .await;
+    let weights: Vec<f64> = serde_json::from_value(doc["weights"].clone()).unwrap();
+    assert_eq!((weights.len(), &weights), (BIG_FEATURES + 1, &t.weights), "{:?}", doc["round"]);
+
+    // What the owner's CSTORE holds of it: CIDs, no weights or ciphertext.
+    let uid = models.get("edil-big").await.unwrap().metadata.uid.unwrap();
+    let owner = fed.nodes[0].op().api_port;
+    let keys: Vec<String> =
+        serde_json::from_str(&http_get(owner, "/v1/cstore/keys?prefix=edil/").await.unwrap()).unwrap();
+    let mine = |kind: &str| -> Vec<String> {
+        keys.iter().filter(|k| k.contains(&format!("/{kind}/")) && k.contains(&uid)).cloned().collect()
+    };
+    let rounds = mine("round");
+    assert!(rounds.len() >= 2, "{keys:?}");
+    for k in &rounds {
+        let v = cstore::value(owner, k).await.unwrap();
+        assert!(v.get("global").is_none() && v["stored"]["values"] == (BIG_FEATURES + 1), "{k}: {v}");
+    }
+    let updates = mine("update");
+    assert!(updates.len() >= 4, "{keys:?}");
+    for k in &updates {
+        let v = cstore::value(owner, k).await.unwrap();
+        assert!(v.get("sealed").is_none(), "{k}: {v}");
+        // The update itself, fetched by the owner: sealed to the aggregator.
+        let cid = v["cid"].as_str().unwrap().to_string();
+        let bytes = wait_for(60, "the owner fetches an update", || async {
+            http_get_bytes(owner, &format!("/ipfs/{cid}")).await
+        })
+        .await;
+        assert!(bytes.len() > 16 * (BIG_FEATURES + 1), "{k}: {} bytes", bytes.len());
+        assert!(ratio1::edil::crypto::Update::values_in(&bytes).is_err(), "{k} is readable as an update");
+    }
+    for k in mine("sum") {
+        let v = cstore::value(owner, &k).await.unwrap();
+        let r = &v["released"];
+        assert!(r["aggregateCid"].is_string() && r.get("aggregate").is_none(), "{k}: {v}");
+    }
 }
 
 #[test]
@@ -207,10 +275,12 @@ async fn federated_training_across_three_clusters_matches_central_training() {
             }
             let train = shard(k, "train", csv(20 + k as u64, 300, Some(k)));
             let wide = shard(k, "wide", csv_of(30 + k as u64, 50, None, if k == 2 { 4 } else { 3 }));
+            let big = shard(k, "big", csv_of(40 + k as u64, 300, Some(k), BIG_FEATURES));
             vec![
                 data,
                 format!("--edil-dataset=train={}", train.display()),
                 format!("--edil-dataset=wide={}", wide.display()),
+                format!("--edil-dataset=big={}", big.display()),
             ]
         })
         .collect();
@@ -220,13 +290,17 @@ async fn federated_training_across_three_clusters_matches_central_training() {
     }
     let models: kube::Api<ratio1::crd::R1Model> = kube::Api::namespaced(client(4).await, "default");
     let ssa = kube::api::PatchParams::apply("e2e").force();
-    for name in ["edil-lr", "edil-short"] {
+    for name in ["edil-lr", "edil-short", "edil-big"] {
         let _ = models.delete(name, &Default::default()).await;
     }
     let (rounds, steps) = (5, 10);
     let training = serde_json::json!({"rounds": rounds, "dataset": "train", "features": 3, "localSteps": steps,
         "learningRate": 0.5, "minParticipants": 2, "roundTimeoutSeconds": 30});
     models.patch("edil-lr", &ssa, &kube::api::Patch::Apply(model("edil-lr", training))).await.unwrap();
+    // Trained alongside: a model of more weights than records carry.
+    let big = serde_json::json!({"rounds": 2, "dataset": "big", "features": BIG_FEATURES, "localSteps": steps,
+        "learningRate": 0.5, "minParticipants": 2, "roundTimeoutSeconds": 30});
+    models.patch("edil-big", &ssa, &kube::api::Patch::Apply(model("edil-big", big))).await.unwrap();
 
     let st = wait_for(180, "edil-lr trained", || async {
         let st = models.get("edil-lr").await.ok()?.status?;
@@ -288,7 +362,7 @@ async fn federated_training_across_three_clusters_matches_central_training() {
     let owner = fed.nodes[0].op().api_port;
     let keys: Vec<String> =
         serde_json::from_str(&http_get(owner, "/v1/cstore/keys?prefix=edil/").await.unwrap()).unwrap();
-    let updates: Vec<&String> = keys.iter().filter(|k| k.contains("/update/")).collect();
+    let updates: Vec<&String> = keys.iter().filter(|k| k.contains("/update/") && k.contains(&uid)).collect();
     assert!(updates.len() >= 2 * rounds as usize, "{keys:?}");
     use base64::Engine;
     for k in updates {
@@ -297,6 +371,8 @@ async fn federated_training_across_three_clusters_matches_central_training() {
         assert!(ratio1::edil::crypto::Update::values_in(&bytes).is_err(), "{k} is readable as an update");
         assert!(!String::from_utf8_lossy(&bytes).contains("signature"), "{k} is not sealed");
     }
+
+    big_model_travels_through_r1fs(&fed, &models).await;
 
     // Cluster 6 cannot train the `wide` model (its shard has a fourth
     // column): each round holds 1 of the least 2 updates, and the

@@ -129,7 +129,9 @@ pub struct TrainingSpec {
     pub dataset: String,
     /// Features per sample (the CSV's columns less the label): the
     /// built-in model, logistic regression, has `features + 1` weights.
-    #[schemars(range(min = 1, max = 511))]
+    /// A model of more than 512 weights travels through R1FS: the owner,
+    /// the aggregator and every participant run it (`--data-dir`).
+    #[schemars(range(min = 1, max = 1024))]
     pub features: i32,
     /// Gradient steps each participant takes per round on its shard.
     #[serde(default = "default_local_steps")]

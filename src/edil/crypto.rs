@@ -424,6 +424,13 @@ impl Aggregate {
     }
 }
 
+/// Most bytes an update or aggregate of `values` values takes on the
+/// wire: the mask and body of each 2,048-value chunk, 8 bytes each, plus
+/// slack for the headers.
+pub fn wire_bound(values: usize) -> u64 {
+    values.div_ceil(DIM).max(1) as u64 * (DIM as u64) * 16 + 4096
+}
+
 /// A ciphertext list of exactly `expected` values with the fixed
 /// parameters, read within a bound of its size.
 fn update_list(
@@ -431,10 +438,7 @@ fn update_list(
     expected: usize,
     what: &'static str,
 ) -> Result<LweCompactCiphertextListOwned<u64>, EdilError> {
-    // Mask and body of each 2,048-value chunk, 8 bytes each, plus slack.
-    let chunks = expected.div_ceil(DIM).max(1) as u64;
-    let limit = chunks * (DIM as u64) * 16 + 4096;
-    let list: LweCompactCiphertextListOwned<u64> = decode(body, what, limit)?;
+    let list: LweCompactCiphertextListOwned<u64> = decode(body, what, wire_bound(expected))?;
     let conf = LweCiphertextListConformanceParams {
         lwe_dim: LweDimension(DIM),
         lwe_ciphertext_count_constraint: ListSizeConstraint::exact_size(expected),

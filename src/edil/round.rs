@@ -26,9 +26,24 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Most participants of a round over the network.
 pub const MAX_ROUND_PARTICIPANTS: usize = 100;
-/// Most values of a model trained over CSTORE records (an update of one
-/// 2,048-value chunk, base64, fits a 32 KiB record up to about 700).
-pub const MAX_ROUND_VALUES: usize = 512;
+/// Most values of a model whose rounds travel in CSTORE records: the
+/// global weights in the round, each update and the sum in their own (an
+/// update of one 2,048-value chunk, base64, fits a 32 KiB record up to
+/// about 700). A larger model travels through R1FS ([`Stored`]).
+pub const INLINE_VALUES: usize = 512;
+/// Most values of a model trained over the network.
+pub const MAX_ROUND_VALUES: usize = super::crypto::MAX_VALUES;
+
+/// The global weights of a model larger than [`INLINE_VALUES`]: R1FS
+/// content, the owner's model document of the round's `trained` rounds
+/// (`weights`, `uid`, `round`), and how many values it holds. Updates and
+/// the sum of such a round are R1FS content too; their records name them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stored {
+    pub cid: String,
+    pub values: u32,
+}
 
 /// A round, as its owner publishes it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -48,9 +63,13 @@ pub struct Round {
     pub min_participants: u32,
     /// Unix ms after which no update is added.
     pub deadline_ms: u64,
-    /// The weights every participant trains from, and how many rounds'
+    /// The weights every participant trains from (inline up to
+    /// [`INLINE_VALUES`], else in R1FS: `stored`), and how many rounds'
     /// sums made them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub global: Vec<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<Stored>,
     pub trained: u64,
     /// Per participant, the fingerprint of the public key this round's
     /// update is encrypted under ([`fingerprint`]): keys are new each
@@ -83,6 +102,11 @@ impl Round {
     /// What an update's seal is bound to.
     pub fn seal_context(&self) -> Vec<u8> {
         format!("{}/{}", self.id(), self.round).into_bytes()
+    }
+
+    /// How many values the model has.
+    pub fn values(&self) -> usize {
+        self.stored.as_ref().map_or(self.global.len(), |s| s.values as usize)
     }
 
     /// The encoding of the round: headroom for every participant.
@@ -120,8 +144,20 @@ impl Round {
         if self.steps == 0 || self.steps > MAX_STEPS {
             return Err(format!("local steps are 1..={MAX_STEPS}"));
         }
-        if self.global.is_empty() || self.global.len() > MAX_ROUND_VALUES {
-            return Err(format!("a model of 1..={MAX_ROUND_VALUES} values"));
+        match &self.stored {
+            None if self.global.is_empty() || self.global.len() > INLINE_VALUES => {
+                return Err(format!("weights in the round are 1..={INLINE_VALUES} values (more travel through R1FS)"));
+            }
+            Some(s) if !self.global.is_empty() => {
+                return Err(format!("weights are in the round or in R1FS ({}), not both", s.cid));
+            }
+            Some(s) if (s.values as usize) <= INLINE_VALUES || s.values as usize > MAX_ROUND_VALUES => {
+                return Err(format!("weights in R1FS are {}..={MAX_ROUND_VALUES} values", INLINE_VALUES + 1));
+            }
+            Some(s) => {
+                crate::r1fs::cid::parse(&s.cid).map_err(|e| format!("the weights' CID: {e}"))?;
+            }
+            None => {}
         }
         if !self.global.iter().all(|v| v.is_finite()) || !self.lr.is_finite() || self.lr <= 0.0 {
             return Err("weights and learning rate must be finite".into());
@@ -166,8 +202,12 @@ pub struct Released {
     pub round: u64,
     /// The participants whose updates it sums.
     pub participants: Vec<String>,
-    /// [`Aggregate::to_bytes`], base64.
+    /// [`Aggregate::to_bytes`], base64, for a round inline; else empty,
+    /// and `aggregateCid` names the bytes in R1FS.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub aggregate: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate_cid: Option<String>,
     /// The participants' loss and accuracy on their own shards, weighted
     /// by their samples (what they reported, sealed with their updates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -195,6 +235,8 @@ pub enum Refusal {
     Shape(EdilError),
     #[error("the sealed update does not open here")]
     Sealed,
+    #[error("the update cannot be read from R1FS: {0}")]
+    Unfetched(String),
 }
 
 impl Refusal {
@@ -209,6 +251,7 @@ impl Refusal {
             Refusal::Twice(_) => "twice",
             Refusal::Shape(_) => "shape",
             Refusal::Sealed => "sealed",
+            Refusal::Unfetched(_) => "unfetched",
         }
     }
 }
@@ -224,7 +267,7 @@ pub struct Collector {
 
 impl Collector {
     pub fn new(round: Round) -> Result<Self, EdilError> {
-        let agg = Aggregate::new(round.global.len(), round.encoding()?)?;
+        let agg = Aggregate::new(round.values(), round.encoding()?)?;
         Ok(Self { round, agg, from: BTreeSet::new(), metrics: (0.0, 0.0, 0.0) })
     }
 
@@ -286,29 +329,31 @@ impl Collector {
 
     /// The sum to release, or why there is none: fewer updates than the
     /// least participants are never released (one update alone would be
-    /// decryptable by the owner).
-    pub fn close(&self) -> Result<Released, String> {
+    /// decryptable by the owner), with the aggregate's bytes (which the
+    /// caller puts inline or in R1FS).
+    pub fn close(&self) -> Result<(Released, Vec<u8>), String> {
         let (have, min) = (self.from.len(), self.round.min_participants as usize);
         if have < min {
             return Err(format!("{have} of the least {min} participants sent an update: no sum is released"));
         }
-        use base64::Engine;
         let (l, a, n) = self.metrics;
-        Ok(Released {
+        let r = Released {
             model: self.round.id(),
             round: self.round.round,
             participants: self.from.iter().cloned().collect(),
-            aggregate: base64::engine::general_purpose::STANDARD.encode(self.agg.to_bytes()),
+            aggregate: String::new(),
+            aggregate_cid: None,
             loss: (n > 0.0).then(|| l / n),
             accuracy: (n > 0.0).then(|| a / n),
-        })
+        };
+        Ok((r, self.agg.to_bytes()))
     }
 }
 
 /// The owner's step: the new global weights from a released sum. Refused
 /// unless it sums at least the least participants, all of them listed, as
-/// many as the aggregate says it holds.
-pub fn open(owner: &OwnerKey, round: &Round, r: &Released) -> Result<Vec<f32>, String> {
+/// many as the aggregate (`bytes`, from the record or R1FS) says it holds.
+pub fn open(owner: &OwnerKey, round: &Round, r: &Released, bytes: &[u8]) -> Result<Vec<f32>, String> {
     if r.model != round.id() || r.round != round.round {
         return Err(format!("a sum of model {} round {}, not this round", r.model, r.round));
     }
@@ -320,10 +365,8 @@ pub fn open(owner: &OwnerKey, round: &Round, r: &Released) -> Result<Vec<f32>, S
     if from.len() < round.min_participants as usize {
         return Err(format!("the sum holds {} updates, fewer than the least {}", from.len(), round.min_participants));
     }
-    use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(&r.aggregate).map_err(|e| e.to_string())?;
     let enc = round.encoding().map_err(|e| e.to_string())?;
-    let agg = Aggregate::from_bytes(&bytes, round.global.len(), enc).map_err(|e| e.to_string())?;
+    let agg = Aggregate::from_bytes(bytes, round.values(), enc).map_err(|e| e.to_string())?;
     if agg.count() as usize != from.len() {
         return Err(format!("the sum holds {} updates but names {}", agg.count(), from.len()));
     }
@@ -365,6 +408,7 @@ mod tests {
             min_participants: min,
             deadline_ms: 10_000,
             global: vec![0.0; 4],
+            stored: None,
             trained: 0,
             keys: prints,
             dataset: "d".into(),
@@ -395,9 +439,9 @@ mod tests {
             c.offer(&peer(&n, i), &update(&n, i, x, 3), 5_000, Some((0.5, 0.8, 10))).unwrap();
         }
         assert!(c.done(0), "every participant in");
-        let released = c.close().unwrap();
+        let (released, sum) = c.close().unwrap();
         assert_eq!((released.loss, released.accuracy), (Some(0.5), Some(0.8)));
-        let avg = open(&n.owner, &n.round, &released).unwrap();
+        let avg = open(&n.owner, &n.round, &released, &sum).unwrap();
         assert_eq!(avg, vec![2.0, 0.0, 0.0, 0.0]);
     }
 
@@ -435,12 +479,12 @@ mod tests {
         // through, stands in for it).
         let mut lone = Collector::new(Round { min_participants: 1, ..n.round.clone() }).unwrap();
         lone.offer(&peer(&n, 0), &u0, 0, None).unwrap();
-        let r = lone.close().unwrap();
-        assert!(open(&n.owner, &n.round, &r).unwrap_err().contains("fewer than the least 2"));
+        let (r, sum) = lone.close().unwrap();
+        assert!(open(&n.owner, &n.round, &r, &sum).unwrap_err().contains("fewer than the least 2"));
         let padded = Released { participants: vec![peer(&n, 0), peer(&n, 1)], ..r };
-        assert!(open(&n.owner, &n.round, &padded).unwrap_err().contains("holds 1 updates but names 2"));
+        assert!(open(&n.owner, &n.round, &padded, &sum).unwrap_err().contains("holds 1 updates but names 2"));
         let foreign = Released { participants: vec![peer(&n, 0), "x".into()], ..padded };
-        assert!(open(&n.owner, &n.round, &foreign).is_err());
+        assert!(open(&n.owner, &n.round, &foreign, &sum).is_err());
     }
 
     #[test]
@@ -467,7 +511,20 @@ mod tests {
         .contains("fingerprint"));
         assert!(bad(|r| r.steps = MAX_STEPS + 1).contains("local steps"));
         assert!(bad(|r| r.participants.reverse()).contains("sorted"));
-        assert!(bad(|r| r.global = vec![0.0; MAX_ROUND_VALUES + 1]).contains("values"));
+        assert!(bad(|r| r.global = vec![0.0; INLINE_VALUES + 1]).contains("more travel through R1FS"));
+        // A larger model's weights are in R1FS: named by a CID, larger
+        // than what travels inline, not both.
+        let cid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku".to_string();
+        let stored = |values: u32| Some(Stored { cid: cid.clone(), values });
+        let big = Round { global: vec![], stored: stored(600), ..n.round.clone() };
+        assert_eq!((big.check("owner"), big.values()), (Ok(()), 600));
+        assert!(Round { stored: stored(600), ..n.round.clone() }.check("owner").unwrap_err().contains("not both"));
+        let small = Round { stored: stored(INLINE_VALUES as u32), ..big.clone() };
+        assert!(small.check("owner").unwrap_err().contains("values"));
+        let huge = Round { stored: stored(MAX_ROUND_VALUES as u32 + 1), ..big.clone() };
+        assert!(huge.check("owner").unwrap_err().contains("values"));
+        let bogus = Round { stored: Some(Stored { cid: "not-a-cid".into(), values: 600 }), ..big };
+        assert!(bogus.check("owner").unwrap_err().contains("CID"));
         assert!(bad(|r| r.lr = f32::NAN).contains("finite"));
         let cands: BTreeSet<String> = ["owner", "a", "b", "c"].map(String::from).into();
         let parts = vec!["a".to_string(), "b".to_string()];

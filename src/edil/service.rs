@@ -21,9 +21,15 @@
 //! `edil/<owner>/key/<model uid>/<participant>` (new each round),
 //! `edil/<participant>/update/<owner>/<model uid>/<round>` (sealed),
 //! `edil/<aggregator>/sum/<owner>/<model uid>/<round>`.
+//!
+//! A model of more than [`INLINE_VALUES`] values travels through R1FS: the
+//! round names the owner's model document, each update and the sum are
+//! R1FS content their writer pins for the round (`edil-round/...`), and
+//! the records carry their CIDs. Whoever reads one fetches it within a
+//! bound the round's size sets.
 
 use super::crypto::{OwnerKey, ParticipantKey, SignedUpdate};
-use super::round::{choose_aggregator, fingerprint, open, Collector, Refusal, Released, Round};
+use super::round::{choose_aggregator, fingerprint, open, Collector, Refusal, Released, Round, Stored, INLINE_VALUES};
 use super::trainer::{self, Dataset, Metrics as TrainMetrics};
 use crate::crd::{R1Model, RoundModel, TrainingStatus};
 use crate::cstore::rules::EDIL_PREFIX;
@@ -61,6 +67,18 @@ const MODELS_KEPT: usize = 16;
 const PIN_PREFIX: &str = crate::r1fs::pins::EDIL_PREFIX;
 /// How often pins of trained models no training lists are looked for.
 const RELEASE_EVERY: Duration = Duration::from_secs(30);
+/// Owners of the pins of a round's updates and sum in R1FS: this prefix
+/// and `<owner>/<model uid>/<round>`.
+const ROUND_PIN_PREFIX: &str = "edil-round/";
+/// A round's pins are kept this long past its deadline (the owner's
+/// grace to fetch the sum, and then some).
+const ROUND_PIN_KEEP_MS: u64 = 3 * GRACE_MS + 60_000;
+/// The longest one read of a round's content from R1FS may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Reads of one update from R1FS before it is refused.
+const FETCH_ATTEMPTS: u32 = 3;
+/// An inline update record is at most this long (sealed, before base64).
+const MAX_INLINE_SEALED: usize = 48 * 1024;
 
 /// Settings of `ratio1 operator` for EDIL.
 #[derive(Clone, Debug, Default)]
@@ -94,14 +112,81 @@ struct UpdateRecord {
     samples: u64,
 }
 
-/// A participant's record: its [`UpdateRecord`], sealed, base64.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// A participant's record: its [`UpdateRecord`] ([`frame`]d), sealed:
+/// base64 in the record, or R1FS content the record names.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct SealedRecord {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     sealed: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cid: Option<String>,
 }
 
-/// An aggregator's record: the sum, or why there is none.
+/// A sealed update as a record gives it.
+#[derive(Clone, Debug, PartialEq)]
+enum Sealed {
+    Inline(Vec<u8>),
+    /// A CID (checked), the bytes in R1FS.
+    Stored(String),
+}
+
+/// What an [`UpdateRecord`] is sealed as: `R1U1`, the length (u32, little
+/// endian) of the record's JSON without the ciphertext, that JSON, then
+/// the ciphertext's bytes (no base64 for the bulk of it).
+const FRAME: &[u8; 4] = b"R1U1";
+/// Most bytes of a framed record's JSON.
+const MAX_FRAME_HEAD: usize = 64 * 1024;
+
+fn frame(mut rec: UpdateRecord) -> Vec<u8> {
+    let bulk = std::mem::take(&mut rec.update.update);
+    let head = serde_json::to_vec(&rec).expect("an update record serializes");
+    let mut out = Vec::with_capacity(8 + head.len() + bulk.len());
+    out.extend_from_slice(FRAME);
+    out.extend_from_slice(&(head.len() as u32).to_le_bytes());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&bulk);
+    out
+}
+
+/// The record a frame holds (or the plain JSON an older node seals).
+fn unframe(b: &[u8]) -> Option<UpdateRecord> {
+    let Some(rest) = b.strip_prefix(FRAME) else { return serde_json::from_slice(b).ok() };
+    let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let head = rest.get(4..4 + len).filter(|_| len <= MAX_FRAME_HEAD)?;
+    let mut rec: UpdateRecord = serde_json::from_slice(head).ok()?;
+    rec.update.update = rest[4 + len..].to_vec();
+    Some(rec)
+}
+
+/// Most bytes of a sealed update of `values` values.
+fn update_bound(values: usize) -> u64 {
+    super::crypto::wire_bound(values) + MAX_FRAME_HEAD as u64 + 1024
+}
+
+/// Most bytes of the owner's model document of `values` weights (JSON
+/// numbers of an f32 each, pretty-printed).
+fn model_bound(values: usize) -> u64 {
+    values as u64 * 40 + 64 * 1024
+}
+
+/// The pin owner of a round's content on the nodes that made it.
+fn round_pin(round: &Round) -> String {
+    format!("{ROUND_PIN_PREFIX}{}/{}/{}", round.owner, round.model, round.round)
+}
+
+/// Reads R1FS content of at most `max` bytes (another node's, fetched
+/// if need be), within [`FETCH_TIMEOUT`].
+async fn read(r1fs: &crate::r1fs::service::R1fs, cid: &str, max: u64) -> Result<Vec<u8>, String> {
+    let c = crate::r1fs::cid::parse(cid)?;
+    tokio::time::timeout(FETCH_TIMEOUT, r1fs.read_within(c, max))
+        .await
+        .map_err(|_| format!("reading {cid} from R1FS took more than {}s", FETCH_TIMEOUT.as_secs()))?
+        .map_err(|e| e.to_string())
+}
+
+/// An aggregator's record: the sum (inline or in R1FS), or why there is
+/// none.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 enum SumRecord {
@@ -114,18 +199,38 @@ type Place = (String, String, u64);
 /// (writer, owner, model uid, round).
 type Reply = (String, String, String, u64);
 
-/// A round to sum, with each update: (writer, sealed bytes, written at).
-type ToSum = (Round, Vec<(String, Vec<u8>, u64)>);
+/// A round to sum, with each update not seen yet: (writer, sealed
+/// update, written at).
+type ToSum = (Place, Round, Vec<(String, Sealed, u64)>);
+
+/// A round this node sums: each update is added as it arrives (an update
+/// in R1FS once fetched), and the sum is released at the end.
+struct Summing {
+    c: Collector,
+    /// Writers whose update was added or refused (each once).
+    seen: BTreeSet<String>,
+    /// Writers whose update is being read from R1FS, and the reads each
+    /// took so far.
+    fetching: BTreeSet<String>,
+    attempts: BTreeMap<String, u32>,
+}
+
+/// A read of an update from R1FS: its round, writer, when it was written,
+/// and the sealed bytes.
+type Fetched = (Place, String, u64, Result<Vec<u8>, String>);
 
 #[derive(Default)]
 struct Mirror {
     datasets: BTreeMap<String, BTreeSet<String>>,
+    /// Peers running EDIL with R1FS (they can take part in, or sum, the
+    /// rounds of a model too large for records).
+    r1fs: BTreeSet<String>,
     rounds: BTreeMap<Place, Round>,
     /// (owner, model uid, participant) → key (wire bytes).
     keys: BTreeMap<(String, String, String), Vec<u8>>,
     /// Sealed updates and when each was written (the writer's clock,
     /// never later than when this node saw it). The first stands.
-    updates: BTreeMap<Reply, (Vec<u8>, u64)>,
+    updates: BTreeMap<Reply, (Sealed, u64)>,
     sums: BTreeMap<Reply, SumRecord>,
 }
 
@@ -136,7 +241,12 @@ impl Mirror {
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {
             [peer, "datasets"] => {
-                let names = value.and_then(|v| serde_json::from_value::<Vec<String>>(v.get("datasets")?.clone()).ok());
+                let names =
+                    value.as_ref().and_then(|v| serde_json::from_value::<Vec<String>>(v.get("datasets")?.clone()).ok());
+                match value.and_then(|v| v.get("r1fs")?.as_bool()) {
+                    Some(true) => self.r1fs.insert(peer.to_string()),
+                    _ => self.r1fs.remove(*peer),
+                };
                 match names {
                     Some(n) => self.datasets.insert(peer.to_string(), n.into_iter().take(64).collect()),
                     None => self.datasets.remove(*peer),
@@ -164,10 +274,15 @@ impl Mirror {
             [p, "update", owner, uid, r] => {
                 let Ok(r) = r.parse::<u64>() else { return };
                 let place = (p.to_string(), owner.to_string(), uid.to_string(), r);
-                let sealed = value
-                    .and_then(|v| serde_json::from_value::<SealedRecord>(v).ok())
-                    .and_then(|v| B64.decode(v.sealed).ok())
-                    .filter(|b| b.len() <= 48 * 1024);
+                let sealed =
+                    value.and_then(|v| serde_json::from_value::<SealedRecord>(v).ok()).and_then(|v| match v.cid {
+                        Some(c) => crate::r1fs::cid::parse(&c).ok().map(|_| Sealed::Stored(c)),
+                        None => B64
+                            .decode(v.sealed)
+                            .ok()
+                            .filter(|b| !b.is_empty() && b.len() <= MAX_INLINE_SEALED)
+                            .map(Sealed::Inline),
+                    });
                 let at = rec.map_or(now, |r| r.hlc.wall_ms().min(now));
                 match sealed {
                     // The first version stands (a rewrite is not a second
@@ -199,6 +314,9 @@ struct Training {
     /// What the training was set up from (a changed spec starts over).
     spec: crate::crd::TrainingSpec,
     global: Vec<f32>,
+    /// The R1FS model document holding `global` (stored before a round of
+    /// a model too large for records names it).
+    global_cid: Option<String>,
     trained: u64,
     /// The round under way, and when it was published (Unix ms).
     current: Option<(Round, u64)>,
@@ -295,7 +413,10 @@ async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
     // already; forgotten with the round's record.
     let mut trained: BTreeSet<Place> = BTreeSet::new();
     let mut summed: BTreeSet<Place> = BTreeSet::new();
-    let mut advertised: Option<tokio::time::Instant> = None;
+    let mut summing: BTreeMap<Place, Summing> = BTreeMap::new();
+    let mut fetches: tokio::task::JoinSet<Fetched> = tokio::task::JoinSet::new();
+    // When, and whether with R1FS, this node last advertised.
+    let mut advertised: Option<(tokio::time::Instant, bool)> = None;
     let mut released: Option<tokio::time::Instant> = None;
     loop {
         if loads != p.cstore.loads() {
@@ -333,20 +454,30 @@ async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
                 }
                 None => loads = u64::MAX,
             },
+            Some(done) = fetches.join_next(), if !fetches.is_empty() => {
+                if let (Ok((place, writer, at, got)), Some(keypair)) = (done, p.cstore.keypair()) {
+                    if let Some(s) = summing.get_mut(&place) {
+                        fetched(&p, &keypair, s, &writer, at, got);
+                    }
+                }
+                continue;
+            }
             _ = tick.tick() => {}
         }
         let Some(inner) = weak.upgrade() else { return };
         let e = Edil { inner };
         let Some(me) = p.cstore.peer_id().map(|m| m.to_string()) else { continue };
-        // Every node running EDIL says so (with the datasets it holds):
-        // aggregators are chosen among them.
-        if advertised.is_none_or(|t| t.elapsed() >= ADVERT_TTL / 2) {
+        // Every node running EDIL says so (with the datasets it holds, and
+        // whether it runs R1FS): aggregators are chosen among them.
+        let with_r1fs = p.r1fs.get().is_some();
+        if advertised.is_none_or(|(t, r)| t.elapsed() >= ADVERT_TTL / 2 || r != with_r1fs) {
             let names: Vec<&String> = e.inner.cfg.datasets.keys().collect();
             let key = format!("{EDIL_PREFIX}{me}/datasets");
-            match p.cstore.set(&key, &serde_json::json!({ "datasets": names }), Some(ADVERT_TTL)).await {
+            let value = serde_json::json!({ "datasets": names, "r1fs": with_r1fs });
+            match p.cstore.set(&key, &value, Some(ADVERT_TTL)).await {
                 Ok(rec) => {
                     e.inner.mirror.write().expect("mirror lock").observe(&key, Some(&rec), now());
-                    advertised = Some(tokio::time::Instant::now());
+                    advertised = Some((tokio::time::Instant::now(), with_r1fs));
                 }
                 Err(err) => tracing::warn!(error = %err, "cannot advertise EDIL datasets"),
             }
@@ -356,15 +487,16 @@ async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
             let m = e.inner.mirror.read().expect("mirror lock");
             trained.retain(|k| m.rounds.contains_key(k));
             summed.retain(|k| m.rounds.contains_key(k));
+            summing.retain(|k, _| m.rounds.contains_key(k) && !summed.contains(k));
         }
         participate(&e, &p, &me, &mut trained).await;
-        aggregate(&e, &p, &me, &mut summed).await;
+        aggregate(&e, &p, &me, &mut summed, &mut summing, &mut fetches).await;
         // (Read before `own` looks at the cache: a cache filled in between
         // would look like models gone.)
         let models_ready = p.models_ready.is_set();
         own(&e, &p, &me, &mut owned).await;
-        if models_ready && released.is_none_or(|t| t.elapsed() >= RELEASE_EVERY) {
-            release_models(&p, &owned).await;
+        if released.is_none_or(|t| t.elapsed() >= RELEASE_EVERY) {
+            release_pins(&e, &p, &owned, models_ready).await;
             released = Some(tokio::time::Instant::now());
         }
     }
@@ -402,33 +534,51 @@ async fn participate(e: &Edil, p: &Parts, me: &str, done: &mut BTreeSet<Place>) 
             continue;
         };
         let Ok(aggregator) = round.aggregator.parse::<libp2p_identity::PeerId>() else { continue };
+        let global = match global_of(p, &round).await {
+            Ok(g) => g,
+            Err(why) => {
+                tracing::warn!(model = %round.model, round = round.round, %why, "cannot read a round's model");
+                continue;
+            }
+        };
         // Training and encryption are CPU work: off the async threads.
         let r = round.clone();
         let made = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
             let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             let data = Dataset::parse_csv(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-            let w = trainer::train(&r.global, &data, r.steps, r.lr).map_err(|e| e.to_string())?;
+            let w = trainer::train(&global, &data, r.steps, r.lr).map_err(|e| e.to_string())?;
             let metrics = trainer::evaluate(&w, &data).map_err(|e| e.to_string())?;
             let key = ParticipantKey::from_bytes(&key).map_err(|e| e.to_string())?;
             let enc = r.encoding().map_err(|e| e.to_string())?;
             let update = key.encrypt(&enc.quantise(&w)).map_err(|e| e.to_string())?;
             let update = SignedUpdate::sign(&keypair, &r.id(), r.round, &update);
-            let rec = UpdateRecord { update, metrics, samples: data.len() as u64 };
-            let plain = serde_json::to_vec(&rec).expect("update serializes");
+            let plain = frame(UpdateRecord { update, metrics, samples: data.len() as u64 });
             super::seal::seal(&keypair, &aggregator, &r.seal_context(), &plain).map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r);
-        let sealed = match made {
-            Ok(s) => s,
+        // In the record, or in R1FS for a model too large for records.
+        let record = match (made, round.stored.is_some()) {
+            (Ok(sealed), false) => Ok(SealedRecord { sealed: B64.encode(&sealed), cid: None }),
+            (Ok(sealed), true) => match p.r1fs.get() {
+                Some(r1fs) => r1fs
+                    .add_bytes(sealed, &round_pin(&round))
+                    .await
+                    .map(|(cid, _)| SealedRecord { cid: Some(crate::r1fs::cid::canonical(&cid)), ..Default::default() })
+                    .map_err(|e| format!("cannot store the update in R1FS: {e}")),
+                None => Err("the model travels through R1FS, which does not run here".into()),
+            },
+            (Err(why), _) => Err(why),
+        };
+        let value = match record {
+            Ok(r) => serde_json::to_value(&r).expect("a record serializes"),
             Err(why) => {
                 tracing::warn!(model = %round.model, round = round.round, %why, "cannot train for a round");
                 continue;
             }
         };
         let k = format!("{EDIL_PREFIX}{me}/update/{}/{}/{}", round.owner, round.model, round.round);
-        let value = serde_json::json!({ "sealed": B64.encode(&sealed) });
         match p.cstore.set(&k, &value, Some(TTL)).await {
             Ok(_) => {
                 p.metrics.edil.updates_sent.inc();
@@ -442,9 +592,96 @@ async fn participate(e: &Edil, p: &Parts, me: &str, done: &mut BTreeSet<Place>) 
     }
 }
 
-/// As an aggregator: the sum of every round that names this node, once
-/// every participant sent an update or the deadline passed.
-async fn aggregate(e: &Edil, p: &Parts, me: &str, done: &mut BTreeSet<Place>) {
+/// The weights a round trains from: its own, or the owner's model
+/// document in R1FS that it names (checked to be that model's, after
+/// the round's `trained` rounds, of the round's size).
+async fn global_of(p: &Parts, round: &Round) -> Result<Vec<f32>, String> {
+    let Some(Stored { cid, values }) = &round.stored else { return Ok(round.global.clone()) };
+    let r1fs = p.r1fs.get().ok_or("the model travels through R1FS, which does not run here")?;
+    let bytes = read(r1fs, cid, model_bound(*values as usize)).await?;
+    #[derive(Deserialize)]
+    struct Doc {
+        uid: String,
+        round: u64,
+        weights: Vec<f64>,
+    }
+    let doc: Doc = serde_json::from_slice(&bytes).map_err(|e| format!("{cid} is not a model document: {e}"))?;
+    if doc.uid != round.model || doc.round != round.trained || doc.weights.len() != *values as usize {
+        return Err(format!(
+            "{cid} holds {} weights of model {} after {} rounds, not the round's",
+            doc.weights.len(),
+            doc.uid,
+            doc.round
+        ));
+    }
+    Ok(doc.weights.iter().map(|v| *v as f32).collect())
+}
+
+/// Opens a sealed update and offers it to the round's sum; a refusal is
+/// counted and logged once.
+fn offer(p: &Parts, keypair: &libp2p_identity::Keypair, s: &mut Summing, writer: &str, sealed: &[u8], at: u64) {
+    let round = s.c.round().clone();
+    let opened = writer
+        .parse::<libp2p_identity::PeerId>()
+        .ok()
+        .and_then(|from| super::seal::open(keypair, &from, &round.seal_context(), sealed).ok())
+        .and_then(|b| unframe(&b));
+    let outcome = match opened {
+        None => Err(Refusal::Sealed),
+        Some(u) => {
+            let m = &u.metrics;
+            s.c.offer(writer, &u.update, at, Some((m.loss as f64, m.accuracy as f64, u.samples)))
+        }
+    };
+    s.seen.insert(writer.to_string());
+    if let Err(why) = outcome {
+        refused(p, &round, writer, &why);
+    }
+}
+
+fn refused(p: &Parts, round: &Round, writer: &str, why: &Refusal) {
+    p.metrics.edil.updates_refused.get_or_create(&ReasonLabels { reason: why.label() }).inc();
+    tracing::warn!(model = %round.model, round = round.round, %writer, reason = %why, "EDIL update refused");
+}
+
+/// A read of an update from R1FS ended: offered, or read again on a later
+/// tick, or refused after [`FETCH_ATTEMPTS`].
+fn fetched(
+    p: &Parts,
+    keypair: &libp2p_identity::Keypair,
+    s: &mut Summing,
+    writer: &str,
+    at: u64,
+    got: Result<Vec<u8>, String>,
+) {
+    s.fetching.remove(writer);
+    match got {
+        Ok(sealed) => offer(p, keypair, s, writer, &sealed, at),
+        Err(why) => {
+            let n = s.attempts.entry(writer.to_string()).or_default();
+            *n += 1;
+            if *n >= FETCH_ATTEMPTS {
+                s.seen.insert(writer.to_string());
+                refused(p, &s.c.round().clone(), writer, &Refusal::Unfetched(why));
+            } else {
+                tracing::info!(%writer, %why, "cannot read an EDIL update from R1FS yet; reading again");
+            }
+        }
+    }
+}
+
+/// As an aggregator: adds the updates of every round that names this node
+/// as they arrive (those in R1FS once read, in `fetches`), and writes the
+/// sum once every participant's is in or the deadline passed (and the
+/// reads under way ended, or half the owner's grace).
+async fn aggregate(
+    e: &Edil,
+    p: &Parts,
+    me: &str,
+    done: &mut BTreeSet<Place>,
+    summing: &mut BTreeMap<Place, Summing>,
+    fetches: &mut tokio::task::JoinSet<Fetched>,
+) {
     let now = now();
     let Some(keypair) = p.cstore.keypair() else { return };
     let rounds: Vec<ToSum> = {
@@ -453,60 +690,97 @@ async fn aggregate(e: &Edil, p: &Parts, me: &str, done: &mut BTreeSet<Place>) {
             .iter()
             .filter(|(k, r)| r.aggregator == me && r.deadline_ms <= now + MAX_ROUND_MS && !done.contains(*k))
             .filter(|(_, r)| !m.sums.contains_key(&(me.to_string(), r.owner.clone(), r.model.clone(), r.round)))
-            .map(|(_, r)| {
+            .map(|(k, r)| {
+                let s = summing.get(k);
+                let new = |w: &String| s.is_none_or(|s| !s.seen.contains(w) && !s.fetching.contains(w));
                 let ups = m
                     .updates
                     .iter()
-                    .filter(|((_, o, uid, n), _)| *o == r.owner && *uid == r.model && *n == r.round)
+                    .filter(|((w, o, uid, n), _)| *o == r.owner && *uid == r.model && *n == r.round && new(w))
                     .map(|((w, ..), (sealed, at))| (w.clone(), sealed.clone(), *at))
                     .collect();
-                (r.clone(), ups)
+                (k.clone(), r.clone(), ups)
             })
             .collect()
     };
-    for (round, updates) in rounds {
-        let everyone = updates.len() == round.participants.len();
-        if !everyone && now <= round.deadline_ms {
-            continue;
-        }
-        let Ok(mut c) = Collector::new(round.clone()) else { continue };
-        let mut refused = vec![];
-        for (writer, sealed, at) in &updates {
-            let opened = writer
-                .parse::<libp2p_identity::PeerId>()
-                .ok()
-                .and_then(|from| super::seal::open(&keypair, &from, &round.seal_context(), sealed).ok())
-                .and_then(|b| serde_json::from_slice::<UpdateRecord>(&b).ok());
-            let outcome = match opened {
-                None => Err(Refusal::Sealed),
-                Some(u) => {
-                    let m = &u.metrics;
-                    c.offer(writer, &u.update, *at, Some((m.loss as f64, m.accuracy as f64, u.samples)))
+    for (place, round, updates) in rounds {
+        let s = match summing.entry(place.clone()) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => match Collector::new(round.clone()) {
+                Ok(c) => v.insert(Summing {
+                    c,
+                    seen: Default::default(),
+                    fetching: Default::default(),
+                    attempts: Default::default(),
+                }),
+                Err(_) => continue,
+            },
+        };
+        for (writer, sealed, at) in updates {
+            match sealed {
+                Sealed::Inline(b) => offer(p, &keypair, s, &writer, &b, at),
+                Sealed::Stored(cid) => {
+                    let Some(r1fs) = p.r1fs.get().cloned() else {
+                        s.seen.insert(writer.clone());
+                        refused(p, &round, &writer, &Refusal::Unfetched("R1FS does not run here".into()));
+                        continue;
+                    };
+                    s.fetching.insert(writer.clone());
+                    let (place, max) = (place.clone(), update_bound(round.values()));
+                    fetches.spawn(async move {
+                        let got = read(&r1fs, &cid, max).await;
+                        (place, writer, at, got)
+                    });
                 }
-            };
-            if let Err(why) = outcome {
-                refused.push((writer.clone(), why));
             }
         }
-        if !c.done(now) {
+        let waited = now > round.deadline_ms + GRACE_MS / 2;
+        if !s.c.done(now) || !(s.fetching.is_empty() || waited) {
             continue;
         }
-        for (writer, why) in &refused {
-            p.metrics.edil.updates_refused.get_or_create(&ReasonLabels { reason: why.label() }).inc();
-            tracing::warn!(model = %round.model, round = round.round, %writer, reason = %why, "EDIL update refused");
-        }
-        let (rec, label) = match c.close() {
-            Ok(r) => (SumRecord::Released(r), "released"),
+        let (rec, label) = match s.c.close() {
+            Ok((mut r, sum)) => {
+                if round.stored.is_none() {
+                    r.aggregate = B64.encode(&sum);
+                } else {
+                    let stored = match p.r1fs.get() {
+                        Some(r1fs) => r1fs.add_bytes(sum, &round_pin(&round)).await.map_err(|e| e.to_string()),
+                        None => Err("R1FS does not run here".into()),
+                    };
+                    match stored {
+                        Ok((cid, _)) => r.aggregate_cid = Some(crate::r1fs::cid::canonical(&cid)),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "cannot store an EDIL sum in R1FS; trying again");
+                            continue;
+                        }
+                    }
+                }
+                (SumRecord::Released(r), "released")
+            }
             Err(why) => (SumRecord::Withheld(why), "withheld"),
         };
         let k = format!("{EDIL_PREFIX}{me}/sum/{}/{}/{}", round.owner, round.model, round.round);
         match p.cstore.set(&k, &serde_json::to_value(&rec).expect("sum serializes"), Some(TTL)).await {
             Ok(_) => {
-                done.insert((round.owner.clone(), round.model.clone(), round.round));
+                let updates = s.c.from().len();
+                done.insert(place.clone());
+                summing.remove(&place);
                 p.metrics.edil.sums.get_or_create(&ReasonLabels { reason: label }).inc();
-                tracing::info!(model = %round.model, round = round.round, updates = c.from().len(), label, "EDIL sum written");
+                tracing::info!(model = %round.model, round = round.round, updates, label, "EDIL sum written");
             }
             Err(err) => tracing::warn!(error = %err, "cannot write an EDIL sum; trying again"),
+        }
+    }
+}
+
+/// The aggregate's bytes of a released sum: in its record, or read from
+/// R1FS (within the round's size).
+async fn sum_bytes(p: &Parts, round: &Round, r: &Released) -> Result<Vec<u8>, String> {
+    match &r.aggregate_cid {
+        None => B64.decode(&r.aggregate).map_err(|e| format!("the sum is not base64: {e}")),
+        Some(cid) => {
+            let r1fs = p.r1fs.get().ok_or("the sum is in R1FS, which does not run here")?;
+            read(r1fs, cid, super::crypto::wire_bound(round.values())).await
         }
     }
 }
@@ -539,15 +813,17 @@ async fn own(e: &Edil, p: &Parts, me: &str, owned: &mut BTreeMap<String, Trainin
     }
 }
 
-/// The model a round produced, as R1FS content pinned for the model
-/// (`edil-<uid>`), listed in its status. A failure costs the round
-/// nothing: its weights are in the status; only the CID is missing.
+/// The model a round produced (`attempt`; none: the model a training
+/// starts from), as R1FS content pinned for the model (`edil-<uid>`),
+/// listed in its status; the document a round of a model too large for
+/// records names. A failure costs a round of a small model nothing: its
+/// weights are in the status; only the CID is missing.
 async fn store_model(
     r1fs: &crate::r1fs::service::R1fs,
     p: &Parts,
     m: &R1Model,
     uid: &str,
-    round: &Round,
+    attempt: Option<u64>,
     t: &mut Training,
 ) {
     let s = &t.status;
@@ -557,9 +833,9 @@ async fn store_model(
         "model": format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any()),
         "uid": uid,
         "round": s.completed_rounds,
-        "attempt": round.round,
+        "attempt": attempt,
         "features": t.spec.features,
-        "weights": s.weights,
+        "weights": t.global.iter().map(|v| *v as f64).collect::<Vec<f64>>(),
         "biasLast": true,
         "loss": s.loss,
         "accuracy": s.accuracy,
@@ -568,6 +844,7 @@ async fn store_model(
     let bytes = serde_json::to_vec_pretty(&doc).expect("a model document serializes");
     match r1fs.add_bytes(bytes, &format!("{PIN_PREFIX}{uid}")).await {
         Ok((cid, _)) => {
+            t.global_cid = Some(crate::r1fs::cid::canonical(&cid));
             let models = &mut t.status.models;
             models.push(RoundModel { round: t.status.completed_rounds, cid: crate::r1fs::cid::canonical(&cid) });
             let over = models.len().saturating_sub(MODELS_KEPT);
@@ -581,26 +858,37 @@ async fn store_model(
     }
 }
 
-/// Releases the pins of trained models no training lists any more (fallen
-/// off the list, or their R1Model or its training is gone); called only
-/// once the models' cache was filled before `own` read it. The R1FS GC
-/// then collects them.
-async fn release_models(p: &Parts, owned: &BTreeMap<String, Training>) {
+/// Releases the pins EDIL no longer needs; the R1FS GC then collects
+/// them. Trained models no training lists any more (fallen off the list,
+/// or their R1Model or its training is gone), only once the models' cache
+/// was filled before `own` read it (`models_ready`); a round's updates and
+/// sum once its record is gone or [`ROUND_PIN_KEEP_MS`] after its deadline.
+async fn release_pins(e: &Edil, p: &Parts, owned: &BTreeMap<String, Training>, models_ready: bool) {
     let Some(r1fs) = p.r1fs.get() else { return };
     let Ok(pins) = r1fs.pins() else { return };
+    let now = now();
     for (cid, owners) in pins {
+        let c = crate::r1fs::cid::canonical(&cid);
         for owner in owners.keys() {
-            let Some(uid) = owner.strip_prefix(PIN_PREFIX) else { continue };
-            let listed = owned.get(uid).is_some_and(|t| {
-                let c = crate::r1fs::cid::canonical(&cid);
-                t.status.models.iter().any(|m| m.cid == c)
-            });
-            if !listed {
+            let keep = if let Some(place) = owner.strip_prefix(ROUND_PIN_PREFIX) {
+                let parts: Vec<&str> = place.splitn(3, '/').collect();
+                let m = e.inner.mirror.read().expect("mirror lock");
+                match (parts.as_slice(), parts.last().and_then(|r| r.parse::<u64>().ok())) {
+                    ([o, uid, _], Some(r)) => m
+                        .rounds
+                        .get(&(o.to_string(), uid.to_string(), r))
+                        .is_some_and(|x| now <= x.deadline_ms + ROUND_PIN_KEEP_MS),
+                    _ => false,
+                }
+            } else if let Some(uid) = owner.strip_prefix(PIN_PREFIX) {
+                !models_ready || owned.get(uid).is_some_and(|t| t.status.models.iter().any(|m| m.cid == c))
+            } else {
+                true
+            };
+            if !keep {
                 match r1fs.unpin(cid, owner).await {
-                    Ok(_) => {
-                        tracing::info!(cid = %crate::r1fs::cid::canonical(&cid), %owner, "released a trained model's pin")
-                    }
-                    Err(e) => tracing::warn!(error = %e, %owner, "cannot release a trained model's pin"),
+                    Ok(_) => tracing::info!(cid = %c, %owner, "released an EDIL pin"),
+                    Err(e) => tracing::warn!(error = %e, %owner, "cannot release an EDIL pin"),
                 }
             }
         }
@@ -639,6 +927,7 @@ fn resume(e: &Edil, me: &str, m: &R1Model, uid: &str, spec: &crate::crd::Trainin
         key: OwnerKey::generate(),
         spec: spec.clone(),
         global,
+        global_cid: None,
         trained,
         current: None,
         next_round,
@@ -665,7 +954,15 @@ async fn step(
             mx.sums.get(&(round.aggregator.clone(), me.to_string(), uid.to_string(), round.round)).cloned()
         };
         let outcome = match sum {
-            Some(SumRecord::Released(r)) => open(&t.key, &round, &r).map(|w| (w, r)),
+            Some(SumRecord::Released(r)) => match sum_bytes(p, &round, &r).await {
+                Ok(bytes) => open(&t.key, &round, &r, &bytes).map(|w| (w, r)),
+                // (Read again on the next tick, for a while.)
+                Err(why) if now <= round.deadline_ms + 3 * GRACE_MS => {
+                    tracing::info!(model = %m.name_any(), round = round.round, %why, "cannot read the sum yet");
+                    return Ok(());
+                }
+                Err(why) => Err(format!("round {}: {why}", round.round)),
+            },
             Some(SumRecord::Withheld(why)) => Err(format!("round {}: {why}", round.round)),
             None if now > round.deadline_ms + GRACE_MS => Err(format!(
                 "round {}: no sum from aggregator {} by the deadline",
@@ -679,6 +976,7 @@ async fn step(
         match outcome {
             Ok((w, r)) => {
                 t.global = w;
+                t.global_cid = None;
                 t.trained += 1;
                 t.failed_aggregator = None;
                 p.metrics.edil.rounds.get_or_create(&ReasonLabels { reason: "completed" }).inc();
@@ -691,7 +989,7 @@ async fn step(
                 s.last_failure = None;
                 tracing::info!(model = %m.name_any(), round = round.round, trained = t.trained, "EDIL round completed");
                 if let Some(r1fs) = p.r1fs.get() {
-                    store_model(r1fs, p, m, uid, &round, t).await;
+                    store_model(r1fs, p, m, uid, Some(round.round), t).await;
                 }
             }
             Err(why) => {
@@ -709,28 +1007,53 @@ async fn step(
     // A new round: every fresh peer holding the dataset but this node (it
     // would know its own update), and an aggregator among the fresh peers
     // running EDIL that is not this node.
+    // A model too large for records travels through R1FS: only peers
+    // running it take part or sum, and the owner stores the weights.
+    let values = t.global.len();
+    let large = values > INLINE_VALUES;
     let fresh = e.fresh();
     let (participants, edil_peers): (Vec<String>, BTreeSet<String>) = {
         let mx = e.inner.mirror.read().expect("mirror lock");
+        let able = |peer: &String| fresh.contains(peer) && (!large || mx.r1fs.contains(peer));
         let participants = mx
             .datasets
             .iter()
-            .filter(|(peer, names)| fresh.contains(*peer) && *peer != me && names.contains(&spec.dataset))
+            .filter(|(peer, names)| able(peer) && *peer != me && names.contains(&spec.dataset))
             .map(|(peer, _)| peer.clone())
             .take(super::round::MAX_ROUND_PARTICIPANTS)
             .collect();
-        (participants, mx.datasets.keys().filter(|p| fresh.contains(*p)).cloned().collect())
+        (participants, mx.datasets.keys().filter(|p| able(p)).cloned().collect())
     };
     let min = spec.min_participants.max(2) as usize;
     t.status.aggregator = None;
     if participants.len() < min {
         t.status.last_failure = Some(format!(
-            "waiting for participants: {} fresh peers hold dataset {:?}, {min} needed",
+            "waiting for participants: {} fresh peers hold dataset {:?}{}, {min} needed",
             participants.len(),
-            spec.dataset
+            spec.dataset,
+            if large {
+                format!(" and run R1FS (a model of {values} values travels through it)")
+            } else {
+                String::new()
+            }
         ));
         return Ok(());
     }
+    let stored = match (large, p.r1fs.get()) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(format!(
+                "a model of {values} values travels through R1FS, which does not run here (no --data-dir)"
+            ))
+        }
+        (true, Some(r1fs)) => {
+            if t.global_cid.is_none() {
+                store_model(r1fs, p, m, uid, None, t).await;
+            }
+            let cid = t.global_cid.clone().ok_or("cannot store the model a round starts from in R1FS")?;
+            Some(Stored { cid, values: values as u32 })
+        }
+    };
     let mut candidates = edil_peers;
     if let Some(f) = &t.failed_aggregator {
         if candidates.len() > 1 {
@@ -764,7 +1087,8 @@ async fn step(
         participants: participants.clone(),
         min_participants: min as u32,
         deadline_ms: now + spec.round_timeout_seconds.max(1) as u64 * 1000,
-        global: t.global.clone(),
+        global: if large { vec![] } else { t.global.clone() },
+        stored,
         trained: t.trained,
         keys: prints,
         dataset: spec.dataset.clone(),
@@ -809,4 +1133,70 @@ pub fn routes(slot: Slot) -> axum::Router {
             }),
         )
         .with_state(slot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edil::crypto::{Encoding, OwnerKey};
+
+    fn record(peer: &libp2p_identity::Keypair, values: usize) -> UpdateRecord {
+        let enc = Encoding::new(3).unwrap();
+        let u = OwnerKey::generate().public_key().encrypt(&enc.quantise(&vec![0.5; values])).unwrap();
+        let update = SignedUpdate::sign(peer, "owner/uid", 4, &u);
+        UpdateRecord { update, metrics: TrainMetrics { loss: 0.5, accuracy: 0.75 }, samples: 10 }
+    }
+
+    #[test]
+    fn an_update_is_framed_with_its_ciphertext_raw_and_reads_back_whole() {
+        let peer = libp2p_identity::Keypair::generate_ed25519();
+        let rec = record(&peer, 600);
+        let json = serde_json::to_vec(&rec).unwrap();
+        let framed = frame(rec.clone());
+        // The bulk is not base64: about 3/4 of the JSON form.
+        assert!(framed.len() * 4 < json.len() * 3 + 4096, "{} vs {}", framed.len(), json.len());
+        assert!(framed.len() as u64 <= update_bound(600), "{}", framed.len());
+        let back = unframe(&framed).unwrap();
+        assert!(back.update.verify().is_ok(), "the signature still holds");
+        assert_eq!((back.update.update, back.samples), (rec.update.update.clone(), 10));
+        // An older node's JSON still reads; a truncated frame or one whose
+        // head claims more than the bound does not.
+        assert!(unframe(&json).is_some());
+        assert!(unframe(&framed[..6]).is_none());
+        let mut long = framed.clone();
+        long[4..8].copy_from_slice(&(MAX_FRAME_HEAD as u32 + 1).to_le_bytes());
+        assert!(unframe(&long).is_none());
+    }
+
+    #[test]
+    fn update_records_are_inline_or_name_r1fs_content_and_the_first_stands() {
+        use crate::cstore::record::{parse_value, Hlc, Record, Slot};
+        let mut m = Mirror::default();
+        let w = libp2p_identity::Keypair::generate_ed25519();
+        let rec = |key: &str, v: serde_json::Value| {
+            Record::sign(&w, Slot::flat(key), parse_value(&v.to_string()).ok(), Hlc::new(1_000, 0), None)
+        };
+        let cid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku";
+        let k1 = format!("{EDIL_PREFIX}p1/update/o/uid/1");
+        let k2 = format!("{EDIL_PREFIX}p2/update/o/uid/1");
+        let k3 = format!("{EDIL_PREFIX}p3/update/o/uid/1");
+        let k4 = format!("{EDIL_PREFIX}p4/update/o/uid/1");
+        m.observe(&k1, Some(&rec(&k1, serde_json::json!({ "sealed": B64.encode(b"abc") }))), 2_000);
+        m.observe(&k2, Some(&rec(&k2, serde_json::json!({ "cid": cid }))), 2_000);
+        m.observe(&k3, Some(&rec(&k3, serde_json::json!({ "cid": "not-a-cid" }))), 2_000);
+        let big = B64.encode(vec![0u8; MAX_INLINE_SEALED + 1]);
+        m.observe(&k4, Some(&rec(&k4, serde_json::json!({ "sealed": big }))), 2_000);
+        let got = |m: &Mirror, p: &str| m.updates.get(&(p.into(), "o".into(), "uid".into(), 1)).map(|(s, _)| s.clone());
+        assert_eq!(got(&m, "p1"), Some(Sealed::Inline(b"abc".to_vec())));
+        assert_eq!(got(&m, "p2"), Some(Sealed::Stored(cid.into())));
+        assert_eq!((got(&m, "p3"), got(&m, "p4")), (None, None), "a bad CID, an oversized inline update");
+        m.observe(&k2, Some(&rec(&k2, serde_json::json!({ "sealed": B64.encode(b"x") }))), 2_000);
+        assert_eq!(got(&m, "p2"), Some(Sealed::Stored(cid.into())), "the first version stands");
+        // A node running R1FS says so.
+        let d = format!("{EDIL_PREFIX}p1/datasets");
+        m.observe(&d, Some(&rec(&d, serde_json::json!({ "datasets": ["a"], "r1fs": true }))), 2_000);
+        assert!(m.r1fs.contains("p1"));
+        m.observe(&d, Some(&rec(&d, serde_json::json!({ "datasets": ["a"] }))), 2_000);
+        assert!(!m.r1fs.contains("p1") && m.datasets["p1"].contains("a"));
+    }
 }

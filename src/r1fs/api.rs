@@ -75,6 +75,7 @@ fn failed(e: R1fsError) -> ApiError {
         R1fsError::NotFound(_) | R1fsError::Store(StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
         R1fsError::Store(StoreError::NotAFile(..)) => StatusCode::BAD_REQUEST,
         R1fsError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        R1fsError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         R1fsError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, e)

@@ -156,11 +156,33 @@ pub enum R1fsError {
     Unavailable(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl From<std::io::Error> for R1fsError {
     fn from(e: std::io::Error) -> Self {
         Self::Store(e.into())
+    }
+}
+
+/// A writer that refuses more than `max` bytes.
+struct Capped {
+    bytes: Vec<u8>,
+    max: u64,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if (self.bytes.len() + b.len()) as u64 > self.max {
+            return Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, format!("more than {} bytes", self.max)));
+        }
+        self.bytes.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -501,12 +523,50 @@ impl R1fs {
     /// result is its local walk (nothing missing). `progress` gets the
     /// bytes fetched so far.
     pub async fn fetch(&self, root: Cid, progress: &(dyn Fn(u64) + Sync)) -> Result<Walk, R1fsError> {
+        self.fetch_within(root, None, progress).await
+    }
+
+    /// The file under `root`, whole, as bytes, fetched from peers if need
+    /// be, if it is at most `max_bytes`: content another node made for
+    /// this one (EDIL's updates, sums and models), which a hostile writer
+    /// could make endless.
+    pub async fn read_within(&self, root: Cid, max_bytes: u64) -> Result<Vec<u8>, R1fsError> {
+        self.fetch_within(root, Some(max_bytes), &|_| {}).await?;
+        let out = self
+            .blocking(move |s| {
+                let mut out = Capped { bytes: vec![], max: max_bytes };
+                s.cat(&root, &mut out).map(|_| out.bytes)
+            })
+            .await?;
+        out.map_err(|e| match e {
+            StoreError::Io(e) if e.kind() == std::io::ErrorKind::FileTooLarge => R1fsError::TooLarge(e.to_string()),
+            e => e.into(),
+        })
+    }
+
+    /// As [`R1fs::fetch`]; with a `limit`, a level of the DAG is fetched
+    /// only while what is here fits it and the blocks missing could (one
+    /// per chunk of the limit: a lie stores at most a block's limit per
+    /// chunk, some 8 times the limit, before the next level is refused).
+    async fn fetch_within(
+        &self,
+        root: Cid,
+        limit: Option<u64>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Walk, R1fsError> {
         let mut fetched = 0u64;
         let mut last: Vec<Cid> = vec![];
         // Each round fetches every block the walk found missing (one level
         // of the DAG, or an error), so a round count bounds the depth.
         for _ in 0..MAX_ROUNDS {
             let w = self.blocking(move |s| s.walk(&root)).await??;
+            if let Some(max) = limit {
+                // (The slack: the inner nodes' links.)
+                let blocks = max / super::add::CHUNK as u64 + 2;
+                if w.dag_size > max + max / 64 + 4096 || w.missing.len() as u64 > blocks {
+                    return Err(R1fsError::TooLarge(format!("{} is larger than {max} bytes", canonical(&root))));
+                }
+            }
             if w.missing.is_empty() {
                 if fetched > 0 {
                     self.blocking(|s| s.sync()).await??;
@@ -1106,6 +1166,13 @@ mod tests {
         r.store().cat(&cid, &mut back).unwrap();
         assert_eq!(back, bytes);
         assert!(r.pins().unwrap()[&cid].contains_key("edil-m1"));
+        // Read back within a bound, and refused past it: by the DAG's
+        // size, or by the bytes themselves (the DAG's slack let it by).
+        assert_eq!(r.read_within(cid, bytes.len() as u64).await.unwrap(), bytes);
+        let small = r.read_within(cid, super::super::add::CHUNK as u64).await;
+        assert!(matches!(small, Err(R1fsError::TooLarge(ref e)) if e.contains("larger than")), "{small:?}");
+        let short = r.read_within(cid, bytes.len() as u64 - 1).await;
+        assert!(matches!(short, Err(R1fsError::TooLarge(ref e)) if e.contains("more than")), "{short:?}");
         // The same bytes again: the same CID, one pin per owner.
         assert_eq!(r.add_bytes(bytes, "edil-m1").await.unwrap().0, cid);
         assert_eq!(r.unpin(cid, "edil-m1").await.unwrap(), 0);

@@ -312,6 +312,20 @@ pub async fn http_get(port: u16, path: &str) -> Option<String> {
 /// A request with a JSON body on 127.0.0.1:port (HTTP/1.0, so the server
 /// closes when done); the status and the body.
 pub async fn http_send(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    let (status, body) = http_send_bytes(port, method, path, body).await?;
+    Some((status, String::from_utf8(body).ok()?))
+}
+
+/// GET on 127.0.0.1:port: the body's bytes if the status is 200.
+pub async fn http_get_bytes(port: u16, path: &str) -> Option<Vec<u8>> {
+    match http_send_bytes(port, "GET", path, "").await? {
+        (200, body) => Some(body),
+        _ => None,
+    }
+}
+
+/// As [`http_send`], the body as bytes.
+async fn http_send_bytes(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, Vec<u8>)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
     let req = format!(
@@ -319,11 +333,12 @@ pub async fn http_send(port: u16, method: &str, path: &str, body: &str) -> Optio
         body.len()
     );
     s.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.ok()?;
-    let (head, body) = buf.split_once("\r\n\r\n")?;
+    let mut buf = vec![];
+    s.read_to_end(&mut buf).await.ok()?;
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&buf[..end]).ok()?;
     let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_string()))
+    Some((status, buf[end + 4..].to_vec()))
 }
 
 /// Reads a YAML file of the repository as JSON documents.
