@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # e2e/test.sh - every test of the project: unit tests and the end-to-end
 # suite against real control planes (etcd + 10 x kube-apiserver and
-# kube-controller-manager on loopback) and three real worker nodes (kubelet +
-# containerd + runc + CNI bridge on clusters c1, c6 and c7), which this script
+# kube-controller-manager on loopback) and four real worker nodes (kubelet +
+# containerd + runc + CNI bridge on clusters c1, c5, c6 and c7), which this script
 # installs (cached in /var/cache/ratio1-kube), starts, and stops again on
 # exit. It also builds the operator's image, the sample workloads' images
 # and an etcd image offline (e2e/images.sh) and imports them into the nodes.
@@ -20,11 +20,12 @@ export R1KUBE_NODE_PORT="${R1KUBE_NODE_PORT:-20250}"
 export R1KUBE_POD_NET="${R1KUBE_POD_NET:-10.223}"
 # (all below 32768: the kernel hands out ephemeral ports above it)
 # Clusters with a worker node: c1 (the shared operator's tests of running
-# pods), c6 (a federation member whose pods really run: PoAI pays for
-# them) and the chart cluster, c7 (the operator installed by its Helm
-# chart, as a pod, alone on its cluster).
+# pods), c5 and c6 (federation members whose pods really run: PoAI pays
+# for them, EDIL's trainer Jobs train on them) and the chart cluster, c7
+# (the operator installed by its Helm chart, as a pod, alone on its
+# cluster).
 export R1_E2E_CHART_CLUSTER=7
-export R1_E2E_NODES="1 6 $R1_E2E_CHART_CLUSTER"
+export R1_E2E_NODES="1 5 6 $R1_E2E_CHART_CLUSTER"
 export R1_OPERATOR_IMAGE=ratio1.local/ratio1-operator:dev
 
 step() { printf '\n==> %s\n' "$*" >&2; }
@@ -49,7 +50,7 @@ cargo build --release --locked --bin ratio1   # the operator image's binary
 step "building the images (operator, sample workloads, etcd)"
 bash e2e/images.sh build all
 
-step "starting etcd and 10 Kubernetes control planes (c1-c3, c7: single-cluster tests, c4-c6: federation, c8-c9: hostile peers, c10: placement) and nodes on c1, c6, c7"
+step "starting etcd and 10 Kubernetes control planes (c1-c3, c7: single-cluster tests, c4-c6: federation, c8-c9: hostile peers, c10: placement) and nodes on c1, c5, c6, c7"
 # The control plane is this run's own: one left running in the run dir
 # (another test.sh, e.g. of another checkout, or a killed run) would be
 # reused and then stopped by this run's exit. Refuse instead.

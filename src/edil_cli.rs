@@ -72,7 +72,8 @@ pub enum EdilCmd {
     Train {
         #[arg(long)]
         data: PathBuf,
-        /// Start from these weights (JSON array; default zeros).
+        /// Start from these weights (a JSON array, or a model document
+        /// with `weights`; default zeros).
         #[arg(long)]
         model: Option<PathBuf>,
         #[arg(long, default_value_t = 50)]
@@ -93,9 +94,19 @@ fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::write(path, bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
+/// A JSON array of numbers, or an object with one under `weights` (an
+/// EDIL model document, as a trainer container gets it).
 fn read_values(path: &Path) -> anyhow::Result<Vec<f32>> {
-    serde_json::from_slice(&read(path)?)
-        .map_err(|e| anyhow::anyhow!("{}: not a JSON array of numbers: {e}", path.display()))
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Values {
+        Array(Vec<f32>),
+        Doc { weights: Vec<f32> },
+    }
+    match serde_json::from_slice(&read(path)?) {
+        Ok(Values::Array(v) | Values::Doc { weights: v }) => Ok(v),
+        Err(e) => anyhow::bail!("{}: neither a JSON array of numbers nor an object with weights: {e}", path.display()),
+    }
 }
 
 fn encoding(max_participants: u32) -> anyhow::Result<Encoding> {

@@ -494,6 +494,14 @@ struct OperatorArgs {
     /// never leaves this node: only encrypted updates trained on it do.
     #[arg(long = "edil-dataset", value_name = "NAME=PATH")]
     edil_datasets: Vec<String>,
+    /// A prefix of the trainer images this node runs for EDIL trainings
+    /// that name a container trainer (e.g. `registry.example/trainers/`);
+    /// repeatable. The image reads this node's shard: allow only images
+    /// you trust. A container trainer mounts the dataset's PATH from the
+    /// node (hostPath, read-only) and needs R1FS delivery to pods
+    /// (`--r1fs-pod-endpoint`). None: no container trainer runs here.
+    #[arg(long = "edil-trainer-image", value_name = "PREFIX")]
+    edil_trainer_images: Vec<String>,
     /// Directory of the operator's data: R1FS blocks and pins under
     /// `r1fs/`. None: R1FS off. Without CSTORE, R1FS holds, serves and
     /// fetches content but replicates nothing.
@@ -570,7 +578,13 @@ fn edil_config(a: &OperatorArgs) -> anyhow::Result<ratio1::edil::service::EdilCo
             "--edil-dataset {name} twice"
         );
     }
-    Ok(ratio1::edil::service::EdilConfig { datasets })
+    for i in &a.edil_trainer_images {
+        anyhow::ensure!(
+            !i.is_empty() && i.len() <= 256,
+            "--edil-trainer-image {i:?}: an image prefix of 1..=256 bytes"
+        );
+    }
+    Ok(ratio1::edil::service::EdilConfig { datasets, trainer_images: a.edil_trainer_images.clone() })
 }
 
 fn economy_config(a: &OperatorArgs) -> anyhow::Result<ratio1::economy::service::EconomyConfig> {

@@ -16,7 +16,8 @@
 //!   node. A round in which fewer than the least participants send an
 //!   update releases nothing. A model too large for CSTORE records (601
 //!   weights) trains alongside, its round's model, updates and sum
-//!   travelling through R1FS.
+//!   travelling through R1FS; and the same model as the first trained by
+//!   a trainer container: a Job on the worker nodes of clusters 5 and 6.
 
 use crate::harness::cstore;
 use crate::harness::federation::*;
@@ -72,6 +73,55 @@ fn csv_of(seed: u64, n: usize, shard: Option<usize>, features: usize) -> String 
         rows.push(format!("{},{}", cells.join(","), (z > 0.0) as u8));
     }
     rows.join("\n")
+}
+
+/// The operator's image (`ratio1` in it): the trainer container's too.
+const OPERATOR_IMAGE: &str = "ratio1.local/ratio1-operator:dev";
+
+/// `edil-ctr`, edil-lr's spec for 2 rounds with a trainer container: each
+/// participant runs it as a Job on its worker node (it fetches the round's
+/// model from R1FS through the gateway, trains on the shard the node
+/// mounts, hands the weights back through the import route), and the
+/// result is edil-lr's after 2 rounds, to the bit: the same code trained
+/// from the same weights on the same shards. The Jobs are gone after, and
+/// so are the pins of their plaintext weights.
+async fn container_trainer_matches_the_built_in_one(
+    fed: &Federation,
+    models: &kube::Api<ratio1::crd::R1Model>,
+    lr: &ratio1::crd::TrainingStatus,
+) {
+    let st = wait_for(240, "edil-ctr trained by trainer Jobs", || async {
+        let st = models.get("edil-ctr").await.ok()?.status?;
+        let done = st.conditions.iter().any(|c| c.type_ == "Training" && c.reason == "Trained");
+        done.then_some(st)
+    })
+    .await;
+    let t = st.training.clone().unwrap();
+    assert_eq!((t.completed_rounds, &t.participants[..]), (2, &["node-c5", "node-c6"].map(String::from)[..]), "{t:?}");
+    // edil-lr's model of round 2, from R1FS.
+    let second = &lr.models.iter().find(|m| m.round == 2).unwrap().cid;
+    let doc = wait_for(60, "edil-lr's round-2 model", || async {
+        let body = http_get(fed.nodes[0].op().api_port, &format!("/ipfs/{second}")).await?;
+        serde_json::from_str::<serde_json::Value>(&body).ok()
+    })
+    .await;
+    let built_in: Vec<f64> = serde_json::from_value(doc["weights"].clone()).unwrap();
+    assert_eq!(t.weights, built_in, "the container's rounds are the built-in trainer's");
+    for i in 1..3 {
+        let c = client([4, 5, 6][i]).await;
+        let started = counter(fed, i, "ratio1_edil_trainer_jobs_total", "started").await;
+        let ok = counter(fed, i, "ratio1_edil_trainer_jobs_total", "succeeded").await;
+        assert!(started >= 2.0 && ok >= 2.0, "cluster {}: {started} started, {ok} succeeded", i + 4);
+        let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> = kube::Api::namespaced(c, OPERATOR_NS);
+        wait_for(60, "the trainer Jobs deleted", || async {
+            let l = jobs.list(&Default::default()).await.ok()?;
+            (!l.items.iter().any(|j| j.metadata.name.as_deref().is_some_and(|n| n.starts_with("edil-train-"))))
+                .then_some(())
+        })
+        .await;
+        let pins = http_get(fed.nodes[i].op().api_port, "/v1/r1fs/pins").await.unwrap();
+        assert!(!pins.contains("import/edil/"), "cluster {}: {pins}", i + 4);
+    }
 }
 
 /// Features of the model whose rounds travel through R1FS (601 weights:
@@ -266,13 +316,16 @@ async fn federated_training_across_three_clusters_matches_central_training() {
         p
     };
     // Every cluster runs R1FS (a data dir): the owner stores each round's
-    // model there, and the others can fetch it.
+    // model there, and the others can fetch it. The participants deliver
+    // R1FS content to pods (their gateway on every address: pods reach it
+    // at their node's IP) and run trainer images of this project.
     let args: Vec<Vec<String>> = (0..3)
         .map(|k| {
             let data = format!("--data-dir={}", dir.join(format!("data-{k}")).display());
             if k == 0 {
                 return vec![data];
             }
+            let gateway = free_port();
             let train = shard(k, "train", csv(20 + k as u64, 300, Some(k)));
             let wide = shard(k, "wide", csv_of(30 + k as u64, 50, None, if k == 2 { 4 } else { 3 }));
             let big = shard(k, "big", csv_of(40 + k as u64, 300, Some(k), BIG_FEATURES));
@@ -281,6 +334,10 @@ async fn federated_training_across_three_clusters_matches_central_training() {
                 format!("--edil-dataset=train={}", train.display()),
                 format!("--edil-dataset=wide={}", wide.display()),
                 format!("--edil-dataset=big={}", big.display()),
+                format!("--r1fs-gateway-addr=0.0.0.0:{gateway}"),
+                format!("--r1fs-pod-endpoint=http://$(HOST_IP):{gateway}"),
+                format!("--r1fs-fetch-image={OPERATOR_IMAGE}"),
+                "--edil-trainer-image=ratio1.local/".into(),
             ]
         })
         .collect();
@@ -290,7 +347,7 @@ async fn federated_training_across_three_clusters_matches_central_training() {
     }
     let models: kube::Api<ratio1::crd::R1Model> = kube::Api::namespaced(client(4).await, "default");
     let ssa = kube::api::PatchParams::apply("e2e").force();
-    for name in ["edil-lr", "edil-short", "edil-big"] {
+    for name in ["edil-lr", "edil-short", "edil-big", "edil-ctr"] {
         let _ = models.delete(name, &Default::default()).await;
     }
     let (rounds, steps) = (5, 10);
@@ -301,6 +358,14 @@ async fn federated_training_across_three_clusters_matches_central_training() {
     let big = serde_json::json!({"rounds": 2, "dataset": "big", "features": BIG_FEATURES, "localSteps": steps,
         "learningRate": 0.5, "minParticipants": 2, "roundTimeoutSeconds": 30});
     models.patch("edil-big", &ssa, &kube::api::Patch::Apply(model("edil-big", big))).await.unwrap();
+    // And edil-lr's first rounds again, by a trainer container: `ratio1
+    // edil train` in the operator's image, as a Job on each participant.
+    let ctr = serde_json::json!({"rounds": 2, "dataset": "train", "features": 3, "localSteps": steps,
+        "learningRate": 0.5, "minParticipants": 2, "roundTimeoutSeconds": 60,
+        "trainer": {"image": OPERATOR_IMAGE, "command": ["ratio1", "edil", "train"],
+            "args": ["--data", "$(R1_EDIL_DATA)", "--model", "$(R1_EDIL_MODEL)", "--steps", "$(R1_EDIL_STEPS)",
+                "--lr", "$(R1_EDIL_LR)", "--out", "$(R1_EDIL_OUT)"]}});
+    models.patch("edil-ctr", &ssa, &kube::api::Patch::Apply(model("edil-ctr", ctr))).await.unwrap();
 
     let st = wait_for(180, "edil-lr trained", || async {
         let st = models.get("edil-lr").await.ok()?.status?;
@@ -373,6 +438,7 @@ async fn federated_training_across_three_clusters_matches_central_training() {
     }
 
     big_model_travels_through_r1fs(&fed, &models).await;
+    container_trainer_matches_the_built_in_one(&fed, &models, &t).await;
 
     // Cluster 6 cannot train the `wide` model (its shard has a fourth
     // column): each round holds 1 of the least 2 updates, and the

@@ -595,6 +595,8 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
                 models_ready: models_ready.clone(),
                 r1fs: ctx.r1fs.clone(),
                 metrics: metrics.clone(),
+                client: ctx.client.clone(),
+                namespace: cfg.namespace.clone(),
             };
             let _ = ctx.edil.set(crate::edil::service::Edil::start(cfg.edil.clone(), edil));
             let _ = ctx.deeploy.set(d);

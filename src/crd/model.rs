@@ -150,6 +150,38 @@ pub struct TrainingSpec {
     #[serde(default = "default_round_timeout")]
     #[schemars(range(min = 10, max = 86400), extend("default" = 600))]
     pub round_timeout_seconds: i32,
+    /// A trainer container each participant runs as a Kubernetes Job in
+    /// its own cluster, instead of the built-in trainer (docs/edil.md,
+    /// "Container trainers"). A participant runs it only when its operator
+    /// allows the image (`--edil-trainer-image PREFIX`) and delivers R1FS
+    /// content to pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainer: Option<TrainerSpec>,
+}
+
+/// A trainer container. It reads the round's model document
+/// (`$R1_EDIL_MODEL`: JSON with `weights`, `features + 1` numbers) and
+/// the participant's shard (`$R1_EDIL_DATA`), trains (`$R1_EDIL_STEPS`,
+/// `$R1_EDIL_LR`), and writes its weights to `$R1_EDIL_OUT`: a JSON array
+/// of numbers, or an object with `weights` and optionally `loss`,
+/// `accuracy` and `samples`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainerSpec {
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    /// The entrypoint (the image's when empty); `$(VAR)` expands the
+    /// variables above, as in any container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub args: Vec<String>,
+    /// CPU and memory of the container (default: requests 100m CPU and
+    /// 128Mi memory, limit 1Gi memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
 }
 
 fn default_min_participants() -> i32 {

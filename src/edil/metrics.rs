@@ -18,6 +18,10 @@ pub struct EdilMetrics {
     /// Rounds' models this owner stored in R1FS (`stored`), or could not
     /// (`failed`).
     pub models: Family<ReasonLabels, Counter>,
+    /// Trainer Jobs this participant `started`, that `succeeded` (their
+    /// weights sent on) or `failed` (or ran out of time), or that it
+    /// `refused` (an image it does not run).
+    pub trainer_jobs: Family<ReasonLabels, Counter>,
 }
 
 impl EdilMetrics {
@@ -28,6 +32,7 @@ impl EdilMetrics {
             sums: Default::default(),
             rounds: Default::default(),
             models: Default::default(),
+            trainer_jobs: Default::default(),
         };
         let r = registry.sub_registry_with_prefix("edil");
         r.register("updates_sent", "Encrypted updates this node sent as a participant", m.updates_sent.clone());
@@ -35,6 +40,11 @@ impl EdilMetrics {
         r.register("sums", "Sums this aggregator wrote, released or withheld", m.sums.clone());
         r.register("rounds", "Rounds this owner completed or failed", m.rounds.clone());
         r.register("models", "Rounds' models this owner stored in R1FS, or failed to", m.models.clone());
+        r.register(
+            "trainer_jobs",
+            "Trainer Jobs this participant started, or that ended, per outcome",
+            m.trainer_jobs.clone(),
+        );
         m
     }
 }

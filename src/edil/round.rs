@@ -80,6 +80,11 @@ pub struct Round {
     pub dataset: String,
     pub steps: u32,
     pub lr: f32,
+    /// The trainer container each participant runs instead of the
+    /// built-in trainer (its weights are then always in R1FS: the Job
+    /// reads them there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainer: Option<crate::crd::TrainerSpec>,
 }
 
 /// Most local steps a round may ask of a participant.
@@ -151,13 +156,25 @@ impl Round {
             Some(s) if !self.global.is_empty() => {
                 return Err(format!("weights are in the round or in R1FS ({}), not both", s.cid));
             }
-            Some(s) if (s.values as usize) <= INLINE_VALUES || s.values as usize > MAX_ROUND_VALUES => {
-                return Err(format!("weights in R1FS are {}..={MAX_ROUND_VALUES} values", INLINE_VALUES + 1));
+            Some(s) if s.values == 0 || s.values as usize > MAX_ROUND_VALUES => {
+                return Err(format!("weights in R1FS are 1..={MAX_ROUND_VALUES} values"));
+            }
+            Some(s) if (s.values as usize) <= INLINE_VALUES && self.trainer.is_none() => {
+                return Err(format!("{} weights travel in the round, not through R1FS", s.values));
             }
             Some(s) => {
                 crate::r1fs::cid::parse(&s.cid).map_err(|e| format!("the weights' CID: {e}"))?;
             }
+            None if self.trainer.is_some() => {
+                return Err("a trainer container reads the weights from R1FS: the round must name them".into());
+            }
             None => {}
+        }
+        if let Some(t) = &self.trainer {
+            let long = |v: &[String], n: usize| v.len() > n || v.iter().any(|a| a.len() > 4096);
+            if t.image.is_empty() || t.image.len() > 512 || long(&t.command, 32) || long(&t.args, 64) {
+                return Err("a trainer is an image of 1..=512 bytes, at most 32 command and 64 args of 4 KiB".into());
+            }
         }
         if !self.global.iter().all(|v| v.is_finite()) || !self.lr.is_finite() || self.lr <= 0.0 {
             return Err("weights and learning rate must be finite".into());
@@ -409,6 +426,7 @@ mod tests {
             deadline_ms: 10_000,
             global: vec![0.0; 4],
             stored: None,
+            trainer: None,
             trained: 0,
             keys: prints,
             dataset: "d".into(),
@@ -520,7 +538,20 @@ mod tests {
         assert_eq!((big.check("owner"), big.values()), (Ok(()), 600));
         assert!(Round { stored: stored(600), ..n.round.clone() }.check("owner").unwrap_err().contains("not both"));
         let small = Round { stored: stored(INLINE_VALUES as u32), ..big.clone() };
-        assert!(small.check("owner").unwrap_err().contains("values"));
+        assert!(small.check("owner").unwrap_err().contains("travel in the round"));
+        // A trainer container reads any model from R1FS, small too.
+        let image = crate::crd::TrainerSpec {
+            image: "trainers.example/lr:1".into(),
+            command: vec![],
+            args: vec![],
+            resources: None,
+        };
+        let with = Round { trainer: Some(image.clone()), ..small.clone() };
+        assert_eq!(with.check("owner"), Ok(()));
+        let inline = Round { trainer: Some(image.clone()), ..n.round.clone() };
+        assert!(inline.check("owner").unwrap_err().contains("must name them"));
+        let flood = crate::crd::TrainerSpec { args: vec!["x".into(); 65], ..image };
+        assert!(Round { trainer: Some(flood), ..with }.check("owner").unwrap_err().contains("64 args"));
         let huge = Round { stored: stored(MAX_ROUND_VALUES as u32 + 1), ..big.clone() };
         assert!(huge.check("owner").unwrap_err().contains("values"));
         let bogus = Round { stored: Some(Stored { cid: "not-a-cid".into(), values: 600 }), ..big };

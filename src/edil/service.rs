@@ -75,8 +75,6 @@ const ROUND_PIN_PREFIX: &str = "edil-round/";
 const ROUND_PIN_KEEP_MS: u64 = 3 * GRACE_MS + 60_000;
 /// The longest one read of a round's content from R1FS may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
-/// Reads of one update from R1FS before it is refused.
-const FETCH_ATTEMPTS: u32 = 3;
 /// An inline update record is at most this long (sealed, before base64).
 const MAX_INLINE_SEALED: usize = 48 * 1024;
 
@@ -85,6 +83,9 @@ const MAX_INLINE_SEALED: usize = 48 * 1024;
 pub struct EdilConfig {
     /// Dataset name → CSV file this node holds (its shard).
     pub datasets: BTreeMap<String, PathBuf>,
+    /// Prefixes of the trainer images this node runs for others' models
+    /// (none: no container trainer runs here).
+    pub trainer_images: Vec<String>,
 }
 
 /// What the EDIL task runs on.
@@ -100,6 +101,9 @@ pub struct Parts {
     /// Where each round's model is stored (while R1FS runs here).
     pub r1fs: crate::r1fs::api::Slot,
     pub metrics: Arc<Metrics>,
+    /// Trainer Jobs run in this namespace of this cluster.
+    pub client: kube::Client,
+    pub namespace: String,
 }
 
 /// What a participant seals to the aggregator.
@@ -107,8 +111,10 @@ pub struct Parts {
 #[serde(rename_all = "camelCase")]
 struct UpdateRecord {
     update: SignedUpdate,
-    /// Loss and accuracy on its own shard after training, and its size.
-    metrics: TrainMetrics,
+    /// Loss and accuracy on its own shard after training (a trainer
+    /// container may not report them), and its size.
+    #[serde(default)]
+    metrics: Option<TrainMetrics>,
     samples: u64,
 }
 
@@ -131,9 +137,10 @@ enum Sealed {
     Stored(String),
 }
 
-/// What an [`UpdateRecord`] is sealed as: `R1U1`, the length (u32, little
-/// endian) of the record's JSON without the ciphertext, that JSON, then
-/// the ciphertext's bytes (no base64 for the bulk of it).
+/// What an [`UpdateRecord`] in R1FS is sealed as: `R1U1`, the length
+/// (u32, little endian) of the record's JSON without the ciphertext, that
+/// JSON, then the ciphertext's bytes (no base64 for the bulk of it). An
+/// update in a record is sealed as its JSON.
 const FRAME: &[u8; 4] = b"R1U1";
 /// Most bytes of a framed record's JSON.
 const MAX_FRAME_HEAD: usize = 64 * 1024;
@@ -175,14 +182,36 @@ fn round_pin(round: &Round) -> String {
     format!("{ROUND_PIN_PREFIX}{}/{}/{}", round.owner, round.model, round.round)
 }
 
+/// Why a read of a round's content failed: for now (not there yet, its
+/// holder not connected yet, too slow: read again), or for good (more
+/// than the round allows, not a file, not what the round names).
+#[derive(Debug, Clone, PartialEq)]
+enum ReadError {
+    Later(String),
+    Bad(String),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Later(e) | ReadError::Bad(e) => f.write_str(e),
+        }
+    }
+}
+
 /// Reads R1FS content of at most `max` bytes (another node's, fetched
 /// if need be), within [`FETCH_TIMEOUT`].
-async fn read(r1fs: &crate::r1fs::service::R1fs, cid: &str, max: u64) -> Result<Vec<u8>, String> {
-    let c = crate::r1fs::cid::parse(cid)?;
-    tokio::time::timeout(FETCH_TIMEOUT, r1fs.read_within(c, max))
-        .await
-        .map_err(|_| format!("reading {cid} from R1FS took more than {}s", FETCH_TIMEOUT.as_secs()))?
-        .map_err(|e| e.to_string())
+async fn read(r1fs: &crate::r1fs::service::R1fs, cid: &str, max: u64) -> Result<Vec<u8>, ReadError> {
+    use crate::r1fs::service::R1fsError as E;
+    use crate::r1fs::store::StoreError as S;
+    let c = crate::r1fs::cid::parse(cid).map_err(ReadError::Bad)?;
+    let read = tokio::time::timeout(FETCH_TIMEOUT, r1fs.read_within(c, max)).await.map_err(|_| {
+        ReadError::Later(format!("reading {cid} from R1FS took more than {}s", FETCH_TIMEOUT.as_secs()))
+    })?;
+    read.map_err(|e| match e {
+        E::NotFound(_) | E::Unavailable(_) | E::Store(S::NotFound(_) | S::Io(_)) => ReadError::Later(e.to_string()),
+        e => ReadError::Bad(e.to_string()),
+    })
 }
 
 /// An aggregator's record: the sum (inline or in R1FS), or why there is
@@ -206,18 +235,48 @@ type ToSum = (Place, Round, Vec<(String, Sealed, u64)>);
 /// A round this node sums: each update is added as it arrives (an update
 /// in R1FS once fetched), and the sum is released at the end.
 struct Summing {
-    c: Collector,
+    round: Round,
+    /// Made with the first update (a round naming this node costs its
+    /// memory only once a participant sends something).
+    c: Option<Collector>,
     /// Writers whose update was added or refused (each once).
     seen: BTreeSet<String>,
-    /// Writers whose update is being read from R1FS, and the reads each
-    /// took so far.
+    /// Writers whose update is being read from R1FS.
     fetching: BTreeSet<String>,
-    attempts: BTreeMap<String, u32>,
+}
+
+impl Summing {
+    fn new(round: Round) -> Self {
+        Self { round, c: None, seen: Default::default(), fetching: Default::default() }
+    }
+
+    /// Whether it holds (or is about to hold) its round's sum.
+    fn active(&self) -> bool {
+        self.c.is_some() || !self.fetching.is_empty()
+    }
+
+    fn done(&self, now_ms: u64) -> bool {
+        self.c.as_ref().map_or(now_ms > self.round.deadline_ms, |c| c.done(now_ms))
+    }
+
+    fn close(&self) -> Result<(Released, Vec<u8>), String> {
+        match &self.c {
+            Some(c) => c.close(),
+            None => Err(format!(
+                "0 of the least {} participants sent an update: no sum is released",
+                self.round.min_participants
+            )),
+        }
+    }
 }
 
 /// A read of an update from R1FS: its round, writer, when it was written,
 /// and the sealed bytes.
-type Fetched = (Place, String, u64, Result<Vec<u8>, String>);
+type Fetched = (Place, String, u64, Result<Vec<u8>, ReadError>);
+
+/// Most values of the sums one aggregator holds at once (16 bytes each:
+/// 64 MiB); a round past it waits for room.
+const MAX_SUMMING_VALUES: usize = 1 << 22;
 
 #[derive(Default)]
 struct Mirror {
@@ -225,6 +284,8 @@ struct Mirror {
     /// Peers running EDIL with R1FS (they can take part in, or sum, the
     /// rounds of a model too large for records).
     r1fs: BTreeSet<String>,
+    /// Per peer, the prefixes of the trainer images it runs.
+    trainers: BTreeMap<String, Vec<String>>,
     rounds: BTreeMap<Place, Round>,
     /// (owner, model uid, participant) → key (wire bytes).
     keys: BTreeMap<(String, String, String), Vec<u8>>,
@@ -243,6 +304,15 @@ impl Mirror {
             [peer, "datasets"] => {
                 let names =
                     value.as_ref().and_then(|v| serde_json::from_value::<Vec<String>>(v.get("datasets")?.clone()).ok());
+                let images = value
+                    .as_ref()
+                    .and_then(|v| serde_json::from_value::<Vec<String>>(v.get("trainerImages")?.clone()).ok());
+                match images.filter(|i| !i.is_empty()) {
+                    Some(i) => self
+                        .trainers
+                        .insert(peer.to_string(), i.into_iter().take(16).filter(|p| p.len() <= 256).collect()),
+                    None => self.trainers.remove(*peer),
+                };
                 match value.and_then(|v| v.get("r1fs")?.as_bool()) {
                     Some(true) => self.r1fs.insert(peer.to_string()),
                     _ => self.r1fs.remove(*peer),
@@ -317,6 +387,8 @@ struct Training {
     /// The R1FS model document holding `global` (stored before a round of
     /// a model too large for records names it).
     global_cid: Option<String>,
+    /// The read of the current round's sum from R1FS, under way.
+    sum_read: Option<SumRead>,
     trained: u64,
     /// The round under way, and when it was published (Unix ms).
     current: Option<(Round, u64)>,
@@ -404,6 +476,7 @@ impl Edil {
 }
 
 async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
+    let p = Arc::new(p);
     let mut loads = u64::MAX;
     let mut changes = futures::stream::pending::<Change>().boxed();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -415,8 +488,13 @@ async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
     let mut summed: BTreeSet<Place> = BTreeSet::new();
     let mut summing: BTreeMap<Place, Summing> = BTreeMap::new();
     let mut fetches: tokio::task::JoinSet<Fetched> = tokio::task::JoinSet::new();
-    // When, and whether with R1FS, this node last advertised.
-    let mut advertised: Option<(tokio::time::Instant, bool)> = None;
+    // When, and whether with R1FS (delivering to pods), this node last
+    // advertised.
+    let mut advertised: Option<(tokio::time::Instant, (bool, bool))> = None;
+    // Trainer Jobs under way, and built-in trainings (each: its round, and
+    // whether to try it again).
+    let mut running: BTreeMap<Place, Running> = BTreeMap::new();
+    let mut training: tokio::task::JoinSet<(Place, bool)> = tokio::task::JoinSet::new();
     let mut released: Option<tokio::time::Instant> = None;
     loop {
         if loads != p.cstore.loads() {
@@ -454,6 +532,12 @@ async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
                 }
                 None => loads = u64::MAX,
             },
+            Some(Ok((place, again))) = training.join_next(), if !training.is_empty() => {
+                if again {
+                    trained.remove(&place);
+                }
+                continue;
+            }
             Some(done) = fetches.join_next(), if !fetches.is_empty() => {
                 if let (Ok((place, writer, at, got)), Some(keypair)) = (done, p.cstore.keypair()) {
                     if let Some(s) = summing.get_mut(&place) {
@@ -469,15 +553,18 @@ async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
         let Some(me) = p.cstore.peer_id().map(|m| m.to_string()) else { continue };
         // Every node running EDIL says so (with the datasets it holds, and
         // whether it runs R1FS): aggregators are chosen among them.
+        // Container trainers need R1FS to deliver content to pods.
         let with_r1fs = p.r1fs.get().is_some();
-        if advertised.is_none_or(|(t, r)| t.elapsed() >= ADVERT_TTL / 2 || r != with_r1fs) {
+        let delivers = p.r1fs.get().and_then(|r| r.delivery()).is_some();
+        if advertised.is_none_or(|(t, r)| t.elapsed() >= ADVERT_TTL / 2 || r != (with_r1fs, delivers)) {
             let names: Vec<&String> = e.inner.cfg.datasets.keys().collect();
             let key = format!("{EDIL_PREFIX}{me}/datasets");
-            let value = serde_json::json!({ "datasets": names, "r1fs": with_r1fs });
+            let images: &[String] = if delivers { &e.inner.cfg.trainer_images } else { &[] };
+            let value = serde_json::json!({ "datasets": names, "r1fs": with_r1fs, "trainerImages": images });
             match p.cstore.set(&key, &value, Some(ADVERT_TTL)).await {
                 Ok(rec) => {
                     e.inner.mirror.write().expect("mirror lock").observe(&key, Some(&rec), now());
-                    advertised = Some((tokio::time::Instant::now(), with_r1fs));
+                    advertised = Some((tokio::time::Instant::now(), (with_r1fs, delivers)));
                 }
                 Err(err) => tracing::warn!(error = %err, "cannot advertise EDIL datasets"),
             }
@@ -489,24 +576,45 @@ async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
             summed.retain(|k| m.rounds.contains_key(k));
             summing.retain(|k, _| m.rounds.contains_key(k) && !summed.contains(k));
         }
-        participate(&e, &p, &me, &mut trained).await;
+        participate(&e, &p, &me, &mut trained, &mut running, &mut training).await;
         aggregate(&e, &p, &me, &mut summed, &mut summing, &mut fetches).await;
         // (Read before `own` looks at the cache: a cache filled in between
         // would look like models gone.)
         let models_ready = p.models_ready.is_set();
         own(&e, &p, &me, &mut owned).await;
         if released.is_none_or(|t| t.elapsed() >= RELEASE_EVERY) {
-            release_pins(&e, &p, &owned, models_ready).await;
+            release_pins(&e, &p, &owned, models_ready, &running).await;
             released = Some(tokio::time::Instant::now());
         }
     }
 }
 
+/// A trainer Job under way for a round, with the round and the key its
+/// update is for.
+struct Running {
+    round: Round,
+    key: Vec<u8>,
+}
+
+/// Weights trained for a round: the weights, the trainer's measures on
+/// its shard (if it gave them), and the shard's size.
+type Trained = (Vec<f32>, Option<TrainMetrics>, u64);
+
 /// As a participant: an update for every round that lists this node and
-/// that it has not answered, encrypted under the key the round names and
-/// sealed to the round's aggregator.
-async fn participate(e: &Edil, p: &Parts, me: &str, done: &mut BTreeSet<Place>) {
+/// that it has not answered, trained by the built-in trainer or by the
+/// round's trainer container (a Job, over several ticks: see
+/// [`super::jobs`]), encrypted under the key the round names and sealed
+/// to the round's aggregator.
+async fn participate(
+    e: &Edil,
+    p: &Arc<Parts>,
+    me: &str,
+    done: &mut BTreeSet<Place>,
+    running: &mut BTreeMap<Place, Running>,
+    tasks: &mut tokio::task::JoinSet<(Place, bool)>,
+) {
     let now = now();
+    finish_jobs(p, me, done, running, now).await;
     let todo: Vec<(Round, Vec<u8>)> = {
         let m = e.inner.mirror.read().expect("mirror lock");
         m.rounds
@@ -527,67 +635,196 @@ async fn participate(e: &Edil, p: &Parts, me: &str, done: &mut BTreeSet<Place>) 
             .collect()
     };
     for (round, key) in todo {
-        let Some(keypair) = p.cstore.keypair() else { return };
-        done.insert((round.owner.clone(), round.model.clone(), round.round));
+        let place = (round.owner.clone(), round.model.clone(), round.round);
+        done.insert(place.clone());
         let Some(path) = e.inner.cfg.datasets.get(&round.dataset).cloned() else {
             tracing::warn!(dataset = %round.dataset, "a round lists this node for a dataset it does not hold");
             continue;
         };
-        let Ok(aggregator) = round.aggregator.parse::<libp2p_identity::PeerId>() else { continue };
-        let global = match global_of(p, &round).await {
-            Ok(g) => g,
-            Err(why) => {
-                tracing::warn!(model = %round.model, round = round.round, %why, "cannot read a round's model");
-                continue;
+        if round.trainer.is_some() {
+            match start_job(e, p, &round, &path, now).await {
+                Ok(()) => {
+                    running.insert(place, Running { round, key });
+                }
+                Err(why) => tracing::warn!(model = %round.model, round = round.round, %why, "cannot run a trainer Job"),
             }
-        };
-        // Training and encryption are CPU work: off the async threads.
-        let r = round.clone();
-        let made = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-            let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let data = Dataset::parse_csv(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-            let w = trainer::train(&global, &data, r.steps, r.lr).map_err(|e| e.to_string())?;
-            let metrics = trainer::evaluate(&w, &data).map_err(|e| e.to_string())?;
-            let key = ParticipantKey::from_bytes(&key).map_err(|e| e.to_string())?;
-            let enc = r.encoding().map_err(|e| e.to_string())?;
-            let update = key.encrypt(&enc.quantise(&w)).map_err(|e| e.to_string())?;
-            let update = SignedUpdate::sign(&keypair, &r.id(), r.round, &update);
-            let plain = frame(UpdateRecord { update, metrics, samples: data.len() as u64 });
-            super::seal::seal(&keypair, &aggregator, &r.seal_context(), &plain).map_err(|e| e.to_string())
-        })
+            continue;
+        }
+        // No model the built-in trainer cannot train is read.
+        if round.values() > trainer::MAX_FEATURES + 1 {
+            tracing::warn!(model = %round.model, values = round.values(), "a round of more weights than the built-in trainer has");
+            continue;
+        }
+        // Reading the model (from R1FS, maybe slowly) and training run
+        // beside the loop; the result says whether to try again.
+        let (p, me) = (p.clone(), me.to_string());
+        tasks.spawn(async move {
+            let global = match global_of(&p, &round).await {
+                Ok(g) => g,
+                Err(why) => {
+                    tracing::warn!(model = %round.model, round = round.round, %why, "cannot read a round's model");
+                    return (place, matches!(why, ReadError::Later(_)));
+                }
+            };
+            // Training is CPU work: off the async threads.
+            let r = round.clone();
+            let trained = tokio::task::spawn_blocking(move || -> Result<Trained, String> {
+                let text =
+                    std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let data = Dataset::parse_csv(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+                let w = trainer::train(&global, &data, r.steps, r.lr).map_err(|e| e.to_string())?;
+                let metrics = trainer::evaluate(&w, &data).map_err(|e| e.to_string())?;
+                Ok((w, Some(metrics), data.len() as u64))
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+            match trained {
+                Ok(t) => {
+                    let sent = send_update(&p, &me, &round, key, t).await;
+                    (place, !sent)
+                }
+                Err(why) => {
+                    tracing::warn!(model = %round.model, round = round.round, %why, "cannot train for a round");
+                    (place, false)
+                }
+            }
+        });
+    }
+}
+
+/// Starts the trainer Job of `round` (its image must be one this node
+/// runs), applied with server-side apply: a Job left by a restart is the
+/// same Job.
+async fn start_job(e: &Edil, p: &Parts, round: &Round, dataset: &std::path::Path, now: u64) -> Result<(), String> {
+    let trainer = round.trainer.as_ref().ok_or("the round has no trainer")?;
+    let m = &p.metrics.edil.trainer_jobs;
+    if !super::jobs::allowed(&trainer.image, &e.inner.cfg.trainer_images) {
+        m.get_or_create(&ReasonLabels { reason: "refused" }).inc();
+        return Err(format!("image {} is not one this node runs (--edil-trainer-image)", trainer.image));
+    }
+    let r1fs = p.r1fs.get().ok_or("a trainer Job reads its model from R1FS, which does not run here")?;
+    let delivery = r1fs.delivery().ok_or("R1FS does not deliver content to pods here (--r1fs-pod-endpoint)")?;
+    let token = r1fs.import_token(&super::jobs::pin_owner(round));
+    let job = super::jobs::job(round, trainer, dataset, &p.namespace, &delivery, token, now)?;
+    let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> = kube::Api::namespaced(p.client.clone(), &p.namespace);
+    let name = super::jobs::name(round);
+    jobs.patch(&name, &kube::api::PatchParams::apply("ratio1-edil").force(), &kube::api::Patch::Apply(&job))
         .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r);
-        // In the record, or in R1FS for a model too large for records.
-        let record = match (made, round.stored.is_some()) {
-            (Ok(sealed), false) => Ok(SealedRecord { sealed: B64.encode(&sealed), cid: None }),
-            (Ok(sealed), true) => match p.r1fs.get() {
-                Some(r1fs) => r1fs
-                    .add_bytes(sealed, &round_pin(&round))
-                    .await
-                    .map(|(cid, _)| SealedRecord { cid: Some(crate::r1fs::cid::canonical(&cid)), ..Default::default() })
-                    .map_err(|e| format!("cannot store the update in R1FS: {e}")),
-                None => Err("the model travels through R1FS, which does not run here".into()),
+        .map_err(|e| format!("cannot apply Job {}/{name}: {e}", p.namespace))?;
+    m.get_or_create(&ReasonLabels { reason: "started" }).inc();
+    tracing::info!(model = %round.model, round = round.round, job = %name, image = %trainer.image, "EDIL trainer Job started");
+    Ok(())
+}
+
+/// Trainer Jobs whose weights are in (sent on), that failed, or whose
+/// round's deadline passed; each leaves with its Job and pin.
+async fn finish_jobs(
+    p: &Parts,
+    me: &str,
+    done: &mut BTreeSet<Place>,
+    running: &mut BTreeMap<Place, Running>,
+    now: u64,
+) {
+    if running.is_empty() {
+        return;
+    }
+    let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> = kube::Api::namespaced(p.client.clone(), &p.namespace);
+    let places: Vec<Place> = running.keys().cloned().collect();
+    for place in places {
+        let r = &running[&place];
+        let (name, owner) = (super::jobs::name(&r.round), super::jobs::pin_owner(&r.round));
+        let pinned = p.r1fs.get().and_then(|x| x.pinned_by(&owner).map(|c| (x.clone(), c)));
+        let outcome: Option<Result<Trained, String>> = match pinned {
+            Some((r1fs, cid)) => {
+                let read = r1fs.read_within(cid, model_bound(r.round.values())).await.map_err(|e| e.to_string());
+                let _ = r1fs.unpin(cid, &owner).await;
+                Some(read.and_then(|b| super::jobs::output(&b, r.round.values())))
+            }
+            None if now > r.round.deadline_ms => Some(Err("the round's deadline passed".into())),
+            None => match jobs.get_opt(&name).await {
+                Ok(Some(j)) => super::jobs::failed(&j).map(|why| Err(format!("Job {name} failed ({why})"))),
+                Ok(None) => Some(Err(format!("Job {name} is gone"))),
+                Err(_) => None,
             },
-            (Err(why), _) => Err(why),
         };
-        let value = match record {
-            Ok(r) => serde_json::to_value(&r).expect("a record serializes"),
+        let Some(outcome) = outcome else { continue };
+        let r = running.remove(&place).expect("listed");
+        let dp = kube::api::DeleteParams::background();
+        if let Err(err) = jobs.delete(&name, &dp).await {
+            tracing::debug!(job = %name, error = %err, "cannot delete a trainer Job (its TTL will)");
+        }
+        let label = match outcome {
+            Ok(t) => {
+                if !send_update(p, me, &r.round, r.key, t).await {
+                    done.remove(&place);
+                }
+                "succeeded"
+            }
             Err(why) => {
-                tracing::warn!(model = %round.model, round = round.round, %why, "cannot train for a round");
-                continue;
+                tracing::warn!(model = %r.round.model, round = r.round.round, %why, "EDIL trainer Job gave no update");
+                "failed"
             }
         };
-        let k = format!("{EDIL_PREFIX}{me}/update/{}/{}/{}", round.owner, round.model, round.round);
-        match p.cstore.set(&k, &value, Some(TTL)).await {
-            Ok(_) => {
-                p.metrics.edil.updates_sent.inc();
-                tracing::info!(model = %round.model, round = round.round, "EDIL update sent");
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot write an EDIL update; trying again");
-                done.remove(&(round.owner.clone(), round.model.clone(), round.round));
-            }
+        p.metrics.edil.trainer_jobs.get_or_create(&ReasonLabels { reason: label }).inc();
+    }
+}
+
+/// Encrypts trained weights under the round's key, signs them, seals them
+/// to the aggregator, and writes the update (in its record, or in R1FS
+/// for a model too large for records). False when it could not be
+/// written (to try again).
+async fn send_update(p: &Parts, me: &str, round: &Round, key: Vec<u8>, (w, metrics, samples): Trained) -> bool {
+    let Some(keypair) = p.cstore.keypair() else { return false };
+    let Ok(aggregator) = round.aggregator.parse::<libp2p_identity::PeerId>() else { return true };
+    // Encryption is CPU work: off the async threads.
+    let r = round.clone();
+    let made = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+        let key = ParticipantKey::from_bytes(&key).map_err(|e| e.to_string())?;
+        let enc = r.encoding().map_err(|e| e.to_string())?;
+        let update = key.encrypt(&enc.quantise(&w)).map_err(|e| e.to_string())?;
+        let update = SignedUpdate::sign(&keypair, &r.id(), r.round, &update);
+        let rec = UpdateRecord { update, metrics, samples };
+        // The frame for R1FS content; JSON in records, as every node reads.
+        let plain = match r.stored {
+            Some(_) => frame(rec),
+            None => serde_json::to_vec(&rec).expect("an update record serializes"),
+        };
+        super::seal::seal(&keypair, &aggregator, &r.seal_context(), &plain).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    // In the record, or in R1FS for a model too large for records.
+    let record = match (made, round.stored.is_some()) {
+        (Ok(sealed), false) => Ok(SealedRecord { sealed: B64.encode(&sealed), cid: None }),
+        (Ok(sealed), true) => match p.r1fs.get() {
+            Some(r1fs) => r1fs
+                .add_bytes(sealed, &round_pin(round))
+                .await
+                .map(|(cid, _)| SealedRecord { cid: Some(crate::r1fs::cid::canonical(&cid)), ..Default::default() })
+                .map_err(|e| format!("cannot store the update in R1FS: {e}")),
+            None => Err("the model travels through R1FS, which does not run here".into()),
+        },
+        (Err(why), _) => Err(why),
+    };
+    let value = match record {
+        Ok(r) => serde_json::to_value(&r).expect("a record serializes"),
+        Err(why) => {
+            tracing::warn!(model = %round.model, round = round.round, %why, "cannot send an update for a round");
+            return true;
+        }
+    };
+    let k = format!("{EDIL_PREFIX}{me}/update/{}/{}/{}", round.owner, round.model, round.round);
+    match p.cstore.set(&k, &value, Some(TTL)).await {
+        Ok(_) => {
+            p.metrics.edil.updates_sent.inc();
+            tracing::info!(model = %round.model, round = round.round, "EDIL update sent");
+            true
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot write an EDIL update; trying again");
+            false
         }
     }
 }
@@ -595,9 +832,9 @@ async fn participate(e: &Edil, p: &Parts, me: &str, done: &mut BTreeSet<Place>) 
 /// The weights a round trains from: its own, or the owner's model
 /// document in R1FS that it names (checked to be that model's, after
 /// the round's `trained` rounds, of the round's size).
-async fn global_of(p: &Parts, round: &Round) -> Result<Vec<f32>, String> {
+async fn global_of(p: &Parts, round: &Round) -> Result<Vec<f32>, ReadError> {
     let Some(Stored { cid, values }) = &round.stored else { return Ok(round.global.clone()) };
-    let r1fs = p.r1fs.get().ok_or("the model travels through R1FS, which does not run here")?;
+    let r1fs = p.r1fs.get().ok_or(ReadError::Bad("the model travels through R1FS, which does not run here".into()))?;
     let bytes = read(r1fs, cid, model_bound(*values as usize)).await?;
     #[derive(Deserialize)]
     struct Doc {
@@ -605,14 +842,15 @@ async fn global_of(p: &Parts, round: &Round) -> Result<Vec<f32>, String> {
         round: u64,
         weights: Vec<f64>,
     }
-    let doc: Doc = serde_json::from_slice(&bytes).map_err(|e| format!("{cid} is not a model document: {e}"))?;
+    let doc: Doc =
+        serde_json::from_slice(&bytes).map_err(|e| ReadError::Bad(format!("{cid} is not a model document: {e}")))?;
     if doc.uid != round.model || doc.round != round.trained || doc.weights.len() != *values as usize {
-        return Err(format!(
+        return Err(ReadError::Bad(format!(
             "{cid} holds {} weights of model {} after {} rounds, not the round's",
             doc.weights.len(),
             doc.uid,
             doc.round
-        ));
+        )));
     }
     Ok(doc.weights.iter().map(|v| *v as f32).collect())
 }
@@ -620,7 +858,15 @@ async fn global_of(p: &Parts, round: &Round) -> Result<Vec<f32>, String> {
 /// Opens a sealed update and offers it to the round's sum; a refusal is
 /// counted and logged once.
 fn offer(p: &Parts, keypair: &libp2p_identity::Keypair, s: &mut Summing, writer: &str, sealed: &[u8], at: u64) {
-    let round = s.c.round().clone();
+    let round = s.round.clone();
+    s.seen.insert(writer.to_string());
+    if s.c.is_none() {
+        match Collector::new(round.clone()) {
+            Ok(c) => s.c = Some(c),
+            Err(e) => return refused(p, &round, writer, &Refusal::Shape(e)),
+        }
+    }
+    let c = s.c.as_mut().expect("made above");
     let opened = writer
         .parse::<libp2p_identity::PeerId>()
         .ok()
@@ -629,11 +875,10 @@ fn offer(p: &Parts, keypair: &libp2p_identity::Keypair, s: &mut Summing, writer:
     let outcome = match opened {
         None => Err(Refusal::Sealed),
         Some(u) => {
-            let m = &u.metrics;
-            s.c.offer(writer, &u.update, at, Some((m.loss as f64, m.accuracy as f64, u.samples)))
+            let reported = u.metrics.map(|m| (m.loss as f64, m.accuracy as f64, u.samples));
+            c.offer(writer, &u.update, at, reported)
         }
     };
-    s.seen.insert(writer.to_string());
     if let Err(why) = outcome {
         refused(p, &round, writer, &why);
     }
@@ -645,27 +890,26 @@ fn refused(p: &Parts, round: &Round, writer: &str, why: &Refusal) {
 }
 
 /// A read of an update from R1FS ended: offered, or read again on a later
-/// tick, or refused after [`FETCH_ATTEMPTS`].
+/// tick (not there yet), or refused (not what the round allows).
 fn fetched(
     p: &Parts,
     keypair: &libp2p_identity::Keypair,
     s: &mut Summing,
     writer: &str,
     at: u64,
-    got: Result<Vec<u8>, String>,
+    got: Result<Vec<u8>, ReadError>,
 ) {
     s.fetching.remove(writer);
     match got {
         Ok(sealed) => offer(p, keypair, s, writer, &sealed, at),
-        Err(why) => {
-            let n = s.attempts.entry(writer.to_string()).or_default();
-            *n += 1;
-            if *n >= FETCH_ATTEMPTS {
-                s.seen.insert(writer.to_string());
-                refused(p, &s.c.round().clone(), writer, &Refusal::Unfetched(why));
-            } else {
-                tracing::info!(%writer, %why, "cannot read an EDIL update from R1FS yet; reading again");
-            }
+        // Not there yet (its holder not connected, its `have` record not
+        // here yet): read again on a later tick, until the round closes.
+        Err(ReadError::Later(why)) => {
+            tracing::info!(%writer, %why, "cannot read an EDIL update from R1FS yet; reading again");
+        }
+        Err(ReadError::Bad(why)) => {
+            s.seen.insert(writer.to_string());
+            refused(p, &s.round.clone(), writer, &Refusal::Unfetched(why));
         }
     }
 }
@@ -673,7 +917,8 @@ fn fetched(
 /// As an aggregator: adds the updates of every round that names this node
 /// as they arrive (those in R1FS once read, in `fetches`), and writes the
 /// sum once every participant's is in or the deadline passed (and the
-/// reads under way ended, or half the owner's grace).
+/// reads under way ended, or half the owner's grace). The sums held at
+/// once are bounded ([`MAX_SUMMING_VALUES`]): a round past it waits.
 async fn aggregate(
     e: &Edil,
     p: &Parts,
@@ -703,20 +948,22 @@ async fn aggregate(
             })
             .collect()
     };
+    let mut held: usize = summing.values().filter(|s| s.active()).map(|s| s.round.values()).sum();
     for (place, round, updates) in rounds {
-        let s = match summing.entry(place.clone()) {
-            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::btree_map::Entry::Vacant(v) => match Collector::new(round.clone()) {
-                Ok(c) => v.insert(Summing {
-                    c,
-                    seen: Default::default(),
-                    fetching: Default::default(),
-                    attempts: Default::default(),
-                }),
-                Err(_) => continue,
-            },
-        };
+        let s = summing.entry(place.clone()).or_insert_with(|| Summing::new(round.clone()));
+        if !s.active() && !updates.is_empty() {
+            if held + round.values() > MAX_SUMMING_VALUES {
+                continue;
+            }
+            held += round.values();
+        }
         for (writer, sealed, at) in updates {
+            // Only a listed participant's update is read (or added).
+            if !round.participants.contains(&writer) {
+                s.seen.insert(writer.clone());
+                refused(p, &round, &writer, &Refusal::NotListed(writer.clone()));
+                continue;
+            }
             match sealed {
                 Sealed::Inline(b) => offer(p, &keypair, s, &writer, &b, at),
                 Sealed::Stored(cid) => {
@@ -735,34 +982,46 @@ async fn aggregate(
             }
         }
         let waited = now > round.deadline_ms + GRACE_MS / 2;
-        if !s.c.done(now) || !(s.fetching.is_empty() || waited) {
+        if !s.done(now) || !(s.fetching.is_empty() || waited) {
             continue;
         }
-        let (rec, label) = match s.c.close() {
+        let (rec, label) = match s.close() {
             Ok((mut r, sum)) => {
                 if round.stored.is_none() {
                     r.aggregate = B64.encode(&sum);
+                    (SumRecord::Released(r), "released")
                 } else {
                     let stored = match p.r1fs.get() {
                         Some(r1fs) => r1fs.add_bytes(sum, &round_pin(&round)).await.map_err(|e| e.to_string()),
                         None => Err("R1FS does not run here".into()),
                     };
                     match stored {
-                        Ok((cid, _)) => r.aggregate_cid = Some(crate::r1fs::cid::canonical(&cid)),
-                        Err(err) => {
+                        Ok((cid, _)) => {
+                            r.aggregate_cid = Some(crate::r1fs::cid::canonical(&cid));
+                            (SumRecord::Released(r), "released")
+                        }
+                        // Tried again until the owner's grace ends; then
+                        // the owner hears why.
+                        Err(err) if now <= round.deadline_ms + GRACE_MS => {
                             tracing::warn!(error = %err, "cannot store an EDIL sum in R1FS; trying again");
                             continue;
                         }
+                        Err(err) => {
+                            (SumRecord::Withheld(format!("the sum cannot be stored in R1FS: {err}")), "withheld")
+                        }
                     }
                 }
-                (SumRecord::Released(r), "released")
             }
             Err(why) => (SumRecord::Withheld(why), "withheld"),
         };
         let k = format!("{EDIL_PREFIX}{me}/sum/{}/{}/{}", round.owner, round.model, round.round);
         match p.cstore.set(&k, &serde_json::to_value(&rec).expect("sum serializes"), Some(TTL)).await {
             Ok(_) => {
-                let updates = s.c.from().len();
+                let updates = s.c.as_ref().map_or(0, |c| c.from().len());
+                // Reads still under way are dropped with the round.
+                for w in std::mem::take(&mut s.fetching) {
+                    refused(p, &round, &w, &Refusal::Unfetched("still being read when the round closed".into()));
+                }
                 done.insert(place.clone());
                 summing.remove(&place);
                 p.metrics.edil.sums.get_or_create(&ReasonLabels { reason: label }).inc();
@@ -773,14 +1032,43 @@ async fn aggregate(
     }
 }
 
+/// A read of a sum from R1FS under way: its round, and the read.
+type SumRead = (u64, tokio::task::JoinHandle<Result<Vec<u8>, ReadError>>);
+
 /// The aggregate's bytes of a released sum: in its record, or read from
-/// R1FS (within the round's size).
-async fn sum_bytes(p: &Parts, round: &Round, r: &Released) -> Result<Vec<u8>, String> {
-    match &r.aggregate_cid {
-        None => B64.decode(&r.aggregate).map_err(|e| format!("the sum is not base64: {e}")),
-        Some(cid) => {
-            let r1fs = p.r1fs.get().ok_or("the sum is in R1FS, which does not run here")?;
-            read(r1fs, cid, super::crypto::wire_bound(round.values())).await
+/// R1FS (within the round's size) beside the loop: `Pending` until read.
+fn sum_bytes(
+    p: &Parts,
+    round: &Round,
+    r: &Released,
+    reading: &mut Option<SumRead>,
+) -> std::task::Poll<Result<Vec<u8>, ReadError>> {
+    use futures::FutureExt;
+    use std::task::Poll;
+    let Some(cid) = &r.aggregate_cid else {
+        return Poll::Ready(
+            B64.decode(&r.aggregate).map_err(|e| ReadError::Bad(format!("the sum is not base64: {e}"))),
+        );
+    };
+    let Some(r1fs) = p.r1fs.get().cloned() else {
+        return Poll::Ready(Err(ReadError::Bad("the sum is in R1FS, which does not run here".into())));
+    };
+    match reading.take() {
+        Some((n, h)) if n == round.round && h.is_finished() => match h.now_or_never() {
+            Some(Ok(got)) => Poll::Ready(got),
+            _ => Poll::Ready(Err(ReadError::Later("the read of the sum ended".into()))),
+        },
+        Some((n, h)) if n == round.round => {
+            *reading = Some((n, h));
+            Poll::Pending
+        }
+        other => {
+            if let Some((_, h)) = other {
+                h.abort();
+            }
+            let (cid, max) = (cid.clone(), super::crypto::wire_bound(round.values()));
+            *reading = Some((round.round, tokio::spawn(async move { read(&r1fs, &cid, max).await })));
+            Poll::Pending
         }
     }
 }
@@ -807,6 +1095,8 @@ async fn own(e: &Edil, p: &Parts, me: &str, owned: &mut BTreeMap<String, Trainin
         }
         if let Err(err) = step(e, p, me, &m, &uid, &spec, t).await {
             tracing::warn!(model = %m.name_any(), error = %err, "EDIL owner step failed; trying again");
+            // (The status says why: e.g. no R1FS for a model that needs it.)
+            t.status.last_failure = Some(err);
         }
         let name = format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any());
         e.inner.trainings.lock().expect("trainings lock").insert(uid, (name, t.status.clone()));
@@ -862,8 +1152,15 @@ async fn store_model(
 /// them. Trained models no training lists any more (fallen off the list,
 /// or their R1Model or its training is gone), only once the models' cache
 /// was filled before `own` read it (`models_ready`); a round's updates and
-/// sum once its record is gone or [`ROUND_PIN_KEEP_MS`] after its deadline.
-async fn release_pins(e: &Edil, p: &Parts, owned: &BTreeMap<String, Training>, models_ready: bool) {
+/// sum once its record is gone or [`ROUND_PIN_KEEP_MS`] after its deadline;
+/// a trainer Job's weights left by a Job no longer under way.
+async fn release_pins(
+    e: &Edil,
+    p: &Parts,
+    owned: &BTreeMap<String, Training>,
+    models_ready: bool,
+    running: &BTreeMap<Place, Running>,
+) {
     let Some(r1fs) = p.r1fs.get() else { return };
     let Ok(pins) = r1fs.pins() else { return };
     let now = now();
@@ -880,6 +1177,9 @@ async fn release_pins(e: &Edil, p: &Parts, owned: &BTreeMap<String, Training>, m
                         .is_some_and(|x| now <= x.deadline_ms + ROUND_PIN_KEEP_MS),
                     _ => false,
                 }
+            } else if owner.starts_with(super::jobs::PIN_PREFIX) {
+                // A trainer Job's weights: read (and released) by its end.
+                running.values().any(|r| super::jobs::pin_owner(&r.round) == *owner)
             } else if let Some(uid) = owner.strip_prefix(PIN_PREFIX) {
                 !models_ready || owned.get(uid).is_some_and(|t| t.status.models.iter().any(|m| m.cid == c))
             } else {
@@ -906,6 +1206,10 @@ fn resume(e: &Edil, me: &str, m: &R1Model, uid: &str, spec: &crate::crd::Trainin
         mx.rounds.range((me.to_string(), uid.to_string(), 0)..=(me.to_string(), uid.to_string(), u64::MAX)).last();
     let next_round = last.map_or(1, |(_, r)| r.round + 1);
     let before = m.status.as_ref().and_then(|s| s.training.clone()).filter(|t| t.weights.len() == params);
+    // The stored model of those weights, if the status lists it (else
+    // stored again before a round names it).
+    let global_cid =
+        before.as_ref().and_then(|t| t.models.last().filter(|x| x.round == t.completed_rounds).map(|x| x.cid.clone()));
     let (global, trained, status) = match before {
         Some(t) => (
             t.weights.iter().map(|v| *v as f32).collect(),
@@ -927,7 +1231,8 @@ fn resume(e: &Edil, me: &str, m: &R1Model, uid: &str, spec: &crate::crd::Trainin
         key: OwnerKey::generate(),
         spec: spec.clone(),
         global,
-        global_cid: None,
+        global_cid,
+        sum_read: None,
         trained,
         current: None,
         next_round,
@@ -954,14 +1259,15 @@ async fn step(
             mx.sums.get(&(round.aggregator.clone(), me.to_string(), uid.to_string(), round.round)).cloned()
         };
         let outcome = match sum {
-            Some(SumRecord::Released(r)) => match sum_bytes(p, &round, &r).await {
-                Ok(bytes) => open(&t.key, &round, &r, &bytes).map(|w| (w, r)),
+            Some(SumRecord::Released(r)) => match sum_bytes(p, &round, &r, &mut t.sum_read) {
+                std::task::Poll::Pending => return Ok(()),
+                std::task::Poll::Ready(Ok(bytes)) => open(&t.key, &round, &r, &bytes).map(|w| (w, r)),
                 // (Read again on the next tick, for a while.)
-                Err(why) if now <= round.deadline_ms + 3 * GRACE_MS => {
+                std::task::Poll::Ready(Err(ReadError::Later(why))) if now <= round.deadline_ms + 3 * GRACE_MS => {
                     tracing::info!(model = %m.name_any(), round = round.round, %why, "cannot read the sum yet");
                     return Ok(());
                 }
-                Err(why) => Err(format!("round {}: {why}", round.round)),
+                std::task::Poll::Ready(Err(why)) => Err(format!("round {}: {why}", round.round)),
             },
             Some(SumRecord::Withheld(why)) => Err(format!("round {}: {why}", round.round)),
             None if now > round.deadline_ms + GRACE_MS => Err(format!(
@@ -1007,18 +1313,24 @@ async fn step(
     // A new round: every fresh peer holding the dataset but this node (it
     // would know its own update), and an aggregator among the fresh peers
     // running EDIL that is not this node.
-    // A model too large for records travels through R1FS: only peers
+    // A model too large for records, or trained by a container (its Job
+    // reads the weights from R1FS), travels through R1FS: only peers
     // running it take part or sum, and the owner stores the weights.
     let values = t.global.len();
-    let large = values > INLINE_VALUES;
+    let image = spec.trainer.as_ref().map(|t| t.image.as_str());
+    let large = values > INLINE_VALUES || image.is_some();
     let fresh = e.fresh();
     let (participants, edil_peers): (Vec<String>, BTreeSet<String>) = {
         let mx = e.inner.mirror.read().expect("mirror lock");
         let able = |peer: &String| fresh.contains(peer) && (!large || mx.r1fs.contains(peer));
+        // A container trainer runs only where its image is allowed.
+        let runs = |peer: &String| {
+            image.is_none_or(|i| mx.trainers.get(peer).is_some_and(|prefixes| super::jobs::allowed(i, prefixes)))
+        };
         let participants = mx
             .datasets
             .iter()
-            .filter(|(peer, names)| able(peer) && *peer != me && names.contains(&spec.dataset))
+            .filter(|(peer, names)| able(peer) && runs(peer) && *peer != me && names.contains(&spec.dataset))
             .map(|(peer, _)| peer.clone())
             .take(super::round::MAX_ROUND_PARTICIPANTS)
             .collect();
@@ -1028,13 +1340,13 @@ async fn step(
     t.status.aggregator = None;
     if participants.len() < min {
         t.status.last_failure = Some(format!(
-            "waiting for participants: {} fresh peers hold dataset {:?}{}, {min} needed",
+            "waiting for participants: {} fresh peers hold dataset {:?}{}{}, {min} needed",
             participants.len(),
             spec.dataset,
-            if large {
-                format!(" and run R1FS (a model of {values} values travels through it)")
-            } else {
-                String::new()
+            if large { " and run R1FS" } else { "" },
+            match image {
+                Some(i) => format!(" and run trainer image {i} (--edil-trainer-image)"),
+                None => String::new(),
             }
         ));
         return Ok(());
@@ -1043,7 +1355,7 @@ async fn step(
         (false, _) => None,
         (true, None) => {
             return Err(format!(
-                "a model of {values} values travels through R1FS, which does not run here (no --data-dir)"
+                "a model of {values} values, or trained by a container, travels through R1FS, which does not run here (no --data-dir)"
             ))
         }
         (true, Some(r1fs)) => {
@@ -1094,6 +1406,7 @@ async fn step(
         dataset: spec.dataset.clone(),
         steps: spec.local_steps.max(1) as u32,
         lr: spec.learning_rate as f32,
+        trainer: spec.trainer.clone(),
     };
     round.check(me)?;
     let k = format!("{EDIL_PREFIX}{me}/round/{uid}/{}", round.round);
@@ -1144,7 +1457,7 @@ mod tests {
         let enc = Encoding::new(3).unwrap();
         let u = OwnerKey::generate().public_key().encrypt(&enc.quantise(&vec![0.5; values])).unwrap();
         let update = SignedUpdate::sign(peer, "owner/uid", 4, &u);
-        UpdateRecord { update, metrics: TrainMetrics { loss: 0.5, accuracy: 0.75 }, samples: 10 }
+        UpdateRecord { update, metrics: Some(TrainMetrics { loss: 0.5, accuracy: 0.75 }), samples: 10 }
     }
 
     #[test]

@@ -264,6 +264,10 @@ pub fn import_owner(uid: &str, generation: i64) -> String {
 
 /// Prefix of import pins' owners.
 pub const IMPORT_PREFIX: &str = "import/";
+/// Prefix of the import pins of EDIL's trainer Jobs: a participant's own
+/// plaintext weights, never announced (no `have` record names them), and
+/// released by EDIL, not by the models' imports.
+pub const PRIVATE_IMPORT_PREFIX: &str = "import/edil/";
 
 /// The `r` holders of `cid` among `members`: the first by
 /// `sha256(cid ‖ "/" ‖ PeerId)` (every node computes the same list).
@@ -531,11 +535,24 @@ impl R1fs {
     /// this one (EDIL's updates, sums and models), which a hostile writer
     /// could make endless.
     pub async fn read_within(&self, root: Cid, max_bytes: u64) -> Result<Vec<u8>, R1fsError> {
-        self.fetch_within(root, Some(max_bytes), &|_| {}).await?;
+        let w = self.fetch_within(root, Some(max_bytes), &|_| {}).await?;
+        // A DAG may link one block many times (a file of repeated chunks
+        // does): each read of a chunk writes bytes, which the cap bounds,
+        // but an empty leaf writes none; so the reads are bounded too.
+        let reads = w.blocks + max_bytes / super::add::CHUNK as u64 + 2;
         let out = self
             .blocking(move |s| {
                 let mut out = Capped { bytes: vec![], max: max_bytes };
-                s.cat(&root, &mut out).map(|_| out.bytes)
+                let mut n = 0u64;
+                let mut get = |c: &Cid| {
+                    n += 1;
+                    if n > reads {
+                        let e = std::io::Error::new(std::io::ErrorKind::FileTooLarge, "links repeat past its size");
+                        return Err(StoreError::Io(e));
+                    }
+                    s.get(c)
+                };
+                s.cat_with(&root, &mut out, &mut get).map(|_| out.bytes)
             })
             .await?;
         out.map_err(|e| match e {
@@ -546,8 +563,9 @@ impl R1fs {
 
     /// As [`R1fs::fetch`]; with a `limit`, a level of the DAG is fetched
     /// only while what is here fits it and the blocks missing could (one
-    /// per chunk of the limit: a lie stores at most a block's limit per
-    /// chunk, some 8 times the limit, before the next level is refused).
+    /// per chunk of the limit, and two: a lie stores at most a block's
+    /// limit, 2 MiB, for each, 8 times the limit and 4 MiB, before the
+    /// next level is refused).
     async fn fetch_within(
         &self,
         root: Cid,
@@ -752,7 +770,9 @@ impl R1fs {
         tokio::task::spawn_blocking(move || pins.pin(&cid, &owner_s, &p))
             .await
             .map_err(|e| R1fsError::Unavailable(e.to_string()))??;
-        self.announce(&cid, &pin).await;
+        if !owner.starts_with(PRIVATE_IMPORT_PREFIX) {
+            self.announce(&cid, &pin).await;
+        }
         self.poke();
         Ok(pin)
     }
@@ -900,7 +920,8 @@ impl R1fs {
         let pinned = self.inner.pins.all()?;
         if let Some((own, imports)) = self.own_wants(&pinned) {
             for (cid, owners) in &pinned {
-                for o in owners.keys().filter(|o| o.starts_with(IMPORT_PREFIX) && !imports.contains(*o)) {
+                let models_import = |o: &str| o.starts_with(IMPORT_PREFIX) && !o.starts_with(PRIVATE_IMPORT_PREFIX);
+                for o in owners.keys().filter(|o| models_import(o) && !imports.contains(*o)) {
                     tracing::info!(cid = %canonical(cid), owner = %o, "R1FS import of a model deleted or changed: unpinned");
                     self.unpin(*cid, o).await?;
                 }
@@ -971,7 +992,9 @@ impl R1fs {
         for (cid, owners) in &pinned {
             let c = canonical(cid);
             if !haves.get(&c).is_some_and(|h| h.contains_key(&me)) {
-                if let Some(p) = owners.values().max_by_key(|p| p.at) {
+                // (A pin of a private import alone is never announced.)
+                let public = owners.iter().filter(|(o, _)| !o.starts_with(PRIVATE_IMPORT_PREFIX)).map(|(_, p)| p);
+                if let Some(p) = public.max_by_key(|p| p.at) {
                     self.announce(cid, p).await;
                     haves.entry(c).or_default().insert(me.clone(), Have { dag_size: p.dag_size, blocks: p.blocks });
                 }
@@ -1173,6 +1196,12 @@ mod tests {
         assert!(matches!(small, Err(R1fsError::TooLarge(ref e)) if e.contains("larger than")), "{small:?}");
         let short = r.read_within(cid, bytes.len() as u64 - 1).await;
         assert!(matches!(short, Err(R1fsError::TooLarge(ref e)) if e.contains("more than")), "{short:?}");
+        // Repeated chunks are one block linked many times: read whole.
+        let zeros = vec![0u8; 4 * super::super::add::CHUNK];
+        let (z, zp) = r.add_bytes(zeros.clone(), "edil-m1").await.unwrap();
+        assert_eq!(zp.blocks, 2, "a root and one leaf");
+        assert_eq!(r.read_within(z, zeros.len() as u64).await.unwrap(), zeros);
+        assert_eq!(r.unpin(z, "edil-m1").await.unwrap(), 0);
         // The same bytes again: the same CID, one pin per owner.
         assert_eq!(r.add_bytes(bytes, "edil-m1").await.unwrap().0, cid);
         assert_eq!(r.unpin(cid, "edil-m1").await.unwrap(), 0);
