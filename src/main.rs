@@ -494,14 +494,20 @@ struct OperatorArgs {
     /// never leaves this node: only encrypted updates trained on it do.
     #[arg(long = "edil-dataset", value_name = "NAME=PATH")]
     edil_datasets: Vec<String>,
-    /// A prefix of the trainer images this node runs for EDIL trainings
-    /// that name a container trainer (e.g. `registry.example/trainers/`);
-    /// repeatable. The image reads this node's shard: allow only images
-    /// you trust. A container trainer mounts the dataset's PATH from the
-    /// node (hostPath, read-only) and needs R1FS delivery to pods
-    /// (`--r1fs-pod-endpoint`). None: no container trainer runs here.
+    /// A trainer image this node runs for EDIL trainings that name a
+    /// container trainer: the image, or a prefix ending in `/`, `:` or
+    /// `@` (e.g. `registry.example/trainers/`); repeatable. The image
+    /// reads this node's shard: allow only images you trust. A container
+    /// trainer mounts the dataset's PATH from the node (hostPath,
+    /// read-only) and needs R1FS delivery to pods (`--r1fs-pod-endpoint`).
+    /// None: no container trainer runs here.
     #[arg(long = "edil-trainer-image", value_name = "PREFIX")]
     edil_trainer_images: Vec<String>,
+    /// Run a trainer's `command` and `args`, which the model's owner
+    /// chooses (with a general-purpose image, any program on this node's
+    /// shard); by default only trainers that set neither run.
+    #[arg(long = "edil-trainer-owner-args")]
+    edil_trainer_owner_args: bool,
     /// Directory of the operator's data: R1FS blocks and pins under
     /// `r1fs/`. None: R1FS off. Without CSTORE, R1FS holds, serves and
     /// fetches content but replicates nothing.
@@ -581,10 +587,14 @@ fn edil_config(a: &OperatorArgs) -> anyhow::Result<ratio1::edil::service::EdilCo
     for i in &a.edil_trainer_images {
         anyhow::ensure!(
             !i.is_empty() && i.len() <= 256,
-            "--edil-trainer-image {i:?}: an image prefix of 1..=256 bytes"
+            "--edil-trainer-image {i:?}: an image or prefix of 1..=256 bytes"
         );
     }
-    Ok(ratio1::edil::service::EdilConfig { datasets, trainer_images: a.edil_trainer_images.clone() })
+    Ok(ratio1::edil::service::EdilConfig {
+        datasets,
+        trainer_images: a.edil_trainer_images.clone(),
+        trainer_owner_args: a.edil_trainer_owner_args,
+    })
 }
 
 fn economy_config(a: &OperatorArgs) -> anyhow::Result<ratio1::economy::service::EconomyConfig> {

@@ -338,6 +338,7 @@ async fn federated_training_across_three_clusters_matches_central_training() {
                 format!("--r1fs-pod-endpoint=http://$(HOST_IP):{gateway}"),
                 format!("--r1fs-fetch-image={OPERATOR_IMAGE}"),
                 "--edil-trainer-image=ratio1.local/".into(),
+                "--edil-trainer-owner-args".into(),
             ]
         })
         .collect();

@@ -71,6 +71,9 @@ pub fn evaluate(
     holders: Option<&dyn Fn(&str) -> Holders>,
     import: Option<&Import>,
 ) -> Result<(Vec<Want>, Option<String>), Invalid> {
+    if let Some(why) = m.spec.training.as_ref().and_then(crate::edil::round::untrainable) {
+        return Err(Invalid::new("InvalidTraining", why));
+    }
     let wanted = match &m.spec.source {
         ModelSource { cid: Some(_), volume: Some(_) } | ModelSource { cid: None, volume: None } => {
             // The schema's oneOf rejects these; kept for API servers that
@@ -447,6 +450,21 @@ mod tests {
 
     fn model(source: ModelSource) -> R1Model {
         R1Model::new("m", R1ModelSpec { source, format: None, replication: 3, training: None, encryption: None })
+    }
+
+    #[test]
+    fn a_model_too_large_for_the_built_in_trainer_stalls_unless_a_container_trains_it() {
+        let cid = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi".to_string();
+        let mut m = model(ModelSource { cid: Some(cid), volume: None });
+        let mut t: crate::crd::TrainingSpec =
+            serde_json::from_value(serde_json::json!({"rounds": 1, "dataset": "d", "features": 1025})).unwrap();
+        m.spec.training = Some(t.clone());
+        let err = evaluate_off(&m).unwrap_err();
+        assert!(err.reason == "InvalidTraining" && err.message.contains("trainer container"), "{err:?}");
+        t.trainer =
+            Some(crate::crd::TrainerSpec { image: "x/y:1".into(), command: vec![], args: vec![], resources: None });
+        m.spec.training = Some(t);
+        assert!(evaluate_off(&m).is_ok());
     }
 
     #[test]

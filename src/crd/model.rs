@@ -128,10 +128,12 @@ pub struct TrainingSpec {
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub dataset: String,
     /// Features per sample (the CSV's columns less the label): the
-    /// built-in model, logistic regression, has `features + 1` weights.
-    /// A model of more than 512 weights travels through R1FS: the owner,
-    /// the aggregator and every participant run it (`--data-dir`).
-    #[schemars(range(min = 1, max = 1024))]
+    /// model has `features + 1` weights (the built-in model, logistic
+    /// regression, at most 1,024 features; a trainer container up to
+    /// 2^20 weights). A model of more than 512 weights travels through
+    /// R1FS: the owner, the aggregator and every participant run it
+    /// (`--data-dir`).
+    #[schemars(range(min = 1, max = 1048575))]
     pub features: i32,
     /// Gradient steps each participant takes per round on its shard.
     #[serde(default = "default_local_steps")]

@@ -21,7 +21,7 @@ use crate::r1fs::service::Delivery;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource, PodSpec, PodTemplateSpec,
-    ResourceRequirements, SecurityContext, Volume, VolumeMount,
+    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use std::collections::BTreeMap;
@@ -51,10 +51,69 @@ pub fn pin_owner(round: &Round) -> String {
     format!("{PIN_PREFIX}{}", name(round))
 }
 
-/// Whether this node runs `image`: it starts with one of `prefixes`
-/// (`--edil-trainer-image`).
+/// Whether this node runs `image`: it is one of `prefixes`
+/// (`--edil-trainer-image`), or starts with one that ends a name part
+/// (`/`, `:` or `@`: `registry.example/trainers/` allows neither
+/// `registry.example/trainers-evil/x` nor, through `…/lr`, `…/lr-evil`).
 pub fn allowed(image: &str, prefixes: &[String]) -> bool {
-    prefixes.iter().any(|p| !p.is_empty() && image.starts_with(p.as_str()))
+    prefixes.iter().any(|p| image == p || (prefix_ok(p) && image.starts_with(p.as_str())))
+}
+
+/// Whether `p` ends a name part, so that it allows what starts with it.
+pub fn prefix_ok(p: &str) -> bool {
+    p.len() > 1 && p.ends_with(['/', ':', '@'])
+}
+
+/// The most a trainer container may take (its spec's `resources` are
+/// clamped to these; only CPU and memory are honoured).
+const MAX_CPU_MILLIS: u64 = 2_000;
+const MAX_MEMORY_MI: u64 = 4_096;
+/// Scratch space of each of the pod's volumes (the model in, the weights
+/// out, the trainer's /tmp).
+const SCRATCH: &str = "1Gi";
+
+/// CPU (millicores) or memory (MiB) of a quantity, if it parses.
+fn amount(q: &Quantity, cpu: bool) -> Option<u64> {
+    let s = q.0.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len()));
+    let n: f64 = num.parse().ok()?;
+    let v = match (cpu, unit) {
+        (true, "m") => n,
+        (true, "") => n * 1000.0,
+        (false, "Ki") => n / 1024.0,
+        (false, "Mi") => n,
+        (false, "Gi") => n * 1024.0,
+        (false, "Ti") => n * 1024.0 * 1024.0,
+        (false, "") => n / (1024.0 * 1024.0),
+        (false, "k") => n * 1000.0 / (1024.0 * 1024.0),
+        (false, "M") => n * 1e6 / (1024.0 * 1024.0),
+        (false, "G") => n * 1e9 / (1024.0 * 1024.0),
+        _ => return None,
+    };
+    (v.is_finite() && v >= 0.0).then_some(v.ceil() as u64)
+}
+
+/// The trainer's resources: CPU and memory from the spec, each at most
+/// this node's maximum (a quantity that does not parse is dropped), a
+/// memory limit always; nothing else (no GPUs, no other resources).
+fn resources(spec: Option<&ResourceRequirements>) -> ResourceRequirements {
+    let q = |s: String| Quantity(s);
+    let clamp = |m: Option<&BTreeMap<String, Quantity>>| -> BTreeMap<String, Quantity> {
+        let mut out = BTreeMap::new();
+        for (name, cpu, max) in [("cpu", true, MAX_CPU_MILLIS), ("memory", false, MAX_MEMORY_MI)] {
+            if let Some(v) = m.and_then(|m| m.get(name)).and_then(|v| amount(v, cpu)) {
+                let v = v.clamp(1, max);
+                out.insert(name.to_string(), q(if cpu { format!("{v}m") } else { format!("{v}Mi") }));
+            }
+        }
+        out
+    };
+    let mut requests = clamp(spec.and_then(|r| r.requests.as_ref()));
+    let mut limits = clamp(spec.and_then(|r| r.limits.as_ref()));
+    requests.entry("cpu".into()).or_insert_with(|| q("100m".into()));
+    requests.entry("memory".into()).or_insert_with(|| q("128Mi".into()));
+    limits.entry("memory".into()).or_insert_with(|| q("1Gi".into()));
+    ResourceRequirements { requests: Some(requests), limits: Some(limits), ..Default::default() }
 }
 
 /// The trainer Job of `round` in `namespace`, its shard the file
@@ -93,12 +152,7 @@ pub fn job(
         vec![env("RATIO1_IMPORT_OWNER", pin_owner(round)), env("RATIO1_IMPORT_TOKEN", token)],
         vec![mount("out", "/edil/out", true)],
     );
-    let q = |s: &str| Quantity(s.to_string());
-    let resources = trainer.resources.clone().unwrap_or(ResourceRequirements {
-        requests: Some(BTreeMap::from([("cpu".into(), q("100m")), ("memory".into(), q("128Mi"))])),
-        limits: Some(BTreeMap::from([("memory".into(), q("1Gi"))])),
-        ..Default::default()
-    });
+    let resources = resources(trainer.resources.as_ref());
     let train = Container {
         name: "edil-trainer".into(),
         image: Some(trainer.image.clone()),
@@ -118,15 +172,19 @@ pub fn job(
             mount("in", "/edil/in", true),
             mount("data", DATA_DIR, true),
             mount("out", "/edil/out", false),
+            mount("tmp", "/tmp", false),
         ]),
         resources: Some(resources),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         // Another party's image next to this node's data: no privileges.
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
             capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
             ..Default::default()
         }),
         ..Default::default()
@@ -134,7 +192,7 @@ pub fn job(
     let dir = dataset.parent().and_then(|d| d.to_str()).ok_or("the dataset's path has no directory")?;
     let empty = |name: &str| Volume {
         name: name.into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
+        empty_dir: Some(EmptyDirVolumeSource { size_limit: Some(Quantity(SCRATCH.into())), ..Default::default() }),
         ..Default::default()
     };
     let labels: BTreeMap<String, String> = [
@@ -155,7 +213,7 @@ pub fn job(
         enable_service_links: Some(false),
         init_containers: Some(vec![fetch, train]),
         containers: vec![upload],
-        volumes: Some(vec![empty("in"), empty("out"), data_volume]),
+        volumes: Some(vec![empty("in"), empty("out"), empty("tmp"), data_volume]),
         ..Default::default()
     };
     // The trainer sees its shard alone: a subPath of the directory.
@@ -264,6 +322,25 @@ mod tests {
         assert_eq!((env["R1_EDIL_STEPS"].as_str(), env["R1_EDIL_VALUES"].as_str()), ("5", "4"));
         let sc = tr.security_context.as_ref().unwrap();
         assert_eq!((sc.run_as_non_root, sc.allow_privilege_escalation), (Some(true), Some(false)));
+        // Default resources; asked ones clamped, GPUs and the like dropped.
+        let res = tr.resources.as_ref().unwrap();
+        assert_eq!(res.limits.as_ref().unwrap()["memory"].0, "1Gi");
+        let q = |s: &str| Quantity(s.into());
+        let greedy = ResourceRequirements {
+            requests: Some(BTreeMap::from([("cpu".into(), q("64")), ("nvidia.com/gpu".into(), q("8"))])),
+            limits: Some(BTreeMap::from([("memory".into(), q("1Ti"))])),
+            ..Default::default()
+        };
+        let got = resources(Some(&greedy));
+        let (req, lim) = (got.requests.unwrap(), got.limits.unwrap());
+        assert_eq!((req["cpu"].0.as_str(), lim["memory"].0.as_str()), ("2000m", "4096Mi"));
+        assert!(!req.contains_key("nvidia.com/gpu"));
+        let modest = ResourceRequirements {
+            limits: Some(BTreeMap::from([("memory".into(), q("512Mi")), ("cpu".into(), q("500m"))])),
+            ..Default::default()
+        };
+        let lim = resources(Some(&modest)).limits.unwrap();
+        assert_eq!((lim["cpu"].0.as_str(), lim["memory"].0.as_str()), ("500m", "512Mi"));
         // The upload carries the token of this Job's pin only.
         let up: Vec<(String, String)> =
             pod.containers[0].env.iter().flatten().filter_map(|e| Some((e.name.clone(), e.value.clone()?))).collect();
@@ -279,9 +356,14 @@ mod tests {
 
     #[test]
     fn only_allowed_images_run_and_outputs_are_checked() {
-        let p = vec!["trainers.example/".to_string()];
-        assert!(allowed("trainers.example/lr:1", &p));
+        let p = vec!["trainers.example/".to_string(), "reg.example/lr".to_string()];
+        assert!(allowed("trainers.example/lr:1", &p) && allowed("reg.example/lr", &p));
         assert!(!allowed("evil.example/trainers.example/lr", &p) && !allowed("x", &[String::new()]));
+        // A prefix allows only what it ends a name part of.
+        assert!(
+            !allowed("reg.example/lr-evil:1", &p) && !allowed("trainers.example.evil/x", &["trainers.example".into()])
+        );
+        assert!(prefix_ok("r/") && prefix_ok("r/lr:") && !prefix_ok("r/lr") && !prefix_ok("/"));
         assert_eq!(output(b"[1, 2.5, -3]", 3).unwrap().0, vec![1.0, 2.5, -3.0]);
         let (w, m, n) = output(br#"{"weights": [1, 2], "loss": 0.4, "accuracy": 0.9, "samples": 30}"#, 2).unwrap();
         assert_eq!((w, m.map(|m| m.accuracy), n), (vec![1.0, 2.0], Some(0.9), 30));

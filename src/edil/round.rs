@@ -186,6 +186,18 @@ impl Round {
     }
 }
 
+/// Why a training cannot run as specified (what the schema cannot say):
+/// a model larger than the built-in trainer's with no trainer container.
+pub fn untrainable(spec: &crate::crd::TrainingSpec) -> Option<String> {
+    let most = super::trainer::MAX_FEATURES;
+    (spec.trainer.is_none() && spec.features.max(0) as usize > most).then(|| {
+        format!(
+            "spec.training.features {} is more than the built-in trainer's {most}: name a trainer container (spec.training.trainer) for a larger model",
+            spec.features
+        )
+    })
+}
+
 /// Picks a round's aggregator among `candidates` (fresh licensed peers):
 /// never the owner; a peer that is not a participant when there is one;
 /// among equals, by a hash of the model and round (so that it rotates).

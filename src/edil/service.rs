@@ -86,7 +86,17 @@ pub struct EdilConfig {
     /// Prefixes of the trainer images this node runs for others' models
     /// (none: no container trainer runs here).
     pub trainer_images: Vec<String>,
+    /// Whether a trainer's `command` and `args` (the owner's choice) are
+    /// run; else only trainers that set neither (the image's entrypoint).
+    pub trainer_owner_args: bool,
 }
+
+/// Trainer Jobs, and built-in trainings, a participant runs at once; a
+/// round past that waits for one to end.
+const MAX_JOBS: usize = 2;
+const MAX_TRAININGS: usize = 2;
+/// Reads of updates from R1FS an aggregator runs at once.
+const MAX_FETCHES: usize = 4;
 
 /// What the EDIL task runs on.
 pub struct Parts {
@@ -284,8 +294,10 @@ struct Mirror {
     /// Peers running EDIL with R1FS (they can take part in, or sum, the
     /// rounds of a model too large for records).
     r1fs: BTreeSet<String>,
-    /// Per peer, the prefixes of the trainer images it runs.
+    /// Per peer, the prefixes of the trainer images it runs, and the
+    /// peers that run a trainer's own command and args.
     trainers: BTreeMap<String, Vec<String>>,
+    trainer_args: BTreeSet<String>,
     rounds: BTreeMap<Place, Round>,
     /// (owner, model uid, participant) → key (wire bytes).
     keys: BTreeMap<(String, String, String), Vec<u8>>,
@@ -312,6 +324,10 @@ impl Mirror {
                         .trainers
                         .insert(peer.to_string(), i.into_iter().take(16).filter(|p| p.len() <= 256).collect()),
                     None => self.trainers.remove(*peer),
+                };
+                match value.as_ref().and_then(|v| v.get("trainerArgs")?.as_bool()) {
+                    Some(true) => self.trainer_args.insert(peer.to_string()),
+                    _ => self.trainer_args.remove(*peer),
                 };
                 match value.and_then(|v| v.get("r1fs")?.as_bool()) {
                     Some(true) => self.r1fs.insert(peer.to_string()),
@@ -560,7 +576,8 @@ async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
             let names: Vec<&String> = e.inner.cfg.datasets.keys().collect();
             let key = format!("{EDIL_PREFIX}{me}/datasets");
             let images: &[String] = if delivers { &e.inner.cfg.trainer_images } else { &[] };
-            let value = serde_json::json!({ "datasets": names, "r1fs": with_r1fs, "trainerImages": images });
+            let args = delivers && e.inner.cfg.trainer_owner_args;
+            let value = serde_json::json!({ "datasets": names, "r1fs": with_r1fs, "trainerImages": images, "trainerArgs": args });
             match p.cstore.set(&key, &value, Some(ADVERT_TTL)).await {
                 Ok(rec) => {
                     e.inner.mirror.write().expect("mirror lock").observe(&key, Some(&rec), now());
@@ -594,6 +611,9 @@ async fn run(p: Parts, weak: std::sync::Weak<Inner>) {
 struct Running {
     round: Round,
     key: Vec<u8>,
+    /// The Job's weights, once read (kept until sent: a failed write is
+    /// tried again without training again).
+    trained: Option<Trained>,
 }
 
 /// Weights trained for a round: the weights, the trainer's measures on
@@ -614,7 +634,7 @@ async fn participate(
     tasks: &mut tokio::task::JoinSet<(Place, bool)>,
 ) {
     let now = now();
-    finish_jobs(p, me, done, running, now).await;
+    finish_jobs(p, me, running, now).await;
     let todo: Vec<(Round, Vec<u8>)> = {
         let m = e.inner.mirror.read().expect("mirror lock");
         m.rounds
@@ -642,12 +662,20 @@ async fn participate(
             continue;
         };
         if round.trainer.is_some() {
+            if running.len() >= MAX_JOBS {
+                done.remove(&place);
+                continue;
+            }
             match start_job(e, p, &round, &path, now).await {
                 Ok(()) => {
-                    running.insert(place, Running { round, key });
+                    running.insert(place, Running { round, key, trained: None });
                 }
                 Err(why) => tracing::warn!(model = %round.model, round = round.round, %why, "cannot run a trainer Job"),
             }
+            continue;
+        }
+        if tasks.len() >= MAX_TRAININGS {
+            done.remove(&place);
             continue;
         }
         // No model the built-in trainer cannot train is read.
@@ -699,9 +727,17 @@ async fn participate(
 async fn start_job(e: &Edil, p: &Parts, round: &Round, dataset: &std::path::Path, now: u64) -> Result<(), String> {
     let trainer = round.trainer.as_ref().ok_or("the round has no trainer")?;
     let m = &p.metrics.edil.trainer_jobs;
-    if !super::jobs::allowed(&trainer.image, &e.inner.cfg.trainer_images) {
+    let cfg = &e.inner.cfg;
+    let refuse = if !super::jobs::allowed(&trainer.image, &cfg.trainer_images) {
+        Some(format!("image {} is not one this node runs (--edil-trainer-image)", trainer.image))
+    } else if !cfg.trainer_owner_args && (!trainer.command.is_empty() || !trainer.args.is_empty()) {
+        Some("the trainer sets command or args, which this node does not run (--edil-trainer-owner-args)".into())
+    } else {
+        None
+    };
+    if let Some(why) = refuse {
         m.get_or_create(&ReasonLabels { reason: "refused" }).inc();
-        return Err(format!("image {} is not one this node runs (--edil-trainer-image)", trainer.image));
+        return Err(why);
     }
     let r1fs = p.r1fs.get().ok_or("a trainer Job reads its model from R1FS, which does not run here")?;
     let delivery = r1fs.delivery().ok_or("R1FS does not deliver content to pods here (--r1fs-pod-endpoint)")?;
@@ -709,30 +745,35 @@ async fn start_job(e: &Edil, p: &Parts, round: &Round, dataset: &std::path::Path
     let job = super::jobs::job(round, trainer, dataset, &p.namespace, &delivery, token, now)?;
     let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> = kube::Api::namespaced(p.client.clone(), &p.namespace);
     let name = super::jobs::name(round);
-    jobs.patch(&name, &kube::api::PatchParams::apply("ratio1-edil").force(), &kube::api::Patch::Apply(&job))
-        .await
-        .map_err(|e| format!("cannot apply Job {}/{name}: {e}", p.namespace))?;
-    m.get_or_create(&ReasonLabels { reason: "started" }).inc();
-    tracing::info!(model = %round.model, round = round.round, job = %name, image = %trainer.image, "EDIL trainer Job started");
+    // A Job of this round left by a restart is adopted as it is (a Job's
+    // pod template cannot change, and its deadline counts from its start).
+    let adopted = match jobs.create(&kube::api::PostParams::default(), &job).await {
+        Ok(_) => false,
+        Err(kube::Error::Api(e)) if e.code == 409 => true,
+        Err(e) => return Err(format!("cannot create Job {}/{name}: {e}", p.namespace)),
+    };
+    m.get_or_create(&ReasonLabels { reason: if adopted { "adopted" } else { "started" } }).inc();
+    tracing::info!(model = %round.model, round = round.round, job = %name, image = %trainer.image, adopted, "EDIL trainer Job under way");
     Ok(())
 }
 
 /// Trainer Jobs whose weights are in (sent on), that failed, or whose
 /// round's deadline passed; each leaves with its Job and pin.
-async fn finish_jobs(
-    p: &Parts,
-    me: &str,
-    done: &mut BTreeSet<Place>,
-    running: &mut BTreeMap<Place, Running>,
-    now: u64,
-) {
+async fn finish_jobs(p: &Parts, me: &str, running: &mut BTreeMap<Place, Running>, now: u64) {
     if running.is_empty() {
         return;
     }
     let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> = kube::Api::namespaced(p.client.clone(), &p.namespace);
     let places: Vec<Place> = running.keys().cloned().collect();
     for place in places {
-        let r = &running[&place];
+        let r = running.get_mut(&place).expect("listed");
+        // Weights read on an earlier tick whose write failed: sent again.
+        if let Some(t) = r.trained.clone() {
+            if send_update(p, me, &r.round, r.key.clone(), t).await || now > r.round.deadline_ms {
+                running.remove(&place);
+            }
+            continue;
+        }
         let (name, owner) = (super::jobs::name(&r.round), super::jobs::pin_owner(&r.round));
         let pinned = p.r1fs.get().and_then(|x| x.pinned_by(&owner).map(|c| (x.clone(), c)));
         let outcome: Option<Result<Trained, String>> = match pinned {
@@ -749,20 +790,22 @@ async fn finish_jobs(
             },
         };
         let Some(outcome) = outcome else { continue };
-        let r = running.remove(&place).expect("listed");
         let dp = kube::api::DeleteParams::background();
         if let Err(err) = jobs.delete(&name, &dp).await {
             tracing::debug!(job = %name, error = %err, "cannot delete a trainer Job (its TTL will)");
         }
         let label = match outcome {
             Ok(t) => {
-                if !send_update(p, me, &r.round, r.key, t).await {
-                    done.remove(&place);
+                if send_update(p, me, &r.round, r.key.clone(), t.clone()).await {
+                    running.remove(&place);
+                } else {
+                    r.trained = Some(t);
                 }
                 "succeeded"
             }
             Err(why) => {
                 tracing::warn!(model = %r.round.model, round = r.round.round, %why, "EDIL trainer Job gave no update");
+                running.remove(&place);
                 "failed"
             }
         };
@@ -949,13 +992,16 @@ async fn aggregate(
             .collect()
     };
     let mut held: usize = summing.values().filter(|s| s.active()).map(|s| s.round.values()).sum();
-    for (place, round, updates) in rounds {
+    for (place, round, mut updates) in rounds {
         let s = summing.entry(place.clone()).or_insert_with(|| Summing::new(round.clone()));
         if !s.active() && !updates.is_empty() {
+            // No room: nothing of this round is read now (it closes at
+            // its deadline with what it holds).
             if held + round.values() > MAX_SUMMING_VALUES {
-                continue;
+                updates.clear();
+            } else {
+                held += round.values();
             }
-            held += round.values();
         }
         for (writer, sealed, at) in updates {
             // Only a listed participant's update is read (or added).
@@ -966,6 +1012,8 @@ async fn aggregate(
             }
             match sealed {
                 Sealed::Inline(b) => offer(p, &keypair, s, &writer, &b, at),
+                // (Read on a later tick while as many reads run.)
+                Sealed::Stored(_) if fetches.len() >= MAX_FETCHES => {}
                 Sealed::Stored(cid) => {
                     let Some(r1fs) = p.r1fs.get().cloned() else {
                         s.seen.insert(writer.clone());
@@ -1075,7 +1123,14 @@ fn sum_bytes(
 
 /// As the owner of this cluster's R1Models with `spec.training`.
 async fn own(e: &Edil, p: &Parts, me: &str, owned: &mut BTreeMap<String, Training>) {
-    let models: Vec<Arc<R1Model>> = p.models.state().into_iter().filter(|m| m.spec.training.is_some()).collect();
+    // (A training that cannot run stalls its R1Model instead: see
+    // `round::untrainable`.)
+    let models: Vec<Arc<R1Model>> = p
+        .models
+        .state()
+        .into_iter()
+        .filter(|m| m.spec.training.as_ref().is_some_and(|t| super::round::untrainable(t).is_none()))
+        .collect();
     let live: BTreeSet<String> = models.iter().filter_map(|m| m.uid()).collect();
     owned.retain(|uid, _| live.contains(uid));
     e.inner.trainings.lock().expect("trainings lock").retain(|uid, _| live.contains(uid));
@@ -1089,7 +1144,16 @@ async fn own(e: &Edil, p: &Parts, me: &str, owned: &mut BTreeMap<String, Trainin
         if owned.get(&uid).is_some_and(|t| t.spec != spec) {
             carried = owned.remove(&uid).map(|t| t.status.models);
         }
-        let t = owned.entry(uid.clone()).or_insert_with(|| resume(e, me, &m, &uid, &spec));
+        let t = owned.entry(uid.clone()).or_insert_with(|| {
+            let mut t = resume(e, me, &m, &uid, &spec);
+            // The stored model the status names, if this node still holds it.
+            let held = |c: &String| {
+                let pins = p.r1fs.get().and_then(|r| r.pins().ok());
+                pins.is_some_and(|pins| pins.keys().any(|k| crate::r1fs::cid::canonical(k) == *c))
+            };
+            t.global_cid = t.global_cid.filter(held);
+            t
+        });
         if let Some(models) = carried {
             t.status.models = models;
         }
@@ -1303,6 +1367,9 @@ async fn step(
                 tracing::warn!(model = %m.name_any(), %why, "EDIL round failed; a new one starts");
                 t.status.last_failure = Some(why);
                 t.retry_at = now + BACKOFF_MS;
+                // Stored again before the next round names it (a store
+                // lost since, e.g. with the data dir, is made again).
+                t.global_cid = None;
                 t.failed_aggregator = Some(round.aggregator.clone());
             }
         }
@@ -1324,8 +1391,10 @@ async fn step(
         let mx = e.inner.mirror.read().expect("mirror lock");
         let able = |peer: &String| fresh.contains(peer) && (!large || mx.r1fs.contains(peer));
         // A container trainer runs only where its image is allowed.
+        let owner_args = spec.trainer.as_ref().is_some_and(|t| !(t.command.is_empty() && t.args.is_empty()));
         let runs = |peer: &String| {
             image.is_none_or(|i| mx.trainers.get(peer).is_some_and(|prefixes| super::jobs::allowed(i, prefixes)))
+                && (!owner_args || mx.trainer_args.contains(peer))
         };
         let participants = mx
             .datasets

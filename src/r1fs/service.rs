@@ -603,7 +603,7 @@ impl R1fs {
             last = w.missing.clone();
             fetched += self.fetch_blocks(&canonical(&root), w.missing, &mut |n| progress(fetched + n)).await?;
         }
-        Err(R1fsError::NotFound(format!("{} is more than {MAX_ROUNDS} levels deep: not fetched", canonical(&root))))
+        Err(R1fsError::TooLarge(format!("{} is more than {MAX_ROUNDS} levels deep: not fetched", canonical(&root))))
     }
 
     /// Fetches `wanted` (blocks, not their children) from the providers of
