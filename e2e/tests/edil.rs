@@ -75,6 +75,16 @@ fn csv_of(seed: u64, n: usize, shard: Option<usize>, features: usize) -> String 
     rows.join("\n")
 }
 
+/// The status of R1Model `name` once `Training` says `Trained`.
+async fn trained(models: &kube::Api<ratio1::crd::R1Model>, name: &str, secs: u64) -> ratio1::crd::R1ModelStatus {
+    wait_for(secs, &format!("{name} trained"), || async {
+        let st = models.get(name).await.ok()?.status?;
+        let done = st.conditions.iter().any(|c| c.type_ == "Training" && c.reason == "Trained");
+        done.then_some(st)
+    })
+    .await
+}
+
 /// The operator's image (`ratio1` in it): the trainer container's too.
 const OPERATOR_IMAGE: &str = "ratio1.local/ratio1-operator:dev";
 
@@ -90,12 +100,7 @@ async fn container_trainer_matches_the_built_in_one(
     models: &kube::Api<ratio1::crd::R1Model>,
     lr: &ratio1::crd::TrainingStatus,
 ) {
-    let st = wait_for(240, "edil-ctr trained by trainer Jobs", || async {
-        let st = models.get("edil-ctr").await.ok()?.status?;
-        let done = st.conditions.iter().any(|c| c.type_ == "Training" && c.reason == "Trained");
-        done.then_some(st)
-    })
-    .await;
+    let st = trained(models, "edil-ctr", 240).await;
     let t = st.training.clone().unwrap();
     assert_eq!((t.completed_rounds, &t.participants[..]), (2, &["node-c5", "node-c6"].map(String::from)[..]), "{t:?}");
     // edil-lr's model of round 2, from R1FS.
@@ -134,12 +139,7 @@ const BIG_FEATURES: usize = 600;
 /// node fetches the trained model with the status's CID: the weights
 /// every round started from came through R1FS.
 async fn big_model_travels_through_r1fs(fed: &Federation, models: &kube::Api<ratio1::crd::R1Model>) {
-    let st = wait_for(180, "edil-big trained", || async {
-        let st = models.get("edil-big").await.ok()?.status?;
-        let done = st.conditions.iter().any(|c| c.type_ == "Training" && c.reason == "Trained");
-        done.then_some(st)
-    })
-    .await;
+    let st = trained(models, "edil-big", 180).await;
     let t = st.training.clone().unwrap();
     assert_eq!(t.completed_rounds, 2, "{:?}", t.last_failure);
     assert_eq!(t.participants, ["node-c5", "node-c6"].map(String::from), "{t:?}");
@@ -368,12 +368,7 @@ async fn federated_training_across_three_clusters_matches_central_training() {
                 "--lr", "$(R1_EDIL_LR)", "--out", "$(R1_EDIL_OUT)"]}});
     models.patch("edil-ctr", &ssa, &kube::api::Patch::Apply(model("edil-ctr", ctr))).await.unwrap();
 
-    let st = wait_for(180, "edil-lr trained", || async {
-        let st = models.get("edil-lr").await.ok()?.status?;
-        let done = st.conditions.iter().any(|c| c.type_ == "Training" && c.reason == "Trained");
-        done.then_some(st)
-    })
-    .await;
+    let st = trained(&models, "edil-lr", 180).await;
     let t = st.training.clone().unwrap();
     assert_eq!((t.completed_rounds, st.round), (rounds, Some(rounds)), "{t:?}");
     let names = ["node-c5", "node-c6"].map(String::from);

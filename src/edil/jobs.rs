@@ -250,6 +250,20 @@ pub fn failed(job: &Job) -> Option<String> {
     Some(format!("{}: {}", c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default()))
 }
 
+/// Why a Job's pod cannot start and will not by waiting (an image that
+/// cannot be pulled or is not there, a configuration it cannot get), if
+/// so: the Job is given up at once rather than at the round's deadline.
+pub fn stuck(pod: &k8s_openapi::api::core::v1::Pod) -> Option<String> {
+    const HOPELESS: [&str; 5] =
+        ["ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName", "CreateContainerConfigError"];
+    let st = pod.status.as_ref()?;
+    let all = st.init_container_statuses.iter().flatten().chain(st.container_statuses.iter().flatten());
+    all.filter_map(|c| Some((c.name.clone(), c.state.as_ref()?.waiting.clone()?))).find_map(|(name, w)| {
+        let reason = w.reason.unwrap_or_default();
+        HOPELESS.contains(&reason.as_str()).then(|| format!("{name}: {reason}: {}", w.message.unwrap_or_default()))
+    })
+}
+
 /// What a trainer wrote: its weights (exactly `values`, finite), and the
 /// loss, accuracy and sample count it reported, if any.
 pub fn output(bytes: &[u8], values: usize) -> Result<(Vec<f32>, Option<Metrics>, u64), String> {
@@ -352,6 +366,22 @@ mod tests {
         // Another round, another Job.
         assert_ne!(name(&r), name(&Round { round: 8, ..r.clone() }));
         assert!(job(&Round { stored: None, ..r }, &t, Path::new("/d/x.csv"), "ns", &d, "t".into(), 0).is_err());
+    }
+
+    #[test]
+    fn a_pod_that_cannot_pull_its_image_is_stuck_and_a_pulling_one_is_not() {
+        let pod = |reason: &str| -> k8s_openapi::api::core::v1::Pod {
+            serde_json::from_value(serde_json::json!({"status": {"initContainerStatuses": [
+                {"name": "edil-fetch", "ready": true, "restartCount": 0, "image": "i", "imageID": "",
+                 "state": {"terminated": {"exitCode": 0}}},
+                {"name": "edil-trainer", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+                 "state": {"waiting": {"reason": reason, "message": "no such image"}}}]}}))
+            .unwrap()
+        };
+        let why = stuck(&pod("ErrImageNeverPull")).unwrap();
+        assert!(why.contains("edil-trainer") && why.contains("no such image"), "{why}");
+        assert_eq!(stuck(&pod("PodInitializing")), None);
+        assert_eq!(stuck(&k8s_openapi::api::core::v1::Pod::default()), None);
     }
 
     #[test]

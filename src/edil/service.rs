@@ -784,7 +784,20 @@ async fn finish_jobs(p: &Parts, me: &str, running: &mut BTreeMap<Place, Running>
             }
             None if now > r.round.deadline_ms => Some(Err("the round's deadline passed".into())),
             None => match jobs.get_opt(&name).await {
-                Ok(Some(j)) => super::jobs::failed(&j).map(|why| Err(format!("Job {name} failed ({why})"))),
+                Ok(Some(j)) => match super::jobs::failed(&j) {
+                    Some(why) => Some(Err(format!("Job {name} failed ({why})"))),
+                    // A pod that cannot start is given up at once.
+                    None => {
+                        let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+                            kube::Api::namespaced(p.client.clone(), &p.namespace);
+                        let lp = kube::api::ListParams::default().labels(&format!("job-name={name}"));
+                        let listed = pods.list(&lp).await.ok().map(|l| l.items).unwrap_or_default();
+                        listed
+                            .iter()
+                            .find_map(super::jobs::stuck)
+                            .map(|why| Err(format!("Job {name}'s pod cannot start ({why})")))
+                    }
+                },
                 Ok(None) => Some(Err(format!("Job {name} is gone"))),
                 Err(_) => None,
             },
