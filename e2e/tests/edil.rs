@@ -127,6 +127,40 @@ async fn container_trainer_matches_the_built_in_one(
         let pins = http_get(fed.nodes[i].op().api_port, "/v1/r1fs/pins").await.unwrap();
         assert!(!pins.contains("import/edil/"), "cluster {}: {pins}", i + 4);
     }
+
+    // An image no participant allows: no round starts, and the status
+    // says why.
+    let ssa = kube::api::PatchParams::apply("e2e").force();
+    let spec = |image: &str, timeout: i32| {
+        serde_json::json!({"rounds": 1, "dataset": "train", "features": 3, "minParticipants": 2,
+            "roundTimeoutSeconds": timeout, "trainer": {"image": image}})
+    };
+    let foreign = spec("elsewhere.example/trainer:1", 60);
+    models.patch("edil-foreign", &ssa, &kube::api::Patch::Apply(model("edil-foreign", foreign))).await.unwrap();
+    let t = wait_for(60, "edil-foreign waits for participants that run its image", || async {
+        let t = models.get("edil-foreign").await.ok()?.status?.training?;
+        t.last_failure
+            .as_deref()
+            .is_some_and(|f| f.contains("run trainer image elsewhere.example/trainer:1"))
+            .then_some(t)
+    })
+    .await;
+    assert_eq!((t.completed_rounds, t.round), (0, None), "{t:?}");
+    // An allowed image that is not on the nodes (nor pullable): each Job
+    // is given up as soon as its pod cannot pull it, long before the
+    // round's deadline (120 s).
+    let failed_before = counter(fed, 1, "ratio1_edil_trainer_jobs_total", "failed").await;
+    let missing = spec("ratio1.local/not-built:0", 120);
+    models.patch("edil-missing", &ssa, &kube::api::Patch::Apply(model("edil-missing", missing))).await.unwrap();
+    let published = std::time::Instant::now();
+    wait_for(90, "cluster 5 gives up a Job whose image cannot be pulled", || async {
+        (counter(fed, 1, "ratio1_edil_trainer_jobs_total", "failed").await > failed_before).then_some(())
+    })
+    .await;
+    assert!(published.elapsed().as_secs() < 100, "given up before the deadline");
+    for name in ["edil-foreign", "edil-missing"] {
+        let _ = models.delete(name, &Default::default()).await;
+    }
 }
 
 /// Features of the model whose rounds travel through R1FS (601 weights:
@@ -348,7 +382,7 @@ async fn federated_training_across_three_clusters_matches_central_training() {
     }
     let models: kube::Api<ratio1::crd::R1Model> = kube::Api::namespaced(client(4).await, "default");
     let ssa = kube::api::PatchParams::apply("e2e").force();
-    for name in ["edil-lr", "edil-short", "edil-big", "edil-ctr"] {
+    for name in ["edil-lr", "edil-short", "edil-big", "edil-ctr", "edil-foreign", "edil-missing"] {
         let _ = models.delete(name, &Default::default()).await;
     }
     let (rounds, steps) = (5, 10);
