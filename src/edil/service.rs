@@ -280,6 +280,27 @@ impl Summing {
     }
 }
 
+/// The values of the sums an aggregator holds, in all and per owner: at
+/// most [`MAX_SUMMING_VALUES`] in all, and half of it for one owner (an
+/// owner naming this node in many rounds leaves room for the others).
+#[derive(Default)]
+struct Held {
+    all: usize,
+    by_owner: BTreeMap<String, usize>,
+}
+
+impl Held {
+    fn add(&mut self, owner: &str, values: usize) {
+        self.all += values;
+        *self.by_owner.entry(owner.to_string()).or_default() += values;
+    }
+
+    fn room(&self, owner: &str, values: usize) -> bool {
+        let mine = self.by_owner.get(owner).copied().unwrap_or(0);
+        self.all + values <= MAX_SUMMING_VALUES && mine + values <= MAX_SUMMING_VALUES / 2
+    }
+}
+
 /// A read of an update from R1FS: its round, writer, when it was written,
 /// and the sealed bytes.
 type Fetched = (Place, String, u64, Result<Vec<u8>, ReadError>);
@@ -1004,16 +1025,19 @@ async fn aggregate(
             })
             .collect()
     };
-    let mut held: usize = summing.values().filter(|s| s.active()).map(|s| s.round.values()).sum();
+    let mut held = Held::default();
+    for s in summing.values().filter(|s| s.active()) {
+        held.add(&s.round.owner, s.round.values());
+    }
     for (place, round, mut updates) in rounds {
         let s = summing.entry(place.clone()).or_insert_with(|| Summing::new(round.clone()));
         if !s.active() && !updates.is_empty() {
             // No room: nothing of this round is read now (it closes at
             // its deadline with what it holds).
-            if held + round.values() > MAX_SUMMING_VALUES {
-                updates.clear();
+            if held.room(&round.owner, round.values()) {
+                held.add(&round.owner, round.values());
             } else {
-                held += round.values();
+                updates.clear();
             }
         }
         for (writer, sealed, at) in updates {
@@ -1561,6 +1585,21 @@ mod tests {
         let mut long = framed.clone();
         long[4..8].copy_from_slice(&(MAX_FRAME_HEAD as u32 + 1).to_le_bytes());
         assert!(unframe(&long).is_none());
+    }
+
+    #[test]
+    fn one_owner_holds_at_most_half_of_the_aggregators_room() {
+        let big = crate::edil::crypto::MAX_VALUES;
+        let mut h = Held::default();
+        assert!(h.room("greedy", big));
+        h.add("greedy", big);
+        assert!(h.room("greedy", big), "half of 2^22 is two rounds of 2^20");
+        h.add("greedy", big);
+        assert!(!h.room("greedy", 1), "a third is past its half");
+        assert!(h.room("other", big));
+        h.add("other", big);
+        h.add("other", big);
+        assert!(!h.room("third", 1), "the whole is taken");
     }
 
     #[test]
