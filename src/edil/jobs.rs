@@ -161,7 +161,7 @@ pub fn job(
         args: (!trainer.args.is_empty()).then(|| trainer.args.clone()),
         env: Some(vec![
             env("R1_EDIL_MODEL", MODEL.into()),
-            env("R1_EDIL_DATA", data),
+            env("R1_EDIL_DATA", data.clone()),
             env("R1_EDIL_OUT", OUT.into()),
             env("R1_EDIL_STEPS", round.steps.to_string()),
             env("R1_EDIL_LR", round.lr.to_string()),
@@ -170,7 +170,8 @@ pub fn job(
         ]),
         volume_mounts: Some(vec![
             mount("in", "/edil/in", true),
-            mount("data", DATA_DIR, true),
+            // The trainer sees its shard alone: a subPath of the directory.
+            VolumeMount { sub_path: Some(file.into()), ..mount("data", &data, true) },
             mount("out", "/edil/out", false),
             mount("tmp", "/tmp", false),
         ]),
@@ -207,7 +208,7 @@ pub fn job(
         ..Default::default()
     };
     let left = (round.deadline_ms.saturating_sub(now_ms) / 1000).max(10) as i64;
-    let mut pod = PodSpec {
+    let pod = PodSpec {
         restart_policy: Some("Never".into()),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
@@ -216,13 +217,6 @@ pub fn job(
         volumes: Some(vec![empty("in"), empty("out"), empty("tmp"), data_volume]),
         ..Default::default()
     };
-    // The trainer sees its shard alone: a subPath of the directory.
-    if let Some(c) = pod.init_containers.as_mut().and_then(|c| c.get_mut(1)) {
-        if let Some(m) = c.volume_mounts.as_mut().and_then(|m| m.get_mut(1)) {
-            m.mount_path = format!("{DATA_DIR}/{file}");
-            m.sub_path = Some(file.into());
-        }
-    }
     Ok(Job {
         metadata: kube::api::ObjectMeta {
             name: Some(name(round)),

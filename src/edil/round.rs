@@ -363,7 +363,7 @@ impl Collector {
     pub fn close(&self) -> Result<(Released, Vec<u8>), String> {
         let (have, min) = (self.from.len(), self.round.min_participants as usize);
         if have < min {
-            return Err(format!("{have} of the least {min} participants sent an update: no sum is released"));
+            return Err(too_few(have, min));
         }
         let (l, a, n) = self.metrics;
         let r = Released {
@@ -377,6 +377,11 @@ impl Collector {
         };
         Ok((r, self.agg.to_bytes()))
     }
+}
+
+/// Why a sum of `have` updates is withheld, `min` being the least.
+pub fn too_few(have: usize, min: usize) -> String {
+    format!("{have} of the least {min} participants sent an update: no sum is released")
 }
 
 /// The owner's step: the new global weights from a released sum. Refused

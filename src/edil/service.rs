@@ -192,6 +192,15 @@ fn round_pin(round: &Round) -> String {
     format!("{ROUND_PIN_PREFIX}{}/{}/{}", round.owner, round.model, round.round)
 }
 
+/// Adds `bytes` (an update or a sum of `round`) to R1FS, pinned for the
+/// round on this node; their CID.
+async fn store_for_round(p: &Parts, round: &Round, bytes: Vec<u8>) -> Result<String, String> {
+    let r1fs = p.r1fs.get().ok_or("the model travels through R1FS, which does not run here")?;
+    let (cid, _) =
+        r1fs.add_bytes(bytes, &round_pin(round)).await.map_err(|e| format!("cannot store it in R1FS: {e}"))?;
+    Ok(crate::r1fs::cid::canonical(&cid))
+}
+
 /// Why a read of a round's content failed: for now (not there yet, its
 /// holder not connected yet, too slow: read again), or for good (more
 /// than the round allows, not a file, not what the round names).
@@ -272,10 +281,7 @@ impl Summing {
     fn close(&self) -> Result<(Released, Vec<u8>), String> {
         match &self.c {
             Some(c) => c.close(),
-            None => Err(format!(
-                "0 of the least {} participants sent an update: no sum is released",
-                self.round.min_participants
-            )),
+            None => Err(super::round::too_few(0, self.round.min_participants as usize)),
         }
     }
 }
@@ -742,9 +748,9 @@ async fn participate(
     }
 }
 
-/// Starts the trainer Job of `round` (its image must be one this node
-/// runs), applied with server-side apply: a Job left by a restart is the
-/// same Job.
+/// Starts the trainer Job of `round` (its image, and its command and
+/// args if any, must be ones this node runs), or adopts the one a restart
+/// left.
 async fn start_job(e: &Edil, p: &Parts, round: &Round, dataset: &std::path::Path, now: u64) -> Result<(), String> {
     let trainer = round.trainer.as_ref().ok_or("the round has no trainer")?;
     let m = &p.metrics.edil.trainer_jobs;
@@ -875,14 +881,9 @@ async fn send_update(p: &Parts, me: &str, round: &Round, key: Vec<u8>, (w, metri
     // In the record, or in R1FS for a model too large for records.
     let record = match (made, round.stored.is_some()) {
         (Ok(sealed), false) => Ok(SealedRecord { sealed: B64.encode(&sealed), cid: None }),
-        (Ok(sealed), true) => match p.r1fs.get() {
-            Some(r1fs) => r1fs
-                .add_bytes(sealed, &round_pin(round))
-                .await
-                .map(|(cid, _)| SealedRecord { cid: Some(crate::r1fs::cid::canonical(&cid)), ..Default::default() })
-                .map_err(|e| format!("cannot store the update in R1FS: {e}")),
-            None => Err("the model travels through R1FS, which does not run here".into()),
-        },
+        (Ok(sealed), true) => {
+            store_for_round(p, round, sealed).await.map(|cid| SealedRecord { cid: Some(cid), ..Default::default() })
+        }
         (Err(why), _) => Err(why),
     };
     let value = match record {
@@ -1076,13 +1077,9 @@ async fn aggregate(
                     r.aggregate = B64.encode(&sum);
                     (SumRecord::Released(r), "released")
                 } else {
-                    let stored = match p.r1fs.get() {
-                        Some(r1fs) => r1fs.add_bytes(sum, &round_pin(&round)).await.map_err(|e| e.to_string()),
-                        None => Err("R1FS does not run here".into()),
-                    };
-                    match stored {
-                        Ok((cid, _)) => {
-                            r.aggregate_cid = Some(crate::r1fs::cid::canonical(&cid));
+                    match store_for_round(p, &round, sum).await {
+                        Ok(cid) => {
+                            r.aggregate_cid = Some(cid);
                             (SumRecord::Released(r), "released")
                         }
                         // Tried again until the owner's grace ends; then
@@ -1091,9 +1088,7 @@ async fn aggregate(
                             tracing::warn!(error = %err, "cannot store an EDIL sum in R1FS; trying again");
                             continue;
                         }
-                        Err(err) => {
-                            (SumRecord::Withheld(format!("the sum cannot be stored in R1FS: {err}")), "withheld")
-                        }
+                        Err(err) => (SumRecord::Withheld(format!("the sum: {err}")), "withheld"),
                     }
                 }
             }
@@ -1185,8 +1180,8 @@ async fn own(e: &Edil, p: &Parts, me: &str, owned: &mut BTreeMap<String, Trainin
             let mut t = resume(e, me, &m, &uid, &spec);
             // The stored model the status names, if this node still holds it.
             let held = |c: &String| {
-                let pins = p.r1fs.get().and_then(|r| r.pins().ok());
-                pins.is_some_and(|pins| pins.keys().any(|k| crate::r1fs::cid::canonical(k) == *c))
+                let cid = crate::r1fs::cid::parse(c).ok();
+                p.r1fs.get().zip(cid).is_some_and(|(r, cid)| r.is_pinned(&cid))
             };
             t.global_cid = t.global_cid.filter(held);
             t

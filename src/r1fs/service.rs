@@ -269,6 +269,11 @@ pub const IMPORT_PREFIX: &str = "import/";
 /// released by EDIL, not by the models' imports.
 pub const PRIVATE_IMPORT_PREFIX: &str = "import/edil/";
 
+/// Whether a pin of `owner` is a private import (never announced).
+fn private(owner: &str) -> bool {
+    owner.starts_with(PRIVATE_IMPORT_PREFIX)
+}
+
 /// The `r` holders of `cid` among `members`: the first by
 /// `sha256(cid ‖ "/" ‖ PeerId)` (every node computes the same list).
 pub fn holders_of(cid: &str, members: &BTreeSet<String>, r: usize) -> Vec<String> {
@@ -402,6 +407,11 @@ impl R1fs {
     }
 
     /// The root pinned by `owner`, if any (an import's result).
+    /// Whether `cid` is pinned here, by any owner.
+    pub fn is_pinned(&self, cid: &Cid) -> bool {
+        self.inner.pins.owners(cid).is_ok_and(|o| !o.is_empty())
+    }
+
     pub fn pinned_by(&self, owner: &str) -> Option<Cid> {
         self.inner.pins.all().ok()?.into_iter().find(|(_, o)| o.contains_key(owner)).map(|(c, _)| c)
     }
@@ -770,7 +780,7 @@ impl R1fs {
         tokio::task::spawn_blocking(move || pins.pin(&cid, &owner_s, &p))
             .await
             .map_err(|e| R1fsError::Unavailable(e.to_string()))??;
-        if !owner.starts_with(PRIVATE_IMPORT_PREFIX) {
+        if !private(owner) {
             self.announce(&cid, &pin).await;
         }
         self.poke();
@@ -920,7 +930,7 @@ impl R1fs {
         let pinned = self.inner.pins.all()?;
         if let Some((own, imports)) = self.own_wants(&pinned) {
             for (cid, owners) in &pinned {
-                let models_import = |o: &str| o.starts_with(IMPORT_PREFIX) && !o.starts_with(PRIVATE_IMPORT_PREFIX);
+                let models_import = |o: &str| o.starts_with(IMPORT_PREFIX) && !private(o);
                 for o in owners.keys().filter(|o| models_import(o) && !imports.contains(*o)) {
                     tracing::info!(cid = %canonical(cid), owner = %o, "R1FS import of a model deleted or changed: unpinned");
                     self.unpin(*cid, o).await?;
@@ -993,7 +1003,7 @@ impl R1fs {
             let c = canonical(cid);
             if !haves.get(&c).is_some_and(|h| h.contains_key(&me)) {
                 // (A pin of a private import alone is never announced.)
-                let public = owners.iter().filter(|(o, _)| !o.starts_with(PRIVATE_IMPORT_PREFIX)).map(|(_, p)| p);
+                let public = owners.iter().filter(|(o, _)| !private(o)).map(|(_, p)| p);
                 if let Some(p) = public.max_by_key(|p| p.at) {
                     self.announce(cid, p).await;
                     haves.entry(c).or_default().insert(me.clone(), Have { dag_size: p.dag_size, blocks: p.blocks });
