@@ -234,6 +234,24 @@ fn trim<K: kube::Resource>(o: &mut K) {
     o.meta_mut().managed_fields = None;
 }
 
+/// Of a child Deployment or Job, the reconciler reads metadata (owners,
+/// generation) and status; whether it still matches the pipeline is known
+/// from the hash of the last apply and the generation, never from its pod
+/// template, which is most of its size: not kept in memory.
+fn trim_deployment(d: &mut Deployment) {
+    d.metadata.managed_fields = None;
+    if let Some(s) = d.spec.as_mut() {
+        s.template = Default::default();
+    }
+}
+
+fn trim_job(j: &mut Job) {
+    j.metadata.managed_fields = None;
+    if let Some(s) = j.spec.as_mut() {
+        s.template = Default::default();
+    }
+}
+
 /// Of a pod, the reconciler reads only its labels and container states.
 fn trim_pod(p: &mut k8s_openapi::api::core::v1::Pod) {
     p.metadata.managed_fields = None;
@@ -471,10 +489,16 @@ pub async fn run(cfg: OperatorConfig) -> anyhow::Result<()> {
 
     // Children and pods come from label-filtered watches whose stores the
     // reconciler reads; a child's deletion also forgets its last apply.
-    let deployments =
-        cached("deployments", Api::<Deployment>::all(client.clone()), owned(), deployments_writer, &watches, trim);
+    let deployments = cached(
+        "deployments",
+        Api::<Deployment>::all(client.clone()),
+        owned(),
+        deployments_writer,
+        &watches,
+        trim_deployment,
+    );
     let services = cached("services", Api::<Service>::all(client.clone()), owned(), services_writer, &watches, trim);
-    let jobs = cached("jobs", Api::<Job>::all(client.clone()), owned(), jobs_writer, &watches, trim);
+    let jobs = cached("jobs", Api::<Job>::all(client.clone()), owned(), jobs_writer, &watches, trim_job);
     let pods = cached("pods", Api::<Pod>::all(client.clone()), owned(), pods_writer, &watches, trim_pod);
     // Names of every child-kind object; a deleted one may unblock a
     // pipeline stalled on a name conflict.
