@@ -157,7 +157,28 @@ async fn main() {
     join(&nodes[0], &issuer, &trust, &[], 0);
     join(&nodes[1], &issuer, &trust, &[&nodes[0]], 1);
     join(&nodes[2], &issuer, &trust, &[&nodes[0], &nodes[1]], 2);
-    wait(30, "three nodes connected", || nodes.iter().all(|n| handle(n).connected_peers().len() == 2)).await;
+    // 60 s: a Hello slowed past the admission timeout (a debug build on a
+    // loaded machine) blocks that peer for 30 s before it may try again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !nodes.iter().all(|n| handle(n).connected_peers().len() == 2) {
+        if Instant::now() >= deadline {
+            let seen: Vec<String> = nodes
+                .iter()
+                .map(|n| {
+                    let refused: Vec<String> = n
+                        .metrics
+                        .render()
+                        .lines()
+                        .filter(|l| l.starts_with("ratio1_p2p_refused") && !l.ends_with(" 0"))
+                        .map(String::from)
+                        .collect();
+                    format!("{} connected, refusals {refused:?}", handle(n).connected_peers().len())
+                })
+                .collect();
+            fail(&format!("three nodes connected within 60 s: {}", seen.join("; ")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Every replica agrees before the measured run (part 1's writes).
     for i in 1..3 {
         wait(120, &format!("replica {i} caught up with part 1"), || nodes[i].store.digest() == nodes[0].store.digest())
