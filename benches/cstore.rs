@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{fail, free_port, pct, wait, Etcd};
+use common::{fail, free_port, pct, wait, wait_explained, Etcd};
 
 /// A node: its replica (own etcd) and, once started, its network.
 struct Node {
@@ -159,26 +159,24 @@ async fn main() {
     join(&nodes[2], &issuer, &trust, &[&nodes[0], &nodes[1]], 2);
     // 60 s: a Hello slowed past the admission timeout (a debug build on a
     // loaded machine) blocks that peer for 30 s before it may try again.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !nodes.iter().all(|n| handle(n).connected_peers().len() == 2) {
-        if Instant::now() >= deadline {
-            let seen: Vec<String> = nodes
-                .iter()
-                .map(|n| {
-                    let refused: Vec<String> = n
-                        .metrics
-                        .render()
-                        .lines()
-                        .filter(|l| l.starts_with("ratio1_p2p_refused") && !l.ends_with(" 0"))
-                        .map(String::from)
-                        .collect();
-                    format!("{} connected, refusals {refused:?}", handle(n).connected_peers().len())
-                })
-                .collect();
-            fail(&format!("three nodes connected within 60 s: {}", seen.join("; ")));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let connected = || nodes.iter().all(|n| handle(n).connected_peers().len() == 2);
+    let refusals = || {
+        let seen: Vec<String> = nodes
+            .iter()
+            .map(|n| {
+                let refused: Vec<String> = n
+                    .metrics
+                    .render()
+                    .lines()
+                    .filter(|l| l.starts_with("ratio1_p2p_refused") && !l.ends_with(" 0"))
+                    .map(String::from)
+                    .collect();
+                format!("{} connected, refusals {refused:?}", handle(n).connected_peers().len())
+            })
+            .collect();
+        seen.join("; ")
+    };
+    wait_explained(60, "three nodes connected", connected, refusals).await;
     // Every replica agrees before the measured run (part 1's writes).
     for i in 1..3 {
         wait(120, &format!("replica {i} caught up with part 1"), || nodes[i].store.digest() == nodes[0].store.digest())

@@ -71,11 +71,18 @@ impl Drop for Etcd {
     }
 }
 
-pub async fn wait(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+pub async fn wait(secs: u64, what: &str, f: impl FnMut() -> bool) {
+    wait_explained(secs, what, f, String::new).await
+}
+
+/// [`wait`], whose failure line ends with what `explain` says then (the
+/// state that kept the condition false).
+pub async fn wait_explained(secs: u64, what: &str, mut f: impl FnMut() -> bool, explain: impl FnOnce() -> String) {
     let end = Instant::now() + Duration::from_secs(secs);
     while !f() {
         if Instant::now() > end {
-            fail(&format!("{what} within {secs} s"));
+            let why = explain();
+            fail(&format!("{what} within {secs} s{}{why}", if why.is_empty() { "" } else { ": " }));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

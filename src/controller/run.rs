@@ -239,14 +239,14 @@ fn trim<K: kube::Resource>(o: &mut K) {
 /// from the hash of the last apply and the generation, never from its pod
 /// template, which is most of its size: not kept in memory.
 fn trim_deployment(d: &mut Deployment) {
-    d.metadata.managed_fields = None;
+    trim(d);
     if let Some(s) = d.spec.as_mut() {
         s.template = Default::default();
     }
 }
 
 fn trim_job(j: &mut Job) {
-    j.metadata.managed_fields = None;
+    trim(j);
     if let Some(s) = j.spec.as_mut() {
         s.template = Default::default();
     }

@@ -538,8 +538,9 @@ const PRUNE_BACKOFF: Duration = Duration::from_secs(5);
 /// larger mesh buys against relays that drop messages matters less here,
 /// where only admitted, licensed peers relay and IHAVE gossip repairs gaps.
 /// Measured (`cargo bench --bench federation`, 100 simulated nodes on two
-/// cores): p99 of 120 to 490 ms against 700 to 950 ms with 6; 200 nodes
-/// formed where they did not. See docs/protocols.md.
+/// cores, 5 s heartbeats): p99 of 87 to 391 ms against 701 to 950 ms with
+/// 6; 200 nodes formed in 2 of 3 runs, where they never did. See
+/// docs/protocols.md.
 const MESH_N: usize = 4;
 const MESH_N_LOW: usize = 3;
 const MESH_N_HIGH: usize = 8;

@@ -406,12 +406,12 @@ impl R1fs {
         mac.verify_slice(&bytes).is_ok()
     }
 
-    /// The root pinned by `owner`, if any (an import's result).
     /// Whether `cid` is pinned here, by any owner.
     pub fn is_pinned(&self, cid: &Cid) -> bool {
         self.inner.pins.owners(cid).is_ok_and(|o| !o.is_empty())
     }
 
+    /// The root pinned by `owner`, if any (an import's result).
     pub fn pinned_by(&self, owner: &str) -> Option<Cid> {
         self.inner.pins.all().ok()?.into_iter().find(|(_, o)| o.contains_key(owner)).map(|(c, _)| c)
     }
